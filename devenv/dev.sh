@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# Local, Docker-free services for fleetward's development loop and tests:
+# a real kube-apiserver (+ embedded etcd) and kube-controller-manager,
+# PostgreSQL, Apache Kafka (KRaft) and Mosquitto, all on loopback ports.
+#
+#   devenv/dev.sh up [--no-operator]   start what is not running yet (idempotent)
+#   devenv/dev.sh down                 stop exactly what `up` started (pid files)
+#   devenv/dev.sh status               show what runs
+#   devenv/dev.sh env                  print the env file path
+#
+# Heavy artifacts are built/downloaded once into .cache/ (git-ignored);
+# service state, logs and pid files live in .dev/ (git-ignored).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${FLEETWARD_CACHE_DIR:-$ROOT/.cache}
+STATE=${FLEETWARD_DEV_DIR:-$ROOT/.dev}
+ENV_FILE=$STATE/env
+
+APISERVER_PORT=${FLEETWARD_APISERVER_PORT:-16443}
+ETCD_PORT=${FLEETWARD_ETCD_PORT:-12379}
+PG_PORT=${FLEETWARD_PG_PORT:-15432}
+KAFKA_PORT=${FLEETWARD_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${FLEETWARD_KAFKA_CONTROLLER_PORT:-19093}
+MQTT_PORT=${FLEETWARD_MQTT_PORT:-18883}
+OPERATOR_HTTP_PORT=${FLEETWARD_OPERATOR_HTTP_PORT:-18080}
+PG_USER=fleetward
+PG_PASSWORD=fleetward
+PG_DB=fleetward
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# need <command> <debian-package>: installs the package when we can (root
+# with apt-get), otherwise names it in a one-line error.
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing $2 (for $1)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null ||
+      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; } ||
+      die "could not install $2; install it and retry"
+    command -v "$1" >/dev/null 2>&1 || die "$1 still missing after installing $2"
+  else
+    die "missing '$1': install the Debian package '$2'"
+  fi
+}
+
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+prereqs() {
+  need go golang-go
+  need java default-jre-headless
+  need mvn maven
+  need openssl openssl
+  need mosquitto mosquitto
+  need mosquitto_pub mosquitto-clients
+  need curl curl
+  pg_bin >/dev/null || need /usr/lib/postgresql/15/bin/initdb postgresql
+  command -v cargo >/dev/null || die "missing 'cargo': install Rust with rustup (https://rustup.rs)"
+}
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() { # wait_for <seconds> <description> <command...>
+  local secs=$1 what=$2; shift 2
+  local i
+  for ((i = 0; i < secs * 2; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  die "$what not ready after ${secs}s (logs: $STATE/logs)"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Runs a command as the postgres user when we are root (PostgreSQL refuses
+# to run as root).
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+build_controlplane() {
+  local bin=$CACHE/bin/fleetward-cp src=$ROOT/devenv/controlplane
+  if [ -x "$bin" ] && [ -z "$(find "$src" -newer "$bin" -type f)" ]; then
+    return 0
+  fi
+  log "building kube-apiserver + kube-controller-manager from k8s.io/kubernetes (first time: ~10 min on 2 cores)"
+  mkdir -p "$CACHE/bin"
+  (cd "$src" && go build -trimpath -ldflags="-s -w" -o "$bin.tmp" .) || die "control plane build failed"
+  mv "$bin.tmp" "$bin"
+}
+
+kubectl_cmd() {
+  if command -v kubectl >/dev/null 2>&1; then
+    kubectl "$@"
+  else
+    "$CACHE/bin/fleetward-cp" kubectl "$@"
+  fi
+}
+
+fetch_kafka() {
+  local libs=$CACHE/kafka/libs stamp
+  stamp=$(sha256sum "$ROOT/devenv/kafka/pom.xml" | cut -c1-16)
+  [ -f "$libs/.stamp-$stamp" ] && return 0
+  log "downloading Apache Kafka jars from Maven Central"
+  rm -rf "$libs"
+  mvn -q -B -f "$ROOT/devenv/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$libs" -DincludeScope=runtime || die "Kafka download failed"
+  touch "$libs/.stamp-$stamp"
+}
+
+start_apiserver() {
+  local dir=$STATE/kube
+  mkdir -p "$dir" "$STATE/logs" "$STATE/pids"
+  if ! alive "$STATE/pids/apiserver"; then
+    log "starting kube-apiserver on 127.0.0.1:$APISERVER_PORT (etcd :$ETCD_PORT)"
+    "$CACHE/bin/fleetward-cp" pki --dir "$dir" --port "$APISERVER_PORT"
+    nohup "$CACHE/bin/fleetward-cp" apiserver --dir "$dir" --port "$APISERVER_PORT" --etcd-port "$ETCD_PORT" \
+      >"$STATE/logs/apiserver.log" 2>&1 &
+    echo $! >"$STATE/pids/apiserver"
+  fi
+  export KUBECONFIG=$dir/kubeconfig
+  wait_for 120 kube-apiserver kubectl_cmd get --raw /readyz
+  if ! alive "$STATE/pids/controller-manager"; then
+    log "starting kube-controller-manager (garbage collector)"
+    nohup "$CACHE/bin/fleetward-cp" controller-manager --dir "$dir" \
+      >"$STATE/logs/controller-manager.log" 2>&1 &
+    echo $! >"$STATE/pids/controller-manager"
+  fi
+}
+
+start_postgres() {
+  local bin data=$STATE/postgres/data sock=$STATE/postgres/sock
+  bin=$(pg_bin)
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising PostgreSQL in $data"
+    mkdir -p "$data" "$sock"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$STATE/postgres"
+    local pw=$STATE/postgres/pw
+    echo "$PG_PASSWORD" >"$pw"
+    [ "$(id -u)" = 0 ] && chown postgres "$pw"
+    as_pg "$bin/initdb" -D "$data" -U "$PG_USER" --pwfile="$pw" --auth=scram-sha-256 -E UTF8 >/dev/null
+    rm -f "$pw"
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    as_pg "$bin/pg_ctl" -D "$data" -l "$STATE/postgres/postgres.log" -w start \
+      -o "-p $PG_PORT -k $sock -c listen_addresses=127.0.0.1 -c fsync=on" >/dev/null
+  fi
+  head -1 "$data/postmaster.pid" >"$STATE/pids/postgres"
+  wait_for 30 PostgreSQL port_open "$PG_PORT"
+  if ! PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='$PG_DB'" | grep -q 1; then
+    PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "CREATE DATABASE $PG_DB" >/dev/null
+  fi
+}
+
+start_kafka() {
+  local dir=$STATE/kafka libs=$CACHE/kafka/libs
+  mkdir -p "$dir"
+  alive "$STATE/pids/kafka" && return 0
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=3
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+EOF
+  local java=(java -Xms256m -Xmx768m -Dlog4j2.configurationFile="$ROOT/devenv/kafka/log4j2.properties" -cp "$libs/*")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    log "formatting Kafka storage (KRaft)"
+    "${java[@]}" kafka.tools.StorageTool format -t "$("${java[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)" \
+      -c "$dir/server.properties" >"$STATE/logs/kafka-format.log" 2>&1 || die "Kafka storage format failed (see $STATE/logs/kafka-format.log)"
+  fi
+  log "starting Kafka (KRaft) on 127.0.0.1:$KAFKA_PORT"
+  nohup "${java[@]}" kafka.Kafka "$dir/server.properties" >"$STATE/logs/kafka.log" 2>&1 &
+  echo $! >"$STATE/pids/kafka"
+  wait_for 90 Kafka port_open "$KAFKA_PORT"
+}
+
+build_operator() {
+  log "building the operator"
+  (cd "$ROOT" && cargo build -q -p fleetward-operator --bins) || die "operator build failed"
+}
+
+start_operator() {
+  alive "$STATE/pids/operator" && return 0
+  log "starting fleetward-operator (metrics on 127.0.0.1:$OPERATOR_HTTP_PORT)"
+  kubectl_cmd apply -f "$ROOT/crds/" >/dev/null
+  KUBECONFIG=$STATE/kube/kubeconfig FLEETWARD_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT \
+    nohup "$ROOT/target/debug/fleetward-operator" --http-addr "127.0.0.1:$OPERATOR_HTTP_PORT" \
+    >"$STATE/logs/operator.log" 2>&1 &
+  echo $! >"$STATE/pids/operator"
+  wait_for 30 operator curl -fsS "http://127.0.0.1:$OPERATOR_HTTP_PORT/healthz"
+}
+
+stop_pid() { # stop_pid <name>
+  local f=$STATE/pids/$1 pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $1 (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# Runs Mosquitto with the configuration and certificates the operator
+# generated for the example Gateway `edge`, so devices on this machine can
+# connect the way they would to the in-cluster broker.
+start_mosquitto() {
+  local dir=$STATE/mosquitto ns=fleet-demo gw=edge
+  alive "$STATE/pids/mosquitto" && return 0
+  wait_for 60 "Gateway $gw Ready" gateway_ready "$ns" "$gw"
+  mkdir -p "$dir"/{config,certs,crl,data}
+  local get="kubectl_cmd -n $ns get"
+  $get configmap "$gw-mosquitto" -o jsonpath='{.data.mosquitto\.conf}' >"$dir/config/mosquitto.conf"
+  $get configmap "$gw-mosquitto" -o jsonpath='{.data.acl}' >"$dir/config/acl"
+  $get configmap "$gw-crl" -o jsonpath='{.data.crl\.pem}' >"$dir/crl/crl.pem"
+  local k
+  for k in ca.crt tls.crt tls.key; do
+    $get secret "$gw-broker-tls" -o jsonpath="{.data.${k//./\\.}}" | base64 -d >"$dir/certs/$k"
+  done
+  # In-pod paths become this directory; the listener moves to loopback.
+  sed -i "s#/mosquitto/#$dir/#g; s#^listener [0-9]*#listener $MQTT_PORT 127.0.0.1#" "$dir/config/mosquitto.conf"
+  # Mosquitto started as root drops to the mosquitto user, which must read these.
+  [ "$(id -u)" = 0 ] && chown -R mosquitto "$dir"
+  log "starting Mosquitto for Gateway $ns/$gw on 127.0.0.1:$MQTT_PORT (mTLS)"
+  nohup mosquitto -c "$dir/config/mosquitto.conf" >"$STATE/logs/mosquitto.log" 2>&1 &
+  echo $! >"$STATE/pids/mosquitto"
+  wait_for 20 Mosquitto port_open "$MQTT_PORT"
+}
+
+gateway_ready() {
+  [ "$(kubectl_cmd -n "$1" get gateway "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+write_env() {
+  cat >"$ENV_FILE" <<EOF
+# fleetward local services; source this file: . $ENV_FILE
+export KUBECONFIG=$STATE/kube/kubeconfig
+export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
+export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export MQTT_HOST=127.0.0.1
+export MQTT_PORT=$MQTT_PORT
+export FLEETWARD_OPERATOR_METRICS=http://127.0.0.1:$OPERATOR_HTTP_PORT/metrics
+export FLEETWARD_KAFKA_LIBS=$CACHE/kafka/libs
+export PATH=$CACHE/bin:\$PATH
+EOF
+  if ! command -v kubectl >/dev/null 2>&1; then
+    ln -sf fleetward-cp "$CACHE/bin/kubectl"
+  fi
+}
+
+up() {
+  local operator=1
+  [ "${1:-}" = --no-operator ] && operator=0
+  prereqs
+  mkdir -p "$STATE/logs" "$STATE/pids"
+  build_controlplane
+  fetch_kafka
+  start_apiserver
+  start_postgres
+  start_kafka
+  write_env
+  if [ "$operator" = 1 ]; then
+    build_operator
+    start_operator
+    log "applying examples/"
+    kubectl_cmd apply -f "$ROOT/examples/" >/dev/null
+    start_mosquitto
+    kubectl_cmd get gateways,devices -A
+  fi
+  cat >&2 <<EOF
+
+fleetward local services are up:
+  kube-apiserver  https://127.0.0.1:$APISERVER_PORT   (KUBECONFIG=$STATE/kube/kubeconfig)
+  PostgreSQL      127.0.0.1:$PG_PORT  db=$PG_DB user=$PG_USER
+  Kafka           127.0.0.1:$KAFKA_PORT
+  Mosquitto       127.0.0.1:$MQTT_PORT (mTLS, Gateway fleet-demo/edge)$(alive "$STATE/pids/mosquitto" || echo ' — not running (dev-up starts it)')
+  operator        http://127.0.0.1:$OPERATOR_HTTP_PORT/metrics$(alive "$STATE/pids/operator" || echo ' — not running (dev-up starts it)')
+Use them:   . $ENV_FILE && kubectl get devices,gateways -A
+Stop them:  ./deploy.sh dev-down
+EOF
+}
+
+down() {
+  stop_pid mosquitto
+  stop_pid operator
+  stop_pid kafka
+  stop_pid controller-manager
+  stop_pid apiserver
+  local bin
+  if [ -f "$STATE/postgres/data/PG_VERSION" ] && bin=$(pg_bin) && as_pg "$bin/pg_ctl" -D "$STATE/postgres/data" status >/dev/null 2>&1; then
+    log "stopping PostgreSQL"
+    as_pg "$bin/pg_ctl" -D "$STATE/postgres/data" -m fast -w stop >/dev/null
+  fi
+  rm -f "$STATE/pids/postgres"
+}
+
+status() {
+  local f
+  for f in apiserver controller-manager postgres kafka operator mosquitto; do
+    if alive "$STATE/pids/$f"; then echo "$f: running (pid $(cat "$STATE/pids/$f"))"; else echo "$f: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  up) shift; up "$@" ;;
+  down) down ;;
+  status) status ;;
+  env) echo "$ENV_FILE" ;;
+  stop-operator) stop_pid operator ;;
+  *) die "usage: $0 up [--no-operator] | down | status | env | stop-operator" ;;
+esac
