@@ -1,0 +1,257 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+use super::device::CertificateSpec;
+
+/// An MQTT security gateway: the operator creates its CA (ECDSA P-256,
+/// kept in `<name>-ca` and never regenerated while that Secret exists), the
+/// broker's server certificate, a Mosquitto configuration (mutual TLS,
+/// identity-as-username, per-device ACL, CRL), a client certificate for the
+/// gateway workload, and a Deployment (Mosquitto + gateway) with a Service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "fleetward.io",
+    version = "v1alpha1",
+    kind = "Gateway",
+    namespaced,
+    status = "GatewayStatus",
+    shortname = "gw",
+    category = "fleetward",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Revoked", type_ = "integer", json_path = ".status.revokedCertificates"),
+    printcolumn(name = "CA-Expiry", type_ = "string", json_path = ".status.caNotAfter"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Lifetime of the gateway's CA. Only read when the CA is created.
+    #[serde(default = "default_ca_validity")]
+    #[schemars(range(min = 30, max = 36500))]
+    pub ca_validity_days: i64,
+
+    /// Lifetime and renewal of the broker's server certificate.
+    #[serde(default = "default_server_cert")]
+    pub server_certificate: CertificateSpec,
+
+    /// Extra DNS names for the broker certificate (e.g. a load balancer's
+    /// hostname). The Service's cluster DNS names and localhost are always
+    /// included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub extra_dns_names: Vec<String>,
+
+    /// How the broker is exposed.
+    #[serde(default)]
+    pub service_type: ServiceType,
+
+    /// MQTT over TLS port of the broker and Service.
+    #[serde(default = "default_mqtt_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub mqtt_port: i32,
+
+    /// Message checks the gateway applies to every device message.
+    #[serde(default)]
+    pub security: SecurityPolicy,
+
+    /// Forward valid messages over HTTP (seed 003's backend contract:
+    /// `POST {url}/device/{id}/data`, the answer goes to `device/{id}/response`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendSpec>,
+
+    /// Produce valid messages to a Kafka topic, keyed by device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSinkSpec>,
+
+    /// The HTTPS command API (`POST /command/{device_id}`).
+    #[serde(default)]
+    pub command_api: CommandApiSpec,
+
+    /// Container images; defaults come from the operator's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<GatewayImages>,
+}
+
+fn default_ca_validity() -> i64 {
+    3650
+}
+
+fn default_mqtt_port() -> i32 {
+    8883
+}
+
+fn default_server_cert() -> CertificateSpec {
+    CertificateSpec {
+        validity_days: 365,
+        renew_before_days: 30,
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Limits and windows of the gateway's message checks (seed 003).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicy {
+    /// Accepted clock skew of a message timestamp, in seconds, either way.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timestamp_window_seconds: i64,
+    /// Message ids remembered per device to refuse replays.
+    #[serde(default = "default_replay_cache")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub replay_cache_size: i64,
+    /// Largest accepted message, in bytes.
+    #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 128, max = 16_777_216))]
+    pub max_message_bytes: i64,
+    /// Sustained messages per second allowed per device (token bucket rate).
+    #[serde(default = "default_rate")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub rate_per_second: i64,
+    /// Burst allowed above the rate (token bucket size).
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: i64,
+}
+
+fn default_window() -> i64 {
+    300
+}
+fn default_replay_cache() -> i64 {
+    1000
+}
+fn default_max_bytes() -> i64 {
+    65536
+}
+fn default_rate() -> i64 {
+    10
+}
+fn default_burst() -> i64 {
+    20
+}
+
+impl Default for SecurityPolicy {
+    fn default() -> Self {
+        Self {
+            timestamp_window_seconds: default_window(),
+            replay_cache_size: default_replay_cache(),
+            max_message_bytes: default_max_bytes(),
+            rate_per_second: default_rate(),
+            burst: default_burst(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSpec {
+    /// Base URL of the backend, e.g. `https://backend.example:5000`.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// Request timeout in milliseconds.
+    #[serde(default = "default_backend_timeout")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub timeout_ms: i64,
+}
+
+fn default_backend_timeout() -> i64 {
+    5000
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSinkSpec {
+    /// Topic for validated telemetry.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic: String,
+    /// Bootstrap servers; defaults to the operator's configured Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandApiSpec {
+    /// HTTPS port of the command API.
+    #[serde(default = "default_command_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Bearer key callers must present. When unset the operator generates
+    /// one in the Secret `<name>-command-api` (key `api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_command_port() -> i32 {
+    8443
+}
+
+impl Default for CommandApiSpec {
+    fn default() -> Self {
+        Self {
+            port: default_command_port(),
+            api_key_secret_ref: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayImages {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mosquitto: Option<String>,
+}
+
+/// Observed state of a Gateway. Never holds key material.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// SHA-256 fingerprint of the CA certificate (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<Time>,
+    /// Where devices connect, e.g. `mqtts://gw.ns.svc:8883`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Serial of the broker's server certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_certificate_serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_certificate_not_after: Option<Time>,
+    /// Entries in the CRL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_certificates: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl_number: Option<i64>,
+}
