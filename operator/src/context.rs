@@ -1,0 +1,134 @@
+//! What every reconciler gets: the client, configuration, metrics and an
+//! event recorder, plus small helpers they share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Result;
+use crate::metrics::Metrics;
+
+/// Field manager for every server-side apply the operator makes.
+pub const MANAGER: &str = "fleetward-operator";
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fleetward-operator");
+
+/// Operator-wide settings (flags / environment of the operator binary).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub gateway_image: String,
+    pub mosquitto_image: String,
+    pub ingestor_image: String,
+    pub encryptor_image: String,
+    pub billing_image: String,
+    /// Kafka bootstrap servers used when a resource does not name its own.
+    pub kafka_bootstrap: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let v = env!("CARGO_PKG_VERSION");
+        Self {
+            gateway_image: format!("ghcr.io/fleetward/gateway:{v}"),
+            mosquitto_image: "eclipse-mosquitto:2.0.20".into(),
+            ingestor_image: format!("ghcr.io/fleetward/ingestor:{v}"),
+            encryptor_image: format!("ghcr.io/fleetward/encryptor:{v}"),
+            billing_image: format!("ghcr.io/fleetward/billing:{v}"),
+            kafka_bootstrap: "kafka:9092".into(),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+        })
+    }
+
+    /// Publishes an event on `obj`. Event failures are logged, not fatal:
+    /// a full event queue must not stop certificates from being issued.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Server-side applies `obj` (a complete desired state) as our field manager.
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    Ok(api
+        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await?)
+}
+
+/// Server-side applies the status of `obj`.
+pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Owner reference making `owner` the controller of a child object, so the
+/// garbage collector removes the child with its owner.
+pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Result<OwnerReference> {
+    owner
+        .controller_owner_ref(&())
+        .ok_or(crate::Error::MissingObjectKey("metadata.uid"))
+}
+
+pub fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    std::iter::once(MANAGED_BY)
+        .chain(extra.iter().copied())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

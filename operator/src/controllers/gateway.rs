@@ -1,0 +1,528 @@
+//! Gateway reconciler: CA, broker and gateway-client certificates, CRL,
+//! Mosquitto configuration, Deployment (Mosquitto + gateway) and Service.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{requeue_at, secret_str, tls_secret};
+use crate::conditions::{self, READY};
+use crate::context::{Context, apply, apply_status, labels, owner_ref};
+use crate::crd::{Gateway, GatewayStatus};
+use crate::pki::{self, CaBundle, LeafRequest, Usage};
+use crate::{Error, Result, crl, mosquitto};
+
+const KIND: &str = "gateway";
+
+pub fn ca_secret_name(gateway: &str) -> String {
+    format!("{gateway}-ca")
+}
+pub fn broker_secret_name(gateway: &str) -> String {
+    format!("{gateway}-broker-tls")
+}
+pub fn client_secret_name(gateway: &str) -> String {
+    format!("{gateway}-gateway-client")
+}
+pub fn command_secret_name(gateway: &str) -> String {
+    format!("{gateway}-command-api")
+}
+pub fn mosquitto_configmap_name(gateway: &str) -> String {
+    format!("{gateway}-mosquitto")
+}
+pub fn deployment_name(gateway: &str) -> String {
+    format!("{gateway}-gateway")
+}
+
+/// Loads a gateway's CA. `Ok(None)` when it does not exist (yet).
+pub async fn load_ca(secrets: &Api<Secret>, gateway: &str) -> Result<Option<CaBundle>> {
+    let name = ca_secret_name(gateway);
+    let Some(secret) = secrets.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    let get = |key: &str| {
+        secret_str(&secret, key).ok_or_else(|| Error::SecretMissingKey {
+            name: name.clone(),
+            key: key.into(),
+        })
+    };
+    Ok(Some(CaBundle {
+        cert_pem: get("tls.crt")?,
+        key_pem: get("tls.key")?,
+    }))
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=fleetward-operator");
+    Controller::new(Api::<Gateway>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
+        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        .owns(Api::<Service>::all(client.clone()), wc)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "gateway reconcile loop");
+            }
+        })
+        .await;
+}
+
+fn error_policy(gw: Arc<Gateway>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(gateway = %gw.name_any(), namespace = ?gw.namespace(), %error, "gateway reconcile failed");
+    ctx.metrics.failure(KIND, error);
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// One reconciliation of a Gateway (public so tests can run it directly).
+pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start(KIND);
+    let ns = gw.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let name = gw.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let gateways: Api<Gateway> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = gw.status.clone().unwrap_or_default();
+    let generation = gw.metadata.generation;
+
+    // 1. The CA: created once, never regenerated while its Secret exists,
+    //    because every device certificate hangs off it.
+    let ca = match ensure_ca(&gw, &secrets, &ctx).await {
+        Ok(ca) => ca,
+        Err(e @ Error::InvalidCa { .. }) => {
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "InvalidCA",
+                e.to_string(),
+                generation,
+            );
+            write_status(&gateways, &gw, status).await?;
+            ctx.event(gw.as_ref(), true, "InvalidCA", "Validate", e.to_string())
+                .await;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+        Err(e) => return Err(e),
+    };
+    let ca_info = ca.validate().map_err(|e| Error::InvalidCa {
+        name: ca_secret_name(&name),
+        reason: e.to_string(),
+    })?;
+
+    // 2. The CRL (empty at first; devices add to it when revoked).
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let crl_state = crl::ensure(&cms, &gw, &ca).await?;
+
+    // 3. Broker server certificate: Service DNS names plus localhost, so the
+    //    gateway container reaches the broker in-pod over verified TLS.
+    let mut dns_names = vec![
+        name.clone(),
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}.svc.cluster.local"),
+        "localhost".to_string(),
+    ];
+    dns_names.extend(gw.spec.extra_dns_names.iter().cloned());
+    let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let broker = ensure_leaf(
+        &gw,
+        &secrets,
+        &ca,
+        &broker_secret_name(&name),
+        LeafRequest {
+            common_name: &name,
+            dns_names: &dns_names,
+            ip_addresses: &ips,
+            usage: Usage::Server,
+            validity_days: gw.spec.server_certificate.validity_days,
+        },
+        gw.spec.server_certificate.renew_before_days,
+        &ctx,
+    )
+    .await?;
+
+    // 4. The gateway workload's own client identity towards the broker.
+    let client_cert = ensure_leaf(
+        &gw,
+        &secrets,
+        &ca,
+        &client_secret_name(&name),
+        LeafRequest {
+            common_name: mosquitto::GATEWAY_IDENTITY,
+            dns_names: &[],
+            ip_addresses: &[],
+            usage: Usage::Client,
+            validity_days: gw.spec.server_certificate.validity_days,
+        },
+        gw.spec.server_certificate.renew_before_days,
+        &ctx,
+    )
+    .await?;
+
+    // 5. Command API bearer key, generated unless the user brings one.
+    if gw.spec.command_api.api_key_secret_ref.is_none() {
+        ensure_command_key(&gw, &secrets).await?;
+    }
+
+    // 6. Mosquitto config, Deployment and Service.
+    let conf = mosquitto::config(gw.spec.mqtt_port);
+    let acl = mosquitto::acl();
+    let cm = ConfigMap {
+        metadata: child_meta(&gw, mosquitto_configmap_name(&name))?,
+        data: Some(
+            [
+                ("mosquitto.conf".to_string(), conf.clone()),
+                ("acl".to_string(), acl.clone()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    apply(&cms, &mosquitto_configmap_name(&name), &cm).await?;
+
+    // Pods restart when the broker's config or certificate changes; CRL
+    // updates do not restart anything (the gateway reloads Mosquitto).
+    let rollout_hash = hex::encode(&Sha256::digest(format!("{conf}{acl}{}", broker.serial))[..8]);
+    let deploy = deployment(&gw, &ctx, &rollout_hash)?;
+    let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let applied = apply(&deploys, &deployment_name(&name), &deploy).await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    apply(&services, &name, &service(&gw)?).await?;
+
+    // 7. Status.
+    status.observed_generation = generation;
+    status.ca_fingerprint = Some(ca_info.fingerprint.clone());
+    status.ca_not_after = Some(Time(ca_info.not_after));
+    status.endpoint = Some(format!("mqtts://{name}.{ns}.svc:{}", gw.spec.mqtt_port));
+    status.server_certificate_serial = Some(broker.serial.clone());
+    status.server_certificate_not_after = Some(Time(broker.not_after));
+    status.revoked_certificates = Some(crl_state.entries.len() as i64);
+    status.crl_number = Some(crl_state.number as i64);
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        true,
+        "Configured",
+        "CA, certificates, CRL and broker configuration are in place",
+        generation,
+    );
+    let available = applied.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) > 0;
+    conditions::set(
+        &mut status.conditions,
+        "BrokerAvailable",
+        available,
+        if available { "Available" } else { "NotAvailable" },
+        if available {
+            "the broker pod is running"
+        } else {
+            "no broker pod is available yet"
+        },
+        generation,
+    );
+    write_status(&gateways, &gw, status).await?;
+    ctx.metrics
+        .cert_expiry
+        .with_label_values(&[&ns, &name, "gateway-ca"])
+        .set(ca_info.not_after.as_second() as f64);
+    ctx.metrics
+        .cert_expiry
+        .with_label_values(&[&ns, &name, "broker"])
+        .set(broker.not_after.as_second() as f64);
+
+    let renew_days = |d: i64| jiff::SignedDuration::from_hours(24 * d);
+    let next = [
+        broker.not_after - renew_days(gw.spec.server_certificate.renew_before_days),
+        client_cert.not_after - renew_days(gw.spec.server_certificate.renew_before_days),
+        crl_state.refresh_at(),
+    ]
+    .into_iter()
+    .min()
+    .expect("non-empty");
+    Ok(requeue_at(next))
+}
+
+async fn write_status(api: &Api<Gateway>, gw: &Gateway, status: GatewayStatus) -> Result<()> {
+    if gw.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    apply_status(api, gw, &status).await
+}
+
+fn child_meta(gw: &Gateway, name: String) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        labels: Some(labels(&[("fleetward.io/gateway", &gw.name_any())])),
+        owner_references: Some(vec![owner_ref(gw)?]),
+        ..Default::default()
+    })
+}
+
+async fn ensure_ca(gw: &Gateway, secrets: &Api<Secret>, ctx: &Context) -> Result<CaBundle> {
+    let name = gw.name_any();
+    let secret_name = ca_secret_name(&name);
+    match load_ca(secrets, &name).await {
+        Ok(Some(ca)) => {
+            return ca.validate().map(|_| ca).map_err(|e| Error::InvalidCa {
+                name: secret_name,
+                reason: e.to_string(),
+            });
+        }
+        Ok(None) => {}
+        Err(Error::SecretMissingKey { name, key }) => {
+            return Err(Error::InvalidCa {
+                name,
+                reason: format!("missing {key}"),
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let ns = gw.namespace().unwrap_or_default();
+    let ca = pki::generate_ca(&format!("fleetward gateway {ns}/{name} CA"), gw.spec.ca_validity_days)?;
+    let secret = tls_secret(
+        child_meta(gw, secret_name.clone())?,
+        &ca.cert_pem,
+        &ca.key_pem,
+        None,
+        [],
+    )?;
+    // `create`, not apply: if another reconcile won the race, keep its CA.
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            let info = ca.validate()?;
+            ctx.event(
+                gw,
+                false,
+                "CACreated",
+                "Issue",
+                format!("created CA, fingerprint {}", info.fingerprint),
+            )
+            .await;
+            Ok(ca)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => load_ca(secrets, &name)
+            .await?
+            .ok_or(Error::MissingObjectKey("CA secret vanished during creation")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Keeps the leaf certificate in `secret_name` or issues a new one when it
+/// is missing, not from this CA, names the wrong subject/SANs, or is due
+/// for renewal.
+#[allow(clippy::too_many_arguments)]
+async fn ensure_leaf(
+    gw: &Gateway,
+    secrets: &Api<Secret>,
+    ca: &CaBundle,
+    secret_name: &str,
+    req: LeafRequest<'_>,
+    renew_before_days: i64,
+    ctx: &Context,
+) -> Result<pki::CertInfo> {
+    let existing = secrets.get_opt(secret_name).await?;
+    let current = existing.as_ref().and_then(|s| {
+        let cert = secret_str(s, "tls.crt")?;
+        secret_str(s, "tls.key")?;
+        (secret_str(s, "ca.crt")? == ca.cert_pem).then_some(cert)
+    });
+    let mut wanted: Vec<String> = req.dns_names.to_vec();
+    wanted.extend(req.ip_addresses.iter().map(|ip| ip.to_string()));
+    wanted.sort();
+    let reason = pki::reissue_reason(
+        current.as_deref(),
+        &ca.cert_pem,
+        req.common_name,
+        &wanted,
+        renew_before_days,
+        Timestamp::now(),
+    );
+    if let (Some(cert), None) = (current.as_deref(), reason) {
+        return Ok(pki::inspect(cert)?);
+    }
+    let issued = ca.issue(&req)?;
+    let secret = tls_secret(
+        child_meta(gw, secret_name.to_string())?,
+        &issued.cert_pem,
+        &issued.key_pem,
+        Some(&ca.cert_pem),
+        [],
+    )?;
+    apply(secrets, secret_name, &secret).await?;
+    ctx.event(
+        gw,
+        false,
+        "CertificateIssued",
+        "Issue",
+        format!(
+            "issued {secret_name} ({}), serial {}",
+            reason.map(|r| r.as_str()).unwrap_or("new"),
+            issued.info.serial
+        ),
+    )
+    .await;
+    Ok(issued.info)
+}
+
+async fn ensure_command_key(gw: &Gateway, secrets: &Api<Secret>) -> Result<()> {
+    let name = command_secret_name(&gw.name_any());
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let secret = Secret {
+        metadata: child_meta(gw, name)?,
+        string_data: Some([("api-key".to_string(), pki::random_secret_hex())].into()),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Deployment> {
+    let name = gw.name_any();
+    let ns = gw.namespace().unwrap_or_default();
+    let images = gw.spec.images.clone().unwrap_or(crate::crd::gateway::GatewayImages {
+        gateway: None,
+        mosquitto: None,
+    });
+    let gateway_image = images.gateway.unwrap_or_else(|| ctx.config.gateway_image.clone());
+    let mosquitto_image = images.mosquitto.unwrap_or_else(|| ctx.config.mosquitto_image.clone());
+    let sec = &gw.spec.security;
+    let (key_secret, key_key) = match &gw.spec.command_api.api_key_secret_ref {
+        Some(r) => (r.name.clone(), r.key.clone()),
+        None => (command_secret_name(&name), "api-key".to_string()),
+    };
+    let mut env = vec![
+        json!({"name": "FLEETWARD_GATEWAY", "value": name}),
+        json!({"name": "FLEETWARD_NAMESPACE", "value": ns}),
+        json!({"name": "MQTT_HOST", "value": "localhost"}),
+        json!({"name": "MQTT_PORT", "value": gw.spec.mqtt_port.to_string()}),
+        json!({"name": "MQTT_CA_FILE", "value": "/etc/fleetward/client/ca.crt"}),
+        json!({"name": "MQTT_CERT_FILE", "value": "/etc/fleetward/client/tls.crt"}),
+        json!({"name": "MQTT_KEY_FILE", "value": "/etc/fleetward/client/tls.key"}),
+        json!({"name": "CRL_FILE", "value": format!("{}/crl.pem", mosquitto::CRL_DIR)}),
+        json!({"name": "TIMESTAMP_WINDOW_SECONDS", "value": sec.timestamp_window_seconds.to_string()}),
+        json!({"name": "REPLAY_CACHE_SIZE", "value": sec.replay_cache_size.to_string()}),
+        json!({"name": "MAX_MESSAGE_BYTES", "value": sec.max_message_bytes.to_string()}),
+        json!({"name": "RATE_PER_SECOND", "value": sec.rate_per_second.to_string()}),
+        json!({"name": "RATE_BURST", "value": sec.burst.to_string()}),
+        json!({"name": "COMMAND_API_PORT", "value": gw.spec.command_api.port.to_string()}),
+        json!({"name": "COMMAND_TLS_CERT_FILE", "value": format!("{}/tls.crt", mosquitto::CERTS_DIR)}),
+        json!({"name": "COMMAND_TLS_KEY_FILE", "value": format!("{}/tls.key", mosquitto::CERTS_DIR)}),
+        json!({"name": "COMMAND_API_KEY", "valueFrom": {"secretKeyRef": {"name": key_secret, "key": key_key}}}),
+        json!({"name": "METRICS_ADDR", "value": "0.0.0.0:9090"}),
+    ];
+    if let Some(b) = &gw.spec.backend {
+        env.push(json!({"name": "BACKEND_URL", "value": b.url}));
+        env.push(json!({"name": "BACKEND_TIMEOUT_MS", "value": b.timeout_ms.to_string()}));
+    }
+    if let Some(k) = &gw.spec.kafka {
+        let brokers = k
+            .bootstrap_servers
+            .clone()
+            .unwrap_or_else(|| ctx.config.kafka_bootstrap.clone());
+        env.push(json!({"name": "KAFKA_BROKERS", "value": brokers}));
+        env.push(json!({"name": "KAFKA_TOPIC", "value": k.topic}));
+    }
+    let selector = json!({"app.kubernetes.io/name": "fleetward-gateway", "fleetward.io/gateway": name});
+    let value = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_meta(gw, deployment_name(&name))?,
+        "spec": {
+            // One broker per gateway: Mosquitto does not cluster, and
+            // sessions live in its persistence directory.
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": selector,
+                    "annotations": {
+                        "fleetward.io/rollout-hash": rollout_hash,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": "9090",
+                    },
+                },
+                "spec": {
+                    // The gateway sends SIGHUP to Mosquitto when the CRL changes.
+                    "shareProcessNamespace": true,
+                    "containers": [
+                        {
+                            "name": "mosquitto",
+                            "image": mosquitto_image,
+                            "command": ["mosquitto", "-c", format!("{}/mosquitto.conf", mosquitto::CONFIG_DIR)],
+                            "ports": [{"name": "mqtts", "containerPort": gw.spec.mqtt_port}],
+                            "readinessProbe": {"tcpSocket": {"port": gw.spec.mqtt_port}, "periodSeconds": 10},
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": mosquitto::CONFIG_DIR, "readOnly": true},
+                                {"name": "broker-tls", "mountPath": mosquitto::CERTS_DIR, "readOnly": true},
+                                {"name": "crl", "mountPath": mosquitto::CRL_DIR, "readOnly": true},
+                                {"name": "data", "mountPath": mosquitto::DATA_DIR},
+                            ],
+                        },
+                        {
+                            "name": "gateway",
+                            "image": gateway_image,
+                            "env": env,
+                            "ports": [
+                                {"name": "command", "containerPort": gw.spec.command_api.port},
+                                {"name": "metrics", "containerPort": 9090},
+                            ],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": 9090}, "periodSeconds": 10},
+                            "livenessProbe": {"httpGet": {"path": "/health", "port": 9090}, "periodSeconds": 20, "failureThreshold": 6},
+                            "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false},
+                            "volumeMounts": [
+                                {"name": "client-tls", "mountPath": "/etc/fleetward/client", "readOnly": true},
+                                {"name": "broker-tls", "mountPath": mosquitto::CERTS_DIR, "readOnly": true},
+                                {"name": "crl", "mountPath": mosquitto::CRL_DIR, "readOnly": true},
+                            ],
+                        },
+                    ],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": mosquitto_configmap_name(&name)}},
+                        {"name": "crl", "configMap": {"name": crl::name(&name)}},
+                        {"name": "broker-tls", "secret": {"secretName": broker_secret_name(&name)}},
+                        {"name": "client-tls", "secret": {"secretName": client_secret_name(&name)}},
+                        {"name": "data", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    });
+    Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
+}
+
+fn service(gw: &Gateway) -> Result<Service> {
+    let name = gw.name_any();
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_meta(gw, name.clone())?,
+        "spec": {
+            "type": gw.spec.service_type.as_str(),
+            "selector": {"app.kubernetes.io/name": "fleetward-gateway", "fleetward.io/gateway": name},
+            "ports": [
+                {"name": "mqtts", "port": gw.spec.mqtt_port, "targetPort": "mqtts"},
+                {"name": "command", "port": gw.spec.command_api.port, "targetPort": "command"},
+                {"name": "metrics", "port": 9090, "targetPort": "metrics"},
+            ],
+        },
+    });
+    Ok(serde_json::from_value(value).expect("service template is well-formed"))
+}

@@ -1,0 +1,54 @@
+//! The operator's error type. Messages name objects and reasons, never
+//! Secret contents.
+
+use crate::pki::PkiError;
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("certificate error: {0}")]
+    Pki(#[from] PkiError),
+
+    #[error("Secret {name} is missing key {key}")]
+    SecretMissingKey { name: String, key: String },
+
+    #[error("Secret {name} holds a CA that cannot be used ({reason}); it is left untouched")]
+    InvalidCa { name: String, reason: String },
+
+    #[error("ConfigMap {name} holds an unreadable revocation list: {reason}")]
+    InvalidCrl { name: String, reason: String },
+
+    #[error("gave up updating {name} after {attempts} conflicting writes")]
+    Conflict { name: String, attempts: u32 },
+
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Short label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Pki(_) => "pki",
+            Error::SecretMissingKey { .. } => "secret_missing_key",
+            Error::InvalidCa { .. } => "invalid_ca",
+            Error::InvalidCrl { .. } => "invalid_crl",
+            Error::Conflict { .. } => "conflict",
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,15 @@
+//! fleetward operator: CRD types, one reconciler per kind, the PKI they
+//! share, and the metrics/health endpoint.
+
+pub mod conditions;
+pub mod context;
+pub mod controllers;
+pub mod crd;
+pub mod crl;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod mosquitto;
+pub mod pki;
+
+pub use error::{Error, Result};

@@ -1,0 +1,127 @@
+//! Prometheus metrics for `/metrics`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub duration: HistogramVec,
+    pub devices_ready: IntGauge,
+    pub cert_expiry: GaugeVec,
+    ready: Mutex<HashSet<(String, String)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new("fleetward_reconciles_total", "Reconciliations started, by kind"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "fleetward_reconcile_errors_total",
+                "Reconciliations that failed, by kind and error",
+            ),
+            &["kind", "error"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "fleetward_reconcile_duration_seconds",
+                "Time spent in one reconciliation",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let devices_ready =
+            IntGauge::new("fleetward_devices_ready", "Devices whose Ready condition is True").expect("valid metric");
+        let cert_expiry = GaugeVec::new(
+            Opts::new(
+                "fleetward_certificate_expiry_timestamp_seconds",
+                "notAfter of certificates the operator issued, as a Unix timestamp",
+            ),
+            &["namespace", "name", "certificate"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(duration.clone()),
+            Box::new(devices_ready.clone()),
+            Box::new(cert_expiry.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            devices_ready,
+            cert_expiry,
+            ready: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and returns a guard that records its duration.
+    pub fn start(&self, kind: &'static str) -> ReconcileTimer<'_> {
+        self.reconciles.with_label_values(&[kind]).inc();
+        ReconcileTimer {
+            metrics: self,
+            kind,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn failure(&self, kind: &str, error: &crate::Error) {
+        self.failures.with_label_values(&[kind, error.metric_label()]).inc();
+    }
+
+    /// Records whether a device is ready; the gauge is the size of the set.
+    pub fn device_ready(&self, namespace: &str, name: &str, ready: bool) {
+        let mut set = self.ready.lock().expect("metrics lock");
+        let key = (namespace.to_string(), name.to_string());
+        if ready {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+        self.devices_ready.set(set.len() as i64);
+    }
+
+    pub fn forget_device(&self, namespace: &str, name: &str) {
+        self.device_ready(namespace, name, false);
+        let _ = self.cert_expiry.remove_label_values(&[namespace, name, "device"]);
+    }
+
+    pub fn gather(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    kind: &'static str,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .duration
+            .with_label_values(&[self.kind])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
