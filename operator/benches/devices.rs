@@ -1,0 +1,216 @@
+//! How fast the operator makes N Devices Ready on the local control plane,
+//! and how much memory it needs for that.
+//!
+//!   cargo bench -p fleetward-operator --bench devices -- [N]     (default 1000)
+//!
+//! Needs the services of `./deploy.sh dev-up` (KUBECONFIG from `.dev/env`).
+//! Baseline, same run, same client and concurrency: creating N plain
+//! Secrets — the API server's own cost for N writes. The operator's work per
+//! Device is at least two writes (Secret + status) plus a key generation and
+//! a signature, so the ratio shows how far it is from the API-server floor.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleetward_operator::crd::Device;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+const CONCURRENCY: usize = 32;
+
+fn kubeconfig_path() -> String {
+    std::env::var("KUBECONFIG").ok().unwrap_or_else(|| {
+        let env = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.dev/env"))
+            .expect(".dev/env missing: run ./deploy.sh dev-up first");
+        env.lines()
+            .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+            .expect("KUBECONFIG in .dev/env")
+            .to_string()
+    })
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn is_ready(d: &Device) -> bool {
+    d.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(|a| a.parse().expect("N is a number"))
+        .unwrap_or(1000);
+    let path = kubeconfig_path();
+    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path)?, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config)?;
+
+    let status = Command::new("kubectl")
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../crds"),
+        ])
+        .env("KUBECONFIG", &path)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "could not install CRDs");
+
+    let ns_name = format!("fleet-bench-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns_name}}))?,
+        )
+        .await?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"))
+        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
+        .env("KUBECONFIG", &path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    let result = run(&client, &ns_name, n, operator.id(), port).await;
+    let _ = operator.kill();
+    let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+    result
+}
+
+async fn run(client: &Client, ns: &str, n: usize, pid: u32, port: u16) -> anyhow::Result<()> {
+    let gateways: Api<fleetward_operator::crd::Gateway> = Api::namespaced(client.clone(), ns);
+    gateways
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "fleetward.io/v1alpha1", "kind": "Gateway",
+                "metadata": {"name": "bench-gw"}, "spec": {}
+            }))?,
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gw = gateways.get("bench-gw").await?;
+        if gw
+            .status
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "gateway not Ready after 60s; is the operator running?"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Baseline: N Secrets, same client, same concurrency.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let t = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let secrets = secrets.clone();
+            async move {
+                let s = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(format!("baseline-{i}")),
+                        ..Default::default()
+                    },
+                    string_data: Some([("k".to_string(), "v".to_string())].into()),
+                    ..Default::default()
+                };
+                secrets.create(&PostParams::default(), &s).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let baseline = t.elapsed();
+
+    // N Devices: time from the first create until every one is Ready.
+    let devices: Api<Device> = Api::namespaced(client.clone(), ns);
+    let watch = watcher(devices.clone(), watcher::Config::default()).applied_objects();
+    let t = Instant::now();
+    let create = stream::iter(0..n)
+        .map(|i| {
+            let devices = devices.clone();
+            async move {
+                let d: Device = serde_json::from_value(json!({
+                    "apiVersion": "fleetward.io/v1alpha1", "kind": "Device",
+                    "metadata": {"name": format!("dev-{i:05}")},
+                    "spec": {"gatewayRef": "bench-gw", "category": "weatherStation"}
+                }))
+                .expect("valid device");
+                devices.create(&PostParams::default(), &d).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>();
+    let wait_ready = async {
+        let mut ready = std::collections::HashSet::new();
+        let mut watch = std::pin::pin!(watch);
+        while let Some(d) = watch.try_next().await? {
+            if is_ready(&d) {
+                ready.insert(kube::ResourceExt::name_any(&d));
+                if ready.len() % 100 == 0 {
+                    eprint!("\r  ready {}/{n}", ready.len());
+                }
+                if ready.len() == n {
+                    break;
+                }
+            }
+        }
+        eprintln!();
+        anyhow::Ok(())
+    };
+    let (created, waited) = tokio::join!(create, wait_ready);
+    created?;
+    waited?;
+    let total = t.elapsed();
+
+    let metrics = Command::new("curl")
+        .args(["-fsS", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()?;
+    let errors: f64 = String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .filter(|l| l.starts_with("fleetward_reconcile_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+
+    println!("devices                                   {n}");
+    println!(
+        "baseline: create {n} Secrets              {:.2} s",
+        baseline.as_secs_f64()
+    );
+    println!(
+        "create {n} Devices -> all Ready            {:.2} s  ({:.0} devices/s)",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64()
+    );
+    println!(
+        "ratio Devices-Ready / Secrets baseline    {:.2} x",
+        total.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!("operator peak RSS (VmHWM)                 {:.1} MiB", peak_rss_mib(pid));
+    println!("reconcile errors                          {}", errors as u64);
+    Ok(())
+}
