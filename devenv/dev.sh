@@ -24,6 +24,7 @@ KAFKA_PORT=${FLEETWARD_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${FLEETWARD_KAFKA_CONTROLLER_PORT:-19093}
 MQTT_PORT=${FLEETWARD_MQTT_PORT:-18883}
 OPERATOR_HTTP_PORT=${FLEETWARD_OPERATOR_HTTP_PORT:-18080}
+HELM_VERSION=v3.22.0
 PG_USER=fleetward
 PG_PASSWORD=fleetward
 PG_DB=fleetward
@@ -62,6 +63,7 @@ prereqs() {
   need mosquitto mosquitto
   need mosquitto_pub mosquitto-clients
   need curl curl
+  need python3 python3
   pg_bin >/dev/null || need /usr/lib/postgresql/15/bin/initdb postgresql
   command -v cargo >/dev/null || die "missing 'cargo': install Rust with rustup (https://rustup.rs)"
 }
@@ -95,6 +97,31 @@ build_controlplane() {
   mkdir -p "$CACHE/bin"
   (cd "$src" && go build -trimpath -ldflags="-s -w" -o "$bin.tmp" .) || die "control plane build failed"
   mv "$bin.tmp" "$bin"
+}
+
+# helm, from the Go module proxy (pinned), for the chart's tests.
+build_helm() {
+  [ -x "$CACHE/bin/helm" ] && [ -f "$CACHE/bin/.helm-$HELM_VERSION" ] && return 0
+  log "building helm $HELM_VERSION from the Go module proxy"
+  mkdir -p "$CACHE/bin"
+  GOBIN=$CACHE/bin go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "helm build failed"
+  rm -f "$CACHE"/bin/.helm-*
+  touch "$CACHE/bin/.helm-$HELM_VERSION"
+}
+
+# Third-party clients the tests use as independent peers (PyPI): paho-mqtt
+# for a device written from the message-format description, cryptography
+# to check our Fernet tokens decrypt elsewhere.
+PY_PACKAGES=(paho-mqtt==2.1.0 cryptography==46.0.3)
+python_env() {
+  local venv=$CACHE/venv stamp
+  stamp=$(printf '%s ' "${PY_PACKAGES[@]}" | sha256sum | cut -c1-16)
+  [ -x "$venv/bin/python" ] && [ -f "$venv/.stamp-$stamp" ] && return 0
+  log "installing Python test clients (${PY_PACKAGES[*]})"
+  python3 -m venv "$venv" || die "python3 -m venv failed: install the Debian package python3-venv"
+  "$venv/bin/pip" install -q "${PY_PACKAGES[@]}" || die "pip install failed"
+  rm -f "$venv"/.stamp-*
+  touch "$venv/.stamp-$stamp"
 }
 
 kubectl_cmd() {
@@ -266,6 +293,7 @@ export MQTT_HOST=127.0.0.1
 export MQTT_PORT=$MQTT_PORT
 export FLEETWARD_OPERATOR_METRICS=http://127.0.0.1:$OPERATOR_HTTP_PORT/metrics
 export FLEETWARD_KAFKA_LIBS=$CACHE/kafka/libs
+export FLEETWARD_PYTHON=$CACHE/venv/bin/python
 export PATH=$CACHE/bin:\$PATH
 EOF
   if ! command -v kubectl >/dev/null 2>&1; then
@@ -279,7 +307,9 @@ up() {
   prereqs
   mkdir -p "$STATE/logs" "$STATE/pids"
   build_controlplane
+  build_helm
   fetch_kafka
+  python_env
   start_apiserver
   start_postgres
   start_kafka

@@ -1,0 +1,120 @@
+//! The Helm chart renders, the API server accepts what it renders, and its
+//! RBAC is enough: an operator running with only the chart's ServiceAccount
+//! rights (via impersonation) makes a Gateway and a Device Ready.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleetward_operator::crd::{Device, Gateway};
+
+fn helm() -> String {
+    let cached = repo_root().join(".cache/bin/helm");
+    if cached.exists() {
+        cached.to_string_lossy().into_owned()
+    } else {
+        "helm".into()
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl_apply(manifest: &str, extra: &[&str]) -> String {
+    let mut child = Command::new(kubectl())
+        .args(["apply", "-f", "-"])
+        .args(extra)
+        .env("KUBECONFIG", env("KUBECONFIG"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
+    install_crds();
+    let chart = repo_root().join("helm/fleetward");
+    run(Command::new(helm()).arg("lint").arg(&chart));
+
+    let ns = TestNs::new("fw-helm").await;
+    let release = format!("fw{}", &ns.name[ns.name.len() - 4..]);
+    let rendered = run(Command::new(helm())
+        .args(["template", &release])
+        .arg(&chart)
+        .args(["--namespace", &ns.name, "--include-crds"]));
+    for kind in ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment", "Service"] {
+        assert!(rendered.contains(&format!("kind: {kind}")), "chart renders a {kind}");
+    }
+    // The API server validates every rendered object.
+    kubectl_apply(&rendered, &["--dry-run=server"]);
+
+    // Install only the RBAC objects for real (no kubelet runs pods here),
+    // then run the operator as that ServiceAccount.
+    let rbac = run(Command::new(helm())
+        .args(["template", &release])
+        .arg(&chart)
+        .args(["--namespace", &ns.name, "--show-only", "templates/rbac.yaml"]));
+    kubectl_apply(&rbac, &[]);
+    let sa = format!("system:serviceaccount:{}:{release}-operator", ns.name);
+    let kubeconfig = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let impersonating = kubeconfig.replace("  user:\n", &format!("  user:\n    as: {sa}\n"));
+    assert_ne!(impersonating, kubeconfig, "kubeconfig user section found");
+    let kc_path = write(dir.path(), "kubeconfig", &impersonating);
+    let port = free_port();
+    let log = dir.path().join("operator.log");
+    let mut op = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"))
+        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
+        .env("KUBECONFIG", &kc_path)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("operator.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&format!("http://127.0.0.1:{port}/healthz")).is_none() {
+        if let Ok(Some(status)) = op.try_wait() {
+            panic!(
+                "operator exited ({status}) with the chart's RBAC: {}",
+                std::fs::read_to_string(dir.path().join("operator.err")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "operator did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    ns.apply_yaml(GATEWAY_YAML).await;
+    ns.apply_yaml(&device_yaml("d1", "gw", "")).await;
+    let gws = ns.api::<Gateway>();
+    let devs = ns.api::<Device>();
+    wait_for("Gateway Ready under chart RBAC", 60, || get_opt(&gws, "gw"), gateway_ready).await;
+    wait_for("Device Ready under chart RBAC", 60, || get_opt(&devs, "d1"), device_ready).await;
+    let _ = op.kill();
+    let _ = op.wait();
+    // Events and watches fail softly; their refusals would only show here.
+    let log = std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("operator.err")).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "operator hit RBAC refusals:\n{log}");
+    assert!(!log.contains("could not publish event"), "events refused:\n{log}");
+    let _ = Command::new(kubectl())
+        .args(["delete", "clusterrole,clusterrolebinding", &format!("{release}-operator")])
+        .env("KUBECONFIG", env("KUBECONFIG"))
+        .output();
+    ns.cleanup().await;
+}
