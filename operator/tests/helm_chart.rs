@@ -43,7 +43,11 @@ fn kubectl_apply(manifest: &str, extra: &[&str]) -> String {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -55,11 +59,19 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
 
     let ns = TestNs::new("fw-helm").await;
     let release = format!("fw{}", &ns.name[ns.name.len() - 4..]);
-    let rendered = run(Command::new(helm())
-        .args(["template", &release])
-        .arg(&chart)
-        .args(["--namespace", &ns.name, "--include-crds"]));
-    for kind in ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment", "Service"] {
+    let rendered = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
+        "--namespace",
+        &ns.name,
+        "--include-crds",
+    ]));
+    for kind in [
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+    ] {
         assert!(rendered.contains(&format!("kind: {kind}")), "chart renders a {kind}");
     }
     // The API server validates every rendered object.
@@ -67,10 +79,12 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
 
     // Install only the RBAC objects for real (no kubelet runs pods here),
     // then run the operator as that ServiceAccount.
-    let rbac = run(Command::new(helm())
-        .args(["template", &release])
-        .arg(&chart)
-        .args(["--namespace", &ns.name, "--show-only", "templates/rbac.yaml"]));
+    let rbac = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
+        "--namespace",
+        &ns.name,
+        "--show-only",
+        "templates/rbac.yaml",
+    ]));
     kubectl_apply(&rbac, &[]);
     let sa = format!("system:serviceaccount:{}:{release}-operator", ns.name);
     let kubeconfig = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
@@ -104,16 +118,36 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
     ns.apply_yaml(&device_yaml("d1", "gw", "")).await;
     let gws = ns.api::<Gateway>();
     let devs = ns.api::<Device>();
-    wait_for("Gateway Ready under chart RBAC", 60, || get_opt(&gws, "gw"), gateway_ready).await;
-    wait_for("Device Ready under chart RBAC", 60, || get_opt(&devs, "d1"), device_ready).await;
+    wait_for(
+        "Gateway Ready under chart RBAC",
+        60,
+        || get_opt(&gws, "gw"),
+        gateway_ready,
+    )
+    .await;
+    wait_for(
+        "Device Ready under chart RBAC",
+        60,
+        || get_opt(&devs, "d1"),
+        device_ready,
+    )
+    .await;
     let _ = op.kill();
     let _ = op.wait();
     // Events and watches fail softly; their refusals would only show here.
-    let log = std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("operator.err")).unwrap();
-    assert!(!log.to_lowercase().contains("forbidden"), "operator hit RBAC refusals:\n{log}");
+    let log =
+        std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("operator.err")).unwrap();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "operator hit RBAC refusals:\n{log}"
+    );
     assert!(!log.contains("could not publish event"), "events refused:\n{log}");
     let _ = Command::new(kubectl())
-        .args(["delete", "clusterrole,clusterrolebinding", &format!("{release}-operator")])
+        .args([
+            "delete",
+            "clusterrole,clusterrolebinding",
+            &format!("{release}-operator"),
+        ])
         .env("KUBECONFIG", env("KUBECONFIG"))
         .output();
     ns.cleanup().await;
