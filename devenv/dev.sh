@@ -47,6 +47,22 @@ need() {
   fi
 }
 
+header_present() {
+  [ -f "/usr/include/$1" ] || [ -f "/usr/include/$(gcc -print-multiarch 2>/dev/null)/$1" ]
+}
+
+# need_pkg <debian-package> <what it provides>: for files rather than commands.
+need_pkg() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing $1 (for $2)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null ||
+      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null; } ||
+      die "could not install $1; install it and retry"
+  else
+    die "missing $2: install the Debian package '$1'"
+  fi
+}
+
 pg_bin() {
   local d
   for d in /usr/lib/postgresql/*/bin; do
@@ -65,6 +81,12 @@ prereqs() {
   need curl curl
   need python3 python3
   pg_bin >/dev/null || need /usr/lib/postgresql/15/bin/initdb postgresql
+  # librdkafka is compiled from source by rdkafka-sys (cmake). Its 2.12
+  # sources include <curl/curl.h> under an #ifdef that is always true in a
+  # CMake build, even without curl support, so the header must exist.
+  need cmake cmake
+  need c++ g++
+  header_present curl/curl.h || need_pkg libcurl4-openssl-dev "the curl/curl.h header"
   command -v cargo >/dev/null || die "missing 'cargo': install Rust with rustup (https://rustup.rs)"
 }
 

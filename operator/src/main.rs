@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use clap::Parser;
 use fleetward_operator::context::{Config, Context};
-use fleetward_operator::controllers::{device, gateway};
 use fleetward_operator::crd::{Device, Gateway};
 use fleetward_operator::metrics::Metrics;
 use kube::api::ListParams;
@@ -98,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("fleetward operator starting");
     let http = tokio::spawn(fleetward_operator::http::serve(args.http_addr, metrics));
     tokio::select! {
-        _ = async { tokio::join!(gateway::run(ctx.clone()), device::run(ctx.clone())) } => {
+        _ = fleetward_operator::controllers::run(ctx) => {
             tracing::info!("controllers stopped");
         }
         res = http => {

@@ -257,13 +257,20 @@ async fn rotation_replaces_credentials_and_keeps_previous_hmac_for_grace() {
         hmac1,
         "current key survives grace end"
     );
+    // The previous certificate is revoked right after the key is retired.
+    let old_serial = s0.serial.clone().unwrap();
+    let cms = ns.api::<ConfigMap>();
+    wait_for(
+        "previous serial in the CRL",
+        30,
+        || get_opt(&cms, "gw-crl"),
+        |cm| cm.data.as_ref().unwrap()["revoked.json"].contains(&old_serial),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let crl = write(dir.path(), "crl.pem", &ns.crl_pem("gw").await);
     let (_, text) = openssl(&["crl", "-in", &crl, "-noout", "-text"]);
-    assert!(
-        text.contains(s0.serial.as_deref().unwrap()),
-        "old serial in CRL: {text}"
-    );
+    assert!(text.contains(&old_serial), "old serial in CRL: {text}");
     assert!(
         !text.contains(s1.serial.as_deref().unwrap()),
         "current serial must not be revoked"

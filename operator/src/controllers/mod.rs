@@ -13,6 +13,12 @@ use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
 
 use crate::Result;
+use crate::context::Context;
+
+/// Runs every controller until shutdown. Add a new kind's `run` here.
+pub async fn run(ctx: std::sync::Arc<Context>) {
+    tokio::join!(gateway::run(ctx.clone()), device::run(ctx.clone()));
+}
 
 /// Longest the operator waits before looking at an object again even when
 /// nothing changed, so drift (a deleted Secret, a missed event) heals.
