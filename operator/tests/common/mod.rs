@@ -49,7 +49,11 @@ pub fn operator() -> &'static Operator {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(&format!("{}/healthz", op.http)).is_none() {
-            assert!(Instant::now() < deadline, "operator did not serve /healthz; log: {}", op.log.display());
+            assert!(
+                Instant::now() < deadline,
+                "operator did not serve /healthz; log: {}",
+                op.log.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         op
