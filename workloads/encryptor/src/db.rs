@@ -1,0 +1,211 @@
+//! PostgreSQL: migrations, the per-feed station table, batched idempotent
+//! inserts and the export query.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+
+use crate::record::Row;
+
+/// The encryptor's migrations, tracked in a table of their own: the
+/// database is shared with other fleetward workloads, whose migrators would
+/// otherwise see ours as unknown ("previously applied but missing") and
+/// refuse to run.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("./migrations");
+    m.dangerous_set_table_name("_fleetward_encryptor_migrations");
+    m
+}
+
+/// A station table name. The only way table names reach SQL text, so it
+/// is the SQL-injection boundary: `^[a-z_][a-z0-9_]{0,62}$` (the CRD's
+/// rule), and always double-quoted in SQL anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableName(String);
+
+impl FromStr for TableName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut chars = s.chars();
+        let ok = matches!(chars.next(), Some('a'..='z' | '_'))
+            && s.len() <= 63
+            && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "invalid table name {s:?}: use 1-63 characters a-z, 0-9 and _, not starting with a digit"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Quoted: a name that happens to be a keyword (`user`) still works.
+        write!(f, "\"{}\"", self.0)
+    }
+}
+
+impl TableName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect(url)
+        .await
+}
+
+/// Runs the migrations, then creates `table` if needed.
+pub async fn prepare(pool: &PgPool, table: &TableName) -> Result<(), crate::pipeline::Error> {
+    migrator().run(pool).await?;
+    sqlx::query("SELECT fleetward_ensure_station_table($1)")
+        .bind(table.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Inserts a batch in the caller's transaction with one statement (arrays
+/// unnested server-side: one round trip whatever the batch size). Rows
+/// whose natural key is already stored are skipped. Returns rows inserted.
+pub async fn insert_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &TableName,
+    key_id: &str,
+    encrypted_fields: &[String],
+    rows: &[Row],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "INSERT INTO {table} (contract_index, number, last_update, key_id, encrypted_fields, contract_name, name, \
+         address, position, banking, bonus, bike_stands, available_bike_stands, available_bikes, status) \
+         SELECT ci, n, lu, $4, $5, cn, nm, ad, po, ba, bo, bs, abs, ab, st \
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                     $10::bool[], $11::bool[], $12::int4[], $13::int4[], $14::int4[], $15::text[]) \
+              AS t(ci, n, lu, cn, nm, ad, po, ba, bo, bs, abs, ab, st) \
+         ON CONFLICT (contract_index, number, last_update) DO NOTHING"
+    );
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let res = sqlx::query(AssertSqlSafe(sql))
+        .bind(col!(contract_index))
+        .bind(col!(number))
+        .bind(col!(last_update))
+        .bind(key_id)
+        .bind(encrypted_fields)
+        .bind(col!(contract_name))
+        .bind(col!(name))
+        .bind(col!(address))
+        .bind(col!(position))
+        .bind(col!(banking))
+        .bind(col!(bonus))
+        .bind(col!(bike_stands))
+        .bind(col!(available_bike_stands))
+        .bind(col!(available_bikes))
+        .bind(col!(status))
+        .execute(&mut **tx)
+        .await?;
+    Ok(res.rows_affected())
+}
+
+/// A stored row as read back for export (sensitive fields still sealed).
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct StoredRow {
+    pub number: String,
+    pub last_update: DateTime<Utc>,
+    pub key_id: String,
+    pub encrypted_fields: Vec<String>,
+    pub contract_name: String,
+    pub name: String,
+    pub address: String,
+    pub position: Option<String>,
+    pub banking: bool,
+    pub bonus: bool,
+    pub bike_stands: i32,
+    pub available_bike_stands: i32,
+    pub available_bikes: i32,
+    pub status: String,
+}
+
+/// Which rows to export.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub contract_index: String,
+    pub station: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+const WHERE: &str = "WHERE contract_index = $1 AND ($2::text IS NULL OR number = $2) \
+                     AND ($3::timestamptz IS NULL OR last_update >= $3) \
+                     AND ($4::timestamptz IS NULL OR last_update < $4)";
+
+/// Key ids used by the selected rows (checked against the keyring before
+/// anything is printed).
+pub async fn key_ids(pool: &PgPool, table: &TableName, sel: &Selection) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!("SELECT DISTINCT key_id FROM {table} {WHERE} ORDER BY key_id");
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(&sel.contract_index)
+        .bind(&sel.station)
+        .bind(sel.from)
+        .bind(sel.to)
+        .fetch_all(pool)
+        .await
+}
+
+pub fn select_rows<'a>(
+    pool: &'a PgPool,
+    table: &TableName,
+    sel: &'a Selection,
+) -> impl futures::Stream<Item = Result<StoredRow, sqlx::Error>> + 'a {
+    let sql = format!(
+        "SELECT number, last_update, key_id, encrypted_fields, contract_name, name, address, position, banking, \
+         bonus, bike_stands, available_bike_stands, available_bikes, status FROM {table} {WHERE} \
+         ORDER BY last_update, number"
+    );
+    sqlx::query_as::<_, StoredRow>(AssertSqlSafe(sql))
+        .bind(&sel.contract_index)
+        .bind(&sel.station)
+        .bind(sel.from)
+        .bind(sel.to)
+        .fetch(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_that_could_inject_sql_are_refused() {
+        for bad in [
+            "",
+            "Stations",
+            "1stations",
+            "stations; DROP TABLE users",
+            "stations\"--",
+            "st ations",
+            "stätions",
+            &"a".repeat(64),
+        ] {
+            assert!(bad.parse::<TableName>().is_err(), "{bad:?} accepted");
+        }
+        for good in ["stations", "_x", "dublin_2026", &"a".repeat(63)] {
+            assert_eq!(good.parse::<TableName>().unwrap().as_str(), good);
+        }
+        assert_eq!("user".parse::<TableName>().unwrap().to_string(), "\"user\"");
+    }
+}

@@ -1,0 +1,96 @@
+//! fleetward encryptor: consumes station records from Kafka, encrypts the
+//! sensitive fields as Fernet tokens with the feed keyring's primary key,
+//! and stores rows in PostgreSQL in batches, idempotently, committing
+//! offsets only after the rows are durable (seed 000's `encryption.py`,
+//! made crash-safe). Also home of the export CLI (`fleetward-stations`).
+
+pub mod db;
+pub mod export;
+pub mod keys;
+pub mod metrics;
+pub mod pipeline;
+pub mod record;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+
+use crate::db::TableName;
+use crate::metrics::Metrics;
+use crate::pipeline::Settings;
+use crate::record::Sensitive;
+
+/// Configuration, from flags or (as the operator sets them) environment.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about = "Kafka → Fernet field encryption → PostgreSQL")]
+pub struct Args {
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    #[arg(long, env = "KAFKA_TOPIC")]
+    pub kafka_topic: String,
+    /// Consumer group; one per feed.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "fleetward-encryptor")]
+    pub kafka_group_id: String,
+    /// How long the group waits for a silent member before handing its
+    /// partitions to others: after a crash, the replacement waits this long.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u32,
+    /// Where unparseable records go; default `<topic>.dlq`.
+    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// `postgres://` URL (from a Secret: it holds the password). Never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(long, env = "STATIONS_TABLE", default_value = "stations")]
+    pub table: TableName,
+    /// Comma-separated: address, contract_name, name, position.
+    #[arg(long, env = "SENSITIVE_FIELDS", default_value = "address,contract_name")]
+    pub sensitive_fields: Sensitive,
+    /// The keyring (`keyring.json` of the feed's keyring Secret, mounted).
+    #[arg(long, env = "KEYRING_FILE")]
+    pub keyring_file: PathBuf,
+    /// How often the keyring file is checked for a rotation.
+    #[arg(long, env = "KEYRING_RELOAD_SECONDS", default_value_t = 10)]
+    pub keyring_reload_seconds: u64,
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub batch_size: u32,
+    #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 200)]
+    pub batch_timeout_ms: u64,
+    /// Address of `/metrics` and `/health`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Args {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            brokers: self.kafka_brokers.clone(),
+            topic: self.kafka_topic.clone(),
+            group_id: self.kafka_group_id.clone(),
+            session_timeout_ms: self.kafka_session_timeout_ms,
+            dead_letter_topic: self
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.dlq", self.kafka_topic)),
+            table: self.table.clone(),
+            sensitive: self.sensitive_fields.clone(),
+            batch_size: self.batch_size as usize,
+            batch_timeout: Duration::from_millis(self.batch_timeout_ms),
+        }
+    }
+}
+
+pub async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { metrics.gather() }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,331 @@
+//! Station records as they arrive from Kafka (JCDecaux v1 field names, as
+//! the ingestor produces them), and the row stored for each: sensitive
+//! fields as Fernet tokens, the rest readable.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use fleetward_keyring::Keyring;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Fields that may be stored encrypted (the StationFeed's `sensitiveFields`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    Address,
+    ContractName,
+    Name,
+    Position,
+}
+
+impl Field {
+    pub const ALL: [Field; 4] = [Field::Address, Field::ContractName, Field::Name, Field::Position];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Address => "address",
+            Field::ContractName => "contract_name",
+            Field::Name => "name",
+            Field::Position => "position",
+        }
+    }
+}
+
+impl FromStr for Field {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Field::ALL.into_iter().find(|f| f.as_str() == s.trim()).ok_or_else(|| {
+            format!("unknown sensitive field {s:?} (expected one of address, contract_name, name, position)")
+        })
+    }
+}
+
+/// The set of fields to encrypt, from `address,contract_name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sensitive(pub BTreeSet<Field>);
+
+impl FromStr for Sensitive {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Field::from_str)
+            .collect::<Result<_, _>>()
+            .map(Sensitive)
+    }
+}
+
+impl Sensitive {
+    pub fn contains(&self, f: Field) -> bool {
+        self.0.contains(&f)
+    }
+
+    /// Column value of `encrypted_fields`.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|f| f.as_str().to_string()).collect()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Position {
+    pub lat: f64,
+    pub lng: f64,
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+enum Number {
+    Int(u64),
+    Text(String),
+}
+
+/// A station record; fields beyond these are ignored.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+struct Incoming {
+    number: Number,
+    contract_name: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    position: Option<Position>,
+    #[serde(default)]
+    banking: bool,
+    #[serde(default)]
+    bonus: bool,
+    bike_stands: u32,
+    available_bike_stands: u32,
+    available_bikes: u32,
+    status: String,
+    last_update: i64,
+}
+
+/// A parsed record, before encryption.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Station {
+    pub number: String,
+    pub contract_name: String,
+    pub name: String,
+    pub address: String,
+    pub position: Option<Position>,
+    pub banking: bool,
+    pub bonus: bool,
+    pub bike_stands: i32,
+    pub available_bike_stands: i32,
+    pub available_bikes: i32,
+    pub status: String,
+    pub last_update: DateTime<Utc>,
+}
+
+/// Why a record goes to the dead-letter topic. The reason travels in a
+/// header; it never quotes field values (they may be sensitive).
+#[derive(thiserror::Error, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    #[error("record has no value")]
+    Empty,
+    #[error("not JSON: {0}")]
+    Json(String),
+    #[error("not a station record: {0}")]
+    Shape(String),
+    #[error("station number is empty or longer than 64 characters")]
+    Number,
+    #[error("{0} is larger than {max}", max = i32::MAX)]
+    TooLarge(&'static str),
+    #[error("last_update {0} ms is not a time between 2000 and 2200")]
+    Time(i64),
+    #[error("text field longer than 4096 bytes")]
+    TooLong,
+}
+
+/// Error text of serde without the input excerpt serde sometimes quotes.
+fn serde_reason(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    // "invalid type: string \"secret\", expected u32 at line 1 column 9":
+    // keep the structure, drop quoted values.
+    let mut out = String::with_capacity(msg.len());
+    let mut quoted = false;
+    for c in msg.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            if quoted {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Station {
+    pub fn parse(payload: Option<&[u8]>) -> Result<Self, Invalid> {
+        let bytes = payload.filter(|p| !p.is_empty()).ok_or(Invalid::Empty)?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::Json(serde_reason(&e)))?;
+        let r: Incoming = serde_json::from_value(value).map_err(|e| Invalid::Shape(serde_reason(&e)))?;
+        let number = match r.number {
+            Number::Int(n) => n.to_string(),
+            Number::Text(s) => s,
+        };
+        if number.is_empty() || number.len() > 64 {
+            return Err(Invalid::Number);
+        }
+        let int = |v: u32, what| i32::try_from(v).map_err(|_| Invalid::TooLarge(what));
+        const Y2000_MS: i64 = 946_684_800_000;
+        const Y2200_MS: i64 = 7_258_118_400_000;
+        if !(Y2000_MS..Y2200_MS).contains(&r.last_update) {
+            return Err(Invalid::Time(r.last_update));
+        }
+        if [&r.contract_name, &r.name, &r.address, &r.status]
+            .iter()
+            .any(|s| s.len() > 4096)
+        {
+            return Err(Invalid::TooLong);
+        }
+        Ok(Station {
+            number,
+            contract_name: r.contract_name,
+            name: r.name,
+            address: r.address,
+            position: r.position,
+            banking: r.banking,
+            bonus: r.bonus,
+            bike_stands: int(r.bike_stands, "bike_stands")?,
+            available_bike_stands: int(r.available_bike_stands, "available_bike_stands")?,
+            available_bikes: int(r.available_bikes, "available_bikes")?,
+            status: r.status,
+            last_update: DateTime::from_timestamp_millis(r.last_update).ok_or(Invalid::Time(r.last_update))?,
+        })
+    }
+
+    /// The row to store: each sensitive field becomes a Fernet token made
+    /// with the keyring's primary key.
+    pub fn seal(self, keyring: &Keyring, sensitive: &Sensitive) -> Row {
+        let protect = |f: Field, plain: String| {
+            if sensitive.contains(f) {
+                keyring.encrypt(plain.as_bytes())
+            } else {
+                plain
+            }
+        };
+        let position = self
+            .position
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("position serializes"));
+        Row {
+            contract_index: contract_index(keyring, &self.contract_name),
+            number: self.number,
+            last_update: self.last_update,
+            contract_name: protect(Field::ContractName, self.contract_name),
+            name: protect(Field::Name, self.name),
+            address: protect(Field::Address, self.address),
+            position: position.map(|p| protect(Field::Position, p)),
+            banking: self.banking,
+            bonus: self.bonus,
+            bike_stands: self.bike_stands,
+            available_bike_stands: self.available_bike_stands,
+            available_bikes: self.available_bikes,
+            status: self.status,
+        }
+    }
+}
+
+/// Contract names are matched case-insensitively (JCDecaux answers for
+/// `contract=Dublin` with `"contract_name":"dublin"`).
+pub fn contract_index(keyring: &Keyring, contract: &str) -> String {
+    keyring.blind_index(&contract.to_lowercase())
+}
+
+/// One stored row (the columns of the station table, minus `key_id` and
+/// `encrypted_fields`, which are the same for a whole batch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub contract_index: String,
+    pub number: String,
+    pub last_update: DateTime<Utc>,
+    pub contract_name: String,
+    pub name: String,
+    pub address: String,
+    pub position: Option<String>,
+    pub banking: bool,
+    pub bonus: bool,
+    pub bike_stands: i32,
+    pub available_bike_stands: i32,
+    pub available_bikes: i32,
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record() -> Value {
+        json!({"number": 42, "contract_name": "dublin", "name": "SMITHFIELD NORTH", "address": "Smithfield North",
+            "position": {"lat": 53.349562, "lng": -6.278198}, "banking": false, "bonus": false, "bike_stands": 30,
+            "available_bike_stands": 15, "available_bikes": 15, "status": "OPEN", "last_update": 1770418469000_i64})
+    }
+
+    #[test]
+    fn seals_only_the_sensitive_fields() {
+        let ring = Keyring::generate();
+        let st = Station::parse(Some(record().to_string().as_bytes())).unwrap();
+        let row = st.seal(&ring, &"address,contract_name".parse().unwrap());
+        let id = ring.primary_id();
+        assert_eq!(ring.decrypt(id, &row.address).unwrap(), b"Smithfield North");
+        assert_eq!(ring.decrypt(id, &row.contract_name).unwrap(), b"dublin");
+        assert_eq!(row.name, "SMITHFIELD NORTH");
+        assert_eq!(row.position.as_deref(), Some(r#"{"lat":53.349562,"lng":-6.278198}"#));
+        assert_eq!(row.number, "42");
+        assert_eq!(row.last_update.timestamp_millis(), 1770418469000);
+        assert_eq!(row.contract_index, contract_index(&ring, "Dublin"));
+
+        let st = Station::parse(Some(record().to_string().as_bytes())).unwrap();
+        let row = st.seal(&ring, &"position".parse().unwrap());
+        assert_eq!(row.address, "Smithfield North");
+        let pos: Position =
+            serde_json::from_slice(&ring.decrypt(id, row.position.as_deref().unwrap()).unwrap()).unwrap();
+        assert_eq!(
+            pos,
+            Position {
+                lat: 53.349562,
+                lng: -6.278198
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_sensitive_fields_are_refused() {
+        assert!("address,bikes".parse::<Sensitive>().is_err());
+        assert_eq!("".parse::<Sensitive>().unwrap().0.len(), 0);
+        assert_eq!(
+            " name , position".parse::<Sensitive>().unwrap().names(),
+            vec!["name".to_string(), "position".to_string()]
+        );
+    }
+
+    #[test]
+    fn malformed_records_are_rejected_without_quoting_values() {
+        let parse = |v: Value| Station::parse(Some(v.to_string().as_bytes()));
+        assert!(matches!(Station::parse(Some(b"{not json")), Err(Invalid::Json(_))));
+        assert_eq!(Station::parse(None), Err(Invalid::Empty));
+        let mut r = record();
+        r.as_object_mut().unwrap().remove("number");
+        assert!(matches!(parse(r), Err(Invalid::Shape(_))));
+        let mut r = record();
+        r["last_update"] = json!(1770418469);
+        assert_eq!(parse(r), Err(Invalid::Time(1770418469)));
+        let mut r = record();
+        r["bike_stands"] = json!(3_000_000_000_u64);
+        assert_eq!(parse(r), Err(Invalid::TooLarge("bike_stands")));
+        // A wrongly typed sensitive value: the reason does not repeat it.
+        let mut r = record();
+        r["bike_stands"] = json!("Smithfield North 12");
+        let err = parse(r).unwrap_err().to_string();
+        assert!(!err.contains("Smithfield"), "{err}");
+        assert!(err.contains("expected u32"), "{err}");
+    }
+}

@@ -1,0 +1,323 @@
+//! Harness for the encryptor's tests against the real local Kafka,
+//! PostgreSQL and kube-apiserver (`./deploy.sh dev-up`). A missing service
+//! fails the test with instructions; nothing is skipped.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fleetward_keyring::Keyring;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A service endpoint from the environment, or from `.dev/env`.
+pub fn env(key: &str) -> String {
+    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
+    if let Ok(v) = std::env::var(key) {
+        return v;
+    }
+    let file = FILE.get_or_init(|| {
+        let path = repo_root().join(".dev/env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "{} not found: start the local services with `./deploy.sh dev-up` (or run `./deploy.sh test`)",
+                path.display()
+            )
+        });
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
+    file.get(key)
+        .cloned()
+        .unwrap_or_else(|| panic!("{key} is not set and not in .dev/env; run `./deploy.sh dev-up`"))
+}
+
+pub fn rand_hex() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// A name no other test (or earlier run) uses: topics, tables, groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", rand_hex())
+}
+
+pub async fn pg() -> PgPool {
+    let url = env("DATABASE_URL");
+    PgPool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL is not reachable ({e}); run `./deploy.sh dev-up`"))
+}
+
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{table}\"")))
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BROKERS"))
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("Kafka producer")
+}
+
+/// Produces `records` (key, payload) and waits for every acknowledgement.
+pub async fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    let p = producer();
+    let sends: Vec<_> = records
+        .into_iter()
+        .map(|(k, v)| {
+            let p = p.clone();
+            let topic = topic.to_string();
+            async move {
+                p.send(FutureRecord::to(&topic).key(&k).payload(&v), Duration::from_secs(60))
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        })
+        .collect();
+    for r in futures::future::join_all(sends).await {
+        r.unwrap_or_else(|e| panic!("Kafka at KAFKA_BROKERS refused a record ({e}); run `./deploy.sh dev-up`"));
+    }
+}
+
+/// Every record of `topic` from the beginning, until `n` were read or
+/// `secs` passed.
+pub fn consume(topic: &str, n: usize, secs: u64) -> Vec<OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BROKERS"))
+        .set("group.id", unique("test-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+/// Writes the keyring file the way a Secret volume update lands: whole,
+/// never half-written.
+pub fn write_keyring(path: &Path, keyring: &Keyring) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, keyring.to_json()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn http_get(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An encryptor process (the real binary), killed when dropped.
+pub struct Encryptor {
+    child: Child,
+    pub metrics_url: String,
+    pub log: PathBuf,
+}
+
+pub struct EncryptorConfig {
+    pub topic: String,
+    pub group: String,
+    pub table: String,
+    pub keyring_file: PathBuf,
+    pub sensitive: String,
+    pub dead_letter_topic: Option<String>,
+    pub batch_size: u32,
+}
+
+impl EncryptorConfig {
+    pub fn new(topic: &str, table: &str, keyring_file: &Path) -> Self {
+        Self {
+            topic: topic.into(),
+            group: unique("test-encryptor"),
+            table: table.into(),
+            keyring_file: keyring_file.into(),
+            sensitive: "address,contract_name".into(),
+            dead_letter_topic: None,
+            batch_size: 500,
+        }
+    }
+}
+
+impl Encryptor {
+    pub fn start(cfg: &EncryptorConfig, log_name: &str) -> Self {
+        let port = free_port();
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log_name}-{}.log", rand_hex()));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-encryptor"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
+            .env("KAFKA_TOPIC", &cfg.topic)
+            .env("KAFKA_GROUP_ID", &cfg.group)
+            // The broker's minimum: a killed encryptor's partitions move on quickly.
+            .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("DATABASE_URL", env("DATABASE_URL"))
+            .env("STATIONS_TABLE", &cfg.table)
+            .env("SENSITIVE_FIELDS", &cfg.sensitive)
+            .env("KEYRING_FILE", &cfg.keyring_file)
+            .env("KEYRING_RELOAD_SECONDS", "1")
+            .env("BATCH_SIZE", cfg.batch_size.to_string())
+            .env("BATCH_TIMEOUT_MS", "100")
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info");
+        if let Some(d) = &cfg.dead_letter_topic {
+            cmd.env("DEAD_LETTER_TOPIC", d);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("encryptor starts");
+        let e = Encryptor {
+            child,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&e.metrics_url).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "encryptor did not serve /metrics; log:\n{}",
+                e.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        e
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sum of a metric's series whose line starts with `series`.
+    pub fn metric(&self, series: &str) -> f64 {
+        http_get(&self.metrics_url)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix(series))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL: no chance to flush, commit or clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Encryptor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `fleetward-stations` with `args`.
+pub fn stations_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetward-stations"))
+        .args(args)
+        .env("DATABASE_URL", env("DATABASE_URL"))
+        .env("KUBECONFIG", env("KUBECONFIG"))
+        .output()
+        .expect("fleetward-stations runs")
+}
+
+/// Polls `check` every 100 ms until it returns true; panics after `secs`.
+pub async fn wait_until<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The 114 Dublin stations of testdata/, as the JCDecaux API sent them.
+pub fn dublin() -> Vec<serde_json::Value> {
+    let path = repo_root().join("testdata/stations/jcdecaux-v1-dublin.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A JCDecaux v1 API on loopback serving testdata/ (the one allowed fake:
+/// the real API needs a key and the internet). Checks the API key.
+pub async fn jcdecaux_server(api_key: &'static str) -> String {
+    use axum::extract::Query;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let body = std::fs::read_to_string(repo_root().join("testdata/stations/jcdecaux-v1-dublin.json")).unwrap();
+    let app = axum::Router::new().route(
+        "/vls/v1/stations",
+        get(move |Query(q): Query<HashMap<String, String>>| {
+            let body = body.clone();
+            async move {
+                if q.get("apiKey").map(String::as_str) != Some(api_key) {
+                    return (StatusCode::FORBIDDEN, String::new());
+                }
+                (StatusCode::OK, body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
