@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -70,7 +71,10 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<Secret>::all(client.clone()), wc.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
-        .owns(Api::<Service>::all(client.clone()), wc)
+        .owns(Api::<Service>::all(client.clone()), wc.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
+        .owns(Api::<Role>::all(client.clone()), wc.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), wc)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -178,7 +182,7 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     // 6. Mosquitto config, Deployment and Service.
-    let conf = mosquitto::config(gw.spec.mqtt_port);
+    let conf = mosquitto::config(gw.spec.mqtt_port, gw.spec.security.max_message_bytes);
     let acl = mosquitto::acl();
     let cm = ConfigMap {
         metadata: child_meta(&gw, mosquitto_configmap_name(&name))?,
@@ -196,6 +200,7 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
     // Pods restart when the broker's config or certificate changes; CRL
     // updates do not restart anything (the gateway reloads Mosquitto).
     let rollout_hash = hex::encode(&Sha256::digest(format!("{conf}{acl}{}", broker.serial))[..8]);
+    apply_rbac(&gw, &ctx, &ns).await?;
     let deploy = deployment(&gw, &ctx, &rollout_hash)?;
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let applied = apply(&deploys, &deployment_name(&name), &deploy).await?;
@@ -426,7 +431,12 @@ fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Deploym
         json!({"name": "COMMAND_TLS_KEY_FILE", "value": format!("{}/tls.key", mosquitto::CERTS_DIR)}),
         json!({"name": "COMMAND_API_KEY", "valueFrom": {"secretKeyRef": {"name": key_secret, "key": key_key}}}),
         json!({"name": "METRICS_ADDR", "value": "0.0.0.0:9090"}),
+        json!({"name": "MQTT_CLIENT_ID", "value": format!("fleetward-gateway-{ns}-{name}")}),
     ];
+    if let Some(audit) = &gw.spec.audit {
+        let r = &audit.connection_secret_ref;
+        env.push(json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}}));
+    }
     if let Some(b) = &gw.spec.backend {
         env.push(json!({"name": "BACKEND_URL", "value": b.url}));
         env.push(json!({"name": "BACKEND_TIMEOUT_MS", "value": b.timeout_ms.to_string()}));
@@ -462,6 +472,8 @@ fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Deploym
                 "spec": {
                     // The gateway sends SIGHUP to Mosquitto when the CRL changes.
                     "shareProcessNamespace": true,
+                    // It watches its devices' credential Secrets (the Role below).
+                    "serviceAccountName": deployment_name(&name),
                     "containers": [
                         {
                             "name": "mosquitto",
@@ -506,6 +518,34 @@ fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Deploym
         },
     });
     Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
+}
+
+/// The gateway workload's identity: it may read Secrets in its namespace
+/// (its devices' credentials, for the device registry) and nothing else.
+/// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
+/// filters by `fleetward.io/gateway=<name>` itself.
+async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
+    let name = deployment_name(&gw.name_any());
+    let meta = serde_json::to_value(child_meta(gw, name.clone())?).expect("metadata serializes");
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
+    }))
+    .expect("service account template");
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}],
+    }))
+    .expect("role template");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }))
+    .expect("role binding template");
+    apply(&Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns), &name, &sa).await?;
+    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role).await?;
+    apply(&Api::<RoleBinding>::namespaced(ctx.client.clone(), ns), &name, &binding).await?;
+    Ok(())
 }
 
 fn service(gw: &Gateway) -> Result<Service> {

@@ -79,30 +79,10 @@ fn default_grace() -> i64 {
     3600
 }
 
-/// Device categories (seed 002) plus the electricity meter used by billing.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum DeviceCategory {
-    WeatherStation,
-    IndoorThermometer,
-    IpCamera,
-    AirQualityProbe,
-    SmartLock,
-    ElectricityMeter,
-}
-
-impl DeviceCategory {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::WeatherStation => "weatherStation",
-            Self::IndoorThermometer => "indoorThermometer",
-            Self::IpCamera => "ipCamera",
-            Self::AirQualityProbe => "airQualityProbe",
-            Self::SmartLock => "smartLock",
-            Self::ElectricityMeter => "electricityMeter",
-        }
-    }
-}
+/// Device categories (seed 002) plus the electricity meter used by billing:
+/// the protocol crate's type, so the CRD and the gateway's payload schemas
+/// can never disagree on the list.
+pub use fleetward_protocol::Category as DeviceCategory;
 
 /// Lifetime of an issued certificate.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -3,8 +3,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::SecretKeyRef;
 use super::device::CertificateSpec;
+use super::{PostgresTarget, SecretKeyRef};
 
 /// An MQTT security gateway: the operator creates its CA (ECDSA P-256,
 /// kept in `<name>-ca` and never regenerated while that Secret exists), the
@@ -69,6 +69,11 @@ pub struct GatewaySpec {
     /// Produce valid messages to a Kafka topic, keyed by device id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSinkSpec>,
+
+    /// PostgreSQL for the audit trail of security events; without it the
+    /// gateway writes them to its log only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<PostgresTarget>,
 
     /// The HTTPS command API (`POST /command/{device_id}`).
     #[serde(default)]

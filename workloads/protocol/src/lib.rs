@@ -1,0 +1,420 @@
+//! The fleetward wire protocol, shared by the gateway, the device simulator
+//! and any CLI, so the format exists in exactly one place.
+//!
+//! Device → `device/{id}/data` (seed 003, wire-compatible):
+//!
+//! ```json
+//! {"device_id":"sensor_001","timestamp":1727712000,
+//!  "message_id":"550e8400-e29b-41d4-a716-446655440000",
+//!  "payload":{"temperature":22.5,"humidity":60},
+//!  "signature":"<hex HMAC-SHA256>"}
+//! ```
+//!
+//! `signature = hex(HMAC-SHA256(secret, device_id ‖ timestamp ‖ message_id ‖ payload))`
+//! where `timestamp` is its decimal text and `payload` is the payload's JSON
+//! **exactly as it appears in the message** (kept as a [`RawValue`]), so a
+//! client's own JSON serialisation verifies as long as it signs what it sends.
+//! The secret is the device's `hmac.key` text (64 hex characters) used as-is.
+//!
+//! Gateway → `device/{id}/command`: the same without `device_id` (the topic
+//! says whom it is for); its signature still covers the device id, so a
+//! command cannot be replayed to another device.
+
+pub mod category;
+pub mod replay;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+pub use serde_json::value::RawValue;
+use sha2::Sha256;
+
+pub use category::Category;
+pub use replay::ReplayWindow;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Longest accepted `message_id` (bounds replay-cache memory).
+pub const MAX_MESSAGE_ID_LEN: usize = 128;
+/// Longest accepted `device_id` (Kubernetes object names are at most 253).
+pub const MAX_DEVICE_ID_LEN: usize = 253;
+
+/// Why a message was refused. The string forms are the `reason` label of
+/// metrics and the reason written to the audit log.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    #[error("topic is not device/<id>/data")]
+    BadTopic,
+    #[error("device_id does not match the sender's TLS identity")]
+    TopicMismatch,
+    #[error("unknown device")]
+    UnknownDevice,
+    #[error("device is disabled")]
+    DisabledDevice,
+    #[error("message larger than {limit} bytes")]
+    Oversize { limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("timestamp too old")]
+    StaleTimestamp,
+    #[error("timestamp in the future")]
+    FutureTimestamp,
+    #[error("message_id already seen")]
+    Replay,
+    #[error("invalid signature")]
+    BadSignature,
+    #[error("rate limit exceeded")]
+    RateLimited,
+    #[error("payload does not match the {category} schema: {detail}")]
+    SchemaViolation { category: &'static str, detail: String },
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadTopic => "bad_topic",
+            Rejection::TopicMismatch => "topic_mismatch",
+            Rejection::UnknownDevice => "unknown_device",
+            Rejection::DisabledDevice => "disabled_device",
+            Rejection::Oversize { .. } => "oversize",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::FutureTimestamp => "future_timestamp",
+            Rejection::Replay => "replay",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::RateLimited => "rate_limited",
+            Rejection::SchemaViolation { .. } => "schema_violation",
+        }
+    }
+
+    /// Every reason, for pre-registering metric label values.
+    pub const ALL_REASONS: [&'static str; 12] = [
+        "bad_topic",
+        "topic_mismatch",
+        "unknown_device",
+        "disabled_device",
+        "oversize",
+        "malformed",
+        "stale_timestamp",
+        "future_timestamp",
+        "replay",
+        "bad_signature",
+        "rate_limited",
+        "schema_violation",
+    ];
+}
+
+/// A device message. `payload` keeps the exact bytes that were signed.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub device_id: String,
+    pub timestamp: i64,
+    pub message_id: String,
+    pub payload: Box<RawValue>,
+    pub signature: String,
+}
+
+impl Envelope {
+    /// Parses a message body. Never panics, whatever the input.
+    pub fn parse(bytes: &[u8]) -> Result<Envelope, Rejection> {
+        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        if env.device_id.is_empty() || env.device_id.len() > MAX_DEVICE_ID_LEN {
+            return Err(Rejection::Malformed("device_id length".into()));
+        }
+        validate_message_id(&env.message_id)?;
+        Ok(env)
+    }
+
+    /// Builds and signs a message.
+    pub fn sign(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: Box<RawValue>) -> Envelope {
+        let signature = sign_hex(secret, device_id, timestamp, message_id, payload.get());
+        Envelope {
+            device_id: device_id.to_string(),
+            timestamp,
+            message_id: message_id.to_string(),
+            payload,
+            signature,
+        }
+    }
+
+    /// Constant-time signature check with `secret`.
+    pub fn verify(&self, secret: &[u8]) -> bool {
+        verify_hex(
+            secret,
+            &self.device_id,
+            self.timestamp,
+            &self.message_id,
+            self.payload.get(),
+            &self.signature,
+        )
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an envelope always serializes")
+    }
+}
+
+/// A command for a device, signed by the gateway with the device's secret.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub timestamp: i64,
+    pub message_id: String,
+    pub payload: Box<RawValue>,
+    pub signature: String,
+}
+
+impl Command {
+    pub fn sign(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: Box<RawValue>) -> Command {
+        Command {
+            signature: sign_hex(secret, device_id, timestamp, message_id, payload.get()),
+            timestamp,
+            message_id: message_id.to_string(),
+            payload,
+        }
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Command, Rejection> {
+        let c: Command = serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        validate_message_id(&c.message_id)?;
+        Ok(c)
+    }
+
+    /// What a device does with a command: signature, freshness, replay.
+    pub fn verify(
+        &self,
+        secret: &[u8],
+        device_id: &str,
+        now: i64,
+        window_secs: i64,
+        seen: &mut ReplayWindow,
+    ) -> Result<(), Rejection> {
+        if !verify_hex(
+            secret,
+            device_id,
+            self.timestamp,
+            &self.message_id,
+            self.payload.get(),
+            &self.signature,
+        ) {
+            return Err(Rejection::BadSignature);
+        }
+        check_timestamp(self.timestamp, now, window_secs)?;
+        if !seen.insert(&self.message_id) {
+            return Err(Rejection::Replay);
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a command always serializes")
+    }
+}
+
+fn validate_message_id(id: &str) -> Result<(), Rejection> {
+    if id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN {
+        return Err(Rejection::Malformed("message_id length".into()));
+    }
+    Ok(())
+}
+
+/// The bytes the HMAC covers.
+pub fn signing_input(device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> Vec<u8> {
+    let ts = timestamp.to_string();
+    let mut v = Vec::with_capacity(device_id.len() + ts.len() + message_id.len() + payload.len());
+    v.extend_from_slice(device_id.as_bytes());
+    v.extend_from_slice(ts.as_bytes());
+    v.extend_from_slice(message_id.as_bytes());
+    v.extend_from_slice(payload.as_bytes());
+    v
+}
+
+fn mac(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(device_id.as_bytes());
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(message_id.as_bytes());
+    mac.update(payload.as_bytes());
+    mac
+}
+
+pub fn sign_hex(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> String {
+    hex::encode(
+        mac(secret, device_id, timestamp, message_id, payload)
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Verifies a hex signature in constant time (the comparison does not stop
+/// at the first differing byte, so timing does not reveal a prefix).
+pub fn verify_hex(
+    secret: &[u8],
+    device_id: &str,
+    timestamp: i64,
+    message_id: &str,
+    payload: &str,
+    signature_hex: &str,
+) -> bool {
+    let Ok(sig) = hex::decode(signature_hex) else {
+        return false;
+    };
+    mac(secret, device_id, timestamp, message_id, payload)
+        .verify_slice(&sig)
+        .is_ok()
+}
+
+/// Freshness: `|now - timestamp| <= window_secs`.
+pub fn check_timestamp(timestamp: i64, now: i64, window_secs: i64) -> Result<(), Rejection> {
+    match now.checked_sub(timestamp) {
+        Some(age) if age > window_secs => Err(Rejection::StaleTimestamp),
+        Some(age) if age < -window_secs => Err(Rejection::FutureTimestamp),
+        Some(_) => Ok(()),
+        None => Err(Rejection::FutureTimestamp),
+    }
+}
+
+/// `device/{id}/data` → `id`.
+pub fn device_from_data_topic(topic: &str) -> Option<&str> {
+    let id = topic.strip_prefix("device/")?.strip_suffix("/data")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+pub fn data_topic(device_id: &str) -> String {
+    format!("device/{device_id}/data")
+}
+pub fn command_topic(device_id: &str) -> String {
+    format!("device/{device_id}/command")
+}
+pub fn response_topic(device_id: &str) -> String {
+    format!("device/{device_id}/response")
+}
+
+/// A fresh random message id (UUID v4, as seed 003 describes).
+pub fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Turns any JSON value into the raw payload to sign.
+pub fn raw(value: &serde_json::Value) -> Box<RawValue> {
+    RawValue::from_string(value.to_string()).expect("serialized JSON is valid JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"supersecretkey123";
+
+    #[test]
+    fn seed_003_example_signs_over_the_concatenation() {
+        // Independent computation: HMAC over the concatenated string.
+        let payload = r#"{"temperature":22.5}"#;
+        let expected = {
+            let mut m = HmacSha256::new_from_slice(KEY).unwrap();
+            m.update(br#"sensor_0011727712000550e8400-e29b-41d4-a716-446655440000{"temperature":22.5}"#);
+            hex::encode(m.finalize().into_bytes())
+        };
+        assert_eq!(
+            sign_hex(
+                KEY,
+                "sensor_001",
+                1727712000,
+                "550e8400-e29b-41d4-a716-446655440000",
+                payload
+            ),
+            expected
+        );
+        assert_eq!(
+            signing_input(
+                "sensor_001",
+                1727712000,
+                "550e8400-e29b-41d4-a716-446655440000",
+                payload
+            ),
+            br#"sensor_0011727712000550e8400-e29b-41d4-a716-446655440000{"temperature":22.5}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn payload_is_verified_as_sent_not_reserialized() {
+        // Spaces and key order as a different JSON library might write them.
+        let msg = r#"{"device_id": "d1", "timestamp": 100, "message_id": "m1", "payload": {"b": 1,  "a": [1, 2]}, "signature": "SIG"}"#;
+        let payload = r#"{"b": 1,  "a": [1, 2]}"#;
+        let sig = sign_hex(KEY, "d1", 100, "m1", payload);
+        let env = Envelope::parse(msg.replace("SIG", &sig).as_bytes()).unwrap();
+        assert_eq!(env.payload.get(), payload);
+        assert!(env.verify(KEY));
+    }
+
+    #[test]
+    fn tampering_any_field_breaks_the_signature() {
+        let env = Envelope::sign(KEY, "d1", 100, "m1", raw(&serde_json::json!({"temperature": 22.5})));
+        let json = env.to_json();
+        for tampered in [
+            json.replace("22.5", "99.9"),
+            json.replace("\"m1\"", "\"m2\""),
+            json.replace("100", "101"),
+            json.replace("\"d1\"", "\"d2\""),
+        ] {
+            assert!(!Envelope::parse(tampered.as_bytes()).unwrap().verify(KEY), "{tampered}");
+        }
+        assert!(!env.verify(b"another key"));
+        assert!(Envelope::parse(json.as_bytes()).unwrap().verify(KEY));
+    }
+
+    #[test]
+    fn malformed_inputs_are_rejected() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"device_id":"d1"}"#,
+            br#"{"device_id":"d1","timestamp":1.5,"message_id":"m","payload":{},"signature":"00"}"#,
+            br#"{"device_id":"","timestamp":1,"message_id":"m","payload":{},"signature":"00"}"#,
+            br#"{"device_id":"d","timestamp":1,"message_id":"","payload":{},"signature":"00"}"#,
+            br#"{"device_id":"d","timestamp":1,"message_id":"m","payload":{},"signature":"00","extra":1}"#,
+        ] {
+            assert!(
+                matches!(Envelope::parse(bad), Err(Rejection::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn timestamp_window() {
+        assert_eq!(check_timestamp(1000, 1300, 300), Ok(()));
+        assert_eq!(check_timestamp(1000, 1301, 300), Err(Rejection::StaleTimestamp));
+        assert_eq!(check_timestamp(1301, 1000, 300), Err(Rejection::FutureTimestamp));
+        assert_eq!(
+            check_timestamp(i64::MIN, i64::MAX, 300),
+            Err(Rejection::FutureTimestamp)
+        );
+    }
+
+    #[test]
+    fn topics() {
+        assert_eq!(device_from_data_topic("device/d1/data"), Some("d1"));
+        assert_eq!(device_from_data_topic("device/d1/command"), None);
+        assert_eq!(device_from_data_topic("device//data"), None);
+        assert_eq!(device_from_data_topic("device/a/b/data"), None);
+    }
+
+    #[test]
+    fn commands_verify_and_refuse_replay_and_other_devices() {
+        let cmd = Command::sign(KEY, "d1", 1000, "c1", raw(&serde_json::json!({"action": "reboot"})));
+        let parsed = Command::parse(cmd.to_json().as_bytes()).unwrap();
+        let mut seen = ReplayWindow::new(10);
+        assert_eq!(parsed.verify(KEY, "d1", 1010, 300, &mut seen), Ok(()));
+        assert_eq!(parsed.verify(KEY, "d1", 1010, 300, &mut seen), Err(Rejection::Replay));
+        let mut fresh = ReplayWindow::new(10);
+        assert_eq!(
+            parsed.verify(KEY, "d2", 1010, 300, &mut fresh),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(
+            parsed.verify(KEY, "d1", 2000, 300, &mut fresh),
+            Err(Rejection::StaleTimestamp)
+        );
+    }
+}
