@@ -1,0 +1,357 @@
+//! The message checks, in order, stopping at the first failure (seed 003,
+//! issue 3):
+//!
+//! 1. topic `device/{id}/data` — the broker's ACL only lets a client write
+//!    its own topic, so `{id}` is the sender's TLS identity;
+//! 2. known and enabled device (by that identity);
+//! 3. size limit — before parsing, so an oversized body is never parsed;
+//! 4. parse, then `device_id` must equal the TLS identity (impersonation);
+//! 5. timestamp window;
+//! 6. replay cache (message ids of this device);
+//! 7. HMAC, constant time, current key or the previous one in its grace period;
+//! 8. per-device rate limit (token bucket) — only signed messages spend tokens;
+//! 9. payload schema of the device's category.
+//!
+//! The message id enters the replay cache only once the signature is valid,
+//! so a forged message cannot poison the cache against a later real one.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use fleetward_protocol::{Category, Envelope, Rejection, ReplayWindow, check_timestamp, device_from_data_topic};
+
+use crate::registry::DeviceEntry;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub window_secs: i64,
+    pub replay_cache_size: usize,
+    pub max_message_bytes: usize,
+    pub rate_per_second: f64,
+    pub burst: f64,
+}
+
+/// A message that passed every check.
+#[derive(Debug)]
+pub struct Accepted {
+    pub device_id: String,
+    pub category: Category,
+    pub envelope: Envelope,
+    /// Verified with the previous key (during a rotation grace period).
+    pub previous_key: bool,
+}
+
+/// A refused message, with what is known about it for the audit trail.
+#[derive(Debug)]
+pub struct Refused {
+    pub rejection: Rejection,
+    /// The TLS identity (from the topic), when the topic had one.
+    pub device_id: Option<String>,
+    pub message_id: Option<String>,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+struct DeviceState {
+    replay: ReplayWindow,
+    bucket: Bucket,
+}
+
+pub struct Validator {
+    limits: Limits,
+    devices: HashMap<String, DeviceState>,
+}
+
+impl Validator {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            devices: HashMap::new(),
+        }
+    }
+
+    /// Message ids currently remembered, over all devices.
+    pub fn replay_entries(&self) -> usize {
+        self.devices.values().map(|d| d.replay.len()).sum()
+    }
+
+    /// Forgets a device's state (it was deleted).
+    pub fn forget(&mut self, device_id: &str) {
+        self.devices.remove(device_id);
+    }
+
+    /// Runs the checks on one message. `lookup` resolves a device id to its
+    /// registry entry; `now` is Unix seconds.
+    pub fn check(
+        &mut self,
+        topic: &str,
+        body: &[u8],
+        now: i64,
+        clock: Instant,
+        lookup: impl Fn(&str) -> Option<DeviceEntry>,
+    ) -> Result<Accepted, Refused> {
+        let refuse = |rejection, device_id: Option<&str>, message_id: Option<&str>| Refused {
+            rejection,
+            device_id: device_id.map(str::to_string),
+            message_id: message_id.map(str::to_string),
+        };
+        let Some(identity) = device_from_data_topic(topic) else {
+            return Err(refuse(Rejection::BadTopic, None, None));
+        };
+        let Some(entry) = lookup(identity) else {
+            return Err(refuse(Rejection::UnknownDevice, Some(identity), None));
+        };
+        if !entry.enabled {
+            return Err(refuse(Rejection::DisabledDevice, Some(identity), None));
+        }
+        if body.len() > self.limits.max_message_bytes {
+            return Err(refuse(
+                Rejection::Oversize {
+                    limit: self.limits.max_message_bytes,
+                },
+                Some(identity),
+                None,
+            ));
+        }
+        let envelope = Envelope::parse(body).map_err(|r| refuse(r, Some(identity), None))?;
+        let mid = Some(envelope.message_id.as_str());
+        if envelope.device_id != identity {
+            return Err(refuse(Rejection::TopicMismatch, Some(identity), mid));
+        }
+        check_timestamp(envelope.timestamp, now, self.limits.window_secs)
+            .map_err(|r| refuse(r, Some(identity), mid))?;
+
+        let limits = &self.limits;
+        let state = self.devices.entry(identity.to_string()).or_insert_with(|| DeviceState {
+            replay: ReplayWindow::new(limits.replay_cache_size),
+            bucket: Bucket {
+                tokens: limits.burst,
+                last: clock,
+            },
+        });
+        if state.replay.contains(&envelope.message_id) {
+            return Err(refuse(Rejection::Replay, Some(identity), mid));
+        }
+        let previous_key = if envelope.verify(&entry.key) {
+            false
+        } else if entry.previous_key_valid(now) && envelope.verify(entry.previous_key.as_deref().unwrap_or_default()) {
+            true
+        } else {
+            return Err(refuse(Rejection::BadSignature, Some(identity), mid));
+        };
+        state.replay.insert(&envelope.message_id);
+
+        let b = &mut state.bucket;
+        let elapsed = clock.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * limits.rate_per_second).min(limits.burst);
+        b.last = clock;
+        if b.tokens < 1.0 {
+            return Err(refuse(Rejection::RateLimited, Some(identity), mid));
+        }
+        b.tokens -= 1.0;
+
+        entry.category.validate(envelope.payload.get()).map_err(|detail| {
+            refuse(
+                Rejection::SchemaViolation {
+                    category: entry.category.as_str(),
+                    detail,
+                },
+                Some(identity),
+                mid,
+            )
+        })?;
+        Ok(Accepted {
+            device_id: identity.to_string(),
+            category: entry.category,
+            envelope,
+            previous_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetward_protocol::raw;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const KEY: &[u8] = b"k-current";
+    const OLD: &[u8] = b"k-previous";
+
+    fn limits() -> Limits {
+        Limits {
+            window_secs: 300,
+            replay_cache_size: 100,
+            max_message_bytes: 1024,
+            rate_per_second: 1.0,
+            burst: 3.0,
+        }
+    }
+
+    fn entry(enabled: bool) -> DeviceEntry {
+        DeviceEntry {
+            category: Category::IndoorThermometer,
+            enabled,
+            key: KEY.to_vec(),
+            previous_key: Some(OLD.to_vec()),
+            previous_expires: Some(2000),
+            version: 1,
+        }
+    }
+
+    fn msg(key: &[u8], device: &str, ts: i64, id: &str, payload: serde_json::Value) -> Vec<u8> {
+        Envelope::sign(key, device, ts, id, raw(&payload))
+            .to_json()
+            .into_bytes()
+    }
+
+    fn ok_payload() -> serde_json::Value {
+        json!({"temperature": 21.5})
+    }
+
+    fn run(v: &mut Validator, topic: &str, body: &[u8], now: i64, clock: Instant) -> Result<Accepted, Rejection> {
+        v.check(topic, body, now, clock, |id| (id == "d1").then(|| entry(true)))
+            .map_err(|r| r.rejection)
+    }
+
+    #[test]
+    fn accepts_a_valid_message_once() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        let m = msg(KEY, "d1", 1000, "m1", ok_payload());
+        let a = run(&mut v, "device/d1/data", &m, 1000, t).unwrap();
+        assert!(!a.previous_key);
+        assert_eq!(
+            run(&mut v, "device/d1/data", &m, 1001, t).unwrap_err(),
+            Rejection::Replay
+        );
+    }
+
+    #[test]
+    fn each_check_refuses_its_attack() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        let good = |id: &str| msg(KEY, "d1", 1000, id, ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/other", &good("a"), 1000, t).unwrap_err(),
+            Rejection::BadTopic
+        );
+        assert_eq!(
+            run(&mut v, "device/d9/data", &good("a"), 1000, t).unwrap_err(),
+            Rejection::UnknownDevice
+        );
+        let r = v.check("device/d1/data", &good("a"), 1000, t, |_| Some(entry(false)));
+        assert_eq!(r.unwrap_err().rejection, Rejection::DisabledDevice);
+        let big = msg(KEY, "d1", 1000, "big", json!({"temperature": 1, "x": "y".repeat(2000)}));
+        assert!(matches!(
+            run(&mut v, "device/d1/data", &big, 1000, t).unwrap_err(),
+            Rejection::Oversize { .. }
+        ));
+        assert!(matches!(
+            run(&mut v, "device/d1/data", b"{not json", 1000, t).unwrap_err(),
+            Rejection::Malformed(_)
+        ));
+        // Impersonation: d1's connection claims to be d2.
+        let claim = msg(KEY, "d2", 1000, "imp", ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &claim, 1000, t).unwrap_err(),
+            Rejection::TopicMismatch
+        );
+        assert_eq!(
+            run(&mut v, "device/d1/data", &good("s"), 1301, t).unwrap_err(),
+            Rejection::StaleTimestamp
+        );
+        assert_eq!(
+            run(&mut v, "device/d1/data", &good("f"), 699, t).unwrap_err(),
+            Rejection::FutureTimestamp
+        );
+        let tampered = String::from_utf8(good("t")).unwrap().replace("21.5", "99.9");
+        assert_eq!(
+            run(&mut v, "device/d1/data", tampered.as_bytes(), 1000, t).unwrap_err(),
+            Rejection::BadSignature
+        );
+        let schema = msg(KEY, "d1", 1000, "sch", json!({"temperature": "hot"}));
+        assert!(matches!(
+            run(&mut v, "device/d1/data", &schema, 1000, t).unwrap_err(),
+            Rejection::SchemaViolation { .. }
+        ));
+    }
+
+    #[test]
+    fn forged_message_does_not_poison_the_replay_cache() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        let forged = msg(b"attacker", "d1", 1000, "m1", ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &forged, 1000, t).unwrap_err(),
+            Rejection::BadSignature
+        );
+        assert!(
+            run(
+                &mut v,
+                "device/d1/data",
+                &msg(KEY, "d1", 1000, "m1", ok_payload()),
+                1000,
+                t
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn previous_key_verifies_only_during_its_grace_period() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        let old = msg(OLD, "d1", 1000, "o1", ok_payload());
+        assert!(run(&mut v, "device/d1/data", &old, 1000, t).unwrap().previous_key);
+        let old2 = msg(OLD, "d1", 2001, "o2", ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &old2, 2001, t).unwrap_err(),
+            Rejection::BadSignature
+        );
+    }
+
+    #[test]
+    fn flood_is_rate_limited_and_tokens_refill() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        for i in 0..3 {
+            assert!(
+                run(
+                    &mut v,
+                    "device/d1/data",
+                    &msg(KEY, "d1", 1000, &format!("b{i}"), ok_payload()),
+                    1000,
+                    t
+                )
+                .is_ok()
+            );
+        }
+        assert_eq!(
+            run(
+                &mut v,
+                "device/d1/data",
+                &msg(KEY, "d1", 1000, "b3", ok_payload()),
+                1000,
+                t
+            )
+            .unwrap_err(),
+            Rejection::RateLimited
+        );
+        let later = t + Duration::from_secs(2);
+        assert!(
+            run(
+                &mut v,
+                "device/d1/data",
+                &msg(KEY, "d1", 1000, "b4", ok_payload()),
+                1000,
+                later
+            )
+            .is_ok()
+        );
+    }
+}

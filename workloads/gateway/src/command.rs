@@ -1,0 +1,152 @@
+//! The command API (seed 003): `POST /command/{device_id}` over HTTPS with
+//! `Authorization: Bearer <key>`. The body (a JSON object) becomes the
+//! payload of a command signed with the device's HMAC secret and published
+//! to `device/{id}/command`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use fleetward_protocol::{Command, RawValue, command_topic, new_message_id};
+use rumqttc::{AsyncClient, QoS};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::audit::{Audit, AuditEvent};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct ApiState {
+    /// SHA-256 of the bearer key: comparing digests makes the check
+    /// constant-time regardless of the presented key's length.
+    key_digest: [u8; 32],
+    registry: Arc<Registry>,
+    mqtt: AsyncClient,
+    audit: Audit,
+    metrics: Arc<Metrics>,
+}
+
+impl ApiState {
+    pub fn new(api_key: &str, registry: Arc<Registry>, mqtt: AsyncClient, audit: Audit, metrics: Arc<Metrics>) -> Self {
+        Self {
+            key_digest: Sha256::digest(api_key.as_bytes()).into(),
+            registry,
+            mqtt,
+            audit,
+            metrics,
+        }
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        !presented.is_empty() && bool::from(digest.ct_eq(&self.key_digest))
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/command/{device_id}", post(send_command))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+async fn send_command(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(device_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !st.authorized(&headers) {
+        st.metrics.commands.with_label_values(&["unauthorized"]).inc();
+        st.audit.record(
+            AuditEvent::new("command_unauthorized")
+                .device(&device_id)
+                .detail(format!("from {}", peer.ip())),
+        );
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or wrong bearer key"}),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        return r;
+    }
+    let refuse = |status: StatusCode, reason: &str, msg: &str| {
+        st.metrics.commands.with_label_values(&[reason]).inc();
+        st.audit
+            .record(AuditEvent::new("command_refused").device(&device_id).reason(reason));
+        reply(status, json!({"error": msg}))
+    };
+    let Some(entry) = st.registry.get(&device_id) else {
+        return refuse(StatusCode::NOT_FOUND, "unknown_device", "unknown device");
+    };
+    if !entry.enabled {
+        return refuse(StatusCode::CONFLICT, "disabled_device", "device is disabled");
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_body", "body must be a JSON object");
+    };
+    let payload = match RawValue::from_string(text.trim().to_string()) {
+        Ok(p) if p.get().starts_with('{') => p,
+        _ => return refuse(StatusCode::BAD_REQUEST, "bad_body", "body must be a JSON object"),
+    };
+    let message_id = new_message_id();
+    let cmd = Command::sign(
+        &entry.key,
+        &device_id,
+        chrono::Utc::now().timestamp(),
+        &message_id,
+        payload,
+    );
+    if let Err(e) = st
+        .mqtt
+        .publish(command_topic(&device_id), QoS::AtLeastOnce, false, cmd.to_json())
+        .await
+    {
+        tracing::error!(error = %e, "could not queue command");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", "broker unavailable");
+    }
+    st.metrics.commands.with_label_values(&["sent"]).inc();
+    st.audit.record(
+        AuditEvent::new("command_sent")
+            .device(&device_id)
+            .message_id(Some(&message_id)),
+    );
+    reply(
+        StatusCode::ACCEPTED,
+        json!({"message_id": message_id, "topic": command_topic(&device_id)}),
+    )
+}
+
+/// Serves the API over TLS with the broker's server certificate.
+pub async fn serve(
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    state: ApiState,
+) -> std::io::Result<()> {
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+    tracing::info!(%addr, "command API listening (HTTPS)");
+    axum_server::bind_rustls(addr, tls)
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}

@@ -1,0 +1,100 @@
+//! Gateway configuration: flags or the environment variables the operator's
+//! Gateway reconciler sets on the container.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(version, about = "fleetward MQTT security gateway")]
+pub struct Config {
+    /// Name of the Gateway resource this process serves.
+    #[arg(long, env = "FLEETWARD_GATEWAY")]
+    pub gateway: String,
+    /// Namespace of the Gateway and its Devices.
+    #[arg(long, env = "FLEETWARD_NAMESPACE")]
+    pub namespace: String,
+
+    #[arg(long, env = "MQTT_HOST", default_value = "localhost")]
+    pub mqtt_host: String,
+    #[arg(long, env = "MQTT_PORT", default_value_t = 8883)]
+    pub mqtt_port: u16,
+    /// MQTT client id; the broker keeps this session (and queued QoS 1
+    /// messages) while the gateway is away.
+    #[arg(long, env = "MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
+    #[arg(long, env = "MQTT_CA_FILE")]
+    pub mqtt_ca_file: PathBuf,
+    #[arg(long, env = "MQTT_CERT_FILE")]
+    pub mqtt_cert_file: PathBuf,
+    #[arg(long, env = "MQTT_KEY_FILE")]
+    pub mqtt_key_file: PathBuf,
+
+    #[arg(long, env = "TIMESTAMP_WINDOW_SECONDS", default_value_t = 300)]
+    pub timestamp_window_seconds: i64,
+    #[arg(long, env = "REPLAY_CACHE_SIZE", default_value_t = 1000)]
+    pub replay_cache_size: usize,
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    pub max_message_bytes: usize,
+    #[arg(long, env = "RATE_PER_SECOND", default_value_t = 10.0)]
+    pub rate_per_second: f64,
+    #[arg(long, env = "RATE_BURST", default_value_t = 20.0)]
+    pub rate_burst: f64,
+
+    /// HTTP backend base URL (seed 003): `POST {url}/device/{id}/data`.
+    #[arg(long, env = "BACKEND_URL")]
+    pub backend_url: Option<String>,
+    #[arg(long, env = "BACKEND_TIMEOUT_MS", default_value_t = 5000)]
+    pub backend_timeout_ms: u64,
+    /// Kafka bootstrap servers; with KAFKA_TOPIC, valid telemetry is produced there.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    #[arg(long, env = "KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+
+    /// PostgreSQL URL for the audit trail; without it, audit goes to the log only.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    #[arg(long, env = "COMMAND_API_PORT", default_value_t = 8443)]
+    pub command_api_port: u16,
+    #[arg(long, env = "COMMAND_API_BIND", default_value = "0.0.0.0")]
+    pub command_api_bind: String,
+    #[arg(long, env = "COMMAND_TLS_CERT_FILE")]
+    pub command_tls_cert_file: PathBuf,
+    #[arg(long, env = "COMMAND_TLS_KEY_FILE")]
+    pub command_tls_key_file: PathBuf,
+    /// Bearer key callers of the command API must present.
+    #[arg(long, env = "COMMAND_API_KEY", hide_env_values = true)]
+    pub command_api_key: String,
+
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// CRL file Mosquitto reads; when it changes the gateway makes Mosquitto
+    /// reload it (SIGHUP).
+    #[arg(long, env = "CRL_FILE")]
+    pub crl_file: Option<PathBuf>,
+    /// Mosquitto's pid; by default found by name in the (shared) process namespace.
+    #[arg(long, env = "MOSQUITTO_PID")]
+    pub mosquitto_pid: Option<i32>,
+
+    #[arg(long, env = "LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn client_id(&self) -> String {
+        self.mqtt_client_id
+            .clone()
+            .unwrap_or_else(|| format!("fleetward-gateway-{}-{}", self.namespace, self.gateway))
+    }
+
+    /// Largest MQTT packet the client accepts: room for oversize messages
+    /// to arrive and be refused (and audited) by the size check, instead of
+    /// the MQTT client dropping the whole connection.
+    pub fn mqtt_max_packet(&self) -> usize {
+        2 * self.max_message_bytes + 8192
+    }
+}

@@ -1,0 +1,192 @@
+//! Where valid messages go: the HTTP backend of seed 003 (its answer is
+//! published to `device/{id}/response`) and/or a Kafka topic keyed by device
+//! id (idempotent producer, acks=all).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleetward_protocol::response_topic;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rumqttc::{AsyncClient, QoS};
+use serde::Serialize;
+
+use crate::checks::Accepted;
+use crate::metrics::Metrics;
+
+/// Largest backend answer relayed to a device.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+const BACKEND_ATTEMPTS: u32 = 3;
+
+#[derive(thiserror::Error, Debug)]
+pub enum ForwardError {
+    #[error("backend request failed: {0}")]
+    Backend(String),
+    #[error("backend answered HTTP {0}")]
+    BackendStatus(u16),
+    #[error("kafka delivery failed: {0}")]
+    Kafka(String),
+    #[error("kafka client: {0}")]
+    KafkaClient(#[from] rdkafka::error::KafkaError),
+}
+
+/// The record produced to Kafka for each valid message.
+#[derive(Serialize)]
+pub struct TelemetryRecord<'a> {
+    pub device_id: &'a str,
+    pub category: &'a str,
+    pub timestamp: i64,
+    pub message_id: &'a str,
+    pub payload: &'a fleetward_protocol::RawValue,
+    pub received_at: String,
+    pub gateway: &'a str,
+}
+
+pub struct Sinks {
+    gateway: String,
+    http: Option<(reqwest::Client, String)>,
+    kafka: Option<(FutureProducer, String)>,
+    mqtt: AsyncClient,
+    metrics: Arc<Metrics>,
+}
+
+impl Sinks {
+    pub fn new(
+        gateway: &str,
+        backend: Option<(&str, Duration)>,
+        kafka: Option<(&str, &str)>,
+        mqtt: AsyncClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ForwardError> {
+        let http = match backend {
+            Some((url, timeout)) => Some((
+                reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .map_err(|e| ForwardError::Backend(e.to_string()))?,
+                url.trim_end_matches('/').to_string(),
+            )),
+            None => None,
+        };
+        let kafka = match kafka {
+            Some((brokers, topic)) => Some((producer(brokers)?, topic.to_string())),
+            None => None,
+        };
+        Ok(Self {
+            gateway: gateway.to_string(),
+            http,
+            kafka,
+            mqtt,
+            metrics,
+        })
+    }
+
+    /// Delivers one accepted message to every configured sink.
+    pub async fn forward(&self, msg: &Accepted, received: Instant) -> Result<(), ForwardError> {
+        let (kafka, http) = tokio::join!(self.to_kafka(msg, received), self.to_backend(msg, received));
+        kafka.and(http)
+    }
+
+    async fn to_kafka(&self, msg: &Accepted, received: Instant) -> Result<(), ForwardError> {
+        let Some((producer, topic)) = &self.kafka else {
+            return Ok(());
+        };
+        let record = TelemetryRecord {
+            device_id: &msg.device_id,
+            category: msg.category.as_str(),
+            timestamp: msg.envelope.timestamp,
+            message_id: &msg.envelope.message_id,
+            payload: &msg.envelope.payload,
+            received_at: Utc::now().to_rfc3339(),
+            gateway: &self.gateway,
+        };
+        let body = serde_json::to_vec(&record).expect("record serializes");
+        let res = producer
+            .send(
+                FutureRecord::to(topic).key(msg.device_id.as_bytes()).payload(&body),
+                Duration::from_secs(30),
+            )
+            .await;
+        match res {
+            Ok(_) => {
+                self.metrics
+                    .forward_latency
+                    .with_label_values(&["kafka"])
+                    .observe(received.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err((e, _)) => {
+                self.metrics.kafka_errors.inc();
+                Err(ForwardError::Kafka(e.to_string()))
+            }
+        }
+    }
+
+    async fn to_backend(&self, msg: &Accepted, received: Instant) -> Result<(), ForwardError> {
+        let Some((client, base)) = &self.http else {
+            return Ok(());
+        };
+        let url = format!("{base}/device/{}/data", msg.device_id);
+        let mut delay = Duration::from_millis(100);
+        let mut last = ForwardError::Backend("not attempted".into());
+        for attempt in 1..=BACKEND_ATTEMPTS {
+            let res = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(msg.envelope.payload.get().to_string())
+                .send()
+                .await;
+            match res {
+                Ok(resp) if resp.status().is_success() => {
+                    let body = resp.bytes().await.map_err(|e| ForwardError::Backend(e.to_string()))?;
+                    self.metrics
+                        .forward_latency
+                        .with_label_values(&["http"])
+                        .observe(received.elapsed().as_secs_f64());
+                    if !body.is_empty() && body.len() <= MAX_RESPONSE_BYTES {
+                        // The backend's answer goes back to the device.
+                        if let Err(e) = self
+                            .mqtt
+                            .publish(response_topic(&msg.device_id), QoS::AtLeastOnce, false, body.to_vec())
+                            .await
+                        {
+                            tracing::warn!(device = %msg.device_id, error = %e, "could not queue backend response");
+                        }
+                    }
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    self.metrics.backend_errors.inc();
+                    let status = resp.status();
+                    last = ForwardError::BackendStatus(status.as_u16());
+                    // A 4xx will not get better by asking again.
+                    if status.is_client_error() {
+                        return Err(last);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.backend_errors.inc();
+                    last = ForwardError::Backend(e.to_string());
+                }
+            }
+            if attempt < BACKEND_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        Err(last)
+    }
+}
+
+/// An idempotent producer: retries never duplicate or reorder a partition.
+pub fn producer(brokers: &str) -> Result<FutureProducer, ForwardError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "60000")
+        .create()?)
+}

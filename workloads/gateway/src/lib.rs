@@ -1,0 +1,16 @@
+//! fleetward's MQTT security gateway: subscribes to every device's data
+//! topic on the gateway's Mosquitto, checks each message (identity, size,
+//! freshness, replay, HMAC, rate, schema), forwards valid ones to the HTTP
+//! backend and/or Kafka, audits every refusal, and signs commands.
+
+pub mod audit;
+pub mod checks;
+pub mod command;
+pub mod config;
+pub mod crl;
+pub mod forward;
+pub mod http;
+pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
+pub mod registry;

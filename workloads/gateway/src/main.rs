@@ -1,0 +1,118 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use fleetward_gateway::audit::Audit;
+use fleetward_gateway::checks::{Limits, Validator};
+use fleetward_gateway::command::{self, ApiState};
+use fleetward_gateway::config::Config;
+use fleetward_gateway::forward::Sinks;
+use fleetward_gateway::metrics::Metrics;
+use fleetward_gateway::pipeline::Pipeline;
+use fleetward_gateway::registry::Registry;
+use fleetward_gateway::{crl, http, mqtt};
+use rumqttc::AsyncClient;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if cfg.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    anyhow::ensure!(
+        cfg.kafka_brokers.is_some() == cfg.kafka_topic.is_some(),
+        "KAFKA_BROKERS and KAFKA_TOPIC go together"
+    );
+
+    let metrics = Arc::new(Metrics::default());
+    let audit = match &cfg.database_url {
+        Some(url) => Audit::connect(url, &cfg.namespace, &cfg.gateway, metrics.clone()).await?,
+        None => {
+            tracing::warn!("no DATABASE_URL: security events go to the log only");
+            Audit::log_only(metrics.clone())
+        }
+    };
+
+    // Load the device registry before taking messages, so no device is
+    // refused as unknown just because the gateway is still starting.
+    let registry = Arc::new(Registry::default());
+    let kube = kube::Client::try_default().await?;
+    tokio::spawn(registry.clone().watch(
+        kube,
+        cfg.namespace.clone(),
+        cfg.gateway.clone(),
+        audit.clone(),
+        metrics.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !registry.synced() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(registry.synced(), "device registry did not load within 60s");
+
+    let tls = mqtt::tls_config(&cfg.mqtt_ca_file, &cfg.mqtt_cert_file, &cfg.mqtt_key_file)?;
+    let (client, eventloop) = AsyncClient::new(mqtt::options(&cfg, tls), 1000);
+    let backend = cfg
+        .backend_url
+        .as_deref()
+        .map(|u| (u, Duration::from_millis(cfg.backend_timeout_ms)));
+    let kafka = cfg.kafka_brokers.as_deref().zip(cfg.kafka_topic.as_deref());
+    let sinks = Arc::new(Sinks::new(
+        &cfg.gateway,
+        backend,
+        kafka,
+        client.clone(),
+        metrics.clone(),
+    )?);
+
+    tokio::spawn(http::serve(cfg.metrics_addr, metrics.clone(), registry.clone()));
+    let api_addr: SocketAddr = format!("{}:{}", cfg.command_api_bind, cfg.command_api_port).parse()?;
+    let api = ApiState::new(
+        &cfg.command_api_key,
+        registry.clone(),
+        client.clone(),
+        audit.clone(),
+        metrics.clone(),
+    );
+    let (cert, key) = (cfg.command_tls_cert_file.clone(), cfg.command_tls_key_file.clone());
+    tokio::spawn(async move {
+        if let Err(e) = command::serve(api_addr, &cert, &key, api).await {
+            tracing::error!(error = %e, "command API stopped");
+        }
+    });
+    if let Some(path) = cfg.crl_file.clone() {
+        tokio::spawn(crl::watch(path, cfg.mosquitto_pid, audit.clone(), metrics.clone()));
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let limits = Limits {
+        window_secs: cfg.timestamp_window_seconds,
+        replay_cache_size: cfg.replay_cache_size,
+        max_message_bytes: cfg.max_message_bytes,
+        rate_per_second: cfg.rate_per_second,
+        burst: cfg.rate_burst,
+    };
+    let pipeline = Pipeline {
+        validator: Validator::new(limits),
+        registry,
+        sinks,
+        audit,
+        metrics: metrics.clone(),
+        mqtt: client.clone(),
+    };
+    tokio::spawn(pipeline.run(rx));
+    tracing::info!(gateway = %cfg.gateway, namespace = %cfg.namespace, "gateway starting");
+    tokio::select! {
+        _ = mqtt::run(eventloop, client.clone(), tx, metrics) => {}
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            let _ = client.disconnect().await;
+        }
+    }
+    Ok(())
+}

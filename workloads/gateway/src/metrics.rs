@@ -1,0 +1,102 @@
+//! Prometheus metrics of the gateway.
+
+use fleetward_protocol::Rejection;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Every message by outcome (`accepted`, `rejected`, `forward_failed`)
+    /// and reason (a rejection reason, or `ok`).
+    pub messages: IntCounterVec,
+    /// Every MQTT message received on `device/+/data` (seed 004's counter).
+    pub mqtt_messages: IntCounter,
+    pub forward_latency: HistogramVec,
+    pub replay_cache: IntGauge,
+    pub backend_errors: IntCounter,
+    pub kafka_errors: IntCounter,
+    pub commands: IntCounterVec,
+    pub devices: IntGauge,
+    pub key_reloads: IntCounter,
+    pub audit_dropped: IntCounter,
+    pub mqtt_connected: IntGauge,
+    pub crl_reloads: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let messages = IntCounterVec::new(
+            Opts::new("gateway_messages_total", "Device messages by result and reason"),
+            &["result", "reason"],
+        )
+        .expect("metric");
+        // Zero series for every reason, so dashboards and alerts see them.
+        for r in Rejection::ALL_REASONS {
+            messages.with_label_values(&["rejected", r]);
+        }
+        messages.with_label_values(&["accepted", "ok"]);
+        let m = Self {
+            messages,
+            mqtt_messages: IntCounter::new("mqtt_messages_total", "MQTT messages received from devices")
+                .expect("metric"),
+            forward_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_forward_latency_seconds",
+                    "From receipt to delivery at the sink",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["sink"],
+            )
+            .expect("metric"),
+            replay_cache: IntGauge::new("gateway_replay_cache_entries", "Message ids held by the replay cache")
+                .expect("metric"),
+            backend_errors: IntCounter::new("gateway_backend_errors_total", "Failed HTTP backend calls")
+                .expect("metric"),
+            kafka_errors: IntCounter::new("gateway_kafka_errors_total", "Failed Kafka deliveries").expect("metric"),
+            commands: IntCounterVec::new(
+                Opts::new("gateway_commands_total", "Command API calls by result"),
+                &["result"],
+            )
+            .expect("metric"),
+            devices: IntGauge::new("gateway_registry_devices", "Devices known to the gateway").expect("metric"),
+            key_reloads: IntCounter::new("gateway_key_reloads_total", "Device credential changes picked up")
+                .expect("metric"),
+            audit_dropped: IntCounter::new("gateway_audit_dropped_total", "Audit rows not queued (queue full)")
+                .expect("metric"),
+            mqtt_connected: IntGauge::new("gateway_mqtt_connected", "1 while connected to the broker").expect("metric"),
+            crl_reloads: IntCounter::new(
+                "gateway_crl_reloads_total",
+                "Times Mosquitto was told to reload its CRL",
+            )
+            .expect("metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.mqtt_messages.clone()),
+            Box::new(m.forward_latency.clone()),
+            Box::new(m.replay_cache.clone()),
+            Box::new(m.backend_errors.clone()),
+            Box::new(m.kafka_errors.clone()),
+            Box::new(m.commands.clone()),
+            Box::new(m.devices.clone()),
+            Box::new(m.key_reloads.clone()),
+            Box::new(m.audit_dropped.clone()),
+            Box::new(m.mqtt_connected.clone()),
+            Box::new(m.crl_reloads.clone()),
+        ] {
+            m.registry.register(c).expect("registered once");
+        }
+        m
+    }
+}
+
+impl Metrics {
+    pub fn gather(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}

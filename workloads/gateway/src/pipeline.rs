@@ -1,0 +1,90 @@
+//! Checks each device message in arrival order, forwards the valid ones
+//! (several in flight at once), and acknowledges every message to the
+//! broker in order once its fate is settled.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use rumqttc::{AsyncClient, Publish};
+use tokio::sync::mpsc;
+
+use crate::audit::{Audit, AuditEvent};
+use crate::checks::Validator;
+use crate::forward::Sinks;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Messages being forwarded at the same time.
+const IN_FLIGHT: usize = 256;
+
+pub struct Pipeline {
+    pub validator: Validator,
+    pub registry: Arc<Registry>,
+    pub sinks: Arc<Sinks>,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    pub mqtt: AsyncClient,
+}
+
+impl Pipeline {
+    pub async fn run(self, mut rx: mpsc::Receiver<(Publish, Instant)>) {
+        let Pipeline {
+            mut validator,
+            registry,
+            sinks,
+            audit,
+            metrics,
+            mqtt,
+        } = self;
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            // Checks are stateful (replay cache, rate limit): they run here,
+            // one message at a time, in order.
+            .map(|(publish, received)| {
+                let now = chrono::Utc::now().timestamp();
+                let verdict = validator.check(&publish.topic, &publish.payload, now, Instant::now(), |id| {
+                    registry.get(id)
+                });
+                metrics.replay_cache.set(validator.replay_entries() as i64);
+                let (sinks, audit, metrics) = (sinks.clone(), audit.clone(), metrics.clone());
+                async move {
+                    match verdict {
+                        Ok(msg) => match sinks.forward(&msg, received).await {
+                            Ok(()) => metrics.messages.with_label_values(&["accepted", "ok"]).inc(),
+                            Err(e) => {
+                                metrics.messages.with_label_values(&["forward_failed", "sink"]).inc();
+                                audit.record(
+                                    AuditEvent::new("forward_failed")
+                                        .device(&msg.device_id)
+                                        .message_id(Some(&msg.envelope.message_id))
+                                        .detail(e.to_string()),
+                                );
+                            }
+                        },
+                        Err(refused) => {
+                            let reason = refused.rejection.reason();
+                            metrics.messages.with_label_values(&["rejected", reason]).inc();
+                            audit.record(
+                                AuditEvent::new("rejected")
+                                    .maybe_device(refused.device_id.as_deref())
+                                    .reason(reason)
+                                    .message_id(refused.message_id.as_deref())
+                                    .detail(refused.rejection.to_string()),
+                            );
+                        }
+                    }
+                    publish
+                }
+            })
+            .buffered(IN_FLIGHT)
+            .for_each(|publish| {
+                let mqtt = mqtt.clone();
+                async move {
+                    if let Err(e) = mqtt.ack(&publish).await {
+                        tracing::warn!(error = %e, "could not acknowledge message");
+                    }
+                }
+            })
+            .await;
+    }
+}

@@ -1,0 +1,371 @@
+//! Gateway test harness: a Gateway and its Devices made by the real
+//! operator, real Mosquitto running the generated configuration, a loopback
+//! HTTP backend, a Kafka topic, and the gateway binary started with exactly
+//! the environment the operator put into its Deployment (paths and ports
+//! moved to this machine).
+#![allow(dead_code)]
+
+pub use fleetward_testkit::*;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleetward_simulator::{ConnectOptions, Credentials, Device, DeviceEvent};
+use k8s_openapi::api::apps::v1::Deployment;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+/// One HTTP request the backend received.
+#[derive(Clone, Debug)]
+pub struct BackendCall {
+    pub device: String,
+    pub body: String,
+}
+
+/// The seed-003 backend: records calls, answers like the seed's example.
+pub struct Backend {
+    pub url: String,
+    pub calls: Arc<Mutex<Vec<BackendCall>>>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        use axum::extract::{Path as UrlPath, State};
+        let calls: Arc<Mutex<Vec<BackendCall>>> = Arc::default();
+        let app =
+            axum::Router::new()
+                .route(
+                    "/device/{id}/data",
+                    axum::routing::post(
+                        |State(calls): State<Arc<Mutex<Vec<BackendCall>>>>,
+                         UrlPath(id): UrlPath<String>,
+                         body: String| async move {
+                            calls.lock().unwrap().push(BackendCall { device: id, body });
+                            axum::Json(serde_json::json!({"status": "received", "alert": "temperature normal"}))
+                        },
+                    ),
+                )
+                .with_state(calls.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Backend {
+            url: format!("http://{addr}"),
+            calls,
+        }
+    }
+
+    pub fn calls(&self) -> Vec<BackendCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+pub struct GatewayProc {
+    child: Option<Child>,
+    pub env: HashMap<String, String>,
+    pub metrics_url: String,
+    pub api_url: String,
+    pub log: PathBuf,
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl GatewayProc {
+    pub fn metrics(&self) -> String {
+        http_get(&format!("{}/metrics", self.metrics_url)).unwrap_or_default()
+    }
+
+    /// A counter's value; `series` like `gateway_messages_total{reason="replay",result="rejected"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn rejected(&self, reason: &str) -> f64 {
+        self.metric(&format!(
+            "gateway_messages_total{{reason=\"{reason}\",result=\"rejected\"}}"
+        ))
+    }
+
+    pub fn accepted(&self) -> f64 {
+        self.metric("gateway_messages_total{reason=\"ok\",result=\"accepted\"}")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+}
+
+pub struct Harness {
+    pub ns: TestNs,
+    pub gw: String,
+    pub tmp: tempfile::TempDir,
+    pub broker: Broker,
+    pub backend: Backend,
+    pub topic: String,
+    pub gateway: GatewayProc,
+    pub db: PgPool,
+}
+
+pub struct Setup<'a> {
+    pub prefix: &'a str,
+    /// (name, category, extra spec lines)
+    pub devices: &'a [(&'a str, &'a str, &'a str)],
+    /// Extra lines under the Gateway's `spec.security`.
+    pub security: &'a str,
+}
+
+impl Harness {
+    pub async fn start(setup: Setup<'_>) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        operator_in_process();
+        let ns = TestNs::new(setup.prefix).await;
+        let backend = Backend::start().await;
+        let topic = format!("telemetry-{}", ns.name);
+        ns.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: audit-db}}\nstringData: {{url: \"{}\"}}\n",
+            env("DATABASE_URL")
+        ))
+        .await;
+        let gateway_yaml = format!(
+            "apiVersion: fleetward.io/v1alpha1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  \
+             backend: {{url: \"{}\", timeoutMs: 2000}}\n  \
+             kafka: {{topic: {topic}, bootstrapServers: \"{}\"}}\n  \
+             audit: {{connectionSecretRef: {{name: audit-db, key: url}}}}\n  \
+             security:\n    timestampWindowSeconds: 300\n{}\n",
+            backend.url,
+            env("KAFKA_BROKERS"),
+            setup.security
+        );
+        let devices: Vec<String> = setup
+            .devices
+            .iter()
+            .map(|(n, c, extra)| device_yaml_with_category(n, "gw", c, extra))
+            .collect();
+        ns.gateway_with_devices(&gateway_yaml, &devices).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let broker = Broker::start(&ns, "gw", &tmp.path().join("broker")).await;
+        create_topic(&topic);
+        let gateway = start_gateway(&ns, "gw", &broker, tmp.path()).await;
+        let db = PgPool::connect(&env("DATABASE_URL")).await.unwrap();
+        Harness {
+            ns,
+            gw: "gw".into(),
+            tmp,
+            broker,
+            backend,
+            topic,
+            gateway,
+            db,
+        }
+    }
+
+    pub async fn device(&self, name: &str) -> (Arc<Device>, mpsc::Receiver<DeviceEvent>) {
+        let creds = Credentials::from_secret(self.ns.client.clone(), &self.ns.name, name)
+            .await
+            .unwrap();
+        let (dev, mut events) = Device::connect(creds, &ConnectOptions::new("localhost", self.broker.port))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, events.recv()).await {
+                Ok(Some(DeviceEvent::Connected)) => break,
+                Ok(Some(_)) => continue,
+                _ => panic!("device {name} did not connect"),
+            }
+        }
+        (dev, events)
+    }
+
+    /// Audit rows of this test's gateway: (event, reason, device, message_id).
+    pub async fn audit(&self) -> Vec<(String, Option<String>, Option<String>, Option<String>)> {
+        sqlx::query_as(
+            "SELECT event, reason, device_id, message_id FROM fleetward_gateway.gateway_audit \
+             WHERE namespace = $1 ORDER BY id",
+        )
+        .bind(&self.ns.name)
+        .fetch_all(&self.db)
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Waits until the audit holds a row matching `pred`.
+    pub async fn audit_has(
+        &self,
+        what: &str,
+        pred: impl Fn(&(String, Option<String>, Option<String>, Option<String>)) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.audit().await.iter().any(&pred) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit row for {what}: {:#?}",
+                self.audit().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Telemetry records on the Kafka topic, read from the beginning.
+    pub fn consumer(&self) -> StreamConsumer {
+        consumer(&self.topic)
+    }
+}
+
+pub fn consumer(topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BROKERS"))
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+/// Reads records until `done` says so or `secs` pass; returns the values.
+pub async fn read_records(
+    c: &StreamConsumer,
+    secs: u64,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !done(&out) {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Ok(m)) => {
+                if let Some(p) = m.payload() {
+                    out.push(serde_json::from_slice(p).unwrap());
+                }
+            }
+            Ok(Err(e)) => panic!("kafka: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+pub fn create_topic(topic: &str) {
+    let out = Command::new("java")
+        .args(["-cp", &format!("{}/*", env("FLEETWARD_KAFKA_LIBS"))])
+        .arg("org.apache.kafka.tools.TopicCommand")
+        .args([
+            "--bootstrap-server",
+            &env("KAFKA_BROKERS"),
+            "--create",
+            "--if-not-exists",
+        ])
+        .args(["--topic", topic, "--partitions", "3", "--replication-factor", "1"])
+        .output()
+        .expect("java runs");
+    assert!(
+        out.status.success(),
+        "create topic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the gateway binary with the env of the operator's Deployment.
+pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -> GatewayProc {
+    let deploy = ns.api::<Deployment>().get(&format!("{gw}-gateway")).await.unwrap();
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    let container = pod.containers.into_iter().find(|c| c.name == "gateway").unwrap();
+    let client_dir = tmp.join("client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    for k in ["tls.crt", "tls.key", "ca.crt"] {
+        write(
+            &client_dir,
+            k,
+            &ns.secret_value(&format!("{gw}-gateway-client"), k).await,
+        );
+    }
+    let broker_dir = broker.dir.display().to_string();
+    let mut env_map = HashMap::new();
+    for e in container.env.unwrap_or_default() {
+        let value = match (e.value, e.value_from) {
+            (Some(v), _) => v
+                .replace("/etc/fleetward/client", &client_dir.display().to_string())
+                .replace("/mosquitto/", &format!("{broker_dir}/")),
+            (None, Some(from)) => {
+                let r = from.secret_key_ref.expect("only secretKeyRef is used");
+                ns.secret_value(&r.name, &r.key).await
+            }
+            _ => panic!("env {} has no value", e.name),
+        };
+        env_map.insert(e.name, value);
+    }
+    // What differs on this machine: the broker's port, free ports for the
+    // gateway's own listeners, the broker's pid, and API access.
+    let metrics_port = free_port();
+    let api_port = free_port();
+    env_map.insert("MQTT_PORT".into(), broker.port.to_string());
+    env_map.insert("METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
+    env_map.insert("COMMAND_API_PORT".into(), api_port.to_string());
+    env_map.insert("COMMAND_API_BIND".into(), "127.0.0.1".into());
+    env_map.insert("MOSQUITTO_PID".into(), broker.pid().to_string());
+    env_map.insert("KUBECONFIG".into(), env("KUBECONFIG"));
+    env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
+    let log = tmp.join("gateway.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetward-gateway"))
+        .env_clear()
+        .envs(&env_map)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.join("gateway.err")).unwrap())
+        .spawn()
+        .expect("gateway starts");
+    let proc = GatewayProc {
+        child: Some(child),
+        env: env_map,
+        metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+        api_url: format!("https://localhost:{api_port}"),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&format!("{}/health", proc.metrics_url)).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway not healthy after 60s:\n{}\n{}",
+            proc.log_text(),
+            std::fs::read_to_string(tmp.join("gateway.err")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proc
+}
+
+pub fn socket(url: &str) -> SocketAddr {
+    url.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,525 @@
+//! The gateway end to end: real Mosquitto (TLS, operator-generated config),
+//! real Kafka, real PostgreSQL (audit), the real operator's credentials.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleetward_operator::crd::Device;
+use fleetward_simulator::attack::{self, Attack, AttackOptions};
+use fleetward_simulator::{Credentials, DeviceEvent};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+const WEATHER: &str = "weatherStation";
+
+/// Valid messages from the simulator reach the HTTP backend and Kafka, and
+/// the backend's reply reaches the device.
+#[tokio::test]
+async fn valid_messages_reach_backend_and_kafka_and_reply_reaches_device() {
+    let h = Harness::start(Setup {
+        prefix: "gw-ok",
+        devices: &[("d1", WEATHER, "")],
+        security: "",
+    })
+    .await;
+    let (dev, mut events) = h.device("d1").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(dev.send_reading().await.unwrap());
+    }
+    let kafka = h.consumer();
+    let records = read_records(&kafka, 30, |r| r.len() >= 5).await;
+    let got: HashSet<&str> = records.iter().map(|r| r["message_id"].as_str().unwrap()).collect();
+    assert_eq!(
+        got,
+        ids.iter().map(String::as_str).collect(),
+        "every message in Kafka once"
+    );
+    for r in &records {
+        assert_eq!(r["device_id"], "d1");
+        assert_eq!(r["category"], WEATHER);
+        assert!(r["payload"]["temperature"].is_number());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.backend.calls().len() < 5 {
+        assert!(Instant::now() < deadline, "backend calls: {:?}", h.backend.calls());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = h.backend.calls();
+    assert!(calls.iter().all(|c| c.device == "d1"));
+    // The backend gets the payload only, as in seed 003.
+    let body: serde_json::Value = serde_json::from_str(&calls[0].body).unwrap();
+    assert!(body.get("temperature").is_some() && body.get("signature").is_none());
+    // Backend replies come back on device/d1/response.
+    let mut responses = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while responses < 5 {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(DeviceEvent::Response(body))) => {
+                assert!(body.contains("temperature normal"), "{body}");
+                responses += 1;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("only {responses} backend responses reached the device"),
+        }
+    }
+    assert_eq!(h.gateway.accepted(), 5.0);
+    assert!(h.gateway.metric("mqtt_messages_total") >= 5.0);
+    h.ns.cleanup().await;
+}
+
+/// Seed 003's scenarios and the limits: each attack is refused, not
+/// forwarded, counted under its reason and audited with it.
+#[tokio::test]
+async fn attacks_are_refused_counted_and_audited() {
+    let h = Harness::start(Setup {
+        prefix: "gw-attack",
+        devices: &[
+            ("attacker", WEATHER, ""),
+            ("victim", WEATHER, ""),
+            ("flooder", WEATHER, ""),
+            ("gone", WEATHER, ""),
+            ("off", WEATHER, ""),
+        ],
+        security: "    ratePerSecond: 5\n    burst: 10\n    maxMessageBytes: 4096",
+    })
+    .await;
+    let (attacker, _ev1) = h.device("attacker").await;
+    let (flooder, _ev2) = h.device("flooder").await;
+    let (gone, _ev3) = h.device("gone").await;
+    let (off, _ev4) = h.device("off").await;
+    let opts = AttackOptions {
+        victim: Some("victim".into()),
+        max_message_bytes: 4096,
+        flood_count: 40,
+    };
+    let mut legit = Vec::new();
+    for a in [
+        Attack::Replay,
+        Attack::Tamper,
+        Attack::Impersonate,
+        Attack::Stale,
+        Attack::Future,
+        Attack::Oversize,
+        Attack::Malformed,
+        Attack::WrongSchema,
+    ] {
+        legit.extend(attack::perform(&attacker, a, &opts).await.unwrap().legitimate);
+    }
+    let flood = attack::perform(&flooder, Attack::Flood, &opts).await.unwrap();
+
+    // A device deleted (its Secret gone) while its certificate still opens
+    // a connection, and a disabled device, before any CRL reload.
+    let devices = h.ns.api::<Device>();
+    devices.delete("gone", &DeleteParams::default()).await.unwrap();
+    devices
+        .patch(
+            "off",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"enabled": false}})),
+        )
+        .await
+        .unwrap();
+    h.audit_has("gone removed", |r| {
+        r.0 == "device_removed" && r.2.as_deref() == Some("gone")
+    })
+    .await;
+    h.audit_has("off disabled", |r| {
+        r.0 == "device_disabled" && r.2.as_deref() == Some("off")
+    })
+    .await;
+    gone.send_reading().await.unwrap();
+    off.send_reading().await.unwrap();
+
+    let expected = [
+        ("replay", 1.0),
+        ("bad_signature", 1.0),
+        ("topic_mismatch", 1.0),
+        ("stale_timestamp", 1.0),
+        ("future_timestamp", 1.0),
+        ("oversize", 1.0),
+        ("malformed", 1.0),
+        ("schema_violation", 1.0),
+        ("unknown_device", 1.0),
+        ("disabled_device", 1.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = expected.iter().all(|(r, n)| h.gateway.rejected(r) >= *n) && h.gateway.rejected("rate_limited") >= 1.0;
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rejections so far:\n{}", h.gateway.metrics());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (reason, n) in expected {
+        assert_eq!(h.gateway.rejected(reason), n, "{reason}");
+    }
+    // The flood: the burst passes, the rest is rate limited.
+    let limited = h.gateway.rejected("rate_limited");
+    assert!((20.0..40.0).contains(&limited), "rate limited {limited} of 40");
+
+    // Nothing malicious was forwarded: the backend and Kafka saw exactly the
+    // legitimate messages (the replay's original and the flood's burst).
+    let accepted = h.gateway.accepted() as usize;
+    assert_eq!(accepted, legit.len() + (40 - limited as usize));
+    let records = read_records(&h.consumer(), 20, |r| r.len() >= accepted).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(records.len(), accepted, "Kafka holds only accepted messages");
+    let forwarded: HashSet<String> = records
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &legit {
+        assert!(forwarded.contains(id));
+    }
+    assert!(
+        records
+            .iter()
+            .all(|r| r["device_id"] == "attacker" || r["device_id"] == "flooder")
+    );
+    assert!(forwarded.is_subset(&legit.iter().chain(&flood.malicious).cloned().collect()));
+    assert_eq!(h.backend.calls().len(), accepted, "backend got only accepted messages");
+
+    // Every rejection is in the audit table with its reason.
+    for (reason, _) in expected.iter().chain(&[("rate_limited", 1.0)]) {
+        h.audit_has(reason, |r| r.0 == "rejected" && r.1.as_deref() == Some(reason))
+            .await;
+    }
+    let rows = h.audit().await;
+    let rejected_rows = rows.iter().filter(|r| r.0 == "rejected").count() as f64;
+    let rejected_metric: f64 = expected.iter().map(|(r, _)| h.gateway.rejected(r)).sum::<f64>() + limited;
+    assert_eq!(rejected_rows, rejected_metric, "one audit row per rejection");
+    assert!(
+        rows.iter()
+            .any(|r| r.1.as_deref() == Some("topic_mismatch") && r.2.as_deref() == Some("attacker")),
+        "impersonation is attributed to the real sender"
+    );
+    // Secrets never reach the log.
+    let key = h.ns.secret_value("attacker-credentials", "hmac.key").await;
+    assert!(!h.gateway.log_text().contains(&key));
+    h.ns.cleanup().await;
+}
+
+/// A command through the API arrives signed and the device verifies it; a
+/// wrong bearer key gets 401 and nothing is published.
+#[tokio::test]
+async fn commands_are_signed_verified_and_need_the_key() {
+    let h = Harness::start(Setup {
+        prefix: "gw-cmd",
+        devices: &[("lock-1", "smartLock", "")],
+        security: "",
+    })
+    .await;
+    let (_dev, mut events) = h.device("lock-1").await;
+    let key = h.ns.secret_value("gw-command-api", "api-key").await;
+    let ca = reqwest::Certificate::from_pem(h.ns.secret_value("gw-ca", "tls.crt").await.as_bytes()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let url = format!("{}/command/lock-1", h.gateway.api_url);
+
+    let bad = http
+        .post(&url)
+        .bearer_auth("not-the-key")
+        .json(&json!({"action": "unlock"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let none = http.post(&url).json(&json!({"action": "unlock"})).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let unknown = http
+        .post(format!("{}/command/nobody", h.gateway.api_url))
+        .bearer_auth(&key)
+        .json(&json!({"action": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    // Nothing reached the device for the refused calls.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(quiet_until, events.recv()).await {
+        assert!(
+            !matches!(ev, DeviceEvent::Command { .. }),
+            "a refused call published a command"
+        );
+    }
+
+    let ok = http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"action": "reboot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    let sent_id = body["message_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(DeviceEvent::Command {
+                message_id,
+                payload,
+                verdict,
+            })) => {
+                assert_eq!(message_id, sent_id);
+                assert_eq!(verdict, Ok(()), "the device verifies the gateway's signature");
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&payload).unwrap(),
+                    json!({"action": "reboot"})
+                );
+                break;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("command did not arrive"),
+        }
+    }
+    // The device's acknowledgement is a signed data message the gateway accepts.
+    let records = read_records(&h.consumer(), 20, |r| {
+        r.iter().any(|x| x["payload"]["ack"] == sent_id.as_str())
+    })
+    .await;
+    assert!(
+        records.iter().any(|x| x["payload"]["ack"] == sent_id.as_str()),
+        "{records:?}"
+    );
+    h.audit_has("command sent", |r| {
+        r.0 == "command_sent" && r.3.as_deref() == Some(&sent_id)
+    })
+    .await;
+    h.audit_has("unauthorized", |r| r.0 == "command_unauthorized").await;
+    assert_eq!(h.gateway.metric("gateway_commands_total{result=\"unauthorized\"}"), 2.0);
+    assert!(!h.gateway.log_text().contains(&key), "API key in the log");
+    h.ns.cleanup().await;
+}
+
+/// HMAC rotation with a grace period: a device that keeps sending through the
+/// rotation (and picks up its new secret a little later) loses nothing.
+#[tokio::test]
+async fn rotation_with_grace_rejects_none_of_a_devices_messages() {
+    let h = Harness::start(Setup {
+        prefix: "gw-rotate",
+        devices: &[("t1", "indoorThermometer", "  hmacGracePeriodSeconds: 120")],
+        security: "    ratePerSecond: 100\n    burst: 100",
+    })
+    .await;
+    let (dev, _events) = h.device("t1").await;
+    let old_key = dev.hmac();
+    let mut sent = Vec::new();
+    let start = Instant::now();
+    let mut rotated = false;
+    let mut picked_up = false;
+    while start.elapsed() < Duration::from_secs(8) {
+        sent.push(dev.send_reading().await.unwrap());
+        let t = start.elapsed();
+        if !rotated && t > Duration::from_secs(1) {
+            h.ns.api::<Device>()
+                .patch(
+                    "t1",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"rotation": 1}})),
+                )
+                .await
+                .unwrap();
+            rotated = true;
+        }
+        // The device reloads its credentials a few seconds after rotation,
+        // as a real device polling its config would.
+        if rotated && !picked_up && t > Duration::from_secs(4) {
+            let creds = Credentials::from_secret(h.ns.client.clone(), &h.ns.name, "t1")
+                .await
+                .unwrap();
+            assert_ne!(creds.hmac, old_key, "the operator rotated the secret");
+            dev.rotate(creds);
+            picked_up = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(picked_up);
+    let records = read_records(&h.consumer(), 30, |r| r.len() >= sent.len()).await;
+    let got: HashSet<String> = records
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<_> = sent.iter().filter(|id| !got.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages lost: {}",
+        missing.len(),
+        sent.len(),
+        h.gateway.metrics()
+    );
+    let rejected: f64 = fleetward_protocol::Rejection::ALL_REASONS
+        .iter()
+        .map(|r| h.gateway.rejected(r))
+        .sum();
+    assert_eq!(rejected, 0.0);
+    h.audit_has("key reload", |r| r.0 == "key_reload" && r.2.as_deref() == Some("t1"))
+        .await;
+    h.ns.cleanup().await;
+}
+
+/// A third-party client written from seed 003's description (Python,
+/// paho-mqtt + hmac) produces messages the gateway verifies.
+#[tokio::test]
+async fn third_party_python_client_verifies() {
+    let h = Harness::start(Setup {
+        prefix: "gw-py",
+        devices: &[("py-1", WEATHER, "")],
+        security: "",
+    })
+    .await;
+    let dir = h.tmp.path().join("py");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in ["tls.crt", "tls.key", "ca.crt", "hmac.key"] {
+        write(&dir, k, &h.ns.secret_value("py-1-credentials", k).await);
+    }
+    let script = r#"
+import hmac, hashlib, json, ssl, sys, time, uuid
+import paho.mqtt.client as mqtt
+
+d, port, device_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+secret = open(f"{d}/hmac.key").read().strip().encode()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+c.tls_set(ca_certs=f"{d}/ca.crt", certfile=f"{d}/tls.crt", keyfile=f"{d}/tls.key")
+c.connect("localhost", port)
+c.loop_start()
+ids = []
+for t in (21.5, 22.0):
+    payload = {"temperature": t, "humidity": 55, "pressure": 1012.5, "wind_speed": 3.2}
+    payload_json = json.dumps(payload)          # Python's own spacing
+    ts, mid = int(time.time()), str(uuid.uuid4())
+    msg = (device_id + str(ts) + mid + payload_json).encode()
+    sig = hmac.new(secret, msg, hashlib.sha256).hexdigest()
+    body = '{"device_id": "%s", "timestamp": %d, "message_id": "%s", "payload": %s, "signature": "%s"}' % (
+        device_id, ts, mid, payload_json, sig)
+    c.publish(f"device/{device_id}/data", body, qos=1).wait_for_publish(10)
+    ids.append(mid)
+c.loop_stop()
+c.disconnect()
+print("\n".join(ids))
+"#;
+    let script_path = write(&dir, "client.py", script);
+    let out = std::process::Command::new(env("FLEETWARD_PYTHON"))
+        .args([
+            &script_path,
+            &dir.display().to_string(),
+            &h.broker.port.to_string(),
+            "py-1",
+        ])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let records = read_records(&h.consumer(), 30, |r| r.len() >= 2).await;
+    let got: HashSet<&str> = records.iter().map(|r| r["message_id"].as_str().unwrap()).collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<HashSet<_>>());
+    assert_eq!(h.gateway.rejected("bad_signature"), 0.0);
+    h.ns.cleanup().await;
+}
+
+/// The broker restarts: the gateway reconnects, and QoS 1 messages devices
+/// publish before it is back are delivered from its persistent session.
+#[tokio::test]
+async fn broker_restart_loses_no_qos1_messages() {
+    let mut h = Harness::start(Setup {
+        prefix: "gw-restart",
+        devices: &[("m1", "electricityMeter", "")],
+        security: "    ratePerSecond: 1000\n    burst: 1000",
+    })
+    .await;
+    {
+        let (dev, _ev) = h.device("m1").await;
+        dev.send_reading().await.unwrap();
+        read_records(&h.consumer(), 20, |r| !r.is_empty()).await;
+    }
+    // Freeze the gateway so the messages below are certainly published while
+    // it is not connected: it finds its connection dead only when it thaws.
+    h.gateway.signal("-STOP");
+    h.broker.restart();
+    let (dev, _ev) = h.device("m1").await;
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        sent.push(dev.send_reading().await.unwrap());
+    }
+    // Let the QoS 1 publishes complete before the gateway comes back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.gateway.signal("-CONT");
+    let records = read_records(&h.consumer(), 60, |r| r.len() >= 51).await;
+    let got: HashSet<String> = records
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<_> = sent.iter().filter(|id| !got.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of 50 lost; gateway log:\n{}",
+        lost.len(),
+        h.gateway.log_text()
+    );
+    assert_eq!(h.gateway.metric("gateway_mqtt_connected"), 1.0);
+    assert!(
+        h.gateway.log_text().contains("broker connection lost"),
+        "the gateway did see the restart"
+    );
+    h.ns.cleanup().await;
+}
+
+/// When the CRL file changes, the gateway makes Mosquitto reload it and a
+/// revoked device can no longer connect.
+#[tokio::test]
+async fn crl_change_is_applied_to_the_broker() {
+    let h = Harness::start(Setup {
+        prefix: "gw-crl",
+        devices: &[("r1", WEATHER, ""), ("r2", WEATHER, "")],
+        security: "",
+    })
+    .await;
+    let ids = h.tmp.path().join("ids");
+    std::fs::create_dir_all(&ids).unwrap();
+    let r1 = identity(&h.ns, "r1-credentials", &ids).await;
+    let r2 = identity(&h.ns, "r2-credentials", &ids).await;
+    assert!(mosquitto_pub(&h.broker, &r1, "device/r1/data", "{}").0);
+    h.ns.api::<Device>()
+        .patch(
+            "r1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"enabled": false}})),
+        )
+        .await
+        .unwrap();
+    let serial = {
+        let api = h.ns.api::<Device>();
+        wait_for("r1 disabled", 30, || get_opt(&api, "r1"), |d| !device_ready(d)).await;
+        api.get("r1").await.unwrap().status.unwrap().serial.unwrap()
+    };
+    let cms = h.ns.api::<k8s_openapi::api::core::v1::ConfigMap>();
+    wait_for(
+        "CRL lists r1",
+        30,
+        || get_opt(&cms, "gw-crl"),
+        |cm| cm.data.as_ref().unwrap()["revoked.json"].contains(&serial),
+    )
+    .await;
+    // What the kubelet does with the ConfigMap volume.
+    h.broker.write_crl(&h.ns.crl_pem("gw").await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.gateway.metric("gateway_crl_reloads_total") < 1.0 {
+        assert!(Instant::now() < deadline, "gateway did not reload the CRL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, out) = mosquitto_pub(&h.broker, &r1, "device/r1/data", "{}");
+    assert!(!ok, "revoked r1 still connects: {out}");
+    assert!(mosquitto_pub(&h.broker, &r2, "device/r2/data", "{}").0, "r2 unaffected");
+    h.audit_has("crl reload", |r| r.0 == "crl_reload").await;
+    h.ns.cleanup().await;
+}

@@ -1,0 +1,319 @@
+//! A simulated device: connects to its gateway's broker with its own
+//! certificate, publishes signed category payloads, verifies the signature
+//! of commands it receives and acknowledges them, and can misbehave on
+//! purpose (the attack modes) for tests and demos.
+
+pub mod attack;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fleetward_protocol::category::SampleState;
+use fleetward_protocol::{
+    Category, Command, Envelope, Rejection, ReplayWindow, command_topic, data_topic, new_message_id, raw,
+    response_topic,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+
+#[derive(thiserror::Error, Debug)]
+pub enum SimError {
+    #[error("credentials for {device}: {reason}")]
+    Credentials { device: String, reason: String },
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("mqtt: {0}")]
+    Mqtt(#[from] rumqttc::ClientError),
+}
+
+/// What a device holds: identity, certificate, key and HMAC secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub device_id: String,
+    pub category: Category,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub hmac: Vec<u8>,
+    /// Kept after a rotation so commands signed just before it still verify.
+    pub previous_hmac: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("device_id", &self.device_id)
+            .field("category", &self.category)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// From the operator's Secret `<device>-credentials`.
+    pub async fn from_secret(client: Client, namespace: &str, device: &str) -> Result<Self, SimError> {
+        let api: Api<Secret> = Api::namespaced(client, namespace);
+        let secret = api.get(&format!("{device}-credentials")).await?;
+        Self::from_k8s(&secret, device)
+    }
+
+    pub fn from_k8s(secret: &Secret, device: &str) -> Result<Self, SimError> {
+        let bad = |reason: &str| SimError::Credentials {
+            device: device.to_string(),
+            reason: reason.to_string(),
+        };
+        let data = secret.data.as_ref().ok_or_else(|| bad("secret has no data"))?;
+        let text = |k: &str| {
+            data.get(k)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .ok_or_else(|| bad(&format!("missing {k}")))
+        };
+        let category = secret
+            .labels()
+            .get("fleetward.io/category")
+            .and_then(|c| Category::parse(c))
+            .ok_or_else(|| bad("missing category label"))?;
+        Ok(Self {
+            device_id: device.to_string(),
+            category,
+            cert_pem: text("tls.crt")?,
+            key_pem: text("tls.key")?,
+            ca_pem: text("ca.crt")?,
+            hmac: text("hmac.key")?.into_bytes(),
+            previous_hmac: data.get("hmac.previous.key").map(|b| b.0.clone()),
+        })
+    }
+
+    /// From a directory holding `tls.crt`, `tls.key`, `ca.crt`, `hmac.key`
+    /// and `category` (what `kubectl get secret` would give a real device).
+    pub fn from_dir(dir: &Path, device: &str) -> Result<Self, SimError> {
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f)).map_err(|e| SimError::Credentials {
+                device: device.to_string(),
+                reason: format!("{f}: {e}"),
+            })
+        };
+        let category = Category::parse(read("category")?.trim()).ok_or_else(|| SimError::Credentials {
+            device: device.to_string(),
+            reason: "unknown category".into(),
+        })?;
+        Ok(Self {
+            device_id: device.to_string(),
+            category,
+            cert_pem: read("tls.crt")?,
+            key_pem: read("tls.key")?,
+            ca_pem: read("ca.crt")?,
+            hmac: read("hmac.key")?.trim().as_bytes().to_vec(),
+            previous_hmac: None,
+        })
+    }
+
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, SimError> {
+        let tls_err = |e: &dyn std::fmt::Display| SimError::Tls(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.map_err(|e| tls_err(&e))?).map_err(|e| tls_err(&e))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| tls_err(&e))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(&e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls_err(&e))?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// Where and how a device connects.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    /// Seconds of clock skew accepted on commands.
+    pub window_secs: i64,
+    /// Acknowledge verified commands with an `{"ack": …}` data message.
+    pub auto_ack: bool,
+}
+
+impl ConnectOptions {
+    pub fn new(host: &str, port: u16) -> Self {
+        Self {
+            host: host.to_string(),
+            port,
+            window_secs: 300,
+            auto_ack: true,
+        }
+    }
+}
+
+/// Things that happen to a device.
+#[derive(Debug)]
+pub enum DeviceEvent {
+    Connected,
+    /// The backend's answer to one of our messages (`device/{id}/response`).
+    Response(String),
+    /// A command arrived; `verdict` says whether its signature, freshness
+    /// and id checked out.
+    Command {
+        message_id: String,
+        payload: String,
+        verdict: Result<(), Rejection>,
+    },
+    /// A `device/{id}/command` message that is not even a command.
+    BadCommand(String),
+    Disconnected(String),
+}
+
+/// A connected simulated device.
+pub struct Device {
+    pub id: String,
+    pub category: Category,
+    creds: Arc<RwLock<Credentials>>,
+    pub client: AsyncClient,
+    state: std::sync::Mutex<SampleState>,
+}
+
+impl Device {
+    /// Connects and spawns the device's event loop; events arrive on the
+    /// returned channel.
+    pub async fn connect(
+        creds: Credentials,
+        opts: &ConnectOptions,
+    ) -> Result<(Arc<Device>, mpsc::Receiver<DeviceEvent>), SimError> {
+        let mut mqtt = MqttOptions::new(creds.device_id.clone(), opts.host.clone(), opts.port);
+        mqtt.set_transport(Transport::Tls(TlsConfiguration::Rustls(creds.tls()?)));
+        mqtt.set_keep_alive(Duration::from_secs(20));
+        mqtt.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        mqtt.set_inflight(1000);
+        let (client, eventloop) = AsyncClient::new(mqtt, 10_000);
+        let device = Arc::new(Device {
+            id: creds.device_id.clone(),
+            category: creds.category,
+            creds: Arc::new(RwLock::new(creds)),
+            client,
+            state: Default::default(),
+        });
+        let (tx, rx) = mpsc::channel(10_000);
+        tokio::spawn(run(device.clone(), eventloop, tx, opts.clone()));
+        Ok((device, rx))
+    }
+
+    /// Installs new credentials (after a rotation); the old HMAC secret is
+    /// kept for verifying commands signed just before.
+    pub fn rotate(&self, mut creds: Credentials) {
+        let mut cur = self.creds.write().expect("credentials lock");
+        if creds.hmac != cur.hmac {
+            creds.previous_hmac = Some(cur.hmac.clone());
+        }
+        *cur = creds;
+    }
+
+    pub fn hmac(&self) -> Vec<u8> {
+        self.creds.read().expect("credentials lock").hmac.clone()
+    }
+
+    /// A signed message with `payload`, now.
+    pub fn envelope(&self, payload: &serde_json::Value) -> Envelope {
+        self.envelope_at(chrono::Utc::now().timestamp(), &new_message_id(), payload)
+    }
+
+    pub fn envelope_at(&self, timestamp: i64, message_id: &str, payload: &serde_json::Value) -> Envelope {
+        Envelope::sign(&self.hmac(), &self.id, timestamp, message_id, raw(payload))
+    }
+
+    /// The next plausible reading of this device's category.
+    pub fn reading(&self) -> serde_json::Value {
+        self.category.sample(&mut self.state.lock().expect("sample lock"))
+    }
+
+    /// Publishes a signed reading; returns its message id.
+    pub async fn send_reading(&self) -> Result<String, SimError> {
+        let env = self.envelope(&self.reading());
+        self.publish(&data_topic(&self.id), env.to_json().into_bytes()).await?;
+        Ok(env.message_id)
+    }
+
+    /// Publishes raw bytes (QoS 1) on any topic; attacks use this.
+    pub async fn publish(&self, topic: &str, body: Vec<u8>) -> Result<(), SimError> {
+        self.client.publish(topic, QoS::AtLeastOnce, false, body).await?;
+        Ok(())
+    }
+
+    fn verify_command(&self, cmd: &Command, now: i64, window: i64, seen: &mut ReplayWindow) -> Result<(), Rejection> {
+        let creds = self.creds.read().expect("credentials lock");
+        match cmd.verify(&creds.hmac, &self.id, now, window, seen) {
+            Err(Rejection::BadSignature) => match &creds.previous_hmac {
+                Some(prev) => cmd.verify(prev, &self.id, now, window, seen),
+                None => Err(Rejection::BadSignature),
+            },
+            other => other,
+        }
+    }
+}
+
+async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<DeviceEvent>, opts: ConnectOptions) {
+    let mut seen = ReplayWindow::new(1000);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(200);
+                let _ = device.client.try_subscribe(command_topic(&device.id), QoS::AtLeastOnce);
+                let _ = device
+                    .client
+                    .try_subscribe(response_topic(&device.id), QoS::AtLeastOnce);
+                let _ = tx.try_send(DeviceEvent::Connected);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let ev = if p.topic == command_topic(&device.id) {
+                    match Command::parse(&p.payload) {
+                        Ok(cmd) => {
+                            let now = chrono::Utc::now().timestamp();
+                            let verdict = device.verify_command(&cmd, now, opts.window_secs, &mut seen);
+                            if opts.auto_ack {
+                                let result = if verdict.is_ok() { "ok" } else { "rejected" };
+                                let ack = serde_json::json!({"ack": cmd.message_id, "result": result});
+                                let env = device.envelope(&ack);
+                                let _ = device.client.try_publish(
+                                    data_topic(&device.id),
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    env.to_json(),
+                                );
+                            }
+                            DeviceEvent::Command {
+                                message_id: cmd.message_id.clone(),
+                                payload: cmd.payload.get().to_string(),
+                                verdict,
+                            }
+                        }
+                        Err(e) => DeviceEvent::BadCommand(e.to_string()),
+                    }
+                } else {
+                    DeviceEvent::Response(String::from_utf8_lossy(&p.payload).into_owned())
+                };
+                if tx.send(ev).await.is_err() {
+                    // Nobody listens any more; keep the connection serving publishes.
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.try_send(DeviceEvent::Disconnected(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
