@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod gateway;
+pub mod stationfeed;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +18,11 @@ use crate::context::Context;
 
 /// Runs every controller until shutdown. Add a new kind's `run` here.
 pub async fn run(ctx: std::sync::Arc<Context>) {
-    tokio::join!(gateway::run(ctx.clone()), device::run(ctx.clone()));
+    tokio::join!(
+        gateway::run(ctx.clone()),
+        device::run(ctx.clone()),
+        stationfeed::run(ctx.clone())
+    );
 }
 
 /// Longest the operator waits before looking at an object again even when
