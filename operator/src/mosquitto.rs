@@ -37,6 +37,9 @@ connection_messages true
 max_packet_size {max_packet}
 # The gateway's persistent session keeps QoS 1 messages while it restarts.
 max_queued_messages 100000
+# The gateway acknowledges a message once it is forwarded; the default
+# window of 20 unacknowledged messages would cap it at 20 per Kafka round trip.
+max_inflight_messages 1000
 
 listener {mqtt_port}
 protocol mqtt

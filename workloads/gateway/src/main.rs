@@ -55,8 +55,10 @@ async fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(registry.synced(), "device registry did not load within 60s");
 
-    let tls = mqtt::tls_config(&cfg.mqtt_ca_file, &cfg.mqtt_cert_file, &cfg.mqtt_key_file)?;
-    let (client, eventloop) = AsyncClient::new(mqtt::options(&cfg, tls), 1000);
+    let tls =
+        fleetward_protocol::tls::client_config_from_files(&cfg.mqtt_ca_file, &cfg.mqtt_cert_file, &cfg.mqtt_key_file)?;
+    // Room for an ack of every in-flight message plus responses and commands.
+    let (client, eventloop) = AsyncClient::new(mqtt::options(&cfg, tls), 10_000);
     let backend = cfg
         .backend_url
         .as_deref()
@@ -89,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(crl::watch(path, cfg.mosquitto_pid, audit.clone(), metrics.clone()));
     }
 
-    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let limits = Limits {
         window_secs: cfg.timestamp_window_seconds,
         replay_cache_size: cfg.replay_cache_size,

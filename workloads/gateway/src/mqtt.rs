@@ -4,52 +4,16 @@
 //! after it was checked and forwarded, so a crash loses nothing), and
 //! reconnection with exponential backoff.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub const DATA_FILTER: &str = "device/+/data";
-
-#[derive(thiserror::Error, Debug)]
-pub enum TlsError {
-    #[error("reading {path}: {source}")]
-    Pem {
-        path: String,
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// A rustls client configuration trusting only `ca` and presenting `cert`.
-pub fn tls_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let pem_err = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| TlsError::Pem { path, source }
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(pem_err(ca))? {
-        roots.add(c.map_err(pem_err(ca))?)?;
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(pem_err(cert))?
-        .collect::<Result<_, _>>()
-        .map_err(pem_err(cert))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err(key))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(Arc::new(config))
-}
 
 pub fn options(cfg: &Config, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt_host.clone(), cfg.mqtt_port);
@@ -64,10 +28,15 @@ pub fn options(cfg: &Config, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
 
 /// Drives the connection forever: hands each device message to the
 /// pipeline, subscribes on every (re)connect, backs off on errors.
+///
+/// The hand-off never blocks: acknowledgements travel back through this
+/// same event loop, so waiting here for the pipeline while the pipeline
+/// waits to ack would deadlock. The queue is still bounded, by the broker:
+/// it sends at most `max_inflight_messages` unacknowledged messages.
 pub async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    tx: mpsc::Sender<(Publish, Instant)>,
+    tx: mpsc::UnboundedSender<(Publish, Instant)>,
     metrics: Arc<Metrics>,
 ) {
     const FIRST: Duration = Duration::from_millis(250);
@@ -84,7 +53,7 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
-                if tx.send((p, Instant::now())).await.is_err() {
+                if tx.send((p, Instant::now())).is_err() {
                     return;
                 }
             }

@@ -28,7 +28,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub async fn run(self, mut rx: mpsc::Receiver<(Publish, Instant)>) {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<(Publish, Instant)>) {
         let Pipeline {
             mut validator,
             registry,

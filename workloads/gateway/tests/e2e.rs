@@ -23,6 +23,7 @@ async fn valid_messages_reach_backend_and_kafka_and_reply_reaches_device() {
         prefix: "gw-ok",
         devices: &[("d1", WEATHER, "")],
         security: "",
+        backend: true,
     })
     .await;
     let (dev, mut events) = h.device("d1").await;
@@ -85,6 +86,7 @@ async fn attacks_are_refused_counted_and_audited() {
             ("off", WEATHER, ""),
         ],
         security: "    ratePerSecond: 5\n    burst: 10\n    maxMessageBytes: 4096",
+        backend: true,
     })
     .await;
     let (attacker, _ev1) = h.device("attacker").await;
@@ -212,6 +214,7 @@ async fn commands_are_signed_verified_and_need_the_key() {
         prefix: "gw-cmd",
         devices: &[("lock-1", "smartLock", "")],
         security: "",
+        backend: true,
     })
     .await;
     let (_dev, mut events) = h.device("lock-1").await;
@@ -304,6 +307,7 @@ async fn rotation_with_grace_rejects_none_of_a_devices_messages() {
         prefix: "gw-rotate",
         devices: &[("t1", "indoorThermometer", "  hmacGracePeriodSeconds: 120")],
         security: "    ratePerSecond: 100\n    burst: 100",
+        backend: true,
     })
     .await;
     let (dev, _events) = h.device("t1").await;
@@ -370,6 +374,7 @@ async fn third_party_python_client_verifies() {
         prefix: "gw-py",
         devices: &[("py-1", WEATHER, "")],
         security: "",
+        backend: true,
     })
     .await;
     let dir = h.tmp.path().join("py");
@@ -434,6 +439,7 @@ async fn broker_restart_loses_no_qos1_messages() {
         prefix: "gw-restart",
         devices: &[("m1", "electricityMeter", "")],
         security: "    ratePerSecond: 1000\n    burst: 1000",
+        backend: true,
     })
     .await;
     {
@@ -481,6 +487,7 @@ async fn crl_change_is_applied_to_the_broker() {
         prefix: "gw-crl",
         devices: &[("r1", WEATHER, ""), ("r2", WEATHER, "")],
         security: "",
+        backend: true,
     })
     .await;
     let ids = h.tmp.path().join("ids");

@@ -22,6 +22,8 @@
 
 pub mod category;
 pub mod replay;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};

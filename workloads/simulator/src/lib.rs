@@ -17,8 +17,6 @@ use fleetward_protocol::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
 #[derive(thiserror::Error, Debug)]
@@ -117,22 +115,12 @@ impl Credentials {
     }
 
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>, SimError> {
-        let tls_err = |e: &dyn std::fmt::Display| SimError::Tls(e.to_string());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(c.map_err(|e| tls_err(&e))?).map_err(|e| tls_err(&e))?;
-        }
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_err(&e))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| tls_err(&e))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err(&e))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| tls_err(&e))?;
-        Ok(Arc::new(config))
+        fleetward_protocol::tls::client_config(
+            self.ca_pem.as_bytes(),
+            self.cert_pem.as_bytes(),
+            self.key_pem.as_bytes(),
+        )
+        .map_err(|e| SimError::Tls(e.to_string()))
     }
 }
 

@@ -134,6 +134,8 @@ pub struct Setup<'a> {
     pub devices: &'a [(&'a str, &'a str, &'a str)],
     /// Extra lines under the Gateway's `spec.security`.
     pub security: &'a str,
+    /// Also forward to the loopback HTTP backend (Kafka always).
+    pub backend: bool,
 }
 
 impl Harness {
@@ -148,13 +150,16 @@ impl Harness {
             env("DATABASE_URL")
         ))
         .await;
+        let backend_line = if setup.backend {
+            format!("  backend: {{url: \"{}\", timeoutMs: 2000}}\n", backend.url)
+        } else {
+            String::new()
+        };
         let gateway_yaml = format!(
-            "apiVersion: fleetward.io/v1alpha1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  \
-             backend: {{url: \"{}\", timeoutMs: 2000}}\n  \
+            "apiVersion: fleetward.io/v1alpha1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n{backend_line}  \
              kafka: {{topic: {topic}, bootstrapServers: \"{}\"}}\n  \
              audit: {{connectionSecretRef: {{name: audit-db, key: url}}}}\n  \
              security:\n    timestampWindowSeconds: 300\n{}\n",
-            backend.url,
             env("KAFKA_BROKERS"),
             setup.security
         );

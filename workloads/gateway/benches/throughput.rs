@@ -1,0 +1,353 @@
+//! Gateway throughput and added latency, against a raw MQTT subscriber on
+//! the same broker, in one run on one machine.
+//!
+//!   ./deploy.sh dev-up   # services
+//!   cargo bench -p fleetward-gateway --bench throughput [-- MESSAGES RATE SECONDS]
+//!
+//! 1. Throughput (drain): MESSAGES signed messages from 20 devices are
+//!    queued at Mosquitto for an offline persistent session; then
+//!    (a) a plain subscriber with no checks drains them (acking each), and
+//!    (b) the gateway drains them, checking each one and producing it to
+//!    Kafka; (b) is measured at a Kafka consumer. Reported: (b)/(a).
+//! 2. Latency: devices offer RATE msg/s for SECONDS; the send time rides in
+//!    each message id. p50/p99 of publish→raw-subscriber and of
+//!    publish→Kafka-record-through-the-gateway; the difference is what the
+//!    gateway adds.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleetward_protocol::{Envelope, data_topic, raw};
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+const DEVICES: usize = 20;
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A device connection that counts broker acknowledgements, so "published"
+/// means "held by the broker".
+struct Publisher {
+    id: String,
+    key: Vec<u8>,
+    client: AsyncClient,
+    acked: Arc<AtomicU64>,
+}
+
+async fn publishers(h: &Harness) -> Vec<Publisher> {
+    let mut out = Vec::new();
+    for i in 0..DEVICES {
+        let id = format!("b{i:02}");
+        let creds = fleetward_simulator::Credentials::from_secret(h.ns.client.clone(), &h.ns.name, &id)
+            .await
+            .unwrap();
+        let tls = fleetward_protocol::tls::client_config(
+            creds.ca_pem.as_bytes(),
+            creds.cert_pem.as_bytes(),
+            creds.key_pem.as_bytes(),
+        )
+        .unwrap();
+        let mut o = MqttOptions::new(id.clone(), "localhost", h.broker.port);
+        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+        o.set_inflight(500);
+        let (client, mut eventloop) = AsyncClient::new(o, 10_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        let a = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        out.push(Publisher {
+            id,
+            key: creds.hmac,
+            client,
+            acked,
+        });
+    }
+    out
+}
+
+fn message(p: &Publisher, seq: u64) -> Vec<u8> {
+    let payload = serde_json::json!({"temperature": 21.5, "humidity": 40});
+    let id = format!("{}-{seq}-{}", p.id, now_nanos());
+    Envelope::sign(&p.key, &p.id, chrono::Utc::now().timestamp(), &id, raw(&payload))
+        .to_json()
+        .into_bytes()
+}
+
+/// Publishes `per_device` messages from every publisher as fast as the
+/// broker acknowledges them.
+async fn burst(pubs: &[Publisher], per_device: u64) {
+    let before: Vec<u64> = pubs.iter().map(|p| p.acked.load(Ordering::Relaxed)).collect();
+    futures::future::join_all(pubs.iter().map(|p| async move {
+        for seq in 0..per_device {
+            p.client
+                .publish(data_topic(&p.id), QoS::AtLeastOnce, false, message(p, seq))
+                .await
+                .unwrap();
+        }
+    }))
+    .await;
+    for (p, b) in pubs.iter().zip(before) {
+        while p.acked.load(Ordering::Relaxed) < b + per_device {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Offers `rate` msg/s over all publishers for `secs`; returns messages sent.
+async fn steady(pubs: &[Publisher], rate: f64, secs: f64) -> u64 {
+    let per = rate / pubs.len() as f64;
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let sent: Vec<u64> = futures::future::join_all(pubs.iter().map(|p| async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut seq = 0;
+        while Instant::now() < stop {
+            tick.tick().await;
+            p.client
+                .publish(data_topic(&p.id), QoS::AtLeastOnce, false, message(p, seq))
+                .await
+                .unwrap();
+            seq += 1;
+        }
+        seq
+    }))
+    .await;
+    sent.iter().sum()
+}
+
+/// Send time (ns) from a message id `dev-seq-nanos`.
+fn sent_at(message_id: &str) -> u128 {
+    message_id.rsplit('-').next().unwrap().parse().unwrap()
+}
+
+/// The plain subscriber: the gateway's identity, no checks. `persistent`
+/// sessions keep queued messages while disconnected, like the gateway's.
+async fn raw_subscriber(h: &Harness, client_id: &str, persistent: bool) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut pem = Vec::new();
+    for k in ["ca.crt", "tls.crt", "tls.key"] {
+        pem.push(h.ns.secret_value("gw-gateway-client", k).await);
+    }
+    let tls = fleetward_protocol::tls::client_config(pem[0].as_bytes(), pem[1].as_bytes(), pem[2].as_bytes()).unwrap();
+    let mut o = MqttOptions::new(client_id, "localhost", h.broker.port);
+    o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    o.set_clean_session(!persistent);
+    o.set_manual_acks(true);
+    o.set_inflight(1000);
+    AsyncClient::new(o, 10_000)
+}
+
+/// Connects and subscribes; returns once the broker confirmed the subscription.
+async fn subscribed(client: &AsyncClient, el: &mut rumqttc::EventLoop) {
+    loop {
+        match el.poll().await.expect("raw subscriber connects") {
+            Event::Incoming(Packet::ConnAck(_)) => client.try_subscribe("device/+/data", QoS::AtLeastOnce).unwrap(),
+            Event::Incoming(Packet::SubAck(_)) => return,
+            _ => {}
+        }
+    }
+}
+
+/// Drives a subscriber until `n` messages arrived, or `idle` passed with
+/// none after the first; returns receive instants and send→receive
+/// latencies (µs). Acks go out from their own task, as in the gateway (an
+/// ack queued from inside the poll loop could wait on that same loop).
+async fn raw_drain(
+    client: AsyncClient,
+    mut el: rumqttc::EventLoop,
+    n: usize,
+    idle: Duration,
+) -> (Vec<Instant>, Vec<f64>) {
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+    let acker = client.clone();
+    let acks = tokio::spawn(async move {
+        while let Some(p) = ack_rx.recv().await {
+            acker.ack(&p).await.unwrap();
+        }
+    });
+    let mut times = Vec::new();
+    let mut lat = Vec::new();
+    while times.len() < n {
+        let wait = if times.is_empty() {
+            Duration::from_secs(60)
+        } else {
+            idle
+        };
+        match tokio::time::timeout(wait, el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                client.try_subscribe("device/+/data", QoS::AtLeastOnce).unwrap();
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let now = now_nanos();
+                times.push(Instant::now());
+                if let Ok(env) = Envelope::parse(&p.payload) {
+                    lat.push((now - sent_at(&env.message_id)) as f64 / 1000.0);
+                }
+                ack_tx.send(p).unwrap();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("raw subscriber: {e}"),
+            Err(_) if !times.is_empty() => break,
+            Err(_) => panic!("raw subscriber got nothing"),
+        }
+    }
+    // Let the last acks reach the broker before the caller disconnects.
+    drop(ack_tx);
+    while !acks.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
+    }
+    (times, lat)
+}
+
+/// Reads telemetry records until `n` arrived, or `idle` passed with none
+/// after the first; returns receive instants and send→receive latencies (µs).
+async fn kafka_drain(c: &StreamConsumer, n: usize, idle: Duration, gw: &GatewayProc) -> (Vec<Instant>, Vec<f64>) {
+    let mut times = Vec::new();
+    let mut lat = Vec::new();
+    while times.len() < n {
+        let wait = if times.is_empty() {
+            Duration::from_secs(60)
+        } else {
+            idle
+        };
+        let m = match tokio::time::timeout(wait, c.recv()).await {
+            Err(_) if n == usize::MAX && !times.is_empty() => break,
+            other => other,
+        };
+        let m = m
+            .unwrap_or_else(|_| {
+                let log = gw.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "Kafka stalled at {}/{n}; gateway metrics:\n{}\nlog tail:\n{}",
+                    times.len(),
+                    gw.metrics(),
+                    tail.join("\n")
+                )
+            })
+            .unwrap();
+        let now = now_nanos();
+        times.push(Instant::now());
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        lat.push((now - sent_at(v["message_id"].as_str().unwrap())) as f64 / 1000.0);
+    }
+    (times, lat)
+}
+
+fn rate(times: &[Instant]) -> f64 {
+    times.len() as f64 / times.last().unwrap().duration_since(times[0]).as_secs_f64()
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let messages: u64 = args.first().map(|a| a.parse().unwrap()).unwrap_or(40_000);
+    let offered: f64 = args.get(1).map(|a| a.parse().unwrap()).unwrap_or(10_000.0);
+    let seconds: f64 = args.get(2).map(|a| a.parse().unwrap()).unwrap_or(10.0);
+    let per_device = messages / DEVICES as u64;
+    let n = (per_device * DEVICES as u64) as usize;
+
+    let names: Vec<String> = (0..DEVICES).map(|i| format!("b{i:02}")).collect();
+    let devices: Vec<(&str, &str, &str)> = names.iter().map(|n| (n.as_str(), "indoorThermometer", "")).collect();
+    let mut h = Harness::start(Setup {
+        prefix: "bench-gw",
+        devices: &devices,
+        security: "    ratePerSecond: 100000\n    burst: 1000000\n    replayCacheSize: 100000",
+        backend: false,
+    })
+    .await;
+    let pubs = publishers(&h).await;
+    eprintln!("setup done: {DEVICES} devices, {n} messages per drain");
+
+    // 1a. Raw drain: create the persistent session, leave, queue, drain.
+    let (c, mut el) = raw_subscriber(&h, "bench-raw", true).await;
+    subscribed(&c, &mut el).await;
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    // The gateway's session queues everything from here on, for 1b.
+    h.gateway.signal("-KILL");
+    burst(&pubs, per_device).await;
+    let (c, el) = raw_subscriber(&h, "bench-raw", true).await;
+    let (raw_times, _) = raw_drain(c.clone(), el, n, Duration::from_secs(30)).await;
+    assert_eq!(raw_times.len(), n, "raw subscriber got every message");
+    let raw_rate = rate(&raw_times);
+    c.disconnect().await.ok();
+    eprintln!("raw subscriber drained {n} at {raw_rate:.0} msg/s");
+
+    // 1b. Gateway drain of the same burst plus one more (2n queued).
+    let consumer = h.consumer();
+    burst(&pubs, per_device).await;
+    let queued = 2 * n;
+    h.gateway = start_gateway(&h.ns, "gw", &h.broker, &h.tmp.path().join("restart")).await;
+    let (gw_times, _) = kafka_drain(&consumer, queued, Duration::from_secs(60), &h.gateway).await;
+    let gw_rate = rate(&gw_times);
+    eprintln!("gateway drained {queued} at {gw_rate:.0} msg/s");
+    let rejected: f64 = fleetward_protocol::Rejection::ALL_REASONS
+        .iter()
+        .map(|r| h.gateway.rejected(r))
+        .sum();
+
+    // 2. Latency at the offered rate: through the gateway to Kafka...
+    // (records are read while the load runs, so receive times are real)
+    let (sent_gw, (gw_recv, mut gw_lat)) = tokio::join!(
+        steady(&pubs, offered, seconds),
+        kafka_drain(&consumer, usize::MAX, Duration::from_secs(5), &h.gateway)
+    );
+    assert_eq!(gw_recv.len() as u64, sent_gw, "every message of the load reached Kafka");
+    // ...and straight to a live subscriber, with the gateway out of the way.
+    h.gateway.signal("-KILL");
+    let (c, mut el) = raw_subscriber(&h, "bench-raw-live", false).await;
+    subscribed(&c, &mut el).await;
+    let counter = tokio::spawn(raw_drain(c, el, usize::MAX, Duration::from_secs(5)));
+    let sent_raw = steady(&pubs, offered, seconds).await;
+    let (raw_live, mut raw_lat) = counter.await.unwrap();
+    assert_eq!(raw_live.len() as u64, sent_raw, "live raw subscriber got every message");
+
+    let (g50, g99) = (pct(&mut gw_lat, 0.50), pct(&mut gw_lat, 0.99));
+    let (r50, r99) = (pct(&mut raw_lat, 0.50), pct(&mut raw_lat, 0.99));
+    println!();
+    println!("gateway benchmark ({DEVICES} devices, same machine, same Mosquitto)");
+    println!("(a) raw subscriber, no checks:            {raw_rate:>9.0} msg/s  ({n} messages)");
+    println!(
+        "(b) gateway, checked + produced to Kafka: {gw_rate:>9.0} msg/s  ({queued} messages, {rejected} rejected)"
+    );
+    println!("(b)/(a):                                  {:>9.2}", gw_rate / raw_rate);
+    println!(
+        "latency, {:.0} msg/s offered for {seconds}s (achieved: gateway run {:.0}, raw run {:.0} msg/s), µs:",
+        offered,
+        sent_gw as f64 / seconds,
+        sent_raw as f64 / seconds
+    );
+    println!("  raw subscriber        p50 {r50:>9.0}   p99 {r99:>9.0}");
+    println!("  gateway -> Kafka      p50 {g50:>9.0}   p99 {g99:>9.0}");
+    println!(
+        "  added by the gateway  p50 {:>9.0}   p99 {:>9.0}",
+        g50 - r50,
+        g99 - r99
+    );
+    h.ns.cleanup().await;
+}
