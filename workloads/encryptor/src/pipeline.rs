@@ -23,7 +23,7 @@ use sqlx::PgPool;
 
 use crate::db::{self, TableName};
 use crate::metrics::Metrics;
-use crate::record::{Invalid, Sensitive, Station};
+use crate::record::{Invalid, Row, Sensitive, Station};
 
 /// Header names on dead-letter records.
 pub const DLQ_REASON: &str = "fleetward-dlq-reason";
@@ -203,28 +203,52 @@ impl Pipeline {
     }
 
     /// Consumes forever. Dropping the future stops it safely.
+    ///
+    /// One batch is stored while the next is read and encrypted (two CPUs'
+    /// worth of work: ours and PostgreSQL's). Batches still complete in
+    /// order: a batch's offsets are committed after its rows are durable
+    /// and after every earlier batch's offsets.
     pub async fn run(&self) {
+        let mut inflight: Option<InFlight> = None;
         loop {
-            let (batch, started) = self.next_batch().await;
-            self.process(&batch).await;
-            self.metrics.batch_latency.observe(started.elapsed().as_secs_f64());
+            // Wait for the next batch's first record; meanwhile finish the
+            // batch in flight as soon as its rows are stored.
+            let first = loop {
+                let Some(f) = inflight.as_mut() else {
+                    break self.consumer.recv().await.map(|m| m.detach());
+                };
+                let stored = tokio::select! {
+                    m = self.consumer.recv() => Err(m.map(|m| m.detach())),
+                    n = &mut f.store.0 => Ok(n),
+                };
+                match stored {
+                    Err(m) => break m,
+                    Ok(n) => self.complete(inflight.take().expect("in flight"), n),
+                }
+            };
+            let first = match first {
+                Ok(m) => m,
+                Err(e) => {
+                    self.kafka_error(e).await;
+                    continue;
+                }
+            };
+            let (batch, started) = self.fill_batch(first).await;
+            let staged = self.stage(&batch).await;
+            if let Some(mut f) = inflight.take() {
+                let n = (&mut f.store.0).await;
+                self.complete(f, n);
+            }
+            inflight = Some(self.store(staged, &batch, started));
         }
     }
 
-    /// Up to `batch_size` records, or what arrived within `batch_timeout`
-    /// of the first one.
-    async fn next_batch(&self) -> (Vec<OwnedMessage>, Instant) {
-        let mut batch = Vec::with_capacity(self.settings.batch_size);
-        loop {
-            match self.consumer.recv().await {
-                Ok(m) => {
-                    batch.push(m.detach());
-                    break;
-                }
-                Err(e) => self.kafka_error(e).await,
-            }
-        }
+    /// The first record plus what arrives within `batch_timeout`, up to
+    /// `batch_size`.
+    async fn fill_batch(&self, first: OwnedMessage) -> (Vec<OwnedMessage>, Instant) {
         let started = Instant::now();
+        let mut batch = Vec::with_capacity(self.settings.batch_size);
+        batch.push(first);
         let deadline = tokio::time::Instant::now() + self.settings.batch_timeout;
         while batch.len() < self.settings.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
@@ -243,51 +267,79 @@ impl Pipeline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    async fn process(&self, batch: &[OwnedMessage]) {
+    /// Parses and encrypts a batch; sends what cannot be parsed to the
+    /// dead-letter topic and waits until Kafka has it.
+    async fn stage(&self, batch: &[OwnedMessage]) -> Staged {
         let keyring = self.keyring.current();
         let mut rows = Vec::with_capacity(batch.len());
-        let mut dead = Vec::new();
+        let mut dead = 0;
         for m in batch {
             match Station::parse(m.payload()) {
                 Ok(s) => rows.push(s.seal(&keyring, &self.settings.sensitive)),
-                Err(why) => dead.push((m, why)),
-            }
-        }
-        for (m, why) in &dead {
-            let mut attempt = 0;
-            while let Err(e) = self.dead_letter(m, why).await {
-                tracing::warn!(error = %e, "dead-letter topic refused a record; retrying");
-                self.metrics.errors.with_label_values(&["dlq"]).inc();
-                backoff(&mut attempt).await;
-            }
-            tracing::warn!(
-                partition = m.partition(),
-                offset = m.offset(),
-                reason = %why,
-                "record sent to the dead-letter topic"
-            );
-        }
-        let fields = self.settings.sensitive.names();
-        let mut attempt = 0;
-        let inserted = loop {
-            match self.insert(keyring.primary_id(), &fields, &rows).await {
-                Ok(n) => break n,
-                Err(e) => {
-                    tracing::warn!(error = %e, rows = rows.len(), "storing batch failed; retrying");
-                    self.metrics.errors.with_label_values(&["db"]).inc();
-                    backoff(&mut attempt).await;
+                Err(why) => {
+                    let mut attempt = 0;
+                    while let Err(e) = self.dead_letter(m, &why).await {
+                        tracing::warn!(error = %e, "dead-letter topic refused a record; retrying");
+                        self.metrics.errors.with_label_values(&["dlq"]).inc();
+                        backoff(&mut attempt).await;
+                    }
+                    tracing::warn!(
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        reason = %why,
+                        "record sent to the dead-letter topic"
+                    );
+                    dead += 1;
                 }
             }
-        };
-        // Rows are durable: now the offsets may move.
+        }
+        Staged {
+            rows,
+            key_id: keyring.primary_id().to_string(),
+            dead,
+        }
+    }
+
+    /// Starts storing a staged batch (retried until it succeeds).
+    fn store(&self, staged: Staged, batch: &[OwnedMessage], started: Instant) -> InFlight {
         let mut next: HashMap<i32, i64> = HashMap::new();
         for m in batch {
             let o = next.entry(m.partition()).or_insert(0);
             *o = (*o).max(m.offset() + 1);
         }
+        let rows = staged.rows.len() as u64;
+        let pool = self.pool.clone();
+        let table = self.settings.table.clone();
+        let fields = self.settings.sensitive.names();
+        let metrics = self.metrics.clone();
+        let handle = tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                match insert(&pool, &table, &staged.key_id, &fields, &staged.rows).await {
+                    Ok(n) => return n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, rows = staged.rows.len(), "storing batch failed; retrying");
+                        metrics.errors.with_label_values(&["db"]).inc();
+                        backoff(&mut attempt).await;
+                    }
+                }
+            }
+        });
+        InFlight {
+            store: AbortOnDrop(handle),
+            offsets: next,
+            rows,
+            dead: staged.dead,
+            started,
+        }
+    }
+
+    /// The batch's rows are durable: now its offsets may move.
+    fn complete(&self, f: InFlight, stored: Result<u64, tokio::task::JoinError>) {
+        let inserted = stored.expect("the store task retries until it succeeds");
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in next {
-            tpl.add_partition_offset(&self.settings.topic, p, Offset::Offset(o))
+        for (p, o) in &f.offsets {
+            tpl.add_partition_offset(&self.settings.topic, *p, Offset::Offset(*o))
                 .expect("valid offset");
         }
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
@@ -298,19 +350,11 @@ impl Pipeline {
         m.batches.inc();
         m.db_inserts.inc_by(inserted);
         m.records.with_label_values(&["stored"]).inc_by(inserted);
-        m.records
-            .with_label_values(&["duplicate"])
-            .inc_by(rows.len() as u64 - inserted);
-        m.records.with_label_values(&["dead_letter"]).inc_by(dead.len() as u64);
-        m.dlq.inc_by(dead.len() as u64);
-        tracing::debug!(records = batch.len(), inserted, dead = dead.len(), "batch committed");
-    }
-
-    async fn insert(&self, key_id: &str, fields: &[String], rows: &[crate::record::Row]) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let n = db::insert_batch(&mut tx, &self.settings.table, key_id, fields, rows).await?;
-        tx.commit().await?;
-        Ok(n)
+        m.records.with_label_values(&["duplicate"]).inc_by(f.rows - inserted);
+        m.records.with_label_values(&["dead_letter"]).inc_by(f.dead);
+        m.dlq.inc_by(f.dead);
+        m.batch_latency.observe(f.started.elapsed().as_secs_f64());
+        tracing::debug!(rows = f.rows, inserted, dead = f.dead, "batch committed");
     }
 
     async fn dead_letter(&self, m: &OwnedMessage, why: &Invalid) -> Result<(), rdkafka::error::KafkaError> {
@@ -348,6 +392,47 @@ impl Pipeline {
             .map(|_| ())
             .map_err(|(e, _)| e)
     }
+}
+
+/// A batch after parsing and encryption.
+struct Staged {
+    rows: Vec<Row>,
+    key_id: String,
+    dead: u64,
+}
+
+/// A batch whose rows are being stored.
+struct InFlight {
+    store: AbortOnDrop<u64>,
+    /// Next offset per partition, committed once the rows are stored.
+    offsets: HashMap<i32, i64>,
+    rows: u64,
+    dead: u64,
+    started: Instant,
+}
+
+/// Stopping the pipeline (dropping it) also stops a store in progress; its
+/// offsets were not committed, so the batch is simply read again.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One transaction per batch.
+async fn insert(
+    pool: &PgPool,
+    table: &TableName,
+    key_id: &str,
+    fields: &[String],
+    rows: &[Row],
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let n = db::insert_batch(&mut tx, table, key_id, fields, rows).await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 async fn backoff(attempt: &mut u32) {

@@ -99,4 +99,6 @@ async fn kill_9_mid_stream_then_restart_stores_every_record_exactly_once() {
     eprintln!("after restart: {inserted} inserted, {replayed} replayed records dropped as duplicates");
     assert_eq!(inserted, N - at_kill);
     assert_eq!(replayed, at_kill - committed_at_kill);
+    drop(second);
+    drop_table(&pool, &table).await;
 }

@@ -231,6 +231,8 @@ async fn dublin_stations_go_from_http_through_kafka_to_postgres_encrypted() {
     })
     .await;
     assert_eq!(count(&pool, &table).await, 114);
+    drop(enc);
+    drop_table(&pool, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,6 +334,8 @@ async fn after_rotation_old_and_new_rows_decrypt() {
     let one: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0]["address"], "7 Old Street");
+    drop(enc);
+    drop_table(&pool, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -390,6 +394,8 @@ async fn malformed_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on()
     assert!(header(&dead[0], DLQ_PARTITION).unwrap().parse::<i32>().is_ok());
     assert_eq!(enc.metric("fleetward_encryptor_dlq_total"), 2.0);
     assert_eq!(enc.metric("fleetward_encryptor_db_inserts_total"), 3.0);
+    drop(enc);
+    drop_table(&pool, &table).await;
 }
 
 mod cli {
@@ -529,6 +535,7 @@ mod cli {
             "{err}"
         );
         assert!(!String::from_utf8_lossy(&o.stdout).contains("Forged Road"));
+        drop_table(&pool, &table).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -618,5 +625,6 @@ mod cli {
         ]);
         assert!(err.contains("NAMESPACE/NAME"), "{err}");
         let _ = nss.delete(&ns, &DeleteParams::default()).await;
+        drop_table(&pg().await, &table).await;
     }
 }

@@ -71,6 +71,19 @@ pub async fn count(pool: &PgPool, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Drops a test's table once it passed (the dev database is long-lived).
+pub async fn drop_table(pool: &PgPool, table: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS \"{table}\"")))
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM fleetward_station_tables WHERE name = $1")
+        .bind(table)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", env("KAFKA_BROKERS"))
