@@ -231,6 +231,11 @@ async fn dublin_stations_go_from_http_through_kafka_to_postgres_encrypted() {
     })
     .await;
     assert_eq!(count(&pool, &table).await, 114);
+    // Neither plaintext of a sensitive field nor the key reaches the log.
+    let log = enc.log_text();
+    assert!(log.contains("encryptor starting"), "{log}");
+    assert!(!log.contains("Smithfield North"));
+    assert!(!log.contains(ring.fernet_key(ring.primary_id()).unwrap()));
     drop(enc);
     drop_table(&pool, &table).await;
 }
