@@ -270,6 +270,33 @@ impl TestNs {
     }
 }
 
+/// A name no other test (or earlier run) uses: topics, tables, groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:08x}", rand_u32())
+}
+
+/// The 114 Dublin stations of testdata/, as the JCDecaux API sent them.
+pub fn dublin_text() -> String {
+    std::fs::read_to_string(repo_root().join("testdata/stations/jcdecaux-v1-dublin.json")).unwrap()
+}
+
+pub fn dublin() -> Vec<serde_json::Value> {
+    serde_json::from_str(&dublin_text()).unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns true; panics after `secs`.
+pub async fn wait_until<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -3,10 +3,12 @@
 //! fails the test with instructions; nothing is skipped.
 #![allow(dead_code)]
 
+#[allow(unused_imports)] // each test binary uses a different part
+pub use fleetward_testkit::{dublin, env, free_port, http_get, unique, wait_until};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fleetward_keyring::Keyring;
@@ -16,45 +18,8 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// A service endpoint from the environment, or from `.dev/env`.
-pub fn env(key: &str) -> String {
-    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
-    if let Ok(v) = std::env::var(key) {
-        return v;
-    }
-    let file = FILE.get_or_init(|| {
-        let path = repo_root().join(".dev/env");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!(
-                "{} not found: start the local services with `./deploy.sh dev-up` (or run `./deploy.sh test`)",
-                path.display()
-            )
-        });
-        text.lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    });
-    file.get(key)
-        .cloned()
-        .unwrap_or_else(|| panic!("{key} is not set and not in .dev/env; run `./deploy.sh dev-up`"))
-}
-
 pub fn rand_hex() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
-/// A name no other test (or earlier run) uses: topics, tables, groups.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", rand_hex())
+    format!("{:08x}", fleetward_testkit::rand_u32())
 }
 
 pub async fn pg() -> PgPool {
@@ -149,24 +114,6 @@ pub fn write_keyring(path: &Path, keyring: &Keyring) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, keyring.to_json()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn http_get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// An encryptor process (the real binary), killed when dropped.
@@ -291,32 +238,13 @@ pub fn stations_cli(args: &[&str]) -> Output {
         .expect("fleetward-stations runs")
 }
 
-/// Polls `check` every 100 ms until it returns true; panics after `secs`.
-pub async fn wait_until<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The 114 Dublin stations of testdata/, as the JCDecaux API sent them.
-pub fn dublin() -> Vec<serde_json::Value> {
-    let path = repo_root().join("testdata/stations/jcdecaux-v1-dublin.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// A JCDecaux v1 API on loopback serving testdata/ (the one allowed fake:
 /// the real API needs a key and the internet). Checks the API key.
 pub async fn jcdecaux_server(api_key: &'static str) -> String {
     use axum::extract::Query;
     use axum::http::StatusCode;
     use axum::routing::get;
-    let body = std::fs::read_to_string(repo_root().join("testdata/stations/jcdecaux-v1-dublin.json")).unwrap();
+    let body = fleetward_testkit::dublin_text();
     let app = axum::Router::new().route(
         "/vls/v1/stations",
         get(move |Query(q): Query<HashMap<String, String>>| {

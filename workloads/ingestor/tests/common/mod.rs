@@ -2,77 +2,17 @@
 //! HTTP source (testdata/) and the real local Kafka (`./deploy.sh dev-up`).
 #![allow(dead_code)]
 
+#[allow(unused_imports)] // each test binary uses a different part
+pub use fleetward_testkit::{dublin, dublin_text, env, free_port, http_get, unique, wait_until};
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// A service endpoint from the environment, or from `.dev/env`.
-pub fn env(key: &str) -> String {
-    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
-    if let Ok(v) = std::env::var(key) {
-        return v;
-    }
-    let file = FILE.get_or_init(|| {
-        let path = repo_root().join(".dev/env");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!(
-                "{} not found: start the local services with `./deploy.sh dev-up` (or run `./deploy.sh test`)",
-                path.display()
-            )
-        });
-        text.lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    });
-    file.get(key)
-        .cloned()
-        .unwrap_or_else(|| panic!("{key} is not set and not in .dev/env; run `./deploy.sh dev-up`"))
-}
-
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", rand::random::<u32>())
-}
-
-pub fn dublin_text() -> String {
-    std::fs::read_to_string(repo_root().join("testdata/stations/jcdecaux-v1-dublin.json")).unwrap()
-}
-
-pub fn dublin() -> Vec<serde_json::Value> {
-    serde_json::from_str(&dublin_text()).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn http_get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Serves `app` on a loopback port; returns `http://127.0.0.1:port`.
 pub async fn serve(app: axum::Router) -> String {
@@ -182,16 +122,4 @@ pub fn consume_by_key(topic: &str, keys: usize, secs: u64) -> HashMap<String, se
         }
     }
     out
-}
-
-pub async fn wait_until<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
