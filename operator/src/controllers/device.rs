@@ -177,6 +177,15 @@ fn secret_up_to_date(existing: &Secret, desired: &Secret) -> bool {
         && existing.metadata.owner_references == desired.metadata.owner_references
 }
 
+/// Writes the credentials Secret unless it already holds exactly `creds`.
+async fn store(secrets: &Api<Secret>, existing: Option<&Secret>, dev: &Device, creds: &Credentials) -> Result<()> {
+    let desired = creds.to_secret(dev)?;
+    if !existing.is_some_and(|e| secret_up_to_date(e, &desired)) {
+        apply(secrets, &secret_name(&dev.name_any()), &desired).await?;
+    }
+    Ok(())
+}
+
 struct Gw {
     ca: CaBundle,
     crl: crl::CrlState,
@@ -260,10 +269,7 @@ async fn apply_device(dev: &Device, ctx: &Context) -> Result<Action> {
             note = format!("disabled; certificate {serial} is revoked");
             creds.enabled = false;
             // The gateway reads this flag to refuse the device's messages.
-            let desired = creds.to_secret(dev)?;
-            if !existing.as_ref().is_some_and(|e| secret_up_to_date(e, &desired)) {
-                apply(&secrets, &secret_name(&name), &desired).await?;
-            }
+            store(&secrets, existing.as_ref(), dev, &creds).await?;
         }
         if !revoke.is_empty() {
             let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -376,10 +382,7 @@ async fn apply_device(dev: &Device, ctx: &Context) -> Result<Action> {
         creds.version += 1;
     }
 
-    let desired = creds.to_secret(dev)?;
-    if !existing.as_ref().is_some_and(|e| secret_up_to_date(e, &desired)) {
-        apply(&secrets, &secret_name(&name), &desired).await?;
-    }
+    store(&secrets, existing.as_ref(), dev, &creds).await?;
     // Revoke only after the replacement is stored: a crash in between
     // leaves a valid device, never one without usable credentials.
     if !revoke.is_empty() {
