@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fleetward_operator::crd::{Device, Gateway};
+use fleetward_operator::crd::{Device, Gateway, StationFeed};
 
 fn helm() -> String {
     let cached = repo_root().join(".cache/bin/helm");
