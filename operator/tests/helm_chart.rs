@@ -132,6 +132,29 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         device_ready,
     )
     .await;
+    // The StationFeed controller too: keyring Secret, Deployments, status.
+    ns.apply_yaml(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: jcdecaux}\nstringData: {apiKey: k}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: stations-db}\nstringData: {url: postgres://x}\n---\n\
+         apiVersion: fleetward.io/v1alpha1\nkind: StationFeed\nmetadata: {name: f1}\nspec:\n  source:\n    \
+         jcdecaux: {contract: Dublin, apiKeySecretRef: {name: jcdecaux, key: apiKey}}\n  kafka: {topic: t}\n  \
+         postgres: {connectionSecretRef: {name: stations-db, key: url}}\n",
+    )
+    .await;
+    let feeds = ns.api::<StationFeed>();
+    let feed_ready = |f: &StationFeed| {
+        f.status
+            .as_ref()
+            .and_then(|s| ready_reason(&s.conditions))
+            .is_some_and(|(s, _)| s == "True")
+    };
+    wait_for(
+        "StationFeed Ready under chart RBAC",
+        60,
+        || get_opt(&feeds, "f1"),
+        feed_ready,
+    )
+    .await;
     let _ = op.kill();
     let _ = op.wait();
     // Events and watches fail softly; their refusals would only show here.
