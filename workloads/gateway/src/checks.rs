@@ -63,6 +63,9 @@ struct DeviceState {
 pub struct Validator {
     limits: Limits,
     devices: HashMap<String, DeviceState>,
+    /// Sum of the devices' replay-window lengths, kept as messages come in
+    /// so the metric does not cost a walk over every device per message.
+    replay_total: usize,
 }
 
 impl Validator {
@@ -70,17 +73,20 @@ impl Validator {
         Self {
             limits,
             devices: HashMap::new(),
+            replay_total: 0,
         }
     }
 
     /// Message ids currently remembered, over all devices.
     pub fn replay_entries(&self) -> usize {
-        self.devices.values().map(|d| d.replay.len()).sum()
+        self.replay_total
     }
 
     /// Forgets a device's state (it was deleted).
     pub fn forget(&mut self, device_id: &str) {
-        self.devices.remove(device_id);
+        if let Some(state) = self.devices.remove(device_id) {
+            self.replay_total -= state.replay.len();
+        }
     }
 
     /// Runs the checks on one message. `lookup` resolves a device id to its
@@ -142,7 +148,10 @@ impl Validator {
         } else {
             return Err(refuse(Rejection::BadSignature, Some(identity), mid));
         };
+        let before = state.replay.len();
         state.replay.insert(&envelope.message_id);
+        // A full window evicts its oldest id, so the length may not grow.
+        self.replay_total = self.replay_total + state.replay.len() - before;
 
         let b = &mut state.bucket;
         let elapsed = clock.saturating_duration_since(b.last).as_secs_f64();
@@ -353,5 +362,27 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn replay_entries_counts_every_window_and_forgets_deleted_devices() {
+        let mut lim = limits();
+        lim.replay_cache_size = 2;
+        lim.burst = 100.0;
+        let mut v = Validator::new(lim);
+        let t = Instant::now();
+        let lookup = |id: &str| (id == "d1" || id == "d2").then(|| entry(true));
+        for i in 0..3 {
+            for d in ["d1", "d2"] {
+                let m = msg(KEY, d, 1000, &format!("m{i}"), ok_payload());
+                v.check(&format!("device/{d}/data"), &m, 1000, t, lookup).unwrap();
+            }
+        }
+        // Each window holds 2 ids though 3 were seen per device.
+        assert_eq!(v.replay_entries(), 4);
+        v.forget("d1");
+        assert_eq!(v.replay_entries(), 2);
+        v.forget("nobody");
+        assert_eq!(v.replay_entries(), 2);
     }
 }
