@@ -6,13 +6,15 @@
 //! Needs the services of `./deploy.sh dev-up` (KUBECONFIG from `.dev/env`).
 //! Baseline, same run, same client and concurrency: creating N plain
 //! Secrets — the API server's own cost for N writes. The operator's work per
-//! Device is at least two writes (Secret + status) plus a key generation and
-//! a signature, so the ratio shows how far it is from the API-server floor.
+//! Device is at least three writes (finalizer, Secret, status) plus a key
+//! generation and a signature, so the ratio shows how far it is from the
+//! API-server floor.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleetward_operator::crd::Device;
+use fleetward_testkit::Workload;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
@@ -83,20 +85,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"))
-        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
+    let port = fleetward_testkit::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"));
+    cmd.args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
         .env("KUBECONFIG", &path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .spawn()?;
-    let result = run(&client, &ns_name, n, operator.id(), port).await;
-    let _ = operator.kill();
+        .env("RUST_LOG", "warn");
+    let log = std::env::temp_dir().join(format!("{ns_name}-operator.log"));
+    let operator = Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/healthz", 30);
+    let result = run(&client, &ns_name, n, &operator).await;
+    if result.is_err() {
+        eprintln!("operator log:\n{}", operator.log_text());
+    }
+    drop(operator);
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
     result
 }
 
-async fn run(client: &Client, ns: &str, n: usize, pid: u32, port: u16) -> anyhow::Result<()> {
+async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow::Result<()> {
     let gateways: Api<fleetward_operator::crd::Gateway> = Api::namespaced(client.clone(), ns);
     gateways
         .create(
@@ -187,19 +192,8 @@ async fn run(client: &Client, ns: &str, n: usize, pid: u32, port: u16) -> anyhow
     waited?;
     let total = t.elapsed();
 
-    let metrics = Command::new("curl")
-        .args(["-fsS", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()?;
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    let sum = |prefix: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let errors = sum("fleetward_reconcile_errors_total");
-    let reconciles = sum("fleetward_reconciles_total{kind=\"device\"}");
+    let errors = operator.metric("fleetward_reconcile_errors_total");
+    let reconciles = operator.metric("fleetward_reconciles_total{kind=\"device\"}");
 
     println!("devices                                   {n}");
     println!(
@@ -215,7 +209,10 @@ async fn run(client: &Client, ns: &str, n: usize, pid: u32, port: u16) -> anyhow
         "ratio Devices-Ready / Secrets baseline    {:.2} x",
         total.as_secs_f64() / baseline.as_secs_f64()
     );
-    println!("operator peak RSS (VmHWM)                 {:.1} MiB", peak_rss_mib(pid));
+    println!(
+        "operator peak RSS (VmHWM)                 {:.1} MiB",
+        peak_rss_mib(operator.pid())
+    );
     println!("reconcile errors                          {}", errors as u64);
     // Each Device needs 4 writes (create, finalizer, Secret, status); every
     // reconcile beyond the first is a wake-up from one of those writes.

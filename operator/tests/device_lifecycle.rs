@@ -519,6 +519,6 @@ async fn metrics_report_ready_devices_and_expiry() {
     assert!(op.metric("fleetward_devices_ready") >= 1.0);
     assert!(op.metric("fleetward_reconciles_total{kind=\"device\"}") >= 1.0);
     assert!(op.metrics().contains("fleetward_reconcile_duration_seconds_bucket"));
-    assert_eq!(http_get(&format!("{}/healthz", op.http)).as_deref(), Some("ok"));
+    assert_eq!(http_get(&format!("{}/healthz", op.base_url)).as_deref(), Some("ok"));
     ns.cleanup().await;
 }

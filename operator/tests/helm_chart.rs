@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use fleetward_operator::crd::{Device, Gateway, StationFeed};
@@ -93,26 +92,18 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
     assert_ne!(impersonating, kubeconfig, "kubeconfig user section found");
     let kc_path = write(dir.path(), "kubeconfig", &impersonating);
     let port = free_port();
-    let log = dir.path().join("operator.log");
-    let mut op = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"))
-        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
-        .env("KUBECONFIG", &kc_path)
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("operator.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&format!("http://127.0.0.1:{port}/healthz")).is_none() {
-        if let Ok(Some(status)) = op.try_wait() {
-            panic!(
-                "operator exited ({status}) with the chart's RBAC: {}",
-                std::fs::read_to_string(dir.path().join("operator.err")).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "operator did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"));
+    cmd.args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
+        .env("KUBECONFIG", &kc_path);
+    // Exits (and the test fails with its log) if the chart's RBAC does not
+    // let it start.
+    let mut op = Workload::spawn(
+        cmd,
+        format!("http://127.0.0.1:{port}"),
+        dir.path().join("operator.log"),
+        "/healthz",
+        30,
+    );
 
     ns.apply_yaml(GATEWAY_YAML).await;
     ns.apply_yaml(&device_yaml("d1", "gw", "")).await;
@@ -155,11 +146,9 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         feed_ready,
     )
     .await;
-    let _ = op.kill();
-    let _ = op.wait();
+    op.kill9();
     // Events and watches fail softly; their refusals would only show here.
-    let log =
-        std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("operator.err")).unwrap();
+    let log = op.log_text();
     assert!(
         !log.to_lowercase().contains("forbidden"),
         "operator hit RBAC refusals:\n{log}"

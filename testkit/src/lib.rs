@@ -6,6 +6,9 @@
 //! A missing service is an error, never a skip: a test that silently does
 //! nothing would pass without testing anything.
 
+mod workload;
+pub use workload::{Workload, metric_in};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

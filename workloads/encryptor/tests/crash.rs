@@ -60,7 +60,7 @@ async fn kill_9_mid_stream_then_restart_stores_every_record_exactly_once() {
     let pool = pg().await;
     let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
     cfg.sensitive = "address".into();
-    let mut first = Encryptor::start(&cfg, "crash-first");
+    let mut first = start_encryptor(&cfg, "crash-first");
     wait_until("a third of the records stored", 120, || async {
         count(&pool, &table).await >= N / 3
     })
@@ -78,7 +78,7 @@ async fn kill_9_mid_stream_then_restart_stores_every_record_exactly_once() {
         "{committed_at_kill} offsets committed but only {at_kill} rows stored: records would be lost"
     );
 
-    let second = Encryptor::start(&cfg, "crash-second");
+    let second = start_encryptor(&cfg, "crash-second");
     wait_until("every record stored", 120, || async { count(&pool, &table).await >= N }).await;
     wait_until("every offset committed", 60, || async {
         committed(&cfg.group, &topic) == N

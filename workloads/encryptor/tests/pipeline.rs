@@ -74,7 +74,7 @@ async fn dublin_stations_go_from_http_through_kafka_to_postgres_encrypted() {
     let keyring_file = dir.path().join("keyring.json");
     let ring = Keyring::generate();
     write_keyring(&keyring_file, &ring);
-    let enc = Encryptor::start(&EncryptorConfig::new(&topic, &table, &keyring_file), "e2e-encryptor");
+    let enc = start_encryptor(&EncryptorConfig::new(&topic, &table, &keyring_file), "e2e-encryptor");
 
     // The ingestor, through its library: one poll of the loopback API.
     let args = fleetward_ingestor::Args::try_parse_from([
@@ -250,7 +250,7 @@ async fn after_rotation_old_and_new_rows_decrypt() {
     let old_ring = ring.clone();
     let first = ring.primary_id().to_string();
     write_keyring(&keyring_file, &ring);
-    let enc = Encryptor::start(
+    let enc = start_encryptor(
         &EncryptorConfig::new(&topic, &table, &keyring_file),
         "rotation-encryptor",
     );
@@ -353,7 +353,7 @@ async fn malformed_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on()
     write_keyring(&keyring_file, &Keyring::generate());
     let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
     cfg.dead_letter_topic = Some(dlq.clone());
-    let enc = Encryptor::start(&cfg, "dlq-encryptor");
+    let enc = start_encryptor(&cfg, "dlq-encryptor");
     let pool = pg().await;
 
     // One key: one partition, so Kafka keeps this order.

@@ -29,7 +29,7 @@ async fn dublin_stations_reach_kafka_keyed_by_station_number() {
     ))
     .await;
     let topic = unique("ingest-dublin");
-    let ing = Ingestor::start(
+    let ing = start_ingestor(
         &topic,
         &[
             ("STATION_SOURCE", "jcdecaux"),
@@ -93,7 +93,7 @@ async fn server_errors_and_timeouts_are_retried_and_the_api_key_is_never_logged(
     ))
     .await;
     let topic = unique("ingest-flaky");
-    let mut ing = Ingestor::start(
+    let mut ing = start_ingestor(
         &topic,
         &[
             ("STATION_SOURCE", "jcdecaux"),
@@ -152,7 +152,7 @@ async fn malformed_stations_are_skipped_and_counted() {
     let body = serde_json::to_string(&stations).unwrap();
     let base = serve(axum::Router::new().route("/vls/v1/stations", get(move || async move { body }))).await;
     let topic = unique("ingest-malformed");
-    let ing = Ingestor::start(
+    let ing = start_ingestor(
         &topic,
         &[
             ("STATION_SOURCE", "jcdecaux"),
@@ -201,7 +201,7 @@ async fn gbfs_information_and_status_are_joined_by_station_id() {
     )
     .await;
     let topic = unique("ingest-gbfs");
-    let ing = Ingestor::start(
+    let ing = start_ingestor(
         &topic,
         &[
             ("STATION_SOURCE", "gbfs"),

@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use fleetward_testkit::{dublin, env, free_port, http_get, unique, wait_until};
+pub use fleetward_testkit::{Workload, dublin, env, free_port, http_get, unique, wait_until};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use fleetward_keyring::Keyring;
@@ -116,13 +116,6 @@ pub fn write_keyring(path: &Path, keyring: &Keyring) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// An encryptor process (the real binary), killed when dropped.
-pub struct Encryptor {
-    child: Child,
-    pub metrics_url: String,
-    pub log: PathBuf,
-}
-
 pub struct EncryptorConfig {
     pub topic: String,
     pub group: String,
@@ -147,85 +140,32 @@ impl EncryptorConfig {
     }
 }
 
-impl Encryptor {
-    pub fn start(cfg: &EncryptorConfig, log_name: &str) -> Self {
-        let port = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log_name}-{}.log", rand_hex()));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-encryptor"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
-            .env("KAFKA_TOPIC", &cfg.topic)
-            .env("KAFKA_GROUP_ID", &cfg.group)
-            // The broker's minimum: a killed encryptor's partitions move on quickly.
-            .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
-            .env("DATABASE_URL", env("DATABASE_URL"))
-            .env("STATIONS_TABLE", &cfg.table)
-            .env("SENSITIVE_FIELDS", &cfg.sensitive)
-            .env("KEYRING_FILE", &cfg.keyring_file)
-            .env("KEYRING_RELOAD_SECONDS", "1")
-            .env("BATCH_SIZE", cfg.batch_size.to_string())
-            .env("BATCH_TIMEOUT_MS", "100")
-            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info");
-        if let Some(d) = &cfg.dead_letter_topic {
-            cmd.env("DEAD_LETTER_TOPIC", d);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("encryptor starts");
-        let e = Encryptor {
-            child,
-            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(&e.metrics_url).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "encryptor did not serve /metrics; log:\n{}",
-                e.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        e
+/// Starts the encryptor binary configured by `cfg`, its log named after
+/// `log_name`.
+pub fn start_encryptor(cfg: &EncryptorConfig, log_name: &str) -> Workload {
+    let port = free_port();
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log_name}-{}.log", rand_hex()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-encryptor"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
+        .env("KAFKA_TOPIC", &cfg.topic)
+        .env("KAFKA_GROUP_ID", &cfg.group)
+        // The broker's minimum: a killed encryptor's partitions move on quickly.
+        .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("DATABASE_URL", env("DATABASE_URL"))
+        .env("STATIONS_TABLE", &cfg.table)
+        .env("SENSITIVE_FIELDS", &cfg.sensitive)
+        .env("KEYRING_FILE", &cfg.keyring_file)
+        .env("KEYRING_RELOAD_SECONDS", "1")
+        .env("BATCH_SIZE", cfg.batch_size.to_string())
+        .env("BATCH_TIMEOUT_MS", "100")
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info");
+    if let Some(d) = &cfg.dead_letter_topic {
+        cmd.env("DEAD_LETTER_TOPIC", d);
     }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sum of a metric's series whose line starts with `series`.
-    pub fn metric(&self, series: &str) -> f64 {
-        http_get(&self.metrics_url)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.strip_prefix(series))
-            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// SIGKILL: no chance to flush, commit or clean up.
-    pub fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Encryptor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/metrics", 30)
 }
 
 /// Runs `fleetward-stations` with `args`.

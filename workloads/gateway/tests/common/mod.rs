@@ -9,8 +9,8 @@ pub use fleetward_testkit::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,36 +67,22 @@ impl Backend {
     }
 }
 
+/// The gateway binary, with the environment it was started with.
 pub struct GatewayProc {
-    child: Option<Child>,
+    process: Workload,
     pub env: HashMap<String, String>,
-    pub metrics_url: String,
     pub api_url: String,
-    pub log: PathBuf,
 }
 
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+/// Log, metrics and signals are those of any workload.
+impl std::ops::Deref for GatewayProc {
+    type Target = Workload;
+    fn deref(&self) -> &Workload {
+        &self.process
     }
 }
 
 impl GatewayProc {
-    pub fn metrics(&self) -> String {
-        http_get(&format!("{}/metrics", self.metrics_url)).unwrap_or_default()
-    }
-
-    /// A counter's value; `series` like `gateway_messages_total{reason="replay",result="rejected"}`.
-    pub fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
     pub fn rejected(&self, reason: &str) -> f64 {
         self.metric(&format!(
             "gateway_messages_total{{reason=\"{reason}\",result=\"rejected\"}}"
@@ -105,15 +91,6 @@ impl GatewayProc {
 
     pub fn accepted(&self) -> f64 {
         self.metric("gateway_messages_total{reason=\"ok\",result=\"accepted\"}")
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
     }
 }
 
@@ -337,34 +314,22 @@ pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -
     env_map.insert("MOSQUITTO_PID".into(), broker.pid().to_string());
     env_map.insert("KUBECONFIG".into(), env("KUBECONFIG"));
     env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
-    let log = tmp.join("gateway.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetward-gateway"))
-        .env_clear()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-gateway"));
+    cmd.env_clear()
         .envs(&env_map)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(tmp.join("gateway.err")).unwrap())
-        .spawn()
-        .expect("gateway starts");
-    let proc = GatewayProc {
-        child: Some(child),
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let process = Workload::spawn(
+        cmd,
+        format!("http://127.0.0.1:{metrics_port}"),
+        tmp.join("gateway.log"),
+        "/health",
+        60,
+    );
+    GatewayProc {
+        process,
         env: env_map,
-        metrics_url: format!("http://127.0.0.1:{metrics_port}"),
         api_url: format!("https://localhost:{api_port}"),
-        log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&format!("{}/health", proc.metrics_url)).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "gateway not healthy after 60s:\n{}\n{}",
-            proc.log_text(),
-            std::fs::read_to_string(tmp.join("gateway.err")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
-    proc
 }
 
 pub fn socket(url: &str) -> SocketAddr {

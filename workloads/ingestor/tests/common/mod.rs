@@ -3,11 +3,11 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use fleetward_testkit::{dublin, dublin_text, env, free_port, http_get, unique, wait_until};
+pub use fleetward_testkit::{Workload, dublin, dublin_text, env, free_port, http_get, metric_in, unique, wait_until};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -22,83 +22,18 @@ pub async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
-/// The ingestor binary, killed when dropped.
-pub struct Ingestor {
-    child: Child,
-    pub metrics_url: String,
-    pub log: PathBuf,
-}
-
-impl Ingestor {
-    /// Starts the binary with `vars` (plus Kafka and a metrics port).
-    pub fn start(topic: &str, vars: &[(&str, &str)], rust_log: &str) -> Self {
-        let port = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", unique("ingestor")));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-ingestor"));
-        cmd.env_clear()
-            .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
-            .env("KAFKA_TOPIC", topic)
-            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", rust_log);
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("ingestor starts");
-        let i = Ingestor {
-            child,
-            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(&i.metrics_url).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "ingestor did not serve /metrics; log:\n{}",
-                i.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        i
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn metric(&self, series: &str) -> f64 {
-        metric_in(&self.metrics(), series)
-    }
-
-    /// One scrape of `/metrics`, to read several series consistently.
-    pub fn metrics(&self) -> String {
-        http_get(&self.metrics_url).unwrap_or_default()
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Ingestor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sum of the series in `text` whose line starts with `series`.
-pub fn metric_in(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// Starts the ingestor binary with `vars` (plus Kafka and a metrics port).
+pub fn start_ingestor(topic: &str, vars: &[(&str, &str)], rust_log: &str) -> Workload {
+    let port = free_port();
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", unique("ingestor")));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-ingestor"));
+    cmd.env_clear()
+        .env("KAFKA_BROKERS", env("KAFKA_BROKERS"))
+        .env("KAFKA_TOPIC", topic)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", rust_log)
+        .envs(vars.iter().copied());
+    Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/metrics", 30)
 }
 
 /// Records of `topic` from the beginning, by key (the last one per key),
