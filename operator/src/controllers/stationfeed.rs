@@ -247,6 +247,19 @@ fn keyring_secret(feed: &StationFeed, keyring: &Keyring, rotation: i64) -> Secre
     }
 }
 
+/// A keyring write that lost a race (409) becomes `Error::Conflict`: the
+/// next reconcile starts again from what the other writer stored.
+fn conflict_is_error(result: kube::Result<Secret>, name: &str) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
+            name: name.to_string(),
+            attempts: 1,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Creates the keyring once; rotates it when `spec.keyRotation` differs
 /// from what the Secret records.
 async fn ensure_keyring(feed: &StationFeed, secrets: &Api<Secret>, ctx: &Context) -> Result<KeyringState> {
@@ -257,19 +270,12 @@ async fn ensure_keyring(feed: &StationFeed, secrets: &Api<Secret>, ctx: &Context
         let keyring = Keyring::generate();
         // `create`, never apply: if another writer got there first, theirs
         // is the keyring (it may already have encrypted rows).
-        match secrets
-            .create(&PostParams::default(), &keyring_secret(feed, &keyring, wanted))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                return Err(Error::Conflict {
-                    name: secret_name,
-                    attempts: 1,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
+        conflict_is_error(
+            secrets
+                .create(&PostParams::default(), &keyring_secret(feed, &keyring, wanted))
+                .await,
+            &secret_name,
+        )?;
         let previous: Vec<String> = feed.status.as_ref().map(|s| s.key_ids.clone()).unwrap_or_default();
         if previous.is_empty() {
             tracing::info!(stationfeed = %name, primary = keyring.primary_id(), "keyring created");
@@ -330,16 +336,10 @@ async fn ensure_keyring(feed: &StationFeed, secrets: &Api<Secret>, ctx: &Context
     // Replace with the resourceVersion just read: a concurrent change makes
     // this fail (409) and the next reconcile starts from the new state, so a
     // rotation can never drop a key someone else added.
-    match secrets.replace(&secret_name, &PostParams::default(), &secret).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Err(Error::Conflict {
-                name: secret_name,
-                attempts: 1,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    }
+    conflict_is_error(
+        secrets.replace(&secret_name, &PostParams::default(), &secret).await,
+        &secret_name,
+    )?;
     if rotate {
         tracing::info!(stationfeed = %name, primary = keyring.primary_id(), previous = %old_primary, "keyring rotated");
         ctx.event(
