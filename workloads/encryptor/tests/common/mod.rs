@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use fleetward_testkit::{Workload, dublin, env, free_port, http_get, unique, wait_until};
+pub use fleetward_testkit::{Workload, dublin, env, free_port, http_get, kafka_reader, unique, wait_until};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fleetward_keyring::Keyring;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
@@ -83,14 +83,7 @@ pub async fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec
 /// Every record of `topic` from the beginning, until `n` were read or
 /// `secs` passed.
 pub fn consume(topic: &str, n: usize, secs: u64) -> Vec<OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env("KAFKA_BROKERS"))
-        .set("group.id", unique("test-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let c: BaseConsumer = kafka_reader(topic);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut out = Vec::new();
     while out.len() < n && Instant::now() < deadline {

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use fleetward_simulator::{ConnectOptions, Credentials, Device, DeviceEvent};
 use k8s_openapi::api::apps::v1::Deployment;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -216,20 +215,8 @@ impl Harness {
 
     /// Telemetry records on the Kafka topic, read from the beginning.
     pub fn consumer(&self) -> StreamConsumer {
-        consumer(&self.topic)
+        kafka_reader(&self.topic)
     }
-}
-
-pub fn consumer(topic: &str) -> StreamConsumer {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env("KAFKA_BROKERS"))
-        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    c
 }
 
 /// Reads records until `done` says so or `secs` pass; returns the values.

@@ -3,15 +3,16 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use fleetward_testkit::{Workload, dublin, dublin_text, env, free_port, http_get, metric_in, unique, wait_until};
+pub use fleetward_testkit::{
+    Workload, dublin, dublin_text, env, free_port, http_get, kafka_reader, metric_in, unique, wait_until,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 
 /// Serves `app` on a loopback port; returns `http://127.0.0.1:port`.
@@ -39,14 +40,7 @@ pub fn start_ingestor(topic: &str, vars: &[(&str, &str)], rust_log: &str) -> Wor
 /// Records of `topic` from the beginning, by key (the last one per key),
 /// until `keys` distinct keys were seen or `secs` passed.
 pub fn consume_by_key(topic: &str, keys: usize, secs: u64) -> HashMap<String, serde_json::Value> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env("KAFKA_BROKERS"))
-        .set("group.id", unique("test-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let c: BaseConsumer = kafka_reader(topic);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut out = HashMap::new();
     while out.len() < keys && Instant::now() < deadline {
