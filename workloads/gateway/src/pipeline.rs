@@ -15,8 +15,11 @@ use crate::forward::Sinks;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
-/// Messages being forwarded at the same time.
-const IN_FLIGHT: usize = 256;
+/// Messages being forwarded at the same time. Throughput is about
+/// IN_FLIGHT / forward latency (a Kafka produce with acks=all takes ~10 ms
+/// here), so this matches the broker's window (`max_inflight_messages 1000`
+/// in the operator's Mosquitto config): more could never be outstanding.
+const IN_FLIGHT: usize = 1000;
 
 pub struct Pipeline {
     pub validator: Validator,
