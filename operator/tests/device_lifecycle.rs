@@ -354,13 +354,7 @@ async fn disabling_revokes_and_reenabling_reissues() {
         |d| d.status.as_ref().and_then(|s| ready_reason(&s.conditions)) == Some(("False".into(), "Disabled".into())),
     )
     .await;
-    let cond = d
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let cond = ready_condition(&status(&d).conditions).unwrap();
     assert!(cond.message.contains(&serial), "{}", cond.message);
     let crl = write(dir.path(), "crl.pem", &ns.crl_pem("gw").await);
     let (_, text) = openssl(&["crl", "-in", &crl, "-noout", "-text"]);

@@ -341,13 +341,8 @@ async fn missing_secrets_are_reported_then_picked_up() {
         ready(f).is_some_and(|(s, r)| s == "False" && r == "SecretNotFound")
     })
     .await;
-    let cond = feed
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let status = feed.status.unwrap();
+    let cond = ready_condition(&status.conditions).unwrap();
     assert!(
         cond.message.contains("\"jcdecaux\"") && cond.message.contains("\"stations-db\""),
         "{}",

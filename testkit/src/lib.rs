@@ -358,10 +358,14 @@ where
 pub fn ready_reason(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) -> Option<(String, String)> {
-    conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()))
+    ready_condition(conditions).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The `Ready` condition among `conditions`.
+pub fn ready_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == "Ready")
 }
 
 pub fn device_ready(d: &Device) -> bool {

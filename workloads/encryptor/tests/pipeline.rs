@@ -148,15 +148,7 @@ async fn dublin_stations_go_from_http_through_kafka_to_postgres_encrypted() {
 
     // The export CLI gives back the source's values, field for field.
     let kf = keyring_file.to_str().unwrap();
-    let out = stdout(&stations_cli(&[
-        "export",
-        "--table",
-        &table,
-        "--contract",
-        "Dublin",
-        "--keyring-file",
-        kf,
-    ]));
+    let out = stdout(&stations_cli(&export_args(&table, "Dublin", kf, &[])));
     let exported: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(exported.len(), 114);
     for mut e in exported {
@@ -168,23 +160,21 @@ async fn dublin_stations_go_from_http_through_kafka_to_postgres_encrypted() {
     // CSV of one station in an ISO-8601 range around its update.
     let s42 = &originals["42"];
     assert_eq!(s42["last_update"], 1770418469000_i64);
-    let csv = stdout(&stations_cli(&[
-        "export",
-        "--table",
+    let csv = stdout(&stations_cli(&export_args(
         &table,
-        "--contract",
         "dublin",
-        "--station",
-        "42",
-        "--from",
-        "2026-02-06T22:54:29Z",
-        "--to",
-        "2026-02-06T23:00:00+00:00",
-        "--format",
-        "csv",
-        "--keyring-file",
         kf,
-    ]));
+        &[
+            "--station",
+            "42",
+            "--from",
+            "2026-02-06T22:54:29Z",
+            "--to",
+            "2026-02-06T23:00:00+00:00",
+            "--format",
+            "csv",
+        ],
+    )));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("number,contract_name,name,address,lat,lng,"));
@@ -194,34 +184,24 @@ async fn dublin_stations_go_from_http_through_kafka_to_postgres_encrypted() {
         lines[1]
     );
     // `--to` is exclusive: a range ending at the update excludes it.
-    let csv = stdout(&stations_cli(&[
-        "export",
-        "--table",
+    let csv = stdout(&stations_cli(&export_args(
         &table,
-        "--contract",
         "Dublin",
-        "--station",
-        "42",
-        "--from",
-        "2026-02-06",
-        "--to",
-        "2026-02-06T22:54:29Z",
-        "--format",
-        "csv",
-        "--keyring-file",
         kf,
-    ]));
+        &[
+            "--station",
+            "42",
+            "--from",
+            "2026-02-06",
+            "--to",
+            "2026-02-06T22:54:29Z",
+            "--format",
+            "csv",
+        ],
+    )));
     assert_eq!(csv.lines().count(), 1, "{csv}");
     // Another contract: nothing.
-    let out = stdout(&stations_cli(&[
-        "export",
-        "--table",
-        &table,
-        "--contract",
-        "Paris",
-        "--keyring-file",
-        kf,
-    ]));
+    let out = stdout(&stations_cli(&export_args(&table, "Paris", kf, &[])));
     assert_eq!(serde_json::from_str::<Vec<Value>>(&out).unwrap().len(), 0);
 
     // A second poll of unchanged stations adds no rows (natural key).
@@ -285,15 +265,7 @@ async fn after_rotation_old_and_new_rows_decrypt() {
 
     // Both generations decrypt with the rotated keyring.
     let kf = keyring_file.to_str().unwrap();
-    let out = stdout(&stations_cli(&[
-        "export",
-        "--table",
-        &table,
-        "--contract",
-        "TestVille",
-        "--keyring-file",
-        kf,
-    ]));
+    let out = stdout(&stations_cli(&export_args(&table, "TestVille", kf, &[])));
     let exported: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(exported.len(), 40);
     for e in &exported {
@@ -307,15 +279,7 @@ async fn after_rotation_old_and_new_rows_decrypt() {
     // says so before printing anything.
     let old_file = dir.path().join("old-keyring.json");
     write_keyring(&old_file, &old_ring);
-    let o = stations_cli(&[
-        "export",
-        "--table",
-        &table,
-        "--contract",
-        "testville",
-        "--keyring-file",
-        old_file.to_str().unwrap(),
-    ]);
+    let o = stations_cli(&export_args(&table, "testville", old_file.to_str().unwrap(), &[]));
     assert!(!o.status.success());
     assert!(
         o.stdout.is_empty(),
@@ -325,17 +289,12 @@ async fn after_rotation_old_and_new_rows_decrypt() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&second) && err.contains("does not contain"), "{err}");
     // ... but reads the old rows, restricted to them by time.
-    let o = stations_cli(&[
-        "export",
-        "--table",
+    let o = stations_cli(&export_args(
         &table,
-        "--contract",
         "testville",
-        "--station",
-        "7",
-        "--keyring-file",
         old_file.to_str().unwrap(),
-    ]);
+        &["--station", "7"],
+    ));
     let one: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0]["address"], "7 Old Street");
@@ -447,16 +406,7 @@ mod cli {
         let kf = dir.path().join("k.json");
         write_keyring(&kf, &ring);
         let kf = kf.to_str().unwrap();
-        let base = [
-            "export",
-            "--table",
-            &table,
-            "--contract",
-            "testville",
-            "--keyring-file",
-            kf,
-        ];
-        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        let with = |extra: &[&'static str]| export_args(&table, "testville", kf, extra);
 
         let err = failure(&with(&[
             "--from",
@@ -471,15 +421,7 @@ mod cli {
         assert!(err.contains("not an ISO-8601 time"), "{err}");
         let err = failure(&with(&["--format", "xml"]));
         assert!(err.contains("xml"), "{err}");
-        let err = failure(&[
-            "export",
-            "--table",
-            "x; DROP TABLE y",
-            "--contract",
-            "a",
-            "--keyring-file",
-            kf,
-        ]);
+        let err = failure(&export_args("x; DROP TABLE y", "a", kf, &[]));
         assert!(err.contains("invalid table name"), "{err}");
         let err = failure(&["export", "--table", &table, "--contract", "testville"]);
         assert!(
@@ -491,15 +433,7 @@ mod cli {
         // contract is matched by a keyed HMAC.
         let other = dir.path().join("other.json");
         write_keyring(&other, &Keyring::generate());
-        let o = stations_cli(&[
-            "export",
-            "--table",
-            &table,
-            "--contract",
-            "testville",
-            "--keyring-file",
-            other.to_str().unwrap(),
-        ]);
+        let o = stations_cli(&export_args(&table, "testville", other.to_str().unwrap(), &[]));
         assert_eq!(serde_json::from_str::<Vec<Value>>(&stdout(&o)).unwrap().len(), 0);
 
         // A keyring with the right index key but without the rows' key:
@@ -510,15 +444,7 @@ mod cli {
         doc["keys"].as_array_mut().unwrap().remove(0);
         let wrong_file = dir.path().join("wrong.json");
         std::fs::write(&wrong_file, doc.to_string()).unwrap();
-        let err = failure(&[
-            "export",
-            "--table",
-            &table,
-            "--contract",
-            "testville",
-            "--keyring-file",
-            wrong_file.to_str().unwrap(),
-        ]);
+        let err = failure(&export_args(&table, "testville", wrong_file.to_str().unwrap(), &[]));
         assert!(
             err.contains(ring.primary_id()) && err.contains("does not contain"),
             "{err}"
@@ -532,7 +458,7 @@ mod cli {
             .execute(&pool)
             .await
             .unwrap();
-        let o = stations_cli(&base);
+        let o = stations_cli(&with(&[]));
         assert!(!o.status.success());
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(

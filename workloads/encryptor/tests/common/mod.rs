@@ -161,6 +161,22 @@ pub fn start_encryptor(cfg: &EncryptorConfig, log_name: &str) -> Workload {
     Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/metrics", 30)
 }
 
+/// The arguments of `fleetward-stations export` for one contract of
+/// `table`, decrypting with `keyring_file`, followed by `extra`.
+pub fn export_args<'a>(table: &'a str, contract: &'a str, keyring_file: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "export",
+        "--table",
+        table,
+        "--contract",
+        contract,
+        "--keyring-file",
+        keyring_file,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs `fleetward-stations` with `args`.
 pub fn stations_cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fleetward-stations"))
