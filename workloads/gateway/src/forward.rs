@@ -2,15 +2,16 @@
 //! published to `device/{id}/response`) and/or a Kafka topic keyed by device
 //! id (idempotent producer, acks=all).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleetward_protocol::response_topic;
+use fleetward_protocol::telemetry::TelemetryRecord;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::{AsyncClient, QoS};
-use serde::Serialize;
 
 use crate::checks::Accepted;
 use crate::metrics::Metrics;
@@ -31,20 +32,9 @@ pub enum ForwardError {
     KafkaClient(#[from] rdkafka::error::KafkaError),
 }
 
-/// The record produced to Kafka for each valid message.
-#[derive(Serialize)]
-pub struct TelemetryRecord<'a> {
-    pub device_id: &'a str,
-    pub category: &'a str,
-    pub timestamp: i64,
-    pub message_id: &'a str,
-    pub payload: &'a fleetward_protocol::RawValue,
-    pub received_at: String,
-    pub gateway: &'a str,
-}
-
 pub struct Sinks {
     gateway: String,
+    namespace: String,
     http: Option<(reqwest::Client, String)>,
     kafka: Option<(FutureProducer, String)>,
     mqtt: AsyncClient,
@@ -54,6 +44,7 @@ pub struct Sinks {
 impl Sinks {
     pub fn new(
         gateway: &str,
+        namespace: &str,
         backend: Option<(&str, Duration)>,
         kafka: Option<(&str, &str)>,
         mqtt: AsyncClient,
@@ -75,6 +66,7 @@ impl Sinks {
         };
         Ok(Self {
             gateway: gateway.to_string(),
+            namespace: namespace.to_string(),
             http,
             kafka,
             mqtt,
@@ -93,15 +85,16 @@ impl Sinks {
             return Ok(());
         };
         let record = TelemetryRecord {
-            device_id: &msg.device_id,
-            category: msg.category.as_str(),
+            device_id: Cow::Borrowed(&msg.device_id),
+            category: Cow::Borrowed(msg.category.as_str()),
             timestamp: msg.envelope.timestamp,
-            message_id: &msg.envelope.message_id,
+            message_id: Cow::Borrowed(&msg.envelope.message_id),
             payload: &msg.envelope.payload,
-            received_at: Utc::now().to_rfc3339(),
-            gateway: &self.gateway,
+            received_at: Cow::Owned(Utc::now().to_rfc3339()),
+            gateway: Cow::Borrowed(&self.gateway),
+            namespace: Cow::Borrowed(&self.namespace),
         };
-        let body = serde_json::to_vec(&record).expect("record serializes");
+        let body = record.to_json();
         let res = producer
             .send(
                 FutureRecord::to(topic).key(msg.device_id.as_bytes()).payload(&body),

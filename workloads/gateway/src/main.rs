@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let kafka = cfg.kafka_brokers.as_deref().zip(cfg.kafka_topic.as_deref());
     let sinks = Arc::new(Sinks::new(
         &cfg.gateway,
+        &cfg.namespace,
         backend,
         kafka,
         client.clone(),

@@ -22,6 +22,7 @@
 
 pub mod category;
 pub mod replay;
+pub mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;
 
