@@ -26,7 +26,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
         let messages = IntCounterVec::new(
-            Opts::new("gateway_messages_total", "Device messages by result and reason"),
+            Opts::new(
+                "fleetward_gateway_messages_total",
+                "Device messages by result and reason",
+            ),
             &["result", "reason"],
         )
         .expect("metric");
@@ -37,11 +40,14 @@ impl Default for Metrics {
         messages.with_label_values(&["accepted", "ok"]);
         let m = Self {
             messages,
-            mqtt_messages: IntCounter::new("mqtt_messages_total", "MQTT messages received from devices")
-                .expect("metric"),
+            mqtt_messages: IntCounter::new(
+                "fleetward_gateway_mqtt_messages_total",
+                "MQTT messages received from devices",
+            )
+            .expect("metric"),
             forward_latency: HistogramVec::new(
                 HistogramOpts::new(
-                    "gateway_forward_latency_seconds",
+                    "fleetward_gateway_forward_latency_seconds",
                     "From receipt to delivery at the sink",
                 )
                 .buckets(vec![
@@ -50,24 +56,36 @@ impl Default for Metrics {
                 &["sink"],
             )
             .expect("metric"),
-            replay_cache: IntGauge::new("gateway_replay_cache_entries", "Message ids held by the replay cache")
+            replay_cache: IntGauge::new(
+                "fleetward_gateway_replay_cache_entries",
+                "Message ids held by the replay cache",
+            )
+            .expect("metric"),
+            backend_errors: IntCounter::new("fleetward_gateway_backend_errors_total", "Failed HTTP backend calls")
                 .expect("metric"),
-            backend_errors: IntCounter::new("gateway_backend_errors_total", "Failed HTTP backend calls")
+            kafka_errors: IntCounter::new("fleetward_gateway_kafka_errors_total", "Failed Kafka deliveries")
                 .expect("metric"),
-            kafka_errors: IntCounter::new("gateway_kafka_errors_total", "Failed Kafka deliveries").expect("metric"),
             commands: IntCounterVec::new(
-                Opts::new("gateway_commands_total", "Command API calls by result"),
+                Opts::new("fleetward_gateway_commands_total", "Command API calls by result"),
                 &["result"],
             )
             .expect("metric"),
-            devices: IntGauge::new("gateway_registry_devices", "Devices known to the gateway").expect("metric"),
-            key_reloads: IntCounter::new("gateway_key_reloads_total", "Device credential changes picked up")
+            devices: IntGauge::new("fleetward_gateway_registry_devices", "Devices known to the gateway")
                 .expect("metric"),
-            audit_dropped: IntCounter::new("gateway_audit_dropped_total", "Audit rows not queued (queue full)")
+            key_reloads: IntCounter::new(
+                "fleetward_gateway_key_reloads_total",
+                "Device credential changes picked up",
+            )
+            .expect("metric"),
+            audit_dropped: IntCounter::new(
+                "fleetward_gateway_audit_dropped_total",
+                "Audit rows not queued (queue full)",
+            )
+            .expect("metric"),
+            mqtt_connected: IntGauge::new("fleetward_gateway_mqtt_connected", "1 while connected to the broker")
                 .expect("metric"),
-            mqtt_connected: IntGauge::new("gateway_mqtt_connected", "1 while connected to the broker").expect("metric"),
             crl_reloads: IntCounter::new(
-                "gateway_crl_reloads_total",
+                "fleetward_gateway_crl_reloads_total",
                 "Times Mosquitto was told to reload its CRL",
             )
             .expect("metric"),

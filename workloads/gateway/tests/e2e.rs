@@ -68,7 +68,7 @@ async fn valid_messages_reach_backend_and_kafka_and_reply_reaches_device() {
         }
     }
     assert_eq!(h.gateway.accepted(), 5.0);
-    assert!(h.gateway.metric("mqtt_messages_total") >= 5.0);
+    assert!(h.gateway.metric("fleetward_gateway_mqtt_messages_total") >= 5.0);
     h.ns.cleanup().await;
 }
 
@@ -294,7 +294,11 @@ async fn commands_are_signed_verified_and_need_the_key() {
     })
     .await;
     h.audit_has("unauthorized", |r| r.0 == "command_unauthorized").await;
-    assert_eq!(h.gateway.metric("gateway_commands_total{result=\"unauthorized\"}"), 2.0);
+    assert_eq!(
+        h.gateway
+            .metric("fleetward_gateway_commands_total{result=\"unauthorized\"}"),
+        2.0
+    );
     assert!(!h.gateway.log_text().contains(&key), "API key in the log");
     h.ns.cleanup().await;
 }
@@ -471,7 +475,7 @@ async fn broker_restart_loses_no_qos1_messages() {
         lost.len(),
         h.gateway.log_text()
     );
-    assert_eq!(h.gateway.metric("gateway_mqtt_connected"), 1.0);
+    assert_eq!(h.gateway.metric("fleetward_gateway_mqtt_connected"), 1.0);
     assert!(
         h.gateway.log_text().contains("broker connection lost"),
         "the gateway did see the restart"
@@ -519,7 +523,7 @@ async fn crl_change_is_applied_to_the_broker() {
     // What the kubelet does with the ConfigMap volume.
     h.broker.write_crl(&h.ns.crl_pem("gw").await);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while h.gateway.metric("gateway_crl_reloads_total") < 1.0 {
+    while h.gateway.metric("fleetward_gateway_crl_reloads_total") < 1.0 {
         assert!(Instant::now() < deadline, "gateway did not reload the CRL");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -84,12 +84,12 @@ impl std::ops::Deref for GatewayProc {
 impl GatewayProc {
     pub fn rejected(&self, reason: &str) -> f64 {
         self.metric(&format!(
-            "gateway_messages_total{{reason=\"{reason}\",result=\"rejected\"}}"
+            "fleetward_gateway_messages_total{{reason=\"{reason}\",result=\"rejected\"}}"
         ))
     }
 
     pub fn accepted(&self) -> f64 {
-        self.metric("gateway_messages_total{reason=\"ok\",result=\"accepted\"}")
+        self.metric("fleetward_gateway_messages_total{reason=\"ok\",result=\"accepted\"}")
     }
 }
 
