@@ -105,7 +105,7 @@ async fn count(pool: &PgPool, table: &TableName) -> i64 {
 
 async fn fresh_table(pool: &PgPool, name: &str) -> TableName {
     let t: TableName = name.parse().unwrap();
-    db::prepare(pool, &t).await.unwrap();
+    db::prepare(pool, db::RecordKind::Stations, &t).await.unwrap();
     t
 }
 
@@ -118,6 +118,7 @@ async fn bench_pipeline(topic: &str, n: usize, pool: &PgPool, ring: &Keyring) ->
         group_id: format!("bench-pipeline-{}", suffix()),
         session_timeout_ms: 10_000,
         dead_letter_topic: format!("{topic}.dlq"),
+        kind: db::RecordKind::Stations,
         table: table.clone(),
         sensitive: "address,contract_name".parse().unwrap(),
         batch_size: std::env::var("BENCH_BATCH")

@@ -1,5 +1,5 @@
-//! PostgreSQL: migrations, the per-feed station table, batched idempotent
-//! inserts and the export query.
+//! PostgreSQL: migrations, the per-feed station tables and per-gateway
+//! telemetry tables, batched idempotent inserts and the export query.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,6 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
 use crate::record::Row;
+use crate::telemetry::TelemetryRow;
 
 /// The encryptor's migrations, tracked in a table of their own: the
 /// database is shared with other fleetward workloads, whose migrators would
@@ -64,14 +65,76 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
-/// Runs the migrations, then creates `table` if needed.
-pub async fn prepare(pool: &PgPool, table: &TableName) -> Result<(), crate::pipeline::Error> {
+/// Runs the migrations, then creates `table` (of the given kind) if needed.
+pub async fn prepare(pool: &PgPool, kind: RecordKind, table: &TableName) -> Result<(), crate::pipeline::Error> {
     migrator().run(pool).await?;
-    sqlx::query("SELECT fleetward_ensure_station_table($1)")
-        .bind(table.as_str())
-        .execute(pool)
-        .await?;
+    let ensure = match kind {
+        RecordKind::Stations => "SELECT fleetward_ensure_station_table($1)",
+        RecordKind::Telemetry => "SELECT fleetward_ensure_telemetry_table($1)",
+    };
+    sqlx::query(ensure).bind(table.as_str()).execute(pool).await?;
     Ok(())
+}
+
+/// What the records of a topic are, and so which table they go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Station records from an ingestor (a StationFeed).
+    Stations,
+    /// Device telemetry from a gateway (a Gateway's spec.storage).
+    Telemetry,
+}
+
+impl FromStr for RecordKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stations" => Ok(Self::Stations),
+            "telemetry" => Ok(Self::Telemetry),
+            other => Err(format!(
+                "unknown record kind {other:?} (expected stations or telemetry)"
+            )),
+        }
+    }
+}
+
+/// Inserts telemetry rows like `insert_batch` inserts stations: one
+/// statement, rows already stored (same device and message id) skipped.
+pub async fn insert_telemetry_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &TableName,
+    key_id: &str,
+    rows: &[TelemetryRow],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "INSERT INTO {table} (namespace, gateway, device_id, message_id, category, device_time, received_at, key_id, \
+         payload) \
+         SELECT ns, gw, dev, mid, cat, dt, ra, $9, pl \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], \
+                     $7::timestamptz[], $8::text[]) AS t(ns, gw, dev, mid, cat, dt, ra, pl) \
+         ON CONFLICT (namespace, gateway, device_id, message_id) DO NOTHING"
+    );
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let res = sqlx::query(AssertSqlSafe(sql))
+        .bind(col!(namespace))
+        .bind(col!(gateway))
+        .bind(col!(device_id))
+        .bind(col!(message_id))
+        .bind(col!(category))
+        .bind(col!(device_time))
+        .bind(col!(received_at))
+        .bind(col!(payload))
+        .bind(key_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(res.rows_affected())
 }
 
 /// Inserts a batch in the caller's transaction with one statement (arrays

@@ -1,8 +1,9 @@
-//! fleetward encryptor: consumes station records from Kafka, encrypts the
-//! sensitive fields as Fernet tokens with the feed keyring's primary key,
-//! and stores rows in PostgreSQL in batches, idempotently, committing
-//! offsets only after the rows are durable (seed 000's `encryption.py`,
-//! made crash-safe). Also home of the export CLI (`fleetward-stations`).
+//! fleetward encryptor: consumes station records (a StationFeed's) or
+//! device telemetry (a Gateway's) from Kafka, encrypts the sensitive fields
+//! as Fernet tokens with the keyring's primary key, and stores rows in
+//! PostgreSQL in batches, idempotently, committing offsets only after the
+//! rows are durable (seed 000's `encryption.py`, made crash-safe). Also
+//! home of the export CLI (`fleetward-stations`).
 
 pub mod db;
 pub mod export;
@@ -10,6 +11,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use axum::Router;
 use axum::routing::get;
 use clap::Parser;
 
-use crate::db::TableName;
+use crate::db::{RecordKind, TableName};
 use crate::metrics::Metrics;
 use crate::pipeline::Settings;
 use crate::record::Sensitive;
@@ -46,9 +48,15 @@ pub struct Args {
     /// `postgres://` URL (from a Secret: it holds the password). Never logged.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
-    #[arg(long, env = "STATIONS_TABLE", default_value = "stations")]
-    pub table: TableName,
-    /// Comma-separated: address, contract_name, name, position.
+    /// What the topic carries: `stations` (from an ingestor) or `telemetry`
+    /// (from a gateway).
+    #[arg(long, env = "RECORD_KIND", default_value = "stations")]
+    pub kind: RecordKind,
+    /// Table the rows go to; default `stations` or `telemetry` by kind.
+    #[arg(long, env = "TABLE")]
+    pub table: Option<TableName>,
+    /// Station fields to encrypt, comma-separated: address, contract_name,
+    /// name, position. (Telemetry always encrypts its whole payload.)
     #[arg(long, env = "SENSITIVE_FIELDS", default_value = "address,contract_name")]
     pub sensitive_fields: Sensitive,
     /// The keyring (`keyring.json` of the feed's keyring Secret, mounted).
@@ -79,7 +87,15 @@ impl Args {
                 .dead_letter_topic
                 .clone()
                 .unwrap_or_else(|| format!("{}.dlq", self.kafka_topic)),
-            table: self.table.clone(),
+            kind: self.kind,
+            table: self.table.clone().unwrap_or_else(|| {
+                match self.kind {
+                    RecordKind::Stations => "stations",
+                    RecordKind::Telemetry => "telemetry",
+                }
+                .parse()
+                .expect("a valid table name")
+            }),
             sensitive: self.sensitive_fields.clone(),
             batch_size: self.batch_size as usize,
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),

@@ -1,4 +1,5 @@
-//! Kafka → encrypt → PostgreSQL, in batches.
+//! Kafka → encrypt → PostgreSQL, in batches: station records (a
+//! StationFeed's) or device telemetry (a Gateway's), one kind per topic.
 //!
 //! Delivery guarantee: a batch's offsets are committed only after its rows
 //! are committed in PostgreSQL and its dead letters are acknowledged by
@@ -21,9 +22,10 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
-use crate::db::{self, TableName};
+use crate::db::{self, RecordKind, TableName};
 use crate::metrics::Metrics;
 use crate::record::{Invalid, Row, Sensitive, Station};
+use crate::telemetry::{self, TelemetryRow};
 
 /// Header names on dead-letter records.
 pub const DLQ_REASON: &str = "fleetward-dlq-reason";
@@ -38,7 +40,9 @@ pub struct Settings {
     pub group_id: String,
     pub session_timeout_ms: u32,
     pub dead_letter_topic: String,
+    pub kind: RecordKind,
     pub table: TableName,
+    /// Station fields to encrypt (telemetry always encrypts its payload).
     pub sensitive: Sensitive,
     pub batch_size: usize,
     pub batch_timeout: Duration,
@@ -181,6 +185,10 @@ impl Pipeline {
                 (settings.session_timeout_ms / 3).max(1000).to_string(),
             )
             .set("statistics.interval.ms", "15000")
+            // A topic created after we subscribed (the first message a
+            // gateway or ingestor produces creates it) is picked up within
+            // seconds, not at librdkafka's default five-minute refresh.
+            .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(Ctx {
                 metrics: metrics.clone(),
             })?;
@@ -271,11 +279,20 @@ impl Pipeline {
     /// dead-letter topic and waits until Kafka has it.
     async fn stage(&self, batch: &[OwnedMessage]) -> Staged {
         let keyring = self.keyring.current();
-        let mut rows = Vec::with_capacity(batch.len());
+        let mut rows = match self.settings.kind {
+            RecordKind::Stations => Rows::Stations(Vec::with_capacity(batch.len())),
+            RecordKind::Telemetry => Rows::Telemetry(Vec::with_capacity(batch.len())),
+        };
         let mut dead = 0;
         for m in batch {
-            match Station::parse(m.payload()) {
-                Ok(s) => rows.push(s.seal(&keyring, &self.settings.sensitive)),
+            let sealed = match &mut rows {
+                Rows::Stations(v) => {
+                    Station::parse(m.payload()).map(|s| v.push(s.seal(&keyring, &self.settings.sensitive)))
+                }
+                Rows::Telemetry(v) => telemetry::seal(m.payload(), &keyring).map(|r| v.push(r)),
+            };
+            match sealed {
+                Ok(()) => {}
                 Err(why) => {
                     let mut attempt = 0;
                     while let Err(e) = self.dead_letter(m, &why).await {
@@ -394,9 +411,24 @@ impl Pipeline {
     }
 }
 
+/// A batch's rows, of the pipeline's kind.
+enum Rows {
+    Stations(Vec<Row>),
+    Telemetry(Vec<TelemetryRow>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Stations(v) => v.len(),
+            Rows::Telemetry(v) => v.len(),
+        }
+    }
+}
+
 /// A batch after parsing and encryption.
 struct Staged {
-    rows: Vec<Row>,
+    rows: Rows,
     key_id: String,
     dead: u64,
 }
@@ -427,10 +459,13 @@ async fn insert(
     table: &TableName,
     key_id: &str,
     fields: &[String],
-    rows: &[Row],
+    rows: &Rows,
 ) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let n = db::insert_batch(&mut tx, table, key_id, fields, rows).await?;
+    let n = match rows {
+        Rows::Stations(rows) => db::insert_batch(&mut tx, table, key_id, fields, rows).await?,
+        Rows::Telemetry(rows) => db::insert_telemetry_batch(&mut tx, table, key_id, rows).await?,
+    };
     tx.commit().await?;
     Ok(n)
 }
@@ -449,6 +484,6 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> Result<Pipeline, Error> {
     let pool = db::connect(database_url, 4).await?;
-    db::prepare(&pool, &settings.table).await?;
+    db::prepare(&pool, settings.kind, &settings.table).await?;
     Pipeline::new(settings, pool, keyring, metrics)
 }

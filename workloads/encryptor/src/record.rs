@@ -127,8 +127,10 @@ pub enum Invalid {
     Empty,
     #[error("not JSON: {0}")]
     Json(String),
-    #[error("not a station record: {0}")]
+    #[error("record does not have the expected fields: {0}")]
     Shape(String),
+    #[error("field {0} is missing, empty, too long or not valid")]
+    Field(&'static str),
     #[error("station number is empty or longer than 64 characters")]
     Number,
     #[error("{0} is larger than {max}", max = i32::MAX)]
@@ -140,7 +142,7 @@ pub enum Invalid {
 }
 
 /// Error text of serde without the input excerpt serde sometimes quotes.
-fn serde_reason(e: &serde_json::Error) -> String {
+pub(crate) fn serde_reason(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     // "invalid type: string \"secret\", expected u32 at line 1 column 9":
     // keep the structure, drop quoted values.

@@ -373,7 +373,7 @@ mod cli {
     async fn seed(table: &str, ring: &Keyring, stations: &[Value]) {
         let pool = pg().await;
         let table: TableName = table.parse().unwrap();
-        db::prepare(&pool, &table).await.unwrap();
+        db::prepare(&pool, db::RecordKind::Stations, &table).await.unwrap();
         let sensitive = "address,contract_name,position".parse().unwrap();
         let rows: Vec<_> = stations
             .iter()

@@ -147,7 +147,7 @@ pub fn start_encryptor(cfg: &EncryptorConfig, log_name: &str) -> Workload {
         // The broker's minimum: a killed encryptor's partitions move on quickly.
         .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
         .env("DATABASE_URL", env("DATABASE_URL"))
-        .env("STATIONS_TABLE", &cfg.table)
+        .env("TABLE", &cfg.table)
         .env("SENSITIVE_FIELDS", &cfg.sensitive)
         .env("KEYRING_FILE", &cfg.keyring_file)
         .env("KEYRING_RELOAD_SECONDS", "1")
