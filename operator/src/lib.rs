@@ -1,5 +1,5 @@
 //! fleetward operator: CRD types, one reconciler per kind, the PKI they
-//! share, and the metrics/health endpoint.
+//! share, leader election, and the metrics/health endpoint.
 
 pub mod conditions;
 pub mod context;
@@ -8,6 +8,7 @@ pub mod crd;
 pub mod crl;
 pub mod error;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod mosquitto;
 pub mod pki;

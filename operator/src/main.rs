@@ -2,10 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use fleetward_operator::context::{Config, Context};
+use fleetward_operator::controllers;
 use fleetward_operator::crd::{Device, Gateway};
+use fleetward_operator::leader::{LeaderConfig, run_as_leader};
 use fleetward_operator::metrics::Metrics;
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -32,6 +35,21 @@ struct Args {
     /// Kafka bootstrap servers for resources that do not name their own.
     #[arg(long, env = "FLEETWARD_KAFKA_BOOTSTRAP")]
     kafka_bootstrap: Option<String>,
+    /// Run the controllers only while holding the Lease `fleetward-operator`
+    /// in POD_NAMESPACE, so several replicas are safe.
+    #[arg(long, env = "FLEETWARD_LEADER_ELECTION")]
+    leader_election: bool,
+    /// How long a leader's lease lasts without renewal; a standby takes over
+    /// at most this long after the leader dies.
+    #[arg(long, env = "FLEETWARD_LEASE_DURATION_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(3..=600))]
+    lease_duration_seconds: u64,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Exit when stdin closes: lets a test harness tie the operator's
     /// lifetime to its own, even when the harness is killed.
     #[arg(long, hide = true)]
@@ -93,11 +111,26 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let metrics = Arc::new(Metrics::default());
-    let ctx = Context::new(client, config, metrics.clone());
+    let ctx = Context::new(client.clone(), config, metrics.clone());
     tracing::info!("fleetward operator starting");
-    let http = tokio::spawn(fleetward_operator::http::serve(args.http_addr, metrics));
+    let http = tokio::spawn(fleetward_operator::http::serve(args.http_addr, metrics.clone()));
+    let controllers = async {
+        if args.leader_election {
+            let leader = LeaderConfig {
+                namespace: args.pod_namespace.clone(),
+                identity: args.pod_name.clone().unwrap_or_else(random_identity),
+                lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            };
+            run_as_leader(client, &leader, &metrics, shutdown_signal(), controllers::run(ctx)).await
+        } else {
+            metrics.leader.set(1);
+            controllers::run(ctx).await;
+            Ok(())
+        }
+    };
     tokio::select! {
-        _ = fleetward_operator::controllers::run(ctx) => {
+        res = controllers => {
+            res?;
             tracing::info!("controllers stopped");
         }
         res = http => {
@@ -105,4 +138,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// An identity for a replica that runs outside a pod.
+fn random_identity() -> String {
+    format!("fleetward-operator-{:016x}", rand::random::<u64>())
 }

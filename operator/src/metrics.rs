@@ -13,6 +13,7 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub devices_ready: IntGauge,
     pub cert_expiry: GaugeVec,
+    pub leader: IntGauge,
     ready: Mutex<HashSet<(String, String)>>,
 }
 
@@ -43,6 +44,11 @@ impl Default for Metrics {
         .expect("valid metric");
         let devices_ready =
             IntGauge::new("fleetward_devices_ready", "Devices whose Ready condition is True").expect("valid metric");
+        let leader = IntGauge::new(
+            "fleetward_operator_leader",
+            "1 while this replica holds the leader lease and runs the controllers",
+        )
+        .expect("valid metric");
         let cert_expiry = GaugeVec::new(
             Opts::new(
                 "fleetward_certificate_expiry_timestamp_seconds",
@@ -57,6 +63,7 @@ impl Default for Metrics {
             Box::new(duration.clone()),
             Box::new(devices_ready.clone()),
             Box::new(cert_expiry.clone()),
+            Box::new(leader.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -67,6 +74,7 @@ impl Default for Metrics {
             duration,
             devices_ready,
             cert_expiry,
+            leader,
             ready: Mutex::default(),
         }
     }
