@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 /// Field manager for every server-side apply the operator makes.
 pub const MANAGER: &str = "fleetward-operator";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fleetward-operator");
+/// On every pod the operator deploys: the chart's PodMonitor and
+/// NetworkPolicies select fleetward workloads by it.
+pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "fleetward");
 
 /// Operator-wide settings (flags / environment of the operator binary).
 #[derive(Clone, Debug)]
@@ -35,7 +38,7 @@ impl Default for Config {
         let v = env!("CARGO_PKG_VERSION");
         Self {
             gateway_image: format!("ghcr.io/fleetward/gateway:{v}"),
-            mosquitto_image: "eclipse-mosquitto:2.0.20".into(),
+            mosquitto_image: format!("ghcr.io/fleetward/mosquitto:{v}"),
             ingestor_image: format!("ghcr.io/fleetward/ingestor:{v}"),
             encryptor_image: format!("ghcr.io/fleetward/encryptor:{v}"),
             billing_image: format!("ghcr.io/fleetward/billing:{v}"),

@@ -8,14 +8,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{requeue_at, secret_str, tls_secret};
@@ -24,6 +24,10 @@ use crate::context::{Context, apply, apply_status, labels, owner_ref};
 use crate::crd::{Gateway, GatewayStatus};
 use crate::pki::{self, CaBundle, LeafRequest, Usage};
 use crate::{Error, Result, crl, mosquitto};
+
+pub mod telemetry;
+mod workload;
+pub use workload::broker_volume_name;
 
 const KIND: &str = "gateway";
 
@@ -74,7 +78,14 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<Service>::all(client.clone()), wc.clone())
         .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
         .owns(Api::<Role>::all(client.clone()), wc.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), wc)
+        .owns(Api::<RoleBinding>::all(client.clone()), wc.clone())
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), wc.clone())
+        // The telemetry keyring has no owner reference (it outlives the
+        // Gateway): map it back by label, so deleting it wakes the Gateway.
+        .watches(Api::<Secret>::all(client.clone()), wc, |s| {
+            let gateway = s.labels().get(telemetry::LABEL_TELEMETRY_OF)?.clone();
+            Some(ObjectRef::<Gateway>::new(&gateway).within(&s.namespace()?))
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -140,7 +151,14 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
         "localhost".to_string(),
     ];
     dns_names.extend(gw.spec.extra_dns_names.iter().cloned());
-    let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    // The API server has checked that these are addresses (CEL isIP).
+    ips.extend(
+        gw.spec
+            .extra_ip_addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok()),
+    );
     let broker = ensure_leaf(
         &gw,
         &secrets,
@@ -200,12 +218,14 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
     // Pods restart when the broker's config or certificate changes; CRL
     // updates do not restart anything (the gateway reloads Mosquitto).
     let rollout_hash = hex::encode(&Sha256::digest(format!("{conf}{acl}{}", broker.serial))[..8]);
-    apply_rbac(&gw, &ctx, &ns).await?;
-    let deploy = deployment(&gw, &ctx, &rollout_hash)?;
+    workload::apply_rbac(&gw, &ctx, &ns).await?;
+    workload::apply_broker_volume(&gw, &ctx, &ns).await?;
+    let deploy = workload::deployment(&gw, &ctx, &rollout_hash)?;
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let applied = apply(&deploys, &deployment_name(&name), &deploy).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    apply(&services, &name, &service(&gw)?).await?;
+    apply(&services, &name, &workload::service(&gw)?).await?;
+    let telemetry_key_id = telemetry::apply_storage(&gw, &ctx, &ns).await?;
 
     // 7. Status.
     status.observed_generation = generation;
@@ -216,6 +236,7 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
     status.server_certificate_not_after = Some(Time(broker.not_after));
     status.revoked_certificates = Some(crl_state.entries.len() as i64);
     status.crl_number = Some(crl_state.number as i64);
+    status.telemetry_key_id = telemetry_key_id;
     conditions::set(
         &mut status.conditions,
         READY,
@@ -396,173 +417,4 @@ async fn ensure_command_key(gw: &Gateway, secrets: &Api<Secret>) -> Result<()> {
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Deployment> {
-    let name = gw.name_any();
-    let ns = gw.namespace().unwrap_or_default();
-    let images = gw.spec.images.clone().unwrap_or(crate::crd::gateway::GatewayImages {
-        gateway: None,
-        mosquitto: None,
-    });
-    let gateway_image = images.gateway.unwrap_or_else(|| ctx.config.gateway_image.clone());
-    let mosquitto_image = images.mosquitto.unwrap_or_else(|| ctx.config.mosquitto_image.clone());
-    let sec = &gw.spec.security;
-    let (key_secret, key_key) = match &gw.spec.command_api.api_key_secret_ref {
-        Some(r) => (r.name.clone(), r.key.clone()),
-        None => (command_secret_name(&name), "api-key".to_string()),
-    };
-    let mut env = vec![
-        json!({"name": "FLEETWARD_GATEWAY", "value": name}),
-        json!({"name": "FLEETWARD_NAMESPACE", "value": ns}),
-        json!({"name": "MQTT_HOST", "value": "localhost"}),
-        json!({"name": "MQTT_PORT", "value": gw.spec.mqtt_port.to_string()}),
-        json!({"name": "MQTT_CA_FILE", "value": "/etc/fleetward/client/ca.crt"}),
-        json!({"name": "MQTT_CERT_FILE", "value": "/etc/fleetward/client/tls.crt"}),
-        json!({"name": "MQTT_KEY_FILE", "value": "/etc/fleetward/client/tls.key"}),
-        json!({"name": "CRL_FILE", "value": format!("{}/crl.pem", mosquitto::CRL_DIR)}),
-        json!({"name": "TIMESTAMP_WINDOW_SECONDS", "value": sec.timestamp_window_seconds.to_string()}),
-        json!({"name": "REPLAY_CACHE_SIZE", "value": sec.replay_cache_size.to_string()}),
-        json!({"name": "MAX_MESSAGE_BYTES", "value": sec.max_message_bytes.to_string()}),
-        json!({"name": "RATE_PER_SECOND", "value": sec.rate_per_second.to_string()}),
-        json!({"name": "RATE_BURST", "value": sec.burst.to_string()}),
-        json!({"name": "COMMAND_API_PORT", "value": gw.spec.command_api.port.to_string()}),
-        json!({"name": "COMMAND_TLS_CERT_FILE", "value": format!("{}/tls.crt", mosquitto::CERTS_DIR)}),
-        json!({"name": "COMMAND_TLS_KEY_FILE", "value": format!("{}/tls.key", mosquitto::CERTS_DIR)}),
-        json!({"name": "COMMAND_API_KEY", "valueFrom": {"secretKeyRef": {"name": key_secret, "key": key_key}}}),
-        json!({"name": "METRICS_ADDR", "value": "0.0.0.0:9090"}),
-        json!({"name": "MQTT_CLIENT_ID", "value": format!("fleetward-gateway-{ns}-{name}")}),
-    ];
-    if let Some(audit) = &gw.spec.audit {
-        let r = &audit.connection_secret_ref;
-        env.push(json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}}));
-    }
-    if let Some(b) = &gw.spec.backend {
-        env.push(json!({"name": "BACKEND_URL", "value": b.url}));
-        env.push(json!({"name": "BACKEND_TIMEOUT_MS", "value": b.timeout_ms.to_string()}));
-    }
-    if let Some(k) = &gw.spec.kafka {
-        let brokers = k
-            .bootstrap_servers
-            .clone()
-            .unwrap_or_else(|| ctx.config.kafka_bootstrap.clone());
-        env.push(json!({"name": "KAFKA_BROKERS", "value": brokers}));
-        env.push(json!({"name": "KAFKA_TOPIC", "value": k.topic}));
-    }
-    let selector = json!({"app.kubernetes.io/name": "fleetward-gateway", "fleetward.io/gateway": name});
-    let value = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_meta(gw, deployment_name(&name))?,
-        "spec": {
-            // One broker per gateway: Mosquitto does not cluster, and
-            // sessions live in its persistence directory.
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": selector,
-                    "annotations": {
-                        "fleetward.io/rollout-hash": rollout_hash,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": "9090",
-                    },
-                },
-                "spec": {
-                    // The gateway sends SIGHUP to Mosquitto when the CRL changes.
-                    "shareProcessNamespace": true,
-                    // It watches its devices' credential Secrets (the Role below).
-                    "serviceAccountName": deployment_name(&name),
-                    "containers": [
-                        {
-                            "name": "mosquitto",
-                            "image": mosquitto_image,
-                            "command": ["mosquitto", "-c", format!("{}/mosquitto.conf", mosquitto::CONFIG_DIR)],
-                            "ports": [{"name": "mqtts", "containerPort": gw.spec.mqtt_port}],
-                            "readinessProbe": {"tcpSocket": {"port": gw.spec.mqtt_port}, "periodSeconds": 10},
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": mosquitto::CONFIG_DIR, "readOnly": true},
-                                {"name": "broker-tls", "mountPath": mosquitto::CERTS_DIR, "readOnly": true},
-                                {"name": "crl", "mountPath": mosquitto::CRL_DIR, "readOnly": true},
-                                {"name": "data", "mountPath": mosquitto::DATA_DIR},
-                            ],
-                        },
-                        {
-                            "name": "gateway",
-                            "image": gateway_image,
-                            "env": env,
-                            "ports": [
-                                {"name": "command", "containerPort": gw.spec.command_api.port},
-                                {"name": "metrics", "containerPort": 9090},
-                            ],
-                            "readinessProbe": {"httpGet": {"path": "/health", "port": 9090}, "periodSeconds": 10},
-                            "livenessProbe": {"httpGet": {"path": "/health", "port": 9090}, "periodSeconds": 20, "failureThreshold": 6},
-                            "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false},
-                            "volumeMounts": [
-                                {"name": "client-tls", "mountPath": "/etc/fleetward/client", "readOnly": true},
-                                {"name": "broker-tls", "mountPath": mosquitto::CERTS_DIR, "readOnly": true},
-                                {"name": "crl", "mountPath": mosquitto::CRL_DIR, "readOnly": true},
-                            ],
-                        },
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": mosquitto_configmap_name(&name)}},
-                        {"name": "crl", "configMap": {"name": crl::name(&name)}},
-                        {"name": "broker-tls", "secret": {"secretName": broker_secret_name(&name)}},
-                        {"name": "client-tls", "secret": {"secretName": client_secret_name(&name)}},
-                        {"name": "data", "emptyDir": {}},
-                    ],
-                },
-            },
-        },
-    });
-    Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
-}
-
-/// The gateway workload's identity: it may read Secrets in its namespace
-/// (its devices' credentials, for the device registry) and nothing else.
-/// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
-/// filters by `fleetward.io/gateway=<name>` itself.
-async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
-    let name = deployment_name(&gw.name_any());
-    let meta = serde_json::to_value(child_meta(gw, name.clone())?).expect("metadata serializes");
-    let sa: ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
-    }))
-    .expect("service account template");
-    let role: Role = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}],
-    }))
-    .expect("role template");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-    }))
-    .expect("role binding template");
-    apply(&Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns), &name, &sa).await?;
-    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role).await?;
-    apply(&Api::<RoleBinding>::namespaced(ctx.client.clone(), ns), &name, &binding).await?;
-    Ok(())
-}
-
-fn service(gw: &Gateway) -> Result<Service> {
-    let name = gw.name_any();
-    let value = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": child_meta(gw, name.clone())?,
-        "spec": {
-            "type": gw.spec.service_type.as_str(),
-            "selector": {"app.kubernetes.io/name": "fleetward-gateway", "fleetward.io/gateway": name},
-            "ports": [
-                {"name": "mqtts", "port": gw.spec.mqtt_port, "targetPort": "mqtts"},
-                {"name": "command", "port": gw.spec.command_api.port, "targetPort": "command"},
-                {"name": "metrics", "port": 9090, "targetPort": "metrics"},
-            ],
-        },
-    });
-    Ok(serde_json::from_value(value).expect("service template is well-formed"))
 }

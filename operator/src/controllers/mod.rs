@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod gateway;
+pub mod keyring;
 pub mod stationfeed;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
+use serde_json::json;
 
 use crate::Result;
 use crate::context::Context;
@@ -67,5 +69,60 @@ pub fn tls_secret(
         type_: Some("kubernetes.io/tls".into()),
         data: Some(data),
         ..Default::default()
+    })
+}
+
+/// Where fleetward's data workloads serve `/metrics` and `/health`.
+pub const METRICS_PORT: i32 = 9090;
+
+/// Deployment spec (selector and pod template) of a data workload: the
+/// ingestor, the encryptor, a gateway's telemetry writer. They need no
+/// Kubernetes API access, no root and no writable filesystem; Prometheus
+/// scrapes them by annotation, the chart's PodMonitor by the part-of label.
+pub fn data_workload_pod(
+    selector: serde_json::Value,
+    app: &str,
+    image: String,
+    env: Vec<serde_json::Value>,
+    mounts: serde_json::Value,
+    volumes: serde_json::Value,
+) -> serde_json::Value {
+    let mut pod_labels = selector.clone();
+    pod_labels[crate::context::PART_OF.0] = json!(crate::context::PART_OF.1);
+    json!({
+        "selector": {"matchLabels": selector},
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": METRICS_PORT.to_string()},
+            },
+            "spec": {
+                "automountServiceAccountToken": false,
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "runAsGroup": 65532,
+                    // Lets the non-root user read a keyring volume.
+                    "fsGroup": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [{
+                    "name": app.trim_start_matches("fleetward-"),
+                    "image": image,
+                    "env": env,
+                    "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                    "readinessProbe": {"httpGet": {"path": "/health", "port": METRICS_PORT}, "periodSeconds": 10},
+                    "livenessProbe": {"httpGet": {"path": "/health", "port": METRICS_PORT}, "periodSeconds": 20, "failureThreshold": 6},
+                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                    "securityContext": {
+                        "readOnlyRootFilesystem": true,
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": mounts,
+                }],
+                "volumes": volumes,
+            },
+        },
     })
 }

@@ -17,24 +17,23 @@
 //! Key material never appears in logs, events, status or errors: only key
 //! ids do.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetward_keyring::{Keyring, SECRET_DATA_KEY, secret_name as keyring_secret_name};
+
+use super::keyring::{self, KeyringSecret, Outcome};
+use super::{METRICS_PORT, data_workload_pod};
 use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::secret_str;
 use crate::conditions::{self, READY};
 use crate::context::{Context, MANAGED_BY, apply, apply_status, labels, owner_ref};
 use crate::crd::stationfeed::{StationFeedStatus, StationField};
@@ -45,10 +44,9 @@ const KIND: &str = "stationfeed";
 /// Label on every object of a feed (value: the feed's name).
 pub const LABEL_FEED: &str = "fleetward.io/station-feed";
 /// On the keyring Secret: the `spec.keyRotation` the keyring reflects.
-pub const ANN_ROTATION: &str = "fleetward.io/key-rotation";
+pub use super::keyring::ANN_ROTATION;
 /// Where the encryptor finds `keyring.json`.
 pub const KEYRING_DIR: &str = "/var/run/fleetward/keyring";
-const METRICS_PORT: i32 = 9090;
 
 pub fn ingestor_name(feed: &str) -> String {
     format!("{feed}-ingestor")
@@ -229,133 +227,68 @@ async fn secret_has_key(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<bool>
         .is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key))))
 }
 
-fn keyring_secret(feed: &StationFeed, keyring: &Keyring, rotation: i64) -> Secret {
-    let name = feed.name_any();
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(keyring_secret_name(&name)),
-            labels: Some(labels(&[(LABEL_FEED, &name)])),
-            annotations: Some(BTreeMap::from([(ANN_ROTATION.to_string(), rotation.to_string())])),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            SECRET_DATA_KEY.to_string(),
-            ByteString(keyring.to_json().into_bytes()),
-        )])),
-        ..Default::default()
-    }
-}
-
-/// A keyring write that lost a race (409) becomes `Error::Conflict`: the
-/// next reconcile starts again from what the other writer stored.
-fn conflict_is_error(result: kube::Result<Secret>, name: &str) -> Result<()> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
-            name: name.to_string(),
-            attempts: 1,
-        }),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Creates the keyring once; rotates it when `spec.keyRotation` differs
-/// from what the Secret records.
+/// Creates the keyring once, rotates it on request (see `keyring`), and
+/// says what happened in the log and the feed's events.
 async fn ensure_keyring(feed: &StationFeed, secrets: &Api<Secret>, ctx: &Context) -> Result<KeyringState> {
     let name = feed.name_any();
     let secret_name = keyring_secret_name(&name);
-    let wanted = feed.spec.key_rotation;
-    let Some(mut secret) = secrets.get_opt(&secret_name).await? else {
-        let keyring = Keyring::generate();
-        // `create`, never apply: if another writer got there first, theirs
-        // is the keyring (it may already have encrypted rows).
-        conflict_is_error(
-            secrets
-                .create(&PostParams::default(), &keyring_secret(feed, &keyring, wanted))
-                .await,
-            &secret_name,
-        )?;
-        let previous: Vec<String> = feed.status.as_ref().map(|s| s.key_ids.clone()).unwrap_or_default();
-        if previous.is_empty() {
-            tracing::info!(stationfeed = %name, primary = keyring.primary_id(), "keyring created");
+    let want = KeyringSecret {
+        name: &secret_name,
+        labels: labels(&[(LABEL_FEED, &name)]),
+        rotation: feed.spec.key_rotation,
+    };
+    Ok(match keyring::ensure(secrets, &want).await? {
+        Outcome::Unchanged(k) => KeyringState::Ready(k),
+        Outcome::Invalid(reason) => KeyringState::Invalid(reason),
+        Outcome::Created(keyring) => {
+            let previous: Vec<String> = feed.status.as_ref().map(|s| s.key_ids.clone()).unwrap_or_default();
+            if previous.is_empty() {
+                tracing::info!(stationfeed = %name, primary = keyring.primary_id(), "keyring created");
+                ctx.event(
+                    feed,
+                    false,
+                    "KeyringCreated",
+                    "CreateKeyring",
+                    format!("created keyring {secret_name} with key {}", keyring.primary_id()),
+                )
+                .await;
+            } else {
+                // Someone deleted the keyring: the rows it encrypted are lost
+                // to decryption. Say so loudly.
+                tracing::warn!(stationfeed = %name, ?previous, "keyring was deleted; generated a new one");
+                ctx.event(
+                    feed,
+                    true,
+                    "KeyringRecreated",
+                    "CreateKeyring",
+                    format!(
+                        "keyring {secret_name} was deleted and has been generated anew (key {}); rows encrypted with {} \
+                         cannot be decrypted with it",
+                        keyring.primary_id(),
+                        previous.join(", ")
+                    ),
+                )
+                .await;
+            }
+            KeyringState::Ready(keyring)
+        }
+        Outcome::Rotated { keyring, previous } => {
+            tracing::info!(stationfeed = %name, primary = keyring.primary_id(), %previous, "keyring rotated");
             ctx.event(
                 feed,
                 false,
-                "KeyringCreated",
-                "CreateKeyring",
-                format!("created keyring {secret_name} with key {}", keyring.primary_id()),
-            )
-            .await;
-        } else {
-            // Someone deleted the keyring: the rows it encrypted are lost
-            // to decryption. Say so loudly.
-            tracing::warn!(stationfeed = %name, ?previous, "keyring was deleted; generated a new one");
-            ctx.event(
-                feed,
-                true,
-                "KeyringRecreated",
-                "CreateKeyring",
+                "KeyRotated",
+                "RotateKey",
                 format!(
-                    "keyring {secret_name} was deleted and has been generated anew (key {}); rows encrypted with {} \
-                     cannot be decrypted with it",
+                    "new primary key {}; {} older key(s) kept for decryption (previous primary {previous})",
                     keyring.primary_id(),
-                    previous.join(", ")
+                    keyring.key_ids().len() - 1
                 ),
             )
             .await;
+            KeyringState::Ready(keyring)
         }
-        return Ok(KeyringState::Ready(keyring));
-    };
-
-    let Some(text) = secret_str(&secret, SECRET_DATA_KEY) else {
-        return Ok(KeyringState::Invalid(format!("no {SECRET_DATA_KEY} key")));
-    };
-    let mut keyring = match Keyring::from_json(&text) {
-        Ok(k) => k,
-        Err(e) => return Ok(KeyringState::Invalid(e.to_string())),
-    };
-    let recorded: Option<i64> = secret.annotations().get(ANN_ROTATION).and_then(|v| v.parse().ok());
-    let rotate = recorded.is_some_and(|r| r != wanted);
-    if recorded == Some(wanted) {
-        return Ok(KeyringState::Ready(keyring));
-    }
-    let old_primary = keyring.primary_id().to_string();
-    if rotate {
-        keyring.rotate();
-        secret
-            .data
-            .get_or_insert_default()
-            .insert(SECRET_DATA_KEY.to_string(), ByteString(keyring.to_json().into_bytes()));
-    }
-    // Without an annotation (a keyring the user brought) the keyring is
-    // adopted as it is: the current keyRotation becomes its baseline.
-    secret
-        .annotations_mut()
-        .insert(ANN_ROTATION.to_string(), wanted.to_string());
-    // Replace with the resourceVersion just read: a concurrent change makes
-    // this fail (409) and the next reconcile starts from the new state, so a
-    // rotation can never drop a key someone else added.
-    conflict_is_error(
-        secrets.replace(&secret_name, &PostParams::default(), &secret).await,
-        &secret_name,
-    )?;
-    if rotate {
-        tracing::info!(stationfeed = %name, primary = keyring.primary_id(), previous = %old_primary, "keyring rotated");
-        ctx.event(
-            feed,
-            false,
-            "KeyRotated",
-            "RotateKey",
-            format!(
-                "new primary key {}; {} older key(s) kept for decryption (previous primary {old_primary})",
-                keyring.primary_id(),
-                keyring.key_ids().len() - 1
-            ),
-        )
-        .await;
-    }
-    Ok(KeyringState::Ready(keyring))
+    })
 }
 
 fn child_meta(feed: &StationFeed, name: String) -> Result<serde_json::Value> {
@@ -381,8 +314,6 @@ fn field_name(f: StationField) -> String {
         .expect("StationField serializes as a string")
 }
 
-/// Pod and container hardening shared by both workloads: they need no
-/// Kubernetes API access, no root and no writable filesystem.
 fn pod(
     feed: &StationFeed,
     app: &str,
@@ -392,42 +323,7 @@ fn pod(
     volumes: serde_json::Value,
 ) -> serde_json::Value {
     let selector = json!({"app.kubernetes.io/name": app, LABEL_FEED: feed.name_any()});
-    json!({
-        "selector": {"matchLabels": selector},
-        "template": {
-            "metadata": {
-                "labels": selector,
-                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": METRICS_PORT.to_string()},
-            },
-            "spec": {
-                "automountServiceAccountToken": false,
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 65532,
-                    "runAsGroup": 65532,
-                    // Lets the non-root user read the keyring volume.
-                    "fsGroup": 65532,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "containers": [{
-                    "name": app.trim_start_matches("fleetward-"),
-                    "image": image,
-                    "env": env,
-                    "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/health", "port": METRICS_PORT}, "periodSeconds": 10},
-                    "livenessProbe": {"httpGet": {"path": "/health", "port": METRICS_PORT}, "periodSeconds": 20, "failureThreshold": 6},
-                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-                    "securityContext": {
-                        "readOnlyRootFilesystem": true,
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "volumeMounts": mounts,
-                }],
-                "volumes": volumes,
-            },
-        },
-    })
+    data_workload_pod(selector, app, image, env, mounts, volumes)
 }
 
 pub fn ingestor_deployment(feed: &StationFeed, ctx: &Context) -> Result<Deployment> {
@@ -497,7 +393,8 @@ pub fn encryptor_deployment(feed: &StationFeed, ctx: &Context) -> Result<Deploym
         json!({"name": "KAFKA_GROUP_ID", "value": consumer_group(&ns, &name)}),
         json!({"name": "DEAD_LETTER_TOPIC", "value": dlq}),
         json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": db.name, "key": db.key}}}),
-        json!({"name": "STATIONS_TABLE", "value": spec.postgres.table}),
+        json!({"name": "RECORD_KIND", "value": "stations"}),
+        json!({"name": "TABLE", "value": spec.postgres.table}),
         json!({"name": "SENSITIVE_FIELDS", "value": sensitive.join(",")}),
         json!({"name": "KEYRING_FILE", "value": format!("{KEYRING_DIR}/{SECRET_DATA_KEY}")}),
         json!({"name": "KEYRING_RELOAD_SECONDS", "value": "10"}),

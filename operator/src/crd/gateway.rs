@@ -12,6 +12,7 @@ use super::{PostgresTarget, SecretKeyRef};
 /// identity-as-username, per-device ACL, CRL), a client certificate for the
 /// gateway workload, and a Deployment (Mosquitto + gateway) with a Service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.storage) || has(self.kafka)").message("storage reads the gateway's Kafka topic: set kafka.topic too"))]
 #[kube(
     group = "fleetward.io",
     version = "v1alpha1",
@@ -48,6 +49,14 @@ pub struct GatewaySpec {
     #[schemars(length(max = 32))]
     pub extra_dns_names: Vec<String>,
 
+    /// Extra IP addresses for the broker certificate, for devices that reach
+    /// the broker by address (a NodePort on a node's IP, a load balancer's
+    /// IP). 127.0.0.1 is always included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 45)))]
+    #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("extraIpAddresses must be IP addresses"))]
+    pub extra_ip_addresses: Vec<String>,
+
     /// How the broker is exposed.
     #[serde(default)]
     pub service_type: ServiceType,
@@ -56,6 +65,13 @@ pub struct GatewaySpec {
     #[serde(default = "default_mqtt_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub mqtt_port: i32,
+
+    /// Where the broker keeps sessions and queued QoS 1 messages. Without
+    /// it they live in the pod (emptyDir): a deleted or rescheduled pod
+    /// loses the messages queued for the gateway. With it, a
+    /// PersistentVolumeClaim `<name>-broker-data` keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<BrokerPersistence>,
 
     /// Message checks the gateway applies to every device message.
     #[serde(default)]
@@ -69,6 +85,14 @@ pub struct GatewaySpec {
     /// Produce valid messages to a Kafka topic, keyed by device id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSinkSpec>,
+
+    /// Store every accepted message in PostgreSQL: a telemetry writer (the
+    /// encryptor workload) reads `kafka.topic` and writes one row per
+    /// message, its payload encrypted with the Gateway's telemetry keyring
+    /// (Secret `<name>-telemetry-keyring`, made once and kept when the
+    /// Gateway goes, so stored rows stay readable). Needs `kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<TelemetryStorage>,
 
     /// PostgreSQL for the audit trail of security events; without it the
     /// gateway writes them to its log only.
@@ -97,6 +121,48 @@ fn default_server_cert() -> CertificateSpec {
         validity_days: 365,
         renew_before_days: 30,
     }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryStorage {
+    pub postgres: TelemetryPostgres,
+    /// Change it to give the telemetry keyring a new primary key; older
+    /// keys stay, so older rows keep decrypting.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub key_rotation: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryPostgres {
+    /// Secret key holding a `postgres://` connection URL.
+    pub connection_secret_ref: SecretKeyRef,
+    /// Table the rows go to.
+    #[serde(default = "default_telemetry_table")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    pub table: String,
+}
+
+fn default_telemetry_table() -> String {
+    "telemetry".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerPersistence {
+    /// Size of the volume, e.g. `1Gi`.
+    #[serde(default = "default_broker_volume")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$"))]
+    pub size: String,
+    /// StorageClass of the claim; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_broker_volume() -> String {
+    "1Gi".into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -224,13 +290,16 @@ impl Default for CommandApiSpec {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayImages {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mosquitto: Option<String>,
+    /// The telemetry writer (the encryptor image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<String>,
 }
 
 /// Observed state of a Gateway. Never holds key material.
@@ -259,4 +328,7 @@ pub struct GatewayStatus {
     pub revoked_certificates: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crl_number: Option<i64>,
+    /// Primary key id of the telemetry keyring (with `spec.storage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry_key_id: Option<String>,
 }
