@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# fleetward's operator and Rust workloads, one image per target:
+#
+#   docker build --target operator  -t ghcr.io/fleetward/operator:0.1.0 .
+#   docker build --target gateway   -t ghcr.io/fleetward/gateway:0.1.0 .
+#   docker build --target ingestor  -t ghcr.io/fleetward/ingestor:0.1.0 .
+#   docker build --target encryptor -t ghcr.io/fleetward/encryptor:0.1.0 .
+#
+# One build stage compiles the whole workspace once (with cache mounts for
+# the crate registry and target/), and each image copies its binaries onto
+# a slim Debian base: same glibc as the build, CA certificates, a non-root
+# user, nothing else. Every program runs with a read-only root filesystem.
+ARG RUST_IMAGE=docker.io/library/rust:1.95-slim-bookworm
+ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
+# librdkafka is compiled from source by rdkafka-sys (cmake, a C++ compiler).
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      cmake g++ make perl pkg-config libcurl4-openssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,id=fleetward-cargo-registry,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=fleetward-target,target=/src/target \
+    cargo build --release --locked --bins \
+      -p fleetward-operator -p fleetward-gateway -p fleetward-ingestor -p fleetward-encryptor \
+ && mkdir -p /out \
+ && cp target/release/fleetward-operator target/release/crdgen target/release/fleetward-gateway \
+       target/release/fleetward-ingestor target/release/fleetward-encryptor target/release/fleetward-stations /out/
+
+FROM ${BASE_IMAGE} AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+USER 65532:65532
+
+FROM runtime AS operator
+COPY --from=build /out/fleetward-operator /out/crdgen /usr/local/bin/
+EXPOSE 8080
+ENTRYPOINT ["fleetward-operator"]
+
+FROM runtime AS gateway
+COPY --from=build /out/fleetward-gateway /usr/local/bin/
+EXPOSE 8443 9090
+ENTRYPOINT ["fleetward-gateway"]
+
+FROM runtime AS ingestor
+COPY --from=build /out/fleetward-ingestor /usr/local/bin/
+EXPOSE 9090
+ENTRYPOINT ["fleetward-ingestor"]
+
+# The export CLI ships beside the encryptor: same keyring, same table.
+FROM runtime AS encryptor
+COPY --from=build /out/fleetward-encryptor /out/fleetward-stations /usr/local/bin/
+EXPOSE 9090
+ENTRYPOINT ["fleetward-encryptor"]
