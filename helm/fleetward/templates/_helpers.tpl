@@ -1,15 +1,85 @@
+{{/* Names, labels and image references shared by the templates. */}}
+
+{{- define "fleetward.fullname" -}}
+{{ .Release.Name }}
+{{- end }}
+
+{{/* Labels on every object of the release; `component` names the part. */}}
 {{- define "fleetward.labels" -}}
-app.kubernetes.io/name: fleetward-operator
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: fleetward
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ .root.Chart.Name }}-{{ .root.Chart.Version }}
 {{- end }}
 
 {{- define "fleetward.selector" -}}
-app.kubernetes.io/name: fleetward-operator
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end }}
 
-{{- define "fleetward.name" -}}
-{{ .Release.Name }}-operator
+{{/* A fleetward image: the override, or <registry>/<name>:<tag>. */}}
+{{- define "fleetward.image" -}}
+{{- $override := index .root.Values.images.overrides .name -}}
+{{- if $override -}}
+{{ $override }}
+{{- else -}}
+{{ .root.Values.images.registry }}/{{ .name }}:{{ .root.Values.images.tag | default .root.Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/* A third-party image from {repository, tag}. */}}
+{{- define "fleetward.thirdPartyImage" -}}
+{{ .repository }}:{{ .tag }}
+{{- end }}
+
+{{/* Cluster-scoped objects carry the namespace too: two releases of the
+     same name in different namespaces must not collide. */}}
+{{- define "fleetward.clusterName" -}}
+{{ .Release.Name }}-{{ .Release.Namespace }}-{{ .suffix }}
+{{- end }}
+
+{{- define "fleetward.databaseSecret" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.database.existingSecret -}}
+{{ .Values.database.existingSecret }}
+{{- else -}}
+{{ .Release.Name }}-database
+{{- end -}}
+{{- end }}
+
+{{- define "fleetward.kafkaBootstrap" -}}
+{{- if .Values.kafka.enabled -}}
+{{ .Release.Name }}-kafka.{{ .Release.Namespace }}.svc.cluster.local:9092
+{{- else -}}
+{{ required "kafka.bootstrapServers is required when kafka.enabled is false" .Values.kafka.bootstrapServers }}
+{{- end -}}
+{{- end }}
+
+{{/* Container hardening shared by the chart's own pods. */}}
+{{- define "fleetward.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ . }}
+capabilities: {drop: [ALL]}
+{{- end }}
+
+{{- define "fleetward.pullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A volume claim template or an emptyDir, from a persistence block. */}}
+{{- define "fleetward.volumeClaim" -}}
+- metadata:
+    name: data
+    labels: {{- include "fleetward.selector" (dict "root" .root "component" .component) | nindent 6 }}
+  spec:
+    accessModes: [ReadWriteOnce]
+    {{- with .persistence.storageClass }}
+    storageClassName: {{ . }}
+    {{- end }}
+    resources:
+      requests:
+        storage: {{ .persistence.size }}
 {{- end }}
