@@ -1,41 +1,64 @@
 #!/usr/bin/env bash
 # fleetward deployment entry point.
 #
-#   ./deploy.sh dev-up      local services without Docker (kube-apiserver, PostgreSQL,
-#                           Kafka, Mosquitto) + CRDs + operator + examples/
-#   ./deploy.sh dev-down    stop what dev-up started
-#   ./deploy.sh test        start the services if needed and run the whole test suite
+#   ./deploy.sh local-up     the whole stack on minikube (when `minikube` is on the
+#                            PATH) or on this machine's own one-node cluster:
+#                            images built here, `helm install`, examples/ applied
+#   ./deploy.sh local-down   remove what local-up made
+#   ./deploy.sh dev-up       local-up on the built-in node, plus PostgreSQL and
+#                            Kafka on loopback for the fast integration tests
+#   ./deploy.sh dev-down     stop what dev-up started
+#   ./deploy.sh test         start what the tests need and run the whole test suite
+#   ./deploy.sh images       build every image and report its size
 #   ./deploy.sh bench-devices [N]   apply N Devices, time until all are Ready
 #
-# Cluster targets (minikube, AWS) arrive with the Helm chart and Terraform.
+# AWS (aws-up / aws-down) arrives with Terraform.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
 DEV="$ROOT/devenv/dev.sh"
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
+  local-up)
+    if command -v minikube >/dev/null 2>&1; then
+      "$DEV" minikube-up
+    else
+      "$DEV" up --no-test-services
+    fi
+    ;;
+  local-down)
+    if command -v minikube >/dev/null 2>&1; then
+      "$DEV" minikube-down
+    else
+      "$DEV" stack-down
+      "$DEV" down
+    fi
+    ;;
   dev-up) "$DEV" up "$@" ;;
   dev-down) "$DEV" down ;;
   dev-status) "$DEV" status ;;
+  images) "$DEV" images node ;;
   test)
-    "$DEV" up --no-operator
-    # The tests run their own operator from this build; a dev operator
-    # reconciling the same objects would race with it.
-    "$DEV" stop-operator
+    "$DEV" up --no-stack
+    # The end-to-end test installs the chart itself; it needs every image.
+    "$DEV" images node
+    # The tests run their own operators from this build; the dev stack's
+    # operator reconciling the same kinds would race with them.
+    "$DEV" pause-stack-operator
     # shellcheck disable=SC1090
     . "$("$DEV" env)"
     cd "$ROOT"
     cargo test --workspace --no-fail-fast "$@"
     ;;
   bench-devices)
-    "$DEV" up --no-operator
-    "$DEV" stop-operator
+    "$DEV" up --no-stack
+    "$DEV" pause-stack-operator
     # shellcheck disable=SC1090
     . "$("$DEV" env)"
     cd "$ROOT"

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Local, Docker-free services for fleetward's development loop and tests:
-# a real kube-apiserver (+ embedded etcd) and kube-controller-manager,
-# PostgreSQL, Apache Kafka (KRaft) and Mosquitto, all on loopback ports.
+# a real one-node Kubernetes cluster (kube-apiserver + etcd,
+# kube-controller-manager, kube-scheduler, kubelet on containerd, kube-proxy,
+# CoreDNS), and PostgreSQL, Apache Kafka (KRaft) on loopback for the fast
+# integration tests. `up` also builds the images and installs the whole
+# stack with the Helm chart, as `./deploy.sh local-up` does.
 #
-#   devenv/dev.sh up [--no-operator]   start what is not running yet (idempotent)
-#   devenv/dev.sh down                 stop exactly what `up` started (pid files)
-#   devenv/dev.sh status               show what runs
-#   devenv/dev.sh env                  print the env file path
+#   devenv/dev.sh up [--no-stack] [--no-test-services]
+#                                   start what is not running yet (idempotent)
+#   devenv/dev.sh down              stop exactly what `up` started (pid files)
+#   devenv/dev.sh images [node|minikube]   build every image and load it
+#   devenv/dev.sh stack-up | stack-down    the chart + examples on the node
+#   devenv/dev.sh minikube-up | minikube-down   the same on minikube
+#   devenv/dev.sh status            show what runs
+#   devenv/dev.sh env               print the env file path
 #
 # Heavy artifacts are built/downloaded once into .cache/ (git-ignored);
 # service state, logs and pid files live in .dev/ (git-ignored).
@@ -23,7 +30,7 @@ PG_PORT=${FLEETWARD_PG_PORT:-15432}
 KAFKA_PORT=${FLEETWARD_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${FLEETWARD_KAFKA_CONTROLLER_PORT:-19093}
 MQTT_PORT=${FLEETWARD_MQTT_PORT:-18883}
-OPERATOR_HTTP_PORT=${FLEETWARD_OPERATOR_HTTP_PORT:-18080}
+COMMAND_PORT=${FLEETWARD_COMMAND_PORT:-18443}
 HELM_VERSION=v3.22.0
 PG_USER=fleetward
 PG_PASSWORD=fleetward
@@ -115,9 +122,16 @@ build_controlplane() {
   if [ -x "$bin" ] && [ -z "$(find "$src" -newer "$bin" -type f)" ]; then
     return 0
   fi
-  log "building kube-apiserver + kube-controller-manager from k8s.io/kubernetes (first time: ~10 min on 2 cores)"
+  log "building the cluster (apiserver, controller-manager, scheduler, kubelet, kube-proxy) from k8s.io/kubernetes (first time: ~10 min on 2 cores)"
   mkdir -p "$CACHE/bin"
-  (cd "$src" && go build -trimpath -ldflags="-s -w" -o "$bin.tmp" .) || die "control plane build failed"
+  # Version stamps, as upstream's build sets them: clients and charts read them.
+  local kver minor v ldflags="-s -w"
+  kver=$(sed -n 's#^[[:space:]]*k8s.io/kubernetes \(v[0-9.]*\)$#\1#p' "$src/go.mod")
+  minor=$(echo "$kver" | cut -d. -f2)
+  for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $v.gitVersion=$kver -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
+  done
+  (cd "$src" && go build -trimpath -ldflags="$ldflags" -o "$bin.tmp" .) || die "cluster build failed"
   mv "$bin.tmp" "$bin"
 }
 
@@ -168,18 +182,19 @@ fetch_kafka() {
 start_apiserver() {
   local dir=$STATE/kube
   mkdir -p "$dir" "$STATE/logs" "$STATE/pids"
+  "$CACHE/bin/fleetward-cp" pki --dir "$dir" --port "$APISERVER_PORT" --api-ip "$HOST_IP" \
+    --node-name "$NODE_NAME" --node-ip "$NODE_IP"
   if ! alive "$STATE/pids/apiserver"; then
-    log "starting kube-apiserver on 127.0.0.1:$APISERVER_PORT (etcd :$ETCD_PORT)"
-    "$CACHE/bin/fleetward-cp" pki --dir "$dir" --port "$APISERVER_PORT"
+    log "starting kube-apiserver on $HOST_IP:$APISERVER_PORT (etcd 127.0.0.1:$ETCD_PORT)"
     nohup "$CACHE/bin/fleetward-cp" apiserver --dir "$dir" --port "$APISERVER_PORT" --etcd-port "$ETCD_PORT" \
-      >"$STATE/logs/apiserver.log" 2>&1 &
+      --api-ip "$HOST_IP" >"$STATE/logs/apiserver.log" 2>&1 &
     echo $! >"$STATE/pids/apiserver"
   fi
   export KUBECONFIG=$dir/kubeconfig
   wait_for 120 kube-apiserver kubectl_cmd get --raw /readyz
   if ! alive "$STATE/pids/controller-manager"; then
-    log "starting kube-controller-manager (garbage collector)"
-    nohup "$CACHE/bin/fleetward-cp" controller-manager --dir "$dir" \
+    log "starting kube-controller-manager"
+    nohup "$CACHE/bin/fleetward-cp" controller-manager --dir "$dir" --api-ip "$HOST_IP" \
       >"$STATE/logs/controller-manager.log" 2>&1 &
     echo $! >"$STATE/pids/controller-manager"
   fi
@@ -246,22 +261,6 @@ EOF
   wait_for 90 Kafka port_open "$KAFKA_PORT"
 }
 
-build_operator() {
-  log "building the operator"
-  (cd "$ROOT" && cargo build -q -p fleetward-operator --bins) || die "operator build failed"
-}
-
-start_operator() {
-  alive "$STATE/pids/operator" && return 0
-  log "starting fleetward-operator (metrics on 127.0.0.1:$OPERATOR_HTTP_PORT)"
-  kubectl_cmd apply -f "$ROOT/crds/" >/dev/null
-  KUBECONFIG=$STATE/kube/kubeconfig FLEETWARD_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT \
-    nohup "$ROOT/target/debug/fleetward-operator" --http-addr "127.0.0.1:$OPERATOR_HTTP_PORT" \
-    >"$STATE/logs/operator.log" 2>&1 &
-  echo $! >"$STATE/pids/operator"
-  wait_for 30 operator curl -fsS "http://127.0.0.1:$OPERATOR_HTTP_PORT/healthz"
-}
-
 stop_pid() { # stop_pid <name>
   local f=$STATE/pids/$1 pid i
   [ -f "$f" ] || return 0
@@ -275,47 +274,18 @@ stop_pid() { # stop_pid <name>
   rm -f "$f"
 }
 
-# Runs Mosquitto with the configuration and certificates the operator
-# generated for the example Gateway `edge`, so devices on this machine can
-# connect the way they would to the in-cluster broker.
-start_mosquitto() {
-  local dir=$STATE/mosquitto ns=fleet-demo gw=edge
-  alive "$STATE/pids/mosquitto" && return 0
-  wait_for 60 "Gateway $gw Ready" gateway_ready "$ns" "$gw"
-  mkdir -p "$dir"/{config,certs,crl,data}
-  local get="kubectl_cmd -n $ns get"
-  $get configmap "$gw-mosquitto" -o jsonpath='{.data.mosquitto\.conf}' >"$dir/config/mosquitto.conf"
-  $get configmap "$gw-mosquitto" -o jsonpath='{.data.acl}' >"$dir/config/acl"
-  $get configmap "$gw-crl" -o jsonpath='{.data.crl\.pem}' >"$dir/crl/crl.pem"
-  local k
-  for k in ca.crt tls.crt tls.key; do
-    $get secret "$gw-broker-tls" -o jsonpath="{.data.${k//./\\.}}" | base64 -d >"$dir/certs/$k"
-  done
-  # In-pod paths become this directory; the listener moves to loopback.
-  sed -i "s#/mosquitto/#$dir/#g; s#^listener [0-9]*#listener $MQTT_PORT 127.0.0.1#" "$dir/config/mosquitto.conf"
-  # Mosquitto started as root drops to the mosquitto user, which must read these.
-  [ "$(id -u)" = 0 ] && chown -R mosquitto "$dir"
-  log "starting Mosquitto for Gateway $ns/$gw on 127.0.0.1:$MQTT_PORT (mTLS)"
-  nohup mosquitto -c "$dir/config/mosquitto.conf" >"$STATE/logs/mosquitto.log" 2>&1 &
-  echo $! >"$STATE/pids/mosquitto"
-  wait_for 20 Mosquitto port_open "$MQTT_PORT"
-}
-
-gateway_ready() {
-  [ "$(kubectl_cmd -n "$1" get gateway "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
-}
-
 write_env() {
   cat >"$ENV_FILE" <<EOF
 # fleetward local services; source this file: . $ENV_FILE
 export KUBECONFIG=$STATE/kube/kubeconfig
 export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
-export MQTT_HOST=127.0.0.1
+export MQTT_HOST=localhost
 export MQTT_PORT=$MQTT_PORT
-export FLEETWARD_OPERATOR_METRICS=http://127.0.0.1:$OPERATOR_HTTP_PORT/metrics
+export FLEETWARD_NODE_IP=$NODE_IP
 export FLEETWARD_KAFKA_LIBS=$CACHE/kafka/libs
 export FLEETWARD_PYTHON=$CACHE/venv/bin/python
+export FLEETWARD_IMAGE_VERSION=$FLEETWARD_VERSION
 export PATH=$CACHE/bin:\$PATH
 EOF
   if ! command -v kubectl >/dev/null 2>&1; then
@@ -323,43 +293,62 @@ EOF
   fi
 }
 
-up() {
-  local operator=1
-  [ "${1:-}" = --no-operator ] && operator=0
+# The cluster, and (unless told otherwise) the host services the fast
+# integration tests use.
+services_up() {
+  local test_services=${1:-1}
   prereqs
+  node_prereqs
   mkdir -p "$STATE/logs" "$STATE/pids"
   build_controlplane
+  build_coredns
   build_helm
   fetch_kafka
-  python_env
+  node_network_up
   start_apiserver
-  start_postgres
-  start_kafka
+  if [ "$test_services" = 1 ]; then
+    python_env
+    start_postgres
+    start_kafka
+  fi
   write_env
-  if [ "$operator" = 1 ]; then
-    build_operator
-    start_operator
-    log "applying examples/"
-    kubectl_cmd apply -f "$ROOT/examples/" >/dev/null
-    start_mosquitto
-    kubectl_cmd get gateways,devices -A
+  node_up
+}
+
+up() {
+  local stack=1 test_services=1 arg
+  for arg in "$@"; do
+    case $arg in
+      --no-stack) stack=0 ;;
+      --no-test-services) test_services=0 ;;
+      *) die "up: unknown option $arg" ;;
+    esac
+  done
+  services_up "$test_services"
+  if [ "$stack" = 1 ]; then
+    build_all_images
+    load_all_images node
+    stack_up node
+  fi
+  local services=""
+  if [ "$test_services" = 1 ]; then
+    services="  PostgreSQL      127.0.0.1:$PG_PORT  db=$PG_DB user=$PG_USER   (host, for the integration tests)
+  Kafka           127.0.0.1:$KAFKA_PORT                          (host, for the integration tests)"
   fi
   cat >&2 <<EOF
 
 fleetward local services are up:
-  kube-apiserver  https://127.0.0.1:$APISERVER_PORT   (KUBECONFIG=$STATE/kube/kubeconfig)
-  PostgreSQL      127.0.0.1:$PG_PORT  db=$PG_DB user=$PG_USER
-  Kafka           127.0.0.1:$KAFKA_PORT
-  Mosquitto       127.0.0.1:$MQTT_PORT (mTLS, Gateway fleet-demo/edge)$(alive "$STATE/pids/mosquitto" || echo ' — not running (dev-up starts it)')
-  operator        http://127.0.0.1:$OPERATOR_HTTP_PORT/metrics$(alive "$STATE/pids/operator" || echo ' — not running (dev-up starts it)')
-Use them:   . $ENV_FILE && kubectl get devices,gateways -A
+  Kubernetes      https://$HOST_IP:$APISERVER_PORT, node $NODE_NAME ($NODE_IP)   (KUBECONFIG=$STATE/kube/kubeconfig)
+$services
+$(stack_summary)
+Use them:   . $ENV_FILE && kubectl get pods,gateways,devices,stationfeeds -A
 Stop them:  ./deploy.sh dev-down
 EOF
 }
 
 down() {
-  stop_pid mosquitto
-  stop_pid operator
+  stop_port_forwards
+  node_down
   stop_pid kafka
   stop_pid controller-manager
   stop_pid apiserver
@@ -373,16 +362,34 @@ down() {
 
 status() {
   local f
-  for f in apiserver controller-manager postgres kafka operator mosquitto; do
+  for f in apiserver controller-manager scheduler provisioner containerd kubelet proxy postgres kafka \
+    port-forward-mqtt port-forward-command; do
     if alive "$STATE/pids/$f"; then echo "$f: running (pid $(cat "$STATE/pids/$f"))"; else echo "$f: stopped"; fi
   done
 }
+
+# shellcheck source=devenv/node.sh
+. "$ROOT/devenv/node.sh"
+# shellcheck source=devenv/images.sh
+. "$ROOT/devenv/images.sh"
+# shellcheck source=devenv/stack.sh
+. "$ROOT/devenv/stack.sh"
 
 case "${1:-}" in
   up) shift; up "$@" ;;
   down) down ;;
   status) status ;;
   env) echo "$ENV_FILE" ;;
-  stop-operator) stop_pid operator ;;
-  *) die "usage: $0 up [--no-operator] | down | status | env | stop-operator" ;;
+  images)
+    services_up
+    build_all_images
+    load_all_images "${2:-node}"
+    image_sizes
+    ;;
+  stack-up) stack_up node ;;
+  stack-down) stack_down ;;
+  minikube-up) minikube_up ;;
+  minikube-down) minikube_down ;;
+  pause-stack-operator) pause_stack_operator ;;
+  *) die "usage: $0 up [--no-stack] [--no-test-services] | down | images [node|minikube] | stack-up | stack-down | minikube-up | minikube-down | status | env" ;;
 esac

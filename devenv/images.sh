@@ -1,0 +1,227 @@
+# shellcheck shell=bash
+# Container images, sourced by devenv/dev.sh. No Docker engine and no
+# container registry are reachable here, so:
+#   - the base `docker.io/library/debian:bookworm-slim` is made from Debian
+#     packages with mmdebstrap (minbase, with the official slim image's
+#     dpkg excludes) and tagged under its usual name, so the project's
+#     Dockerfiles build unchanged with docker, podman or buildah;
+#   - every image is built daemonless with buildah (its storage and layer
+#     cache in $CACHE/containers, so a second run rebuilds nothing);
+#   - images are exported as docker archives and imported into the node's
+#     containerd, or loaded into minikube with `minikube image load`.
+#
+# Image names: the project's own images keep their published names
+# (ghcr.io/fleetward/<name>:<version>) so the chart's defaults find them on
+# the node; the local stack's stand-ins for public images (PostgreSQL,
+# Kafka, Prometheus) and the node's own (pause, CoreDNS) are localhost/….
+
+FLEETWARD_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+IMAGE_REGISTRY=${FLEETWARD_IMAGE_REGISTRY:-ghcr.io/fleetward}
+BASE_IMAGE=docker.io/library/debian:bookworm-slim
+BUILDAH_ROOT=$CACHE/containers/storage
+BUILDAH_RUNROOT=/run/fleetward-buildah
+IMAGE_DIR=$CACHE/images
+DEBIAN_MIRROR=${FLEETWARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+DEBIAN_SECURITY_MIRROR=${FLEETWARD_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+
+# Prometheus from its Go module (see devenv/images/prometheus/Dockerfile):
+# module version v0.316.0 is Prometheus 3.16.0.
+PROMETHEUS_VERSION=3.16.0
+PROMETHEUS_MODULE=github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
+
+# The project's images: name -> how to build them.
+PRODUCT_IMAGES=(operator gateway ingestor encryptor mosquitto)
+# The local stack's images (tag -> build directory under devenv/images).
+LOCAL_IMAGES=(postgres:15 kafka:4.1.1 prometheus:$PROMETHEUS_VERSION station-api:0.1.0)
+
+# TMPDIR: buildah keeps RUN --mount=type=cache directories under it.
+bah() {
+  mkdir -p "$CACHE/containers/tmp"
+  TMPDIR=$CACHE/containers/tmp buildah --root "$BUILDAH_ROOT" --runroot "$BUILDAH_RUNROOT" --storage-driver overlay "$@"
+}
+
+image_id() { bah images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null | head -1; }
+
+# build_image <tag> <context> [buildah bud args...]: layers are cached, so
+# an unchanged Dockerfile and context cost a few seconds.
+build_image() {
+  local tag=$1 context=$2
+  shift 2
+  log "building image $tag"
+  BUILDAH_ISOLATION=chroot bah bud --quiet --layers --network host --pull-never \
+    -t "$tag" "$@" "$context" >"$STATE/logs/image-build.log" 2>&1 ||
+    die "building $tag failed: $(tail -20 "$STATE/logs/image-build.log")"
+}
+
+build_base_image() {
+  [ -n "$(image_id "$BASE_IMAGE")" ] && return 0
+  local tar=$IMAGE_DIR/debian-bookworm-slim.tar ctr
+  rm -rf "$tar" "$tar.part"
+  mkdir -p "$IMAGE_DIR"
+  log "making $BASE_IMAGE from Debian packages (mmdebstrap)"
+  # As the official image: merged /usr without the usrmerge package (which
+  # would pull in Perl), and apt without its binary caches, languages or
+  # leftover archives, so every `apt-get install` layer stays small.
+  local clean='DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";'
+  mmdebstrap --quiet --variant=minbase --format=tar \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --customize-hook="printf '%s\n' '$clean' >\"\$1/etc/apt/apt.conf.d/docker-clean\"" \
+    --customize-hook="echo 'Acquire::Languages \"none\";' >\"\$1/etc/apt/apt.conf.d/docker-no-languages\"" \
+    --customize-hook="echo 'APT::AutoRemove::SuggestsImportant \"false\";' >\"\$1/etc/apt/apt.conf.d/docker-autoremove-suggests\"" \
+    --customize-hook='rm -f "$1"/var/cache/apt/*.bin' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/share/lintian/*' \
+    bookworm "$tar.part" \
+    "deb $DEBIAN_MIRROR bookworm main" \
+    "deb $DEBIAN_MIRROR bookworm-updates main" \
+    "deb $DEBIAN_SECURITY_MIRROR bookworm-security main" >"$STATE/logs/mmdebstrap.log" 2>&1 ||
+    die "mmdebstrap failed (see $STATE/logs/mmdebstrap.log)"
+  mv "$tar.part" "$tar"
+  ctr=$(bah from scratch)
+  bah add --quiet "$ctr" "$tar" / >/dev/null
+  bah config --cmd bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+  bah commit --quiet "$ctr" "$BASE_IMAGE" >/dev/null
+  bah rm "$ctr" >/dev/null
+  rm -f "$tar"
+}
+
+build_node_images() {
+  build_base_image
+  local ctx=$IMAGE_DIR/context
+  rm -rf "$ctx" && mkdir -p "$ctx/pause" "$ctx/coredns"
+  cp /usr/bin/catatonit "$ctx/pause/catatonit"
+  build_image "$PAUSE_IMAGE" "$ctx/pause" -f "$ROOT/devenv/images/pause/Dockerfile"
+  cp "$CACHE/bin/coredns" "$ctx/coredns/coredns"
+  build_image "$COREDNS_IMAGE" "$ctx/coredns" -f "$ROOT/devenv/images/coredns/Dockerfile"
+  rm -rf "$ctx"
+}
+
+build_prometheus() {
+  [ -x "$CACHE/bin/prometheus" ] && [ -f "$CACHE/bin/.prometheus-$PROMETHEUS_VERSION" ] && return 0
+  log "building Prometheus $PROMETHEUS_VERSION from the Go module proxy (Kubernetes discovery only)"
+  mkdir -p "$CACHE/bin"
+  GOBIN=$CACHE/bin CGO_ENABLED=0 go install -trimpath \
+    -ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    -tags remove_all_sd,enable_kubernetes_sd "$PROMETHEUS_MODULE" || die "Prometheus build failed"
+  rm -f "$CACHE"/bin/.prometheus-*
+  touch "$CACHE/bin/.prometheus-$PROMETHEUS_VERSION"
+}
+
+# The local stack's stand-ins for public images.
+build_local_images() {
+  build_base_image
+  local ctx=$IMAGE_DIR/context item name
+  for item in "${LOCAL_IMAGES[@]}"; do
+    name=${item%%:*}
+    case $name in
+      kafka)
+        fetch_kafka
+        rm -rf "$ctx" && mkdir -p "$ctx"
+        cp -r "$CACHE/kafka/libs" "$ctx/libs"
+        rm -f "$ctx"/libs/.stamp-*
+        cp "$ROOT/devenv/kafka/log4j2.properties" "$ROOT/devenv/images/kafka/entrypoint.sh" "$ctx/"
+        build_image "localhost/fleetward/$item" "$ctx" -f "$ROOT/devenv/images/kafka/Dockerfile"
+        rm -rf "$ctx"
+        ;;
+      prometheus)
+        build_prometheus
+        rm -rf "$ctx" && mkdir -p "$ctx"
+        cp "$CACHE/bin/prometheus" "$ctx/"
+        build_image "localhost/fleetward/$item" "$ctx" -f "$ROOT/devenv/images/prometheus/Dockerfile"
+        rm -rf "$ctx"
+        ;;
+      station-api)
+        build_image "localhost/fleetward/$item" "$ROOT/testdata/stations" -f "$ROOT/devenv/images/station-api/Dockerfile"
+        ;;
+      *) build_image "localhost/fleetward/$item" "$ROOT/devenv/images/$name" ;;
+    esac
+  done
+}
+
+# The project's images, from the same Dockerfiles a user builds with
+# `docker build`. The Dockerfile's build stage compiles the workspace once
+# (release) in a stand-in for the public Rust image, with this machine's
+# toolchain mounted; its cache mounts keep target/ and the crate registry
+# under $CACHE, so later builds only recompile what changed.
+RUST_BUILDER_IMAGE=localhost/fleetward/rust-builder:bookworm
+# The build stage fetches crates over HTTPS with this machine's trust store,
+# which may hold a CA (e.g. a proxy's) that Debian's bundle lacks; only the
+# builder stand-in gets it, never an image that ships.
+HOST_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
+build_product_images() {
+  build_base_image
+  local ctx=$IMAGE_DIR/context
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cp "$ROOT/devenv/images/rust-builder/Dockerfile" "$HOST_CA_BUNDLE" "$ctx/"
+  build_image "$RUST_BUILDER_IMAGE" "$ctx" --build-arg "CA_BUNDLE=$(basename "$HOST_CA_BUNDLE")"
+  rm -rf "$ctx"
+  local rustup_home=${RUSTUP_HOME:-$HOME/.rustup} cargo_bin target
+  cargo_bin=$(dirname "$(command -v cargo)")
+  for target in operator gateway ingestor encryptor; do
+    build_image "$IMAGE_REGISTRY/$target:$FLEETWARD_VERSION" "$ROOT" -f "$ROOT/Dockerfile" --target "$target" \
+      --build-arg "RUST_IMAGE=$RUST_BUILDER_IMAGE" \
+      --volume "$rustup_home:/usr/local/rustup:ro" --volume "$cargo_bin:/usr/local/cargo/bin:ro"
+  done
+  build_image "$IMAGE_REGISTRY/mosquitto:$FLEETWARD_VERSION" "$ROOT/workloads/mosquitto"
+}
+
+# all_images: what the chart needs, for the node (or minikube).
+all_image_tags() {
+  local t
+  for t in "${PRODUCT_IMAGES[@]}"; do echo "$IMAGE_REGISTRY/$t:$FLEETWARD_VERSION"; done
+  for t in "${LOCAL_IMAGES[@]}"; do echo "localhost/fleetward/$t"; done
+}
+
+# load_image <tag> <target: node|minikube>: exports the image once per build
+# (the stamp holds the image id last loaded) and imports it.
+load_image() {
+  local tag=$1 target=$2 id stamp archive
+  id=$(image_id "$tag")
+  [ -n "$id" ] || die "image $tag was not built"
+  stamp=$IMAGE_DIR/loaded-$target/$(printf '%s' "$tag" | tr '/:' '__')
+  if [ "$target" = node ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ] &&
+    ctr_node images ls -q "name==$(normalise_ref "$tag")" | grep -q .; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$stamp")"
+  archive=$IMAGE_DIR/$(printf '%s' "$tag" | tr '/:' '__').tar
+  rm -f "$archive"
+  bah push --quiet "$tag" "docker-archive:$archive:$tag" >/dev/null || die "exporting $tag failed"
+  case $target in
+    node) ctr_node images import --no-unpack=false "$archive" >/dev/null || die "importing $tag into containerd failed" ;;
+    minikube) minikube image load "$archive" || die "loading $tag into minikube failed" ;;
+  esac
+  rm -f "$archive"
+  echo "$id" >"$stamp"
+}
+
+# containerd names docker.io images in full.
+normalise_ref() {
+  case $1 in
+    */*.*/* | localhost/* | *.*/*) echo "$1" ;;
+    */*) echo "docker.io/$1" ;;
+    *) echo "docker.io/library/$1" ;;
+  esac
+}
+
+load_node_images() {
+  build_node_images
+  load_image "$PAUSE_IMAGE" node
+  load_image "$COREDNS_IMAGE" node
+}
+
+# image_sizes: one line per image, for the README and the CI log.
+image_sizes() {
+  local t
+  for t in "$BASE_IMAGE" "$PAUSE_IMAGE" "$COREDNS_IMAGE" $(all_image_tags); do
+    bah images --noheading --format '{{.Name}}:{{.Tag}} {{.Size}}' "$t" 2>/dev/null | head -1
+  done
+}

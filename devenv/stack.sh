@@ -1,0 +1,146 @@
+# shellcheck shell=bash
+# The whole fleetward stack on a cluster, sourced by devenv/dev.sh and
+# deploy.sh: every image, `helm upgrade --install` of the chart with the
+# local values (in-cluster PostgreSQL, Kafka and Prometheus, and a stand-in
+# for the station API), then examples/ applied and waited for.
+
+STACK_NS=${FLEETWARD_STACK_NAMESPACE:-fleet-demo}
+STACK_RELEASE=${FLEETWARD_STACK_RELEASE:-fleetward}
+LOCAL_VALUES=$ROOT/devenv/values-local.yaml
+
+helm_cmd() { "$CACHE/bin/helm" "$@"; }
+
+build_all_images() {
+  build_product_images
+  build_local_images
+}
+
+load_all_images() {
+  local target=$1 tag
+  log "loading images into the $target"
+  for tag in $(all_image_tags); do
+    load_image "$tag" "$target"
+  done
+}
+
+stack_up() {
+  local target=$1
+  log "installing the chart: release $STACK_RELEASE in namespace $STACK_NS (first start takes a few minutes)"
+  helm_cmd upgrade --install "$STACK_RELEASE" "$ROOT/helm/fleetward" --namespace "$STACK_NS" --create-namespace \
+    -f "$LOCAL_VALUES" --wait --timeout 10m >"$STATE/logs/helm.log" 2>&1 ||
+    die "helm install failed: $(tail -5 "$STATE/logs/helm.log"); kubectl -n $STACK_NS get pods"
+  log "applying examples/"
+  kubectl_cmd apply -f "$ROOT/examples/" >/dev/null || die "applying examples/ failed"
+  local kind
+  for kind in gateways devices stationfeeds; do
+    kubectl_cmd -n "$STACK_NS" wait --for=condition=Ready "$kind" --all --timeout=180s >/dev/null ||
+      die "the example $kind are not Ready: kubectl -n $STACK_NS describe $kind"
+  done
+  wait_for 300 "the example workloads' pods" stack_pods_ready
+  if [ "$target" = node ]; then
+    start_port_forward mqtt "$MQTT_PORT" svc/edge 8883
+    start_port_forward command "$COMMAND_PORT" svc/edge 8443
+  fi
+}
+
+stack_pods_ready() {
+  ! kubectl_cmd -n "$STACK_NS" get pods --no-headers 2>/dev/null |
+    awk '{split($2, r, "/"); if ($3 != "Running" || r[1] != r[2]) bad=1} END {exit !bad}'
+}
+
+stack_down() {
+  stop_port_forwards
+  if [ -x "$CACHE/bin/helm" ] && helm_cmd status "$STACK_RELEASE" -n "$STACK_NS" >/dev/null 2>&1; then
+    log "removing the examples and the release $STACK_RELEASE"
+    kubectl_cmd delete -f "$ROOT/examples/" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
+    helm_cmd uninstall "$STACK_RELEASE" -n "$STACK_NS" --wait --timeout 5m >/dev/null
+    # StatefulSets leave their volume claims behind on purpose; local-down
+    # removes everything local-up made.
+    kubectl_cmd -n "$STACK_NS" delete pvc -l "app.kubernetes.io/instance=$STACK_RELEASE" --ignore-not-found >/dev/null
+    kubectl_cmd delete namespace "$STACK_NS" --ignore-not-found --wait=true --timeout=120s >/dev/null
+  fi
+}
+
+# The dev stack's operator would race the tests' own operators for the
+# same objects: `./deploy.sh test` scales it to zero (`up` restores it).
+pause_stack_operator() {
+  if kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" >/dev/null 2>&1; then
+    log "scaling the dev stack's operator to 0 while the tests run (./deploy.sh dev-up restores it)"
+    kubectl_cmd -n "$STACK_NS" scale deployment "$STACK_RELEASE-operator" --replicas=0 >/dev/null
+  fi
+}
+
+# kubectl port-forward on loopback, like a user reaching a cluster from
+# outside: the example Gateway's broker and command API.
+start_port_forward() { # start_port_forward <name> <local port> <target> <remote port>
+  local name=port-forward-$1
+  alive "$STATE/pids/$name" && return 0
+  nohup "$CACHE/bin/fleetward-cp" kubectl -n "$STACK_NS" port-forward --address 127.0.0.1 "$3" "$2:$4" \
+    >"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/pids/$name"
+  wait_for 30 "port-forward to $3:$4" port_open "$2"
+}
+
+stop_port_forwards() {
+  stop_pid port-forward-mqtt
+  stop_pid port-forward-command
+}
+
+stack_summary() {
+  kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" >/dev/null 2>&1 || {
+    echo "  stack           not installed (./deploy.sh dev-up installs it)"
+    return 0
+  }
+  local prom
+  prom=$(kubectl_cmd -n "$STACK_NS" get svc "$STACK_RELEASE-prometheus" -o jsonpath='{.spec.clusterIP}' 2>/dev/null)
+  cat <<EOF
+  stack           helm release $STACK_RELEASE in namespace $STACK_NS (kubectl -n $STACK_NS get pods)
+  MQTT broker     localhost:$MQTT_PORT (mTLS, Gateway $STACK_NS/edge, via kubectl port-forward)
+  command API     https://localhost:$COMMAND_PORT/command/<device> (bearer key: Secret edge-command-api)
+  Prometheus      http://${prom:-?}:9090 (the host routes Service addresses to the node)
+EOF
+}
+
+# minikube: the same images, built by minikube's own container runtime from
+# the same Dockerfiles (with the internet, public base images), and the
+# chart with the public PostgreSQL, Kafka and Prometheus images.
+MINIKUBE_VALUES=$ROOT/devenv/values-minikube.yaml
+minikube_up() {
+  need go golang-go
+  build_helm
+  minikube status >/dev/null 2>&1 || minikube start || die "minikube start failed"
+  local v=$FLEETWARD_VERSION target
+  for target in operator gateway ingestor encryptor; do
+    log "building $IMAGE_REGISTRY/$target:$v in minikube"
+    minikube image build -t "$IMAGE_REGISTRY/$target:$v" -f Dockerfile --build-opt="target=$target" "$ROOT" ||
+      die "building $target in minikube failed"
+  done
+  minikube image build -t "$IMAGE_REGISTRY/mosquitto:$v" "$ROOT/workloads/mosquitto" || die "building mosquitto failed"
+  minikube image build -t localhost/fleetward/station-api:0.1.0 -f Dockerfile.station-api "$(station_api_context)" ||
+    die "building the station API stand-in failed"
+  export KUBECONFIG=${KUBECONFIG:-$HOME/.kube/config}
+  LOCAL_VALUES=$MINIKUBE_VALUES stack_up minikube
+  cat >&2 <<EOF
+
+fleetward runs on minikube (namespace $STACK_NS):
+  kubectl -n $STACK_NS get pods,gateways,devices,stationfeeds
+  broker:      kubectl -n $STACK_NS port-forward svc/edge 8883:8883
+  command API: kubectl -n $STACK_NS port-forward svc/edge 8443:8443
+  Prometheus:  kubectl -n $STACK_NS port-forward svc/$STACK_RELEASE-prometheus 9090:9090
+Remove it:     ./deploy.sh local-down
+EOF
+}
+
+minikube_down() {
+  export KUBECONFIG=${KUBECONFIG:-$HOME/.kube/config}
+  stack_down
+}
+
+# minikube image build reads the Dockerfile from its context directory.
+station_api_context() {
+  local ctx=$CACHE/images/station-api-context
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cp "$ROOT/testdata/stations/jcdecaux-v1-dublin.json" "$ctx/"
+  cp "$ROOT/devenv/images/station-api/Dockerfile" "$ctx/Dockerfile.station-api"
+  echo "$ctx"
+}
