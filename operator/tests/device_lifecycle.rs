@@ -63,6 +63,7 @@ async fn examples_become_ready_with_certificates_openssl_accepts() {
     let mut files: Vec<_> = std::fs::read_dir(&examples)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     for f in &files {

@@ -1,6 +1,8 @@
 //! The Helm chart renders, the API server accepts what it renders, and its
 //! RBAC is enough: an operator running with only the chart's ServiceAccount
-//! rights (via impersonation) makes a Gateway and a Device Ready.
+//! rights (via impersonation) makes a Gateway, a Device and a StationFeed
+//! Ready. (The whole chart installed on the node, with pods, is the
+//! end-to-end test in system-tests/.)
 
 mod common;
 
@@ -67,22 +69,26 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         "CustomResourceDefinition",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
         "ServiceAccount",
         "Deployment",
+        "StatefulSet",
         "Service",
+        "Secret",
+        "ConfigMap",
     ] {
         assert!(rendered.contains(&format!("kind: {kind}")), "chart renders a {kind}");
     }
     // The API server validates every rendered object.
     kubectl_apply(&rendered, &["--dry-run=server"]);
 
-    // Install only the RBAC objects for real (no kubelet runs pods here),
-    // then run the operator as that ServiceAccount.
+    // Install only the RBAC objects for real, then run the operator (on
+    // the host, from this build) as that ServiceAccount.
     let rbac = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
         "--namespace",
         &ns.name,
         "--show-only",
-        "templates/rbac.yaml",
+        "templates/operator-rbac.yaml",
     ]));
     kubectl_apply(&rbac, &[]);
     let sa = format!("system:serviceaccount:{}:{release}-operator", ns.name);
@@ -93,8 +99,19 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
     let kc_path = write(dir.path(), "kubeconfig", &impersonating);
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"));
-    cmd.args(["--http-addr", &format!("127.0.0.1:{port}"), "--exit-on-stdin-eof"])
-        .env("KUBECONFIG", &kc_path);
+    // With leader election, as the chart runs it: the Lease in the release
+    // namespace must be within the chart's Role.
+    cmd.args([
+        "--http-addr",
+        &format!("127.0.0.1:{port}"),
+        "--exit-on-stdin-eof",
+        "--leader-election",
+        "--pod-namespace",
+        &ns.name,
+        "--pod-name",
+        "helm-chart-test",
+    ])
+    .env("KUBECONFIG", &kc_path);
     // Exits (and the test fails with its log) if the chart's RBAC does not
     // let it start.
     let mut op = Workload::spawn(
@@ -146,6 +163,11 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         feed_ready,
     )
     .await;
+    assert_eq!(
+        op.metric("fleetward_operator_leader"),
+        1.0,
+        "the operator leads under the chart's RBAC"
+    );
     op.kill9();
     // Events and watches fail softly; their refusals would only show here.
     let log = op.log_text();
@@ -158,7 +180,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         .args([
             "delete",
             "clusterrole,clusterrolebinding",
-            &format!("{release}-operator"),
+            &format!("{release}-{}-operator", ns.name),
         ])
         .env("KUBECONFIG", env("KUBECONFIG"))
         .output();

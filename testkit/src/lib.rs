@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleetward_operator::crd::{Device, Gateway, StationFeed, Tariff};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, Secret};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -198,6 +198,20 @@ impl TestNs {
         )
         .await
         .expect("create namespace");
+        // The cluster has a real node now, but these tests check what the
+        // reconcilers write to the API server; the Deployments they create
+        // must not start pods that would load the two cores and race the
+        // tests. A quota of zero pods keeps the namespace pod-free (the
+        // end-to-end test, which runs pods, does not use TestNs).
+        let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "fleetward-tests-no-pods"},
+            "spec": {"hard": {"pods": "0"}},
+        }))
+        .expect("quota");
+        Api::<ResourceQuota>::namespaced(client.clone(), &name)
+            .create(&PostParams::default(), &quota)
+            .await
+            .expect("create the no-pods quota");
         Self { name, client }
     }
 
