@@ -1,0 +1,213 @@
+//! What the end-to-end tests use to drive a cluster the way a user does:
+//! `helm`, `kubectl` (apply, exec, port-forward-free Service addresses),
+//! PostgreSQL through `kubectl exec … psql`, and Prometheus's HTTP API.
+//! Every call that fails panics with the command's own output.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use fleetward_testkit::{env, repo_root};
+
+/// The local node's address (NodePorts listen there).
+pub fn node_ip() -> String {
+    env("FLEETWARD_NODE_IP")
+}
+
+pub fn helm_bin() -> PathBuf {
+    repo_root().join(".cache/bin/helm")
+}
+
+fn run(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
+    cmd.env("KUBECONFIG", env("KUBECONFIG"));
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl args…`; panics with stderr when it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let mut cmd = Command::new(fleetward_testkit::kubectl());
+    cmd.args(args);
+    let (ok, out, err) = run(cmd, None);
+    assert!(ok, "kubectl {}: {err}{out}", args.join(" "));
+    out
+}
+
+/// `kubectl args…` that may fail: (success, stdout + stderr).
+pub fn kubectl_try(args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(fleetward_testkit::kubectl());
+    cmd.args(args);
+    let (ok, out, err) = run(cmd, None);
+    (ok, out + &err)
+}
+
+/// `kubectl apply -f -` of a manifest.
+pub fn kubectl_apply(manifest: &str) -> String {
+    let mut cmd = Command::new(fleetward_testkit::kubectl());
+    cmd.args(["apply", "-f", "-"]);
+    let (ok, out, err) = run(cmd, Some(manifest));
+    assert!(ok, "kubectl apply: {err}{out}");
+    out
+}
+
+pub fn helm(args: &[&str]) -> String {
+    let mut cmd = Command::new(helm_bin());
+    cmd.args(args);
+    let (ok, out, err) = run(cmd, None);
+    assert!(ok, "helm {}: {err}{out}", args.join(" "));
+    out
+}
+
+/// The files of `examples/` (not its subdirectories), in order, with every
+/// `namespace: fleet-demo` moved to `namespace` and the Namespace object
+/// left out (the release's namespace already exists).
+pub fn examples_in(namespace: &str) -> String {
+    let dir = repo_root().join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read example");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            if value.is_null() || value["kind"] == "Namespace" {
+                continue;
+            }
+            value["metadata"]["namespace"] = namespace.into();
+            docs.push(serde_yaml::to_string(&value).expect("YAML"));
+        }
+    }
+    docs.join("---\n")
+}
+
+/// A SQL query in the release's PostgreSQL pod (`psql -tA`): what an
+/// operator of the cluster would run, with no database port opened.
+pub fn psql(namespace: &str, release: &str, sql: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "exec",
+        &format!("statefulset/{release}-postgresql"),
+        "--",
+        "psql",
+        "-h",
+        "/var/run/postgresql",
+        "-U",
+        "fleetward",
+        "-d",
+        "fleetward",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-tAc",
+        sql,
+    ])
+}
+
+/// Prometheus's HTTP API through its Service address (the host routes the
+/// Service range to the node). Returns the parsed JSON answer.
+pub fn prometheus(base: &str, path: &str, query: Option<&str>) -> serde_json::Value {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-fsS", "--max-time", "10", "--get"]);
+    if let Some(q) = query {
+        cmd.arg("--data-urlencode").arg(format!("query={q}"));
+    }
+    cmd.arg(format!("{base}{path}"));
+    let (ok, out, err) = run(cmd, None);
+    assert!(ok, "Prometheus {path} {query:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("Prometheus answer is not JSON ({e}): {out}"))
+}
+
+/// An instant query's result vector.
+pub fn prom_query(base: &str, query: &str) -> Vec<serde_json::Value> {
+    let answer = prometheus(base, "/api/v1/query", Some(query));
+    assert_eq!(answer["status"], "success", "query {query}: {answer}");
+    answer["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// Sum of an instant query's values.
+pub fn prom_sum(base: &str, query: &str) -> f64 {
+    prom_query(base, query)
+        .iter()
+        .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` every second until it returns true; panics with the last
+/// `describe()` after `secs`.
+pub fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool, describe: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}; last seen:\n{}", describe());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Pods of a namespace as `name phase ready/total`, for messages.
+pub fn pods(namespace: &str) -> String {
+    kubectl_try(&["-n", namespace, "get", "pods", "-o", "wide"]).1
+}
+
+/// True when the namespace has pods and every one is Running with all
+/// containers ready.
+pub fn all_pods_ready(namespace: &str) -> bool {
+    let (ok, out) = kubectl_try(&[
+        "-n",
+        namespace,
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={range .items[*]}{.status.phase} {.status.containerStatuses[*].ready}{\"\\n\"}{end}",
+    ]);
+    ok && !out.trim().is_empty()
+        && out
+            .lines()
+            .all(|l| l.starts_with("Running ") && !l.split_whitespace().skip(1).any(|r| r != "true"))
+}
+
+/// Percentile of sorted values (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    assert!(!sorted.is_empty(), "no samples");
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+}

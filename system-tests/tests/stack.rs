@@ -1,0 +1,558 @@
+//! The whole stack on the local node, installed the way a user installs it
+//! and driven from outside the cluster:
+//!
+//! 1. `helm install` of the chart with the local values (images built on
+//!    this machine), two operator replicas; every pod Ready, one leader.
+//! 2. `examples/` applied as they are (namespace moved): Gateways, Devices
+//!    and the StationFeed become Ready, their workloads run as pods.
+//! 3. The example Gateway exposed as a NodePort: simulated devices on the
+//!    host publish signed telemetry through the broker pod and the gateway
+//!    pod to Kafka and into PostgreSQL; latency publish → row stored.
+//! 4. A forged and a replayed message are refused and audited.
+//! 5. The StationFeed's rows are in PostgreSQL, encrypted; the export CLI
+//!    in the encryptor's image decrypts them.
+//! 6. Prometheus scrapes every workload with non-zero counters, and every
+//!    Grafana panel's query returns data.
+//! 7. The gateway pod is deleted while devices publish at QoS 1: it comes
+//!    back and no message is lost.
+//! 8. The leader operator pod is deleted: the standby takes over.
+//! 9. The examples are deleted and `helm uninstall` leaves no pod behind.
+//!
+//! It prints its timings (install → Ready, latency percentiles, wall time).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetward_simulator::attack::{self, Attack, AttackOptions};
+use fleetward_simulator::{ConnectOptions, Credentials, Device};
+use fleetward_system_tests::*;
+
+const RELEASE: &str = "fleetward";
+const DEVICES: [&str; 3] = ["weather-001", "thermo-001", "meter-001"];
+
+/// Removes the release and its namespace even when the test fails half way,
+/// so a failed run leaves no stack behind.
+struct Teardown {
+    namespace: String,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let ns = self.namespace.as_str();
+        let _ = kubectl_try(&[
+            "-n",
+            ns,
+            "delete",
+            "gateways,devices,stationfeeds",
+            "--all",
+            "--wait=false",
+        ]);
+        let _ = std::process::Command::new(helm_bin())
+            .args(["uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "2m"])
+            .env("KUBECONFIG", env("KUBECONFIG"))
+            .output();
+        let _ = kubectl_try(&["delete", "namespace", ns, "--wait=false"]);
+    }
+}
+
+fn millis_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+}
+
+fn ready(ns: &str, kind: &str) {
+    let (ok, out) = kubectl_try(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        kind,
+        "--all",
+        "--timeout=180s",
+    ]);
+    assert!(
+        ok,
+        "{kind} not Ready: {out}\n{}",
+        kubectl_try(&["-n", ns, "describe", kind]).1
+    );
+}
+
+fn jsonpath(ns: &str, what: &[&str], path: &str) -> String {
+    let mut args = vec!["-n", ns, "get"];
+    args.extend_from_slice(what);
+    let p = format!("jsonpath={path}");
+    args.extend(["-o", &p]);
+    kubectl(&args)
+}
+
+/// The operator replica that holds the Lease.
+fn leader(ns: &str) -> String {
+    jsonpath(ns, &["lease", "fleetward-operator"], "{.spec.holderIdentity}")
+}
+
+async fn connect_devices(ns: &str, host: &str, port: u16) -> Vec<Arc<Device>> {
+    let client = fleetward_testkit::client().await;
+    let opts = ConnectOptions::new(host, port);
+    let mut devices = Vec::new();
+    for name in DEVICES {
+        let creds = Credentials::from_secret(client.clone(), ns, name)
+            .await
+            .expect("credentials");
+        let (dev, mut events) = Device::connect(creds, &opts).await.expect("connect");
+        // Wait for the broker to accept the connection.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Some(fleetward_simulator::DeviceEvent::Connected)) => break,
+                Ok(Some(other)) => eprintln!("{name}: {other:?}"),
+                Ok(None) => panic!("{name}: event channel closed"),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "{name} could not connect to {host}:{port}");
+        }
+        // Keep draining events so the device's loop never blocks.
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        devices.push(dev);
+    }
+    devices
+}
+
+/// Publishes `per_device` readings from each device, spaced to stay under
+/// the example Gateway's rate limit (10/s per device). Returns the message
+/// ids with the time (ms since the epoch) each was handed to the client.
+async fn publish(devices: &[Arc<Device>], per_device: usize, every: Duration) -> BTreeMap<String, f64> {
+    let mut tasks = Vec::new();
+    for dev in devices {
+        let dev = dev.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            for _ in 0..per_device {
+                tick.tick().await;
+                let at = millis_now();
+                let id = dev.send_reading().await.expect("publish");
+                sent.push((id, at));
+            }
+            sent
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        all.extend(t.await.expect("publisher"));
+    }
+    all
+}
+
+/// message_id → stored_at (ms) of the telemetry rows of these ids.
+fn stored(ns: &str, ids: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let list: Vec<String> = ids.keys().map(|id| format!("'{id}'")).collect();
+    let mut rows = BTreeMap::new();
+    for chunk in list.chunks(500) {
+        let out = psql(
+            ns,
+            RELEASE,
+            &format!(
+                "SELECT message_id, extract(epoch FROM stored_at) * 1000 FROM telemetry WHERE message_id IN ({})",
+                chunk.join(",")
+            ),
+        );
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            let (id, at) = line.split_once('|').expect("id|stored_at");
+            rows.insert(id.to_string(), at.parse::<f64>().expect("epoch ms"));
+        }
+    }
+    rows
+}
+
+fn wait_stored(ns: &str, ids: &BTreeMap<String, f64>, secs: u64) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let rows = stored(ns, ids);
+        if rows.len() == ids.len() {
+            return rows;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = ids.keys().filter(|id| !rows.contains_key(*id)).take(10).collect();
+            panic!(
+                "{} of {} messages stored after {secs}s; missing e.g. {missing:?}\n{}",
+                rows.len(),
+                ids.len(),
+                pods(ns)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_a_fleet_that_works_end_to_end() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let wall = Instant::now();
+    fleetward_testkit::install_crds();
+    let ns = format!("fw-e2e-{:08x}", fleetward_testkit::rand_u32());
+    let _teardown = Teardown { namespace: ns.clone() };
+    let chart = repo_root().join("helm/fleetward");
+    let values = repo_root().join("devenv/values-local.yaml");
+
+    // 1. Install.
+    let t = Instant::now();
+    helm(&[
+        "install",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ns,
+        "--create-namespace",
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "operator.replicas=2",
+        "--wait",
+        "--timeout",
+        "10m",
+    ]);
+    wait_until(
+        "every pod of the release Ready",
+        300,
+        || all_pods_ready(&ns),
+        || pods(&ns),
+    );
+    let install_secs = t.elapsed().as_secs_f64();
+    println!("helm install -> all pods Ready: {install_secs:.1} s");
+    wait_until("an operator leader", 60, || !leader(&ns).is_empty(), || pods(&ns));
+
+    // 2. The examples, as they are.
+    let t = Instant::now();
+    kubectl_apply(&examples_in(&ns));
+    for kind in ["gateways", "devices", "stationfeeds"] {
+        ready(&ns, kind);
+    }
+    wait_until("the examples' pods", 300, || all_pods_ready(&ns), || pods(&ns));
+    println!(
+        "examples applied -> Ready with pods running: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3. The broker from outside: a NodePort on the node's address, which
+    //    the broker certificate must name.
+    let node = node_ip();
+    let serial_before = jsonpath(&ns, &["gateway", "edge"], "{.status.serverCertificateSerial}");
+    kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "gateway",
+        "edge",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"serviceType":"NodePort","extraIpAddresses":["{node}"]}}}}"#),
+    ]);
+    wait_until(
+        "a broker certificate naming the node's address",
+        60,
+        || jsonpath(&ns, &["gateway", "edge"], "{.status.serverCertificateSerial}") != serial_before,
+        || kubectl_try(&["-n", &ns, "get", "gateway", "edge", "-o", "yaml"]).1,
+    );
+    wait_until("the gateway pod rolled out", 180, || all_pods_ready(&ns), || pods(&ns));
+    let node_port: u16 = jsonpath(
+        &ns,
+        &["service", "edge"],
+        r#"{.spec.ports[?(@.name=="mqtts")].nodePort}"#,
+    )
+    .parse()
+    .expect("a NodePort");
+    let devices = connect_devices(&ns, &node, node_port).await;
+
+    // Latency over 1,002 messages: publish → row stored in PostgreSQL.
+    let sent = publish(&devices, 334, Duration::from_millis(125)).await;
+    let rows = wait_stored(&ns, &sent, 120);
+    let mut latencies: Vec<f64> = sent.iter().map(|(id, at)| rows[id] - at).collect();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "publish -> row stored over {} messages: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies[latencies.len() - 1]
+    );
+    // The payload is stored encrypted: no reading is readable in the table.
+    let plaintext = psql(
+        &ns,
+        RELEASE,
+        "SELECT count(*) FROM telemetry WHERE payload LIKE '%temperature%' OR payload LIKE '%kwh%'",
+    );
+    assert_eq!(plaintext.trim(), "0", "telemetry payloads are stored encrypted");
+
+    // 4. A forged and a replayed message: refused, audited, not stored.
+    let opts = AttackOptions {
+        victim: None,
+        max_message_bytes: 65536,
+        flood_count: 0,
+    };
+    let forged = attack::perform(&devices[0], Attack::Tamper, &opts)
+        .await
+        .expect("tamper");
+    let replayed = attack::perform(&devices[0], Attack::Replay, &opts)
+        .await
+        .expect("replay");
+    let audited = |reason: &str, id: &str| {
+        psql(
+            &ns,
+            RELEASE,
+            &format!(
+                "SELECT count(*) FROM fleetward_gateway.gateway_audit WHERE device_id = 'weather-001' \
+                 AND reason = '{reason}' AND message_id = '{id}'"
+            ),
+        )
+        .trim()
+            == "1"
+    };
+    wait_until(
+        "the forged and the replayed message audited",
+        60,
+        || audited("bad_signature", &forged.malicious[0]) && audited("replay", &replayed.malicious[0]),
+        || {
+            psql(
+                &ns,
+                RELEASE,
+                "SELECT event, reason, device_id, message_id FROM fleetward_gateway.gateway_audit ORDER BY at DESC LIMIT 10",
+            )
+        },
+    );
+    let forged_rows = psql(
+        &ns,
+        RELEASE,
+        &format!(
+            "SELECT count(*) FROM telemetry WHERE message_id = '{}'",
+            forged.malicious[0]
+        ),
+    );
+    assert_eq!(forged_rows.trim(), "0", "a forged message is never stored");
+    let replay_rows = psql(
+        &ns,
+        RELEASE,
+        &format!(
+            "SELECT count(*) FROM telemetry WHERE message_id = '{}'",
+            replayed.legitimate[0]
+        ),
+    );
+    assert_eq!(replay_rows.trim(), "1", "the original of a replay is stored once");
+
+    // 5. Stations: encrypted rows, decrypted by the export CLI shipped in the
+    //    encryptor image, with the keyring the pod mounts.
+    wait_until(
+        "114 Dublin stations stored",
+        180,
+        || psql(&ns, RELEASE, "SELECT count(DISTINCT number) FROM stations").trim() == "114",
+        || pods(&ns),
+    );
+    let sealed = psql(&ns, RELEASE, "SELECT address FROM stations WHERE number = 42 LIMIT 1");
+    assert!(
+        sealed.trim().starts_with("gAAAAA"),
+        "address is a Fernet token: {sealed}"
+    );
+    let exported = kubectl(&[
+        "-n",
+        &ns,
+        "exec",
+        "deployment/dublin-bikes-encryptor",
+        "--",
+        "fleetward-stations",
+        "export",
+        "--table",
+        "stations",
+        "--contract",
+        "Dublin",
+        "--station",
+        "42",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--keyring-file",
+        "/var/run/fleetward/keyring/keyring.json",
+    ]);
+    let dublin = fleetward_testkit::dublin();
+    let station_42 = dublin
+        .iter()
+        .find(|s| s["number"] == 42)
+        .expect("station 42 in testdata");
+    assert!(
+        exported.contains(station_42["address"].as_str().unwrap()),
+        "the export decrypts station 42's address: {exported}"
+    );
+
+    // 6. Prometheus: every workload is a target that is up, with counters.
+    let prom = format!(
+        "http://{}:9090",
+        jsonpath(&ns, &["service", &format!("{RELEASE}-prometheus")], "{.spec.clusterIP}")
+    );
+    let apps = [
+        "fleetward-operator",
+        "fleetward-gateway",
+        "fleetward-ingestor",
+        "fleetward-encryptor",
+    ];
+    wait_until(
+        "every fleetward workload scraped and up",
+        120,
+        || {
+            apps.iter().all(|app| {
+                prom_sum(&prom, &format!(r#"min(up{{namespace="{ns}", app="{app}"}})"#)) == 1.0
+                    && prom_sum(&prom, &format!(r#"count(up{{namespace="{ns}", app="{app}"}})"#)) >= 1.0
+            })
+        },
+        || prometheus(&prom, "/api/v1/targets", None).to_string(),
+    );
+    assert_eq!(
+        prom_sum(
+            &prom,
+            &format!(r#"count(up{{namespace="{ns}", app="fleetward-operator"}})"#)
+        ),
+        2.0,
+        "both operator replicas are scraped"
+    );
+    assert_eq!(
+        prom_sum(&prom, &format!(r#"sum(fleetward_operator_leader{{namespace="{ns}"}})"#)),
+        1.0,
+        "exactly one operator replica leads"
+    );
+    for (metric, labels, what) in [
+        (
+            "fleetward_gateway_messages_total",
+            r#",result="accepted""#,
+            "messages accepted",
+        ),
+        (
+            "fleetward_gateway_messages_total",
+            r#",result="rejected""#,
+            "messages refused",
+        ),
+        ("fleetward_gateway_mqtt_messages_total", "", "MQTT messages received"),
+        ("fleetward_encryptor_db_inserts_total", "", "rows inserted"),
+        ("fleetward_ingestor_stations_produced_total", "", "stations produced"),
+        ("fleetward_reconciles_total", "", "reconciles"),
+        ("fleetward_devices_ready", "", "devices ready"),
+    ] {
+        let q = format!(r#"sum({metric}{{namespace="{ns}"{labels}}})"#);
+        wait_until(
+            &format!("{what} > 0 in Prometheus"),
+            60,
+            || prom_sum(&prom, &q) > 0.0,
+            || q.clone(),
+        );
+    }
+
+    // Every Grafana panel's query returns data from this Prometheus.
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo_root().join("helm/fleetward/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                wait_until(
+                    &format!("panel {:?} to have data", panel["title"]),
+                    60,
+                    || !prom_query(&prom, expr).is_empty(),
+                    || expr.to_string(),
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "the dashboards have their queries ({checked})");
+    println!("{checked} dashboard queries return data");
+
+    // 7. The gateway pod is deleted while devices publish at QoS 1.
+    let gateway_pod = kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=fleetward-gateway",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let publishing = {
+        let devices = devices.clone();
+        tokio::spawn(async move { publish(&devices, 100, Duration::from_millis(150)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    kubectl(&["-n", &ns, "delete", "pod", &gateway_pod, "--wait=false"]);
+    let during = publishing.await.expect("publisher");
+    wait_until(
+        "a new gateway pod",
+        180,
+        || {
+            let pods = kubectl(&[
+                "-n",
+                &ns,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=fleetward-gateway",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ]);
+            !pods.contains(&gateway_pod) && all_pods_ready(&ns)
+        },
+        || pods(&ns),
+    );
+    let kept = wait_stored(&ns, &during, 180);
+    assert_eq!(
+        kept.len(),
+        during.len(),
+        "no QoS 1 message lost across the gateway pod's restart"
+    );
+    let unique: HashSet<_> = kept.keys().collect();
+    assert_eq!(unique.len(), during.len());
+    println!(
+        "gateway pod deleted during {} QoS 1 messages: all stored once",
+        during.len()
+    );
+
+    // 8. Leader failover: the standby takes over when the leader's pod goes.
+    let old_leader = leader(&ns);
+    let t = Instant::now();
+    kubectl(&["-n", &ns, "delete", "pod", &old_leader, "--grace-period=0", "--force"]);
+    wait_until(
+        "the standby operator to take the lease",
+        60,
+        || {
+            let now = leader(&ns);
+            !now.is_empty() && now != old_leader
+        },
+        || kubectl_try(&["-n", &ns, "get", "lease", "fleetward-operator", "-o", "yaml"]).1,
+    );
+    let takeover = t.elapsed().as_secs_f64();
+    println!("leader pod killed -> standby leads after {takeover:.1} s");
+    assert!(takeover < 20.0, "takeover within 20 s (took {takeover:.1} s)");
+    // The new leader reconciles: a new Device becomes Ready.
+    kubectl_apply(&format!(
+        "apiVersion: fleetward.io/v1alpha1\nkind: Device\nmetadata: {{name: after-failover, namespace: {ns}}}\n\
+         spec: {{gatewayRef: edge, category: indoorThermometer}}\n"
+    ));
+    ready(&ns, "devices");
+
+    // 9. Down: the examples go (the operator cleans up after them), then the
+    //    release; no pod stays behind.
+    drop(devices);
+    kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "stationfeeds,devices,gateways",
+        "--all",
+        "--timeout=120s",
+    ]);
+    helm(&["uninstall", RELEASE, "-n", &ns, "--wait", "--timeout", "5m"]);
+    wait_until(
+        "no pod left after helm uninstall",
+        180,
+        || kubectl(&["-n", &ns, "get", "pods", "-o", "name"]).trim().is_empty(),
+        || pods(&ns),
+    );
+    println!("end-to-end wall time: {:.1} s", wall.elapsed().as_secs_f64());
+}
