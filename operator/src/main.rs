@@ -47,7 +47,7 @@ struct Args {
     /// Namespace of the leader Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pod_namespace: String,
-    /// This replica's identity in the Lease (the pod name).
+    /// This replica's pod, part of its identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
     /// Exit when stdin closes: lets a test harness tie the operator's
@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         if args.leader_election {
             let leader = LeaderConfig {
                 namespace: args.pod_namespace.clone(),
-                identity: args.pod_name.clone().unwrap_or_else(random_identity),
+                identity: identity(args.pod_name.as_deref()),
                 lease_duration: Duration::from_secs(args.lease_duration_seconds),
             };
             run_as_leader(client, &leader, &metrics, shutdown_signal(), controllers::run(ctx)).await
@@ -149,7 +149,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// An identity for a replica that runs outside a pod.
-fn random_identity() -> String {
-    format!("fleetward-operator-{:016x}", rand::random::<u64>())
+/// This process's identity in the Lease: the pod name (so `kubectl get
+/// lease` says which pod leads) plus a random part, as controller-runtime
+/// does, so a leader that crashed and was restarted in the same pod is a
+/// new candidate, not the holder of a lease it never renewed.
+fn identity(pod_name: Option<&str>) -> String {
+    format!(
+        "{}_{:08x}",
+        pod_name.unwrap_or("fleetward-operator"),
+        rand::random::<u32>()
+    )
 }

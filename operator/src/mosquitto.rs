@@ -29,7 +29,8 @@ allow_anonymous false
 persistence true
 persistence_location {DATA_DIR}/
 autosave_interval 60
-log_dest stdout
+# stderr: unbuffered, so `kubectl logs` shows each line as it happens.
+log_dest stderr
 log_type error
 log_type warning
 log_type notice

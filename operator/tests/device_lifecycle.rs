@@ -10,7 +10,7 @@ use fleetward_operator::context::{Config, Context};
 use fleetward_operator::controllers::{device, gateway};
 use fleetward_operator::crd::{Device, Gateway};
 use fleetward_operator::metrics::Metrics;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -138,8 +138,8 @@ async fn examples_become_ready_with_certificates_openssl_accepts() {
     assert_eq!(gs.ca_fingerprint.as_deref(), Some(fp.as_str()));
 
     // Workload objects exist: Mosquitto + gateway containers, Service ports.
-    let deploy = ns.api::<Deployment>().get("edge-gateway").await.unwrap();
-    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    let set = ns.api::<StatefulSet>().get("edge-gateway").await.unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
     let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["mosquitto", "gateway"]);
     let svc = ns.api::<Service>().get("edge").await.unwrap();
@@ -149,7 +149,7 @@ async fn examples_become_ready_with_certificates_openssl_accepts() {
 }
 
 /// Running the reconcilers again on settled objects writes nothing: no new
-/// certificate, no Secret/ConfigMap/Deployment update, no status change.
+/// certificate, no Secret/ConfigMap/StatefulSet update, no status change.
 #[tokio::test]
 async fn reconciling_twice_changes_nothing() {
     operator();
@@ -171,7 +171,7 @@ async fn reconciling_twice_changes_nothing() {
         for c in cms.list(&ListParams::default()).await.unwrap() {
             v.push((c.name_any(), rv(&c)));
         }
-        let d = ns.api::<Deployment>().get("gw-gateway").await.unwrap();
+        let d = ns.api::<StatefulSet>().get("gw-gateway").await.unwrap();
         v.push((d.name_any(), rv(&d)));
         let s = ns.api::<Service>().get("gw").await.unwrap();
         v.push((s.name_any(), rv(&s)));

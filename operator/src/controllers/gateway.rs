@@ -1,5 +1,6 @@
 //! Gateway reconciler: CA, broker and gateway-client certificates, CRL,
-//! Mosquitto configuration, Deployment (Mosquitto + gateway) and Service.
+//! Mosquitto configuration, StatefulSet (Mosquitto + gateway) and Service,
+//! and with `spec.storage` the telemetry writer.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -46,7 +47,8 @@ pub fn command_secret_name(gateway: &str) -> String {
 pub fn mosquitto_configmap_name(gateway: &str) -> String {
     format!("{gateway}-mosquitto")
 }
-pub fn deployment_name(gateway: &str) -> String {
+/// The StatefulSet, and the gateway's ServiceAccount, Role and RoleBinding.
+pub fn workload_name(gateway: &str) -> String {
     format!("{gateway}-gateway")
 }
 
@@ -74,6 +76,7 @@ pub async fn run(ctx: Arc<Context>) {
     Controller::new(Api::<Gateway>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Secret>::all(client.clone()), wc.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
         .owns(Api::<Service>::all(client.clone()), wc.clone())
         .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
@@ -220,9 +223,9 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
     let rollout_hash = hex::encode(&Sha256::digest(format!("{conf}{acl}{}", broker.serial))[..8]);
     workload::apply_rbac(&gw, &ctx, &ns).await?;
     workload::apply_broker_volume(&gw, &ctx, &ns).await?;
-    let deploy = workload::deployment(&gw, &ctx, &rollout_hash)?;
-    let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let applied = apply(&deploys, &deployment_name(&name), &deploy).await?;
+    let set = workload::statefulset(&gw, &ctx, &rollout_hash)?;
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let applied = apply(&sets, &workload_name(&name), &set).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     apply(&services, &name, &workload::service(&gw)?).await?;
     let telemetry_key_id = telemetry::apply_storage(&gw, &ctx, &ns).await?;

@@ -185,6 +185,11 @@ impl Device {
         mqtt.set_keep_alive(Duration::from_secs(20));
         mqtt.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         mqtt.set_inflight(1000);
+        // A persistent session: QoS 1 messages the broker has not yet
+        // acknowledged when the connection drops are sent again on the
+        // next connection (rumqttc drops them when the broker starts a
+        // fresh session), and commands queued while away are delivered.
+        mqtt.set_clean_session(false);
         let (client, eventloop) = AsyncClient::new(mqtt, 10_000);
         let device = Arc::new(Device {
             id: creds.device_id.clone(),
@@ -256,7 +261,8 @@ async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<Dev
     let mut backoff = Duration::from_millis(200);
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::debug!(device = %device.id, session_present = ack.session_present, "connected");
                 backoff = Duration::from_millis(200);
                 let _ = device.client.try_subscribe(command_topic(&device.id), QoS::AtLeastOnce);
                 let _ = device

@@ -13,6 +13,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::child_meta;
+
 use crate::context::{Context, apply, labels};
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{METRICS_PORT, data_workload_pod};

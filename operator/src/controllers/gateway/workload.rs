@@ -1,9 +1,15 @@
-//! The Gateway's workload objects: the Deployment (Mosquitto + gateway in
+//! The Gateway's workload objects: the StatefulSet (Mosquitto + gateway in
 //! one pod), its Service, the ServiceAccount/Role the gateway reads its
 //! devices' Secrets with, and the broker's volume claim. Pure builders
 //! except `apply_rbac` and `apply_broker_volume`, which write.
+//!
+//! A StatefulSet, not a Deployment: a broker's sessions and queued QoS 1
+//! messages live in its persistence file, and two Mosquittos on one volume
+//! overwrite each other's state. A Deployment replaces a deleted pod at
+//! once, while the old one is still writing its final state; a StatefulSet
+//! starts the replacement only once the old pod is gone.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::DeleteParams;
@@ -11,7 +17,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{
-    broker_secret_name, child_meta, client_secret_name, command_secret_name, deployment_name, mosquitto_configmap_name,
+    broker_secret_name, child_meta, client_secret_name, command_secret_name, mosquitto_configmap_name, workload_name,
 };
 use crate::context::{Context, PART_OF, apply};
 use crate::crd::Gateway;
@@ -26,7 +32,7 @@ pub fn broker_volume_name(gateway: &str) -> String {
     format!("{gateway}-broker-data")
 }
 
-pub fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Deployment> {
+pub fn statefulset(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<StatefulSet> {
     let name = gw.name_any();
     let ns = gw.namespace().unwrap_or_default();
     let images = gw.spec.images.clone().unwrap_or_default();
@@ -83,13 +89,14 @@ pub fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Dep
     };
     let value = json!({
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_meta(gw, deployment_name(&name))?,
+        "kind": "StatefulSet",
+        "metadata": child_meta(gw, workload_name(&name))?,
         "spec": {
             // One broker per gateway: Mosquitto does not cluster, and
-            // sessions live in its persistence directory.
+            // sessions live in its persistence directory (module docs).
             "replicas": 1,
-            "strategy": {"type": "Recreate"},
+            "serviceName": name,
+            "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
@@ -104,7 +111,7 @@ pub fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Dep
                     // The gateway sends SIGHUP to Mosquitto when the CRL changes.
                     "shareProcessNamespace": true,
                     // It watches its devices' credential Secrets (the Role below).
-                    "serviceAccountName": deployment_name(&name),
+                    "serviceAccountName": workload_name(&name),
                     "securityContext": {
                         "runAsNonRoot": true,
                         "runAsUser": POD_USER,
@@ -172,7 +179,7 @@ pub fn deployment(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<Dep
 /// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
 /// filters by `fleetward.io/gateway=<name>` itself.
 pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
-    let name = deployment_name(&gw.name_any());
+    let name = workload_name(&gw.name_any());
     let meta = serde_json::to_value(child_meta(gw, name.clone())?).expect("metadata serializes");
     let sa: ServiceAccount = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
