@@ -1,7 +1,7 @@
 //! Gateway test harness: a Gateway and its Devices made by the real
 //! operator, real Mosquitto running the generated configuration, a loopback
 //! HTTP backend, a Kafka topic, and the gateway binary started with exactly
-//! the environment the operator put into its Deployment (paths and ports
+//! the environment the operator put into its StatefulSet (paths and ports
 //! moved to this machine).
 #![allow(dead_code)]
 
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetward_simulator::{ConnectOptions, Credentials, Device, DeviceEvent};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use sqlx::PgPool;
@@ -261,9 +261,9 @@ pub fn create_topic(topic: &str) {
     );
 }
 
-/// Starts the gateway binary with the env of the operator's Deployment.
+/// Starts the gateway binary with the env of the operator's StatefulSet.
 pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -> GatewayProc {
-    let deploy = ns.api::<Deployment>().get(&format!("{gw}-gateway")).await.unwrap();
+    let deploy = ns.api::<StatefulSet>().get(&format!("{gw}-gateway")).await.unwrap();
     let pod = deploy.spec.unwrap().template.spec.unwrap();
     let container = pod.containers.into_iter().find(|c| c.name == "gateway").unwrap();
     let client_dir = tmp.join("client");
