@@ -310,6 +310,10 @@ node_down() {
   stop_pid containerd
   stop_pid provisioner
   stop_pid scheduler
+  # The kubelet's volume mounts (Secrets, tokens) and the bind mount of
+  # its root directory stay when it stops; deepest first.
+  awk -v dir="$NODE_DIR/kubelet" 'index($2, dir) == 1 {print $2}' /proc/self/mounts | sort -r |
+    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
   # The CNI bridge and kube-proxy's rules go with the namespace.
   node_network_down
   rm -rf "$NODE_RUN" "$NODE_DIR/cni/ipam"
