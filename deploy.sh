@@ -54,7 +54,14 @@ case "$cmd" in
     # shellcheck disable=SC1090
     . "$("$DEV" env)"
     cd "$ROOT"
-    cargo test --workspace --no-fail-fast "$@"
+    rm -f .dev/e2e-figures.txt
+    status=0
+    cargo test --workspace --no-fail-fast "$@" || status=$?
+    if [ -f .dev/e2e-figures.txt ]; then
+      echo "== end-to-end figures (system-tests/tests/stack.rs)"
+      cat .dev/e2e-figures.txt
+    fi
+    exit "$status"
     ;;
   bench-devices)
     "$DEV" up --no-stack

@@ -36,7 +36,7 @@ PG_USER=fleetward
 PG_PASSWORD=fleetward
 PG_DB=fleetward
 
-log() { printf '==> %s\n' "$*" >&2; }
+log() { printf '==> %s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # need <command> <debian-package>: installs the package when we can (root
@@ -343,7 +343,7 @@ fleetward local services are up:
 $services
 $(stack_summary)
 Use them:   . $ENV_FILE && kubectl get pods,gateways,devices,stationfeeds -A
-Stop them:  ./deploy.sh dev-down
+Stop them:  ./deploy.sh dev-down (keeps the stack installed) or ./deploy.sh local-down (removes it)
 EOF
 }
 
@@ -387,10 +387,10 @@ case "${1:-}" in
     load_all_images "${2:-node}"
     image_sizes
     ;;
-  stack-up) stack_up node ;;
-  stack-down) stack_down ;;
+  stack-up) export KUBECONFIG=$STATE/kube/kubeconfig; stack_up node ;;
+  stack-down) export KUBECONFIG=$STATE/kube/kubeconfig; stack_down ;;
   minikube-up) minikube_up ;;
   minikube-down) minikube_down ;;
-  pause-stack-operator) pause_stack_operator ;;
+  pause-stack-operator) export KUBECONFIG=$STATE/kube/kubeconfig; pause_stack_operator ;;
   *) die "usage: $0 up [--no-stack] [--no-test-services] | down | images [node|minikube] | stack-up | stack-down | minikube-up | minikube-down | status | env" ;;
 esac

@@ -50,15 +50,30 @@ stack_pods_ready() {
 
 stack_down() {
   stop_port_forwards
+  if ! kubectl_cmd get --raw /readyz >/dev/null 2>&1; then
+    log "the cluster is not running: nothing to uninstall (start it with ./deploy.sh dev-up to remove the stack)"
+    return 0
+  fi
   if [ -x "$CACHE/bin/helm" ] && helm_cmd status "$STACK_RELEASE" -n "$STACK_NS" >/dev/null 2>&1; then
-    log "removing the examples and the release $STACK_RELEASE"
-    kubectl_cmd delete -f "$ROOT/examples/" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
-    helm_cmd uninstall "$STACK_RELEASE" -n "$STACK_NS" --wait --timeout 5m >/dev/null
+    log "removing the fleet's resources and the release $STACK_RELEASE"
+    # The resources first, while the operator runs: it revokes and cleans up
+    # after them (finalizers); the release and its namespace after.
+    kubectl_cmd -n "$STACK_NS" delete gateways,devices,stationfeeds,tariffs --all --wait=true --timeout=120s \
+      >/dev/null || log "some resources were not deleted in time (kubectl -n $STACK_NS get gateways,devices)"
+    helm_cmd uninstall "$STACK_RELEASE" -n "$STACK_NS" --wait --timeout 5m >/dev/null ||
+      log "helm uninstall failed; see: helm -n $STACK_NS list"
     # StatefulSets leave their volume claims behind on purpose; local-down
     # removes everything local-up made.
     kubectl_cmd -n "$STACK_NS" delete pvc -l "app.kubernetes.io/instance=$STACK_RELEASE" --ignore-not-found >/dev/null
     kubectl_cmd delete namespace "$STACK_NS" --ignore-not-found --wait=true --timeout=120s >/dev/null
+    # Released volumes are reclaimed by the provisioner (their directories
+    # deleted): wait for it, so nothing of the stack stays on disk.
+    wait_for 120 "the stack's volumes reclaimed" no_volumes_of "$STACK_NS"
   fi
+}
+
+no_volumes_of() {
+  ! kubectl_cmd get pv -o jsonpath='{range .items[*]}{.spec.claimRef.namespace}{"\n"}{end}' 2>/dev/null | grep -qx "$1"
 }
 
 # The dev stack's operator would race the tests' own operators for the
@@ -107,6 +122,7 @@ EOF
 MINIKUBE_VALUES=$ROOT/devenv/values-minikube.yaml
 minikube_up() {
   need go golang-go
+  command -v kubectl >/dev/null 2>&1 || die "missing 'kubectl': put one on the PATH (minikube can fetch its own: minikube kubectl -- version)"
   build_helm
   minikube status >/dev/null 2>&1 || minikube start || die "minikube start failed"
   local v=$FLEETWARD_VERSION target

@@ -56,6 +56,23 @@ impl Drop for Teardown {
     }
 }
 
+/// The run's figures: printed, and written to `.dev/e2e-figures.txt` (a
+/// passing test's output is hidden; `./deploy.sh test` prints the file).
+#[derive(Default)]
+struct Figures(Vec<String>);
+
+impl Figures {
+    fn add(&mut self, line: String) {
+        println!("{line}");
+        self.0.push(line);
+    }
+
+    fn save(&self) {
+        let path = repo_root().join(".dev/e2e-figures.txt");
+        let _ = std::fs::write(path, self.0.join("\n") + "\n");
+    }
+}
+
 fn millis_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
 }
@@ -192,6 +209,7 @@ fn wait_stored(ns: &str, ids: &BTreeMap<String, f64>, secs: u64) -> BTreeMap<Str
 async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let wall = Instant::now();
+    let mut figures = Figures::default();
     fleetward_testkit::install_crds();
     let ns = format!("fw-e2e-{:08x}", fleetward_testkit::rand_u32());
     let _teardown = Teardown { namespace: ns.clone() };
@@ -222,7 +240,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         || pods(&ns),
     );
     let install_secs = t.elapsed().as_secs_f64();
-    println!("helm install -> all pods Ready: {install_secs:.1} s");
+    figures.add(format!("helm install -> all pods Ready: {install_secs:.1} s"));
     wait_until("an operator leader", 60, || !leader(&ns).is_empty(), || pods(&ns));
 
     // 2. The examples, as they are.
@@ -232,10 +250,10 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         ready(&ns, kind);
     }
     wait_until("the examples' pods", 300, || all_pods_ready(&ns), || pods(&ns));
-    println!(
+    figures.add(format!(
         "examples applied -> Ready with pods running: {:.1} s",
         t.elapsed().as_secs_f64()
-    );
+    ));
 
     // 3. The broker from outside: a NodePort on the node's address, which
     //    the broker certificate must name.
@@ -257,7 +275,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         || jsonpath(&ns, &["gateway", "edge"], "{.status.serverCertificateSerial}") != serial_before,
         || kubectl_try(&["-n", &ns, "get", "gateway", "edge", "-o", "yaml"]).1,
     );
-    // The new certificate reaches the broker through a new pod (Recreate).
+    // The new certificate reaches the broker through a new pod.
     kubectl(&[
         "-n",
         &ns,
@@ -281,13 +299,13 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     let rows = wait_stored(&ns, &sent, 120);
     let mut latencies: Vec<f64> = sent.iter().map(|(id, at)| rows[id] - at).collect();
     latencies.sort_by(f64::total_cmp);
-    println!(
+    figures.add(format!(
         "publish -> row stored over {} messages: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latencies.len(),
         percentile(&latencies, 50.0),
         percentile(&latencies, 99.0),
         latencies[latencies.len() - 1]
-    );
+    ));
     // The payload is stored encrypted: every one is a Fernet token (base64url
     // of version byte 0x80), and none holds a character JSON needs.
     let plaintext = psql(
@@ -476,12 +494,12 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         }
     }
     assert!(checked >= 10, "the dashboards have their queries ({checked})");
-    println!("{checked} dashboard queries return data");
+    figures.add(format!("{checked} dashboard queries return data"));
 
     // 7. The gateway pod is deleted while devices publish at QoS 1. (Its
     //    replacement keeps the name: it is a StatefulSet's pod.)
     let gateway_uid = || {
-        kubectl(&[
+        kubectl_try(&[
             "-n",
             &ns,
             "get",
@@ -490,6 +508,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
             "-o",
             "jsonpath={.metadata.uid}",
         ])
+        .1
     };
     let old_uid = gateway_uid();
     let phase_start = psql(&ns, RELEASE, "SELECT now()").trim().to_string();
@@ -507,19 +526,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     wait_until(
         "a new gateway pod",
         180,
-        || {
-            kubectl_try(&[
-                "-n",
-                &ns,
-                "get",
-                "pod",
-                "edge-gateway-0",
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ])
-            .1 != old_uid
-                && all_pods_ready(&ns)
-        },
+        || gateway_uid() != old_uid && all_pods_ready(&ns),
         || pods(&ns),
     );
     let kept = wait_stored(&ns, &during, 180);
@@ -539,10 +546,10 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     );
     let unique: HashSet<_> = kept.keys().collect();
     assert_eq!(unique.len(), during.len());
-    println!(
+    figures.add(format!(
         "gateway pod deleted during {} QoS 1 messages: all stored once",
         during.len()
-    );
+    ));
 
     // 8. Leader failover: the leader's process is killed outright (SIGKILL
     //    through the node's containerd: no chance to release its lease), and
@@ -575,7 +582,9 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         || kubectl_try(&["-n", &ns, "get", "lease", "fleetward-operator", "-o", "yaml"]).1,
     );
     let takeover = t.elapsed().as_secs_f64();
-    println!("leader process killed (SIGKILL) -> standby leads after {takeover:.1} s");
+    figures.add(format!(
+        "leader process killed (SIGKILL) -> standby leads after {takeover:.1} s"
+    ));
     assert!(takeover < 20.0, "takeover within 20 s (took {takeover:.1} s)");
     // The new leader reconciles: a new Device becomes Ready.
     kubectl_apply(&format!(
@@ -602,5 +611,6 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         || kubectl(&["-n", &ns, "get", "pods", "-o", "name"]).trim().is_empty(),
         || pods(&ns),
     );
-    println!("end-to-end wall time: {:.1} s", wall.elapsed().as_secs_f64());
+    figures.add(format!("end-to-end wall time: {:.1} s", wall.elapsed().as_secs_f64()));
+    figures.save();
 }

@@ -126,3 +126,52 @@ pub fn data_workload_pod(
         },
     })
 }
+
+/// Where an encryptor reads its keyring (a Secret volume, no subPath: the
+/// kubelet updates the file in place and the encryptor re-reads it).
+pub const KEYRING_DIR: &str = "/var/run/fleetward/keyring";
+
+/// What an encryptor deployment stores: a StationFeed's stations or a
+/// Gateway's telemetry.
+pub struct EncryptorSpec<'a> {
+    /// `RECORD_KIND`: `stations` or `telemetry`.
+    pub kind: &'a str,
+    pub brokers: String,
+    pub topic: &'a str,
+    pub group: String,
+    pub dead_letter_topic: String,
+    pub database: &'a crate::crd::SecretKeyRef,
+    pub table: &'a str,
+    pub keyring_secret: String,
+    /// Kind-specific settings (e.g. `SENSITIVE_FIELDS`).
+    pub extra_env: Vec<serde_json::Value>,
+}
+
+/// The Deployment spec of an encryptor: its environment (the encryptor's
+/// own configuration parser reads it back in the operator's tests), the
+/// keyring volume, and the data-workload pod around them.
+pub fn encryptor_pod(selector: serde_json::Value, app: &str, image: String, e: EncryptorSpec<'_>) -> serde_json::Value {
+    let mut env = vec![
+        json!({"name": "RECORD_KIND", "value": e.kind}),
+        json!({"name": "KAFKA_BROKERS", "value": e.brokers}),
+        json!({"name": "KAFKA_TOPIC", "value": e.topic}),
+        json!({"name": "KAFKA_GROUP_ID", "value": e.group}),
+        json!({"name": "DEAD_LETTER_TOPIC", "value": e.dead_letter_topic}),
+        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": e.database.name, "key": e.database.key}}}),
+        json!({"name": "TABLE", "value": e.table}),
+        json!({"name": "KEYRING_FILE", "value": format!("{KEYRING_DIR}/{}", fleetward_keyring::SECRET_DATA_KEY)}),
+        json!({"name": "KEYRING_RELOAD_SECONDS", "value": "10"}),
+        json!({"name": "METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
+        json!({"name": "LOG_JSON", "value": "true"}),
+    ];
+    env.extend(e.extra_env);
+    let mounts = json!([{"name": "keyring", "mountPath": KEYRING_DIR, "readOnly": true}]);
+    let volumes = json!([{"name": "keyring", "secret": {"secretName": e.keyring_secret, "defaultMode": 0o440}}]);
+    data_workload_pod(selector, app, image, env, mounts, volumes)
+}
+
+/// A Deployment from its metadata (an `ObjectMeta` or its JSON) and spec.
+pub fn deployment(metadata: impl serde::Serialize, spec: serde_json::Value) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}))
+        .expect("deployment template is well-formed")
+}

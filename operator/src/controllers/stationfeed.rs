@@ -20,10 +20,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetward_keyring::{Keyring, SECRET_DATA_KEY, secret_name as keyring_secret_name};
+use fleetward_keyring::{Keyring, secret_name as keyring_secret_name};
 
 use super::keyring::{self, KeyringSecret, Outcome};
-use super::{METRICS_PORT, data_workload_pod};
+use super::{EncryptorSpec, METRICS_PORT, data_workload_pod, deployment, encryptor_pod};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -43,10 +43,10 @@ use crate::{Error, Result};
 const KIND: &str = "stationfeed";
 /// Label on every object of a feed (value: the feed's name).
 pub const LABEL_FEED: &str = "fleetward.io/station-feed";
+/// Where the encryptor finds `keyring.json`.
+pub use super::KEYRING_DIR;
 /// On the keyring Secret: the `spec.keyRotation` the keyring reflects.
 pub use super::keyring::ANN_ROTATION;
-/// Where the encryptor finds `keyring.json`.
-pub const KEYRING_DIR: &str = "/var/run/fleetward/keyring";
 
 pub fn ingestor_name(feed: &str) -> String {
     format!("{feed}-ingestor")
@@ -314,18 +314,6 @@ fn field_name(f: StationField) -> String {
         .expect("StationField serializes as a string")
 }
 
-fn pod(
-    feed: &StationFeed,
-    app: &str,
-    image: String,
-    env: Vec<serde_json::Value>,
-    mounts: serde_json::Value,
-    volumes: serde_json::Value,
-) -> serde_json::Value {
-    let selector = json!({"app.kubernetes.io/name": app, LABEL_FEED: feed.name_any()});
-    data_workload_pod(selector, app, image, env, mounts, volumes)
-}
-
 pub fn ingestor_deployment(feed: &StationFeed, ctx: &Context) -> Result<Deployment> {
     let name = feed.name_any();
     let spec = &feed.spec;
@@ -357,18 +345,13 @@ pub fn ingestor_deployment(feed: &StationFeed, ctx: &Context) -> Result<Deployme
             json!({"name": "GBFS_SYSTEM_NAME", "value": g.system_name}),
         ]);
     }
-    let mut body = pod(feed, "fleetward-ingestor", image, env, json!([]), json!([]));
+    let selector = json!({"app.kubernetes.io/name": "fleetward-ingestor", LABEL_FEED: name});
+    let mut body = data_workload_pod(selector, "fleetward-ingestor", image, env, json!([]), json!([]));
     // One poller per feed: two would double the calls against the API's
     // rate limit (the encryptor would drop the duplicates anyway).
     body["replicas"] = json!(1);
     body["strategy"] = json!({"type": "Recreate"});
-    let value = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_meta(feed, ingestor_name(&name))?,
-        "spec": body,
-    });
-    Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
+    Ok(deployment(child_meta(feed, ingestor_name(&name))?, body))
 }
 
 pub fn encryptor_deployment(feed: &StationFeed, ctx: &Context) -> Result<Deployment> {
@@ -386,34 +369,21 @@ pub fn encryptor_deployment(feed: &StationFeed, ctx: &Context) -> Result<Deploym
         .clone()
         .unwrap_or_else(|| format!("{}.dlq", spec.kafka.topic));
     let sensitive: Vec<String> = spec.sensitive_fields.iter().copied().map(field_name).collect();
-    let db = &spec.postgres.connection_secret_ref;
-    let env = vec![
-        json!({"name": "KAFKA_BROKERS", "value": brokers(feed, ctx)}),
-        json!({"name": "KAFKA_TOPIC", "value": spec.kafka.topic}),
-        json!({"name": "KAFKA_GROUP_ID", "value": consumer_group(&ns, &name)}),
-        json!({"name": "DEAD_LETTER_TOPIC", "value": dlq}),
-        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": db.name, "key": db.key}}}),
-        json!({"name": "RECORD_KIND", "value": "stations"}),
-        json!({"name": "TABLE", "value": spec.postgres.table}),
-        json!({"name": "SENSITIVE_FIELDS", "value": sensitive.join(",")}),
-        json!({"name": "KEYRING_FILE", "value": format!("{KEYRING_DIR}/{SECRET_DATA_KEY}")}),
-        json!({"name": "KEYRING_RELOAD_SECONDS", "value": "10"}),
-        json!({"name": "METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
-        json!({"name": "LOG_JSON", "value": "true"}),
-    ];
-    // No subPath: subPath mounts are not updated when the Secret changes.
-    let mounts = json!([{"name": "keyring", "mountPath": KEYRING_DIR, "readOnly": true}]);
-    let volumes =
-        json!([{"name": "keyring", "secret": {"secretName": keyring_secret_name(&name), "defaultMode": 0o440}}]);
-    let mut body = pod(feed, "fleetward-encryptor", image, env, mounts, volumes);
+    let selector = json!({"app.kubernetes.io/name": "fleetward-encryptor", LABEL_FEED: name});
+    let encryptor = EncryptorSpec {
+        kind: "stations",
+        brokers: brokers(feed, ctx),
+        topic: &spec.kafka.topic,
+        group: consumer_group(&ns, &name),
+        dead_letter_topic: dlq,
+        database: &spec.postgres.connection_secret_ref,
+        table: &spec.postgres.table,
+        keyring_secret: keyring_secret_name(&name),
+        extra_env: vec![json!({"name": "SENSITIVE_FIELDS", "value": sensitive.join(",")})],
+    };
+    let mut body = encryptor_pod(selector, "fleetward-encryptor", image, encryptor);
     body["replicas"] = json!(1);
-    let value = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_meta(feed, encryptor_name(&name))?,
-        "spec": body,
-    });
-    Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
+    Ok(deployment(child_meta(feed, encryptor_name(&name))?, body))
 }
 
 async fn write_status(api: &Api<StationFeed>, feed: &StationFeed, status: &StationFeedStatus) -> Result<()> {

@@ -5,7 +5,6 @@
 //! Without `spec.storage` a writer left from before is deleted; the keyring
 //! stays, so the rows it encrypted stay readable.
 
-use fleetward_keyring::SECRET_DATA_KEY;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
@@ -16,7 +15,7 @@ use super::child_meta;
 
 use crate::context::{Context, apply, labels};
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
-use crate::controllers::{METRICS_PORT, data_workload_pod};
+use crate::controllers::{EncryptorSpec, deployment, encryptor_pod};
 use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
 use crate::{Error, Result};
@@ -25,8 +24,6 @@ use crate::{Error, Result};
 /// belongs to. Not `fleetward.io/gateway`, which marks the Secrets the
 /// gateway workload reads as device credentials.
 pub const LABEL_TELEMETRY_OF: &str = "fleetward.io/telemetry-of";
-/// Where the writer finds `keyring.json`.
-const KEYRING_DIR: &str = "/var/run/fleetward/keyring";
 
 pub fn keyring_secret_name(gateway: &str) -> String {
     format!("{gateway}-telemetry-keyring")
@@ -129,31 +126,19 @@ pub fn writer(gw: &Gateway, storage: &TelemetryStorage, ctx: &Context) -> Result
         .bootstrap_servers
         .clone()
         .unwrap_or_else(|| ctx.config.kafka_bootstrap.clone());
-    let db = &storage.postgres.connection_secret_ref;
-    let env = vec![
-        json!({"name": "RECORD_KIND", "value": "telemetry"}),
-        json!({"name": "KAFKA_BROKERS", "value": brokers}),
-        json!({"name": "KAFKA_TOPIC", "value": kafka.topic}),
-        json!({"name": "KAFKA_GROUP_ID", "value": consumer_group(&ns, &name)}),
-        json!({"name": "DEAD_LETTER_TOPIC", "value": format!("{}.dlq", kafka.topic)}),
-        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": db.name, "key": db.key}}}),
-        json!({"name": "TABLE", "value": storage.postgres.table}),
-        json!({"name": "KEYRING_FILE", "value": format!("{KEYRING_DIR}/{SECRET_DATA_KEY}")}),
-        json!({"name": "KEYRING_RELOAD_SECONDS", "value": "10"}),
-        json!({"name": "METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
-        json!({"name": "LOG_JSON", "value": "true"}),
-    ];
-    let mounts = json!([{"name": "keyring", "mountPath": KEYRING_DIR, "readOnly": true}]);
-    let volumes =
-        json!([{"name": "keyring", "secret": {"secretName": keyring_secret_name(&name), "defaultMode": 0o440}}]);
     let selector = json!({"app.kubernetes.io/name": "fleetward-telemetry", "fleetward.io/gateway": name});
-    let mut body = data_workload_pod(selector, "fleetward-telemetry", image, env, mounts, volumes);
+    let writer = EncryptorSpec {
+        kind: "telemetry",
+        brokers,
+        topic: &kafka.topic,
+        group: consumer_group(&ns, &name),
+        dead_letter_topic: format!("{}.dlq", kafka.topic),
+        database: &storage.postgres.connection_secret_ref,
+        table: &storage.postgres.table,
+        keyring_secret: keyring_secret_name(&name),
+        extra_env: vec![],
+    };
+    let mut body = encryptor_pod(selector, "fleetward-telemetry", image, writer);
     body["replicas"] = json!(1);
-    let value = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_meta(gw, deployment_name(&name))?,
-        "spec": body,
-    });
-    Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
+    Ok(deployment(child_meta(gw, deployment_name(&name))?, body))
 }
