@@ -186,3 +186,119 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         .output();
     ns.cleanup().await;
 }
+
+/// `helm template fw <chart> args…`: (success, the manifests, the messages).
+fn render(chart: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm())
+        .args(["template", "fw"])
+        .arg(chart)
+        .args(args)
+        .output()
+        .expect("helm runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What the end-to-end test cannot reach on this node: the optional parts
+/// render and the API server accepts them, the PodMonitor exists only where
+/// the Prometheus Operator's API does, and bad values are refused with a
+/// clear message before anything is installed.
+#[tokio::test]
+async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
+    install_crds();
+    let chart = repo_root().join("helm/fleetward");
+    let ns = TestNs::new("fw-helm-opt").await;
+    let (ok, all, err) = render(
+        &chart,
+        &[
+            "--namespace",
+            &ns.name,
+            "--set",
+            "grafana.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "stationApi.enabled=true",
+            "--set",
+            "prometheus.persistence.enabled=true",
+        ],
+    );
+    assert!(ok, "{err}");
+    for kind in ["NetworkPolicy", "PersistentVolumeClaim"] {
+        assert!(all.contains(&format!("kind: {kind}")), "renders a {kind}");
+    }
+    assert!(all.contains("name: fw-grafana"), "renders Grafana");
+    assert!(
+        all.contains("grafana_dashboard: \"1\""),
+        "dashboards carry the sidecar label"
+    );
+    assert!(
+        !all.contains("kind: PodMonitor"),
+        "no PodMonitor without the Prometheus Operator"
+    );
+    kubectl_apply(&all, &["--dry-run=server"]);
+
+    let (ok, with_operator, err) = render(
+        &chart,
+        &[
+            "--namespace",
+            &ns.name,
+            "--api-versions",
+            "monitoring.coreos.com/v1/PodMonitor",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        with_operator.contains("kind: PodMonitor"),
+        "a PodMonitor with the Prometheus Operator"
+    );
+
+    // Production: no bundled services, the operator pointed elsewhere.
+    let (ok, production, err) = render(
+        &chart,
+        &[
+            "--set",
+            "postgresql.enabled=false",
+            "--set",
+            "database.existingSecret=my-db",
+            "--set",
+            "kafka.enabled=false",
+            "--set",
+            "kafka.bootstrapServers=b-1.example:9092",
+            "--set",
+            "prometheus.enabled=false",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !production.contains("kind: StatefulSet"),
+        "no bundled PostgreSQL or Kafka"
+    );
+    assert!(
+        production.contains("b-1.example:9092"),
+        "the operator uses the given Kafka"
+    );
+
+    for (args, says) in [
+        (vec!["--set", "operator.replicas=-1"], "minimum"),
+        (vec!["--set", "images.pullPolicy=Sometimes"], "pullPolicy"),
+        (vec!["--set", "kafka.clusterId=short"], "clusterId"),
+        (vec!["--set", "typo=1"], "typo"),
+        (
+            vec!["--set", "kafka.enabled=false"],
+            "kafka.bootstrapServers is required",
+        ),
+        (
+            vec!["--set", "postgresql.enabled=false"],
+            "database.url or database.existingSecret is required",
+        ),
+    ] {
+        let (ok, _, err) = render(&chart, &args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: the error names the problem: {err}");
+    }
+    ns.cleanup().await;
+}
