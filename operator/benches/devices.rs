@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use fleetward_operator::crd::Device;
 use fleetward_testkit::Workload;
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config};
@@ -76,6 +76,16 @@ async fn main() -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(status.success(), "could not install CRDs");
 
+    let elsewhere = Api::<Device>::all(client.clone())
+        .list_metadata(&Default::default())
+        .await?
+        .items
+        .len();
+    if elsewhere > 0 {
+        eprintln!(
+            "note: {elsewhere} Devices already exist in the cluster; the operator reconciles them too, so the figures include them"
+        );
+    }
     let ns_name = format!("fleet-bench-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -96,8 +106,14 @@ async fn main() -> anyhow::Result<()> {
     if result.is_err() {
         eprintln!("operator log:\n{}", operator.log_text());
     }
-    drop(operator);
+    // Remove the namespace while the operator still runs, so Devices left
+    // by a failed run do not keep it Terminating for ever (finalizers).
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while namespaces.get_opt(&ns_name).await.ok().flatten().is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(operator);
     result
 }
 
@@ -152,6 +168,7 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     let baseline = t.elapsed();
 
     // N Devices: time from the first create until every one is Ready.
+    let requests_before = operator.metric("fleetward_kube_api_requests_total");
     let devices: Api<Device> = Api::namespaced(client.clone(), ns);
     let watch = watcher(devices.clone(), watcher::Config::default()).applied_objects();
     let t = Instant::now();
@@ -191,9 +208,67 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     created?;
     waited?;
     let total = t.elapsed();
-
     let errors = operator.metric("fleetward_reconcile_errors_total");
     let reconciles = operator.metric("fleetward_reconciles_total{kind=\"device\"}");
+    let requests = operator.metric("fleetward_kube_api_requests_total") - requests_before;
+    let rss = peak_rss_mib(operator.pid());
+
+    // Up to 1,000 Devices disabled at once: time until the Gateway's CRL
+    // lists every one of their certificates.
+    let revoked_n = n.min(1000);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let crl_name = fleetward_operator::crl::name("bench-gw");
+    let listed = |cm: &ConfigMap| fleetward_operator::crl::parse(cm).map(|c| c.entries.len()).unwrap_or(0);
+    let listed_before = listed(&retry(|| cms.get(&crl_name)).await?);
+    let t = Instant::now();
+    stream::iter(0..revoked_n)
+        .map(|i| {
+            let devices = devices.clone();
+            async move {
+                let patch = Patch::Merge(json!({"spec": {"enabled": false}}));
+                let (name, pp) = (format!("dev-{i:05}"), PatchParams::default());
+                retry(|| devices.patch(&name, &pp, &patch)).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let now_listed = listed(&retry(|| cms.get(&crl_name)).await?) - listed_before;
+        if now_listed >= revoked_n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "CRL lists {now_listed}/{revoked_n} after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revoke = t.elapsed();
+    let crl_writes = retry(|| cms.get(&crl_name)).await?;
+    let crl_number = fleetward_operator::crl::parse(&crl_writes)
+        .map(|c| c.number)
+        .unwrap_or(0);
+
+    // Every Device deleted: time until the operator has let all of them go
+    // (certificates revoked, Secrets removed, finalizers released).
+    let t = Instant::now();
+    let (dp, lp) = (DeleteParams::default(), Default::default());
+    retry(|| devices.delete_collection(&dp, &lp)).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let lp = Default::default();
+        let left = retry(|| devices.list_metadata(&lp)).await?.items.len();
+        if left == 0 {
+            break;
+        }
+        eprint!("\r  deleting: {left} left ");
+        anyhow::ensure!(Instant::now() < deadline, "{left} Devices still there after 600 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!();
+    let deleted = t.elapsed();
 
     println!("devices                                   {n}");
     println!(
@@ -209,13 +284,45 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
         "ratio Devices-Ready / Secrets baseline    {:.2} x",
         total.as_secs_f64() / baseline.as_secs_f64()
     );
+    println!("operator peak RSS (VmHWM) until all Ready   {rss:.1} MiB");
+    println!("reconcile errors                          {}", errors as u64);
+    // Each Device needs 3 writes of the operator (finalizer, Secret,
+    // status) and an event; every reconcile beyond the first is a wake-up
+    // from one of those writes.
+    println!("device reconciles per Device              {:.2}", reconciles / n as f64);
+    println!("API requests per Device (operator)        {:.2}", requests / n as f64);
     println!(
-        "operator peak RSS (VmHWM)                 {:.1} MiB",
+        "disable {revoked_n} Devices -> all in the CRL      {:.2} s  (CRL number {crl_number})",
+        revoke.as_secs_f64()
+    );
+    println!(
+        "delete {n} Devices -> all released          {:.2} s",
+        deleted.as_secs_f64()
+    );
+    println!(
+        "operator peak RSS (VmHWM) overall         {:.1} MiB",
         peak_rss_mib(operator.pid())
     );
-    println!("reconcile errors                          {}", errors as u64);
-    // Each Device needs 4 writes (create, finalizer, Secret, status); every
-    // reconcile beyond the first is a wake-up from one of those writes.
-    println!("device reconciles per Device              {:.2}", reconciles / n as f64);
     Ok(())
+}
+
+/// The bench's own reads and writes, retried when the connection drops
+/// (the API server under load closes some): a measurement must not fail
+/// on the client's side.
+async fn retry<T, F, Fut>(mut call: F) -> kube::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kube::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(kube::Error::Service(e)) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("\n  (client: {e}; retrying)");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }

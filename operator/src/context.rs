@@ -11,8 +11,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Result;
+use crate::controllers::policy::Backoff;
+use crate::controllers::stores::Stores;
 use crate::metrics::Metrics;
+use crate::{Result, crl};
 
 /// Field manager for every server-side apply the operator makes.
 pub const MANAGER: &str = "fleetward-operator";
@@ -52,20 +54,32 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// What the reconcilers observe (see `controllers::stores`).
+    pub stores: Stores,
+    /// Per-object failure counts (see `controllers::policy`).
+    pub backoff: Backoff,
+    /// Revocations, written per gateway in batches.
+    pub crl: crl::Batcher,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Starts the shared stores (waiting for their first listing) and
+    /// returns the context every reconciler gets.
+    pub async fn start(client: Client, config: Config, metrics: Arc<Metrics>) -> crate::Result<Arc<Self>> {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Arc::new(Self {
+        let stores = Stores::start(client.clone()).await?;
+        Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
+            crl: crl::Batcher::new(client.clone()),
+            stores,
+            backoff: Backoff::default(),
             client,
             config,
             metrics,
-        })
+        }))
     }
 
     /// Publishes an event on `obj`. Event failures are logged, not fatal:
@@ -85,8 +99,13 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "could not publish event");
+        match self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            Ok(()) => {}
+            // A namespace being deleted takes no new events: expected.
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => {
+                tracing::debug!(reason, "namespace terminating; event dropped");
+            }
+            Err(e) => tracing::warn!(error = %e, reason, "could not publish event"),
         }
     }
 }
@@ -134,4 +153,18 @@ pub fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
         .chain(extra.iter().copied())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A client that counts every request it sends in
+/// `fleetward_kube_api_requests_total` (how many API calls a Device costs
+/// is a figure the benchmark reports).
+pub fn counted_client(config: kube::Config, metrics: &Arc<Metrics>) -> anyhow::Result<Client> {
+    let counter = metrics.api_requests.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter.with_label_values(&[req.method().as_str()]).inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }

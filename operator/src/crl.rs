@@ -1,10 +1,16 @@
 //! A Gateway's certificate revocation list, kept in the ConfigMap
-//! `<gateway>-crl`: `crl.pem` (signed by the gateway CA, mounted into
-//! Mosquitto) and `revoked.json` (the entries, so the CRL can be re-signed).
+//! `<gateway>-crl`: `crl.pem`, signed by the gateway CA and mounted into
+//! Mosquitto. The CRL is its own record of the entries (it is read back to
+//! add to it or re-sign it), about 75 bytes per revoked certificate, so one
+//! ConfigMap (1 MiB) holds some 13,000 of them. (Earlier versions also
+//! kept a `revoked.json` copy, three times larger; it is still read, and
+//! dropped at the next write.)
 //!
 //! Device reconcilers for many devices may revoke at the same time, so every
 //! write is a read-modify-replace guarded by `resourceVersion`, retried on
-//! conflict; nothing is lost when two revocations race.
+//! conflict; nothing is lost when two revocations race. `Batcher` goes one
+//! step further: concurrent revocations for one gateway queue up and are
+//! written together, one CRL update (and one re-signing) for all of them.
 
 use std::collections::BTreeMap;
 
@@ -46,17 +52,37 @@ impl CrlState {
     pub fn refresh_at(&self) -> Timestamp {
         self.next_update - SignedDuration::from_hours(24 * VALIDITY_DAYS / 2)
     }
+
+    /// A new gateway's CRL, signed at `now`.
+    pub fn empty(now: Timestamp) -> Self {
+        Self {
+            entries: Vec::new(),
+            number: 1,
+            next_update: now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
+        }
+    }
+
+    /// This CRL re-signed at `now`: same entries, the next number.
+    pub fn resigned(&self, now: Timestamp) -> Self {
+        Self {
+            entries: self.entries.clone(),
+            number: self.number + 1,
+            next_update: now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
+        }
+    }
 }
 
-fn parse(cm: &ConfigMap) -> Result<CrlState> {
+/// Reads a CRL ConfigMap.
+pub fn parse(cm: &ConfigMap) -> Result<CrlState> {
     let bad = |reason: String| Error::InvalidCrl {
         name: cm.name_any(),
         reason,
     };
     let data = cm.data.clone().unwrap_or_default();
-    let entries = match data.get(ENTRIES_KEY) {
-        Some(json) => serde_json::from_str(json).map_err(|e| bad(e.to_string()))?,
-        None => Vec::new(),
+    let entries = match (data.get(CRL_KEY), data.get(ENTRIES_KEY)) {
+        (_, Some(json)) => serde_json::from_str(json).map_err(|e| bad(e.to_string()))?,
+        (Some(pem), None) => crate::pki::crl_entries(pem).map_err(|e| bad(e.to_string()))?,
+        (None, None) => Vec::new(),
     };
     let ann = cm.annotations();
     let number = ann
@@ -83,10 +109,7 @@ fn render(cm: &mut ConfigMap, ca: &CaBundle, entries: Vec<Revocation>, number: u
     let next_update = now + SignedDuration::from_hours(24 * VALIDITY_DAYS);
     let data = cm.data.get_or_insert_with(BTreeMap::new);
     data.insert(CRL_KEY.into(), pem);
-    data.insert(
-        ENTRIES_KEY.into(),
-        serde_json::to_string_pretty(&entries).expect("entries serialize"),
-    );
+    data.remove(ENTRIES_KEY);
     let ann = cm.metadata.annotations.get_or_insert_with(BTreeMap::new);
     ann.insert(NUMBER_ANNOTATION.into(), number.to_string());
     ann.insert(NEXT_UPDATE_ANNOTATION.into(), next_update.to_string());
@@ -101,12 +124,12 @@ pub async fn load(api: &Api<ConfigMap>, gateway: &str) -> Result<Option<CrlState
     api.get_opt(&name(gateway)).await?.as_ref().map(parse).transpose()
 }
 
-/// Creates the (empty) CRL of a new gateway, or re-signs an existing one
-/// whose validity is half spent.
-pub async fn ensure(api: &Api<ConfigMap>, gw: &Gateway, ca: &CaBundle) -> Result<CrlState> {
+/// Creates the (empty) CRL of a new gateway, or re-signs the existing one
+/// with `ca` (its validity half spent, or a new CA).
+pub async fn write(api: &Api<ConfigMap>, gw: &Gateway, ca: &CaBundle, resign: bool) -> Result<CrlState> {
     let gw_name = gw.name_any();
     let cm_name = name(&gw_name);
-    if api.get_opt(&cm_name).await?.is_none() {
+    if !resign {
         let mut cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(cm_name.clone()),
@@ -120,14 +143,15 @@ pub async fn ensure(api: &Api<ConfigMap>, gw: &Gateway, ca: &CaBundle) -> Result
         match api.create(&PostParams::default(), &cm).await {
             Ok(_) => return Ok(state),
             // Someone (a concurrent reconcile) created it first: use theirs.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return load(api, &gw_name)
+                    .await?
+                    .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"));
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    modify(api, &gw_name, ca, |_entries, state| {
-        Timestamp::now() >= state.refresh_at()
-    })
-    .await
+    modify(api, &gw_name, ca, |_entries, _state| true).await
 }
 
 /// Adds `revocations` (those not yet listed) and re-signs. Returns the new
@@ -139,16 +163,103 @@ pub async fn revoke(
     revocations: &[Revocation],
 ) -> Result<CrlState> {
     modify(api, gateway, ca, |entries, _| {
-        let mut changed = false;
+        let mut listed: std::collections::HashSet<String> = entries.iter().map(|e| e.serial.clone()).collect();
+        let before = entries.len();
         for r in revocations {
-            if !entries.iter().any(|e| e.serial == r.serial) {
+            if listed.insert(r.serial.clone()) {
                 entries.push(r.clone());
-                changed = true;
             }
         }
-        changed
+        entries.len() != before
     })
     .await
+}
+
+/// Queues revocations per gateway and writes each queue's contents as one
+/// CRL update: under a thousand simultaneous revocations the CRL is
+/// re-signed a handful of times instead of a thousand (each losing most
+/// of its optimistic-concurrency races). `revoke` returns once the
+/// revocation is in the stored CRL, so callers keep their ordering rules.
+pub struct Batcher {
+    client: kube::Client,
+    queues: std::sync::Mutex<BTreeMap<(String, String), tokio::sync::mpsc::UnboundedSender<Queued>>>,
+}
+
+struct Queued {
+    ca: CaBundle,
+    entries: Vec<Revocation>,
+    done: tokio::sync::oneshot::Sender<std::result::Result<CrlState, String>>,
+}
+
+/// Most revocations written in one CRL update.
+const MAX_BATCH: usize = 5000;
+
+impl Batcher {
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            queues: Default::default(),
+        }
+    }
+
+    pub async fn revoke(&self, ns: &str, gateway: &str, ca: &CaBundle, entries: Vec<Revocation>) -> Result<CrlState> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let queued = Queued {
+            ca: ca.clone(),
+            entries,
+            done,
+        };
+        {
+            let mut queues = self.queues.lock().expect("crl queues");
+            let key = (ns.to_string(), gateway.to_string());
+            let sender = queues.entry(key).or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+                tokio::spawn(writer(api, gateway.to_string(), rx));
+                tx
+            });
+            sender.send(queued).map_err(|_| Error::CrlWrite {
+                gateway: gateway.to_string(),
+                reason: "the CRL writer stopped".into(),
+            })?;
+        }
+        answer
+            .await
+            .map_err(|_| Error::CrlWrite {
+                gateway: gateway.to_string(),
+                reason: "the CRL writer stopped".into(),
+            })?
+            .map_err(|reason| Error::CrlWrite {
+                gateway: gateway.to_string(),
+                reason,
+            })
+    }
+}
+
+async fn writer(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        // The newest request's CA signs (they agree unless the CA is being
+        // replaced, and then the newest is the one to use).
+        let ca = batch.last().expect("non-empty").ca.clone();
+        let entries: Vec<Revocation> = batch.iter().flat_map(|q| q.entries.iter().cloned()).collect();
+        let result = revoke(&api, &gateway, &ca, &entries).await.map_err(|e| e.to_string());
+        tracing::debug!(
+            gateway,
+            requests = batch.len(),
+            revocations = entries.len(),
+            "CRL updated"
+        );
+        for q in batch {
+            let _ = q.done.send(result.clone());
+        }
+    }
 }
 
 /// Read-modify-write with optimistic concurrency. `change` edits the entry
@@ -171,6 +282,16 @@ async fn modify(
         match api.replace(&cm_name, &PostParams::default(), &cm).await {
             Ok(_) => return Ok(new_state),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("Too long") => {
+                return Err(Error::CrlWrite {
+                    gateway: gateway.to_string(),
+                    reason: format!(
+                        "{} revoked certificates no longer fit in ConfigMap {cm_name} (1 MiB); spread the devices \
+                         over more Gateways",
+                        new_state.entries.len()
+                    ),
+                });
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -23,6 +23,12 @@ pub enum Error {
     #[error("gave up updating {name} after {attempts} conflicting writes")]
     Conflict { name: String, attempts: u32 },
 
+    #[error("could not update the CRL of Gateway {gateway}: {reason}")]
+    CrlWrite { gateway: String, reason: String },
+
+    #[error("the operator's caches are not ready: {0}")]
+    Stores(#[from] crate::controllers::stores::StoresError),
+
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
 
@@ -40,6 +46,8 @@ impl Error {
             Error::InvalidCa { .. } => "invalid_ca",
             Error::InvalidCrl { .. } => "invalid_crl",
             Error::Conflict { .. } => "conflict",
+            Error::CrlWrite { .. } => "crl_write",
+            Error::Stores(_) => "stores",
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {

@@ -10,8 +10,8 @@ use fleetward_operator::controllers;
 use fleetward_operator::crd::{Device, Gateway};
 use fleetward_operator::leader::{LeaderConfig, run_as_leader};
 use fleetward_operator::metrics::Metrics;
+use kube::Api;
 use kube::api::ListParams;
-use kube::{Api, Client};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Kubernetes operator for a secure IoT fleet")]
@@ -87,7 +87,8 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let client = fleetward_operator::context::counted_client(kube::Config::infer().await?, &metrics)?;
     // Fail fast with a useful message when the CRDs are not installed.
     for (kind, res) in [
         (
@@ -110,8 +111,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let metrics = Arc::new(Metrics::default());
-    let ctx = Context::new(client.clone(), config, metrics.clone());
+    let ctx = Context::start(client.clone(), config, metrics.clone()).await?;
     tracing::info!("fleetward operator starting");
     let http = tokio::spawn(fleetward_operator::http::serve(args.http_addr, metrics.clone()));
     let controllers = async {

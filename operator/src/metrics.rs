@@ -14,6 +14,7 @@ pub struct Metrics {
     pub devices_ready: IntGauge,
     pub cert_expiry: GaugeVec,
     pub leader: IntGauge,
+    pub api_requests: IntCounterVec,
     ready: Mutex<HashSet<(String, String)>>,
 }
 
@@ -57,6 +58,14 @@ impl Default for Metrics {
             &["namespace", "name", "certificate"],
         )
         .expect("valid metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "fleetward_kube_api_requests_total",
+                "Requests this operator sent to the Kubernetes API server, by HTTP method (watches count once, when opened)",
+            ),
+            &["method"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
@@ -64,6 +73,7 @@ impl Default for Metrics {
             Box::new(devices_ready.clone()),
             Box::new(cert_expiry.clone()),
             Box::new(leader.clone()),
+            Box::new(api_requests.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -75,6 +85,7 @@ impl Default for Metrics {
             devices_ready,
             cert_expiry,
             leader,
+            api_requests,
             ready: Mutex::default(),
         }
     }

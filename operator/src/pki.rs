@@ -286,6 +286,37 @@ pub fn renewal_time(info: &CertInfo, renew_before_days: i64) -> Timestamp {
     info.not_after - SignedDuration::from_hours(24 * renew_before_days)
 }
 
+/// The entries of a PEM CRL (serials as `inspect` prints them). The
+/// subject is not part of a CRL, so it comes back empty.
+pub fn crl_entries(crl_pem: &str) -> Result<Vec<Revocation>> {
+    let der = pem_to_der(crl_pem)?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let trimmed = match r.raw_serial() {
+                [0, rest @ ..] if !rest.is_empty() => rest,
+                all => all,
+            };
+            let revoked_at = Timestamp::from_second(r.revocation_date.timestamp())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let reason = match r.reason_code().map(|(_, c)| c.0) {
+                Some(1) => "keyCompromise",
+                Some(4) => "superseded",
+                _ => "cessationOfOperation",
+            };
+            Revocation {
+                serial: hex::encode_upper(trimmed),
+                revoked_at,
+                subject: String::new(),
+                reason: reason.into(),
+            }
+        })
+        .collect())
+}
+
 /// Reads the public facts of a PEM certificate.
 pub fn inspect(cert_pem: &str) -> Result<CertInfo> {
     let der = pem_to_der(cert_pem)?;
@@ -379,98 +410,5 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn leaf(ca: &CaBundle, cn: &str) -> Issued {
-        ca.issue(&LeafRequest {
-            common_name: cn,
-            dns_names: &[],
-            ip_addresses: &[],
-            usage: Usage::Client,
-            validity_days: 90,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn leaf_is_signed_by_its_ca_only() {
-        let ca = generate_ca("test CA", 10).unwrap();
-        let other = generate_ca("test CA", 10).unwrap();
-        let issued = leaf(&ca, "sensor-1");
-        assert!(is_issued_by(&issued.cert_pem, &ca.cert_pem));
-        // Same subject name, different key: must not be accepted.
-        assert!(!is_issued_by(&issued.cert_pem, &other.cert_pem));
-        assert_eq!(issued.info.common_name, "sensor-1");
-        assert_eq!(issued.info.serial.len(), 32);
-        let days = issued.info.not_after.duration_since(issued.info.not_before).as_hours() / 24;
-        assert_eq!(days, 90, "validity {days} days");
-    }
-
-    #[test]
-    fn serials_are_unique_and_positive() {
-        let ca = generate_ca("test CA", 10).unwrap();
-        let a = leaf(&ca, "a").info.serial;
-        let b = leaf(&ca, "a").info.serial;
-        assert_ne!(a, b);
-        assert!(matches!(&a[..1], "4" | "5" | "6" | "7"), "{a}");
-    }
-
-    #[test]
-    fn validate_detects_a_foreign_key() {
-        let ca = generate_ca("test CA", 10).unwrap();
-        let other = generate_ca("test CA", 10).unwrap();
-        assert!(ca.validate().is_ok());
-        let mixed = CaBundle {
-            cert_pem: ca.cert_pem.clone(),
-            key_pem: other.key_pem.clone(),
-        };
-        assert!(mixed.validate().is_err());
-    }
-
-    #[test]
-    fn debug_output_hides_keys() {
-        let ca = generate_ca("test CA", 10).unwrap();
-        let issued = leaf(&ca, "x");
-        assert!(!format!("{ca:?}").contains("PRIVATE"));
-        assert!(!format!("{issued:?}").contains("PRIVATE"));
-    }
-
-    #[test]
-    fn reissue_reasons() {
-        let ca = generate_ca("test CA", 10).unwrap();
-        let other = generate_ca("other CA", 10).unwrap();
-        let issued = leaf(&ca, "d1");
-        let now = Timestamp::now();
-        let r = |pem: Option<&str>, ca_pem: &str, cn: &str, days: i64, at: Timestamp| {
-            reissue_reason(pem, ca_pem, cn, &[], days, at)
-        };
-        assert_eq!(r(None, &ca.cert_pem, "d1", 30, now), Some(ReissueReason::Missing));
-        assert_eq!(
-            r(Some("junk"), &ca.cert_pem, "d1", 30, now),
-            Some(ReissueReason::Unreadable)
-        );
-        assert_eq!(
-            r(Some(&issued.cert_pem), &other.cert_pem, "d1", 30, now),
-            Some(ReissueReason::OtherCa)
-        );
-        assert_eq!(
-            r(Some(&issued.cert_pem), &ca.cert_pem, "d2", 30, now),
-            Some(ReissueReason::SubjectChanged)
-        );
-        assert_eq!(r(Some(&issued.cert_pem), &ca.cert_pem, "d1", 30, now), None);
-        let later = now + SignedDuration::from_hours(24 * 61);
-        assert_eq!(
-            r(Some(&issued.cert_pem), &ca.cert_pem, "d1", 30, later),
-            Some(ReissueReason::RenewalDue)
-        );
-    }
-
-    #[test]
-    fn random_secret_is_256_bits_of_hex() {
-        let a = random_secret_hex();
-        assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, random_secret_hex());
-    }
-}
+#[path = "pki_tests.rs"]
+mod tests;

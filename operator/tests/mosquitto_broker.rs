@@ -91,7 +91,7 @@ async fn broker_enforces_identity_acl_and_revocation() {
         "serial in CRL",
         60,
         || get_opt(&cms, "gw-crl"),
-        |cm| cm.data.as_ref().unwrap()["revoked.json"].contains(&serial),
+        |cm| fleetward_operator::crl::parse(cm).is_ok_and(|c| c.contains(&serial)),
     )
     .await;
     broker.write_crl(&ns.crl_pem("gw").await);

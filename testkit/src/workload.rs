@@ -110,6 +110,23 @@ impl Drop for Workload {
 
 /// Sum of the series in Prometheus text `text` whose line starts with
 /// `series`.
+/// A binary of this workspace, built next to the test executables by
+/// `cargo test --workspace` (the README's test command). For tests that
+/// run another crate's program (`CARGO_BIN_EXE_*` covers only a crate's
+/// own binaries).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test --workspace`, or `cargo build --bin {name}` first",
+        path.display()
+    );
+    path
+}
+
 pub fn metric_in(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -3,17 +3,25 @@
 pub mod device;
 pub mod gateway;
 pub mod keyring;
+pub mod objects;
+pub mod policy;
 pub mod stationfeed;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
-use serde_json::json;
 
 use crate::Result;
 use crate::context::Context;
@@ -75,56 +83,76 @@ pub fn tls_secret(
 /// Where fleetward's data workloads serve `/metrics` and `/health`.
 pub const METRICS_PORT: i32 = 9090;
 
-/// Deployment spec (selector and pod template) of a data workload: the
-/// ingestor, the encryptor, a gateway's telemetry writer. They need no
-/// Kubernetes API access, no root and no writable filesystem; Prometheus
-/// scrapes them by annotation, the chart's PodMonitor by the part-of label.
-pub fn data_workload_pod(
-    selector: serde_json::Value,
+/// Deployment of a data workload: the ingestor, the encryptor, a gateway's
+/// telemetry writer. They need no Kubernetes API access, no root and no
+/// writable filesystem; Prometheus scrapes them by annotation, the chart's
+/// PodMonitor by the part-of label. One replica (each reads its input
+/// once: a poller, or a Kafka consumer group member).
+pub fn data_workload(
+    metadata: ObjectMeta,
+    selector: BTreeMap<String, String>,
     app: &str,
     image: String,
-    env: Vec<serde_json::Value>,
-    mounts: serde_json::Value,
-    volumes: serde_json::Value,
-) -> serde_json::Value {
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    volumes: Vec<Volume>,
+) -> Deployment {
     let mut pod_labels = selector.clone();
-    pod_labels[crate::context::PART_OF.0] = json!(crate::context::PART_OF.1);
-    json!({
-        "selector": {"matchLabels": selector},
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": METRICS_PORT.to_string()},
+    pod_labels.insert(crate::context::PART_OF.0.into(), crate::context::PART_OF.1.into());
+    let container = Container {
+        name: app.trim_start_matches("fleetward-").into(),
+        image: Some(image),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(objects::http_probe("/health", METRICS_PORT, 10, None)),
+        liveness_probe: Some(objects::http_probe("/health", METRICS_PORT, 20, Some(6))),
+        resources: Some(ResourceRequirements {
+            requests: Some(
+                [("cpu", "50m"), ("memory", "64Mi")]
+                    .map(|(k, v)| (k.to_string(), Quantity(v.into())))
+                    .into(),
+            ),
+            limits: Some([("memory".to_string(), Quantity("256Mi".into()))].into()),
+            ..Default::default()
+        }),
+        security_context: Some(objects::locked_down()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
             },
-            "spec": {
-                "automountServiceAccountToken": false,
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 65532,
-                    "runAsGroup": 65532,
-                    // Lets the non-root user read a keyring volume.
-                    "fsGroup": 65532,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "containers": [{
-                    "name": app.trim_start_matches("fleetward-"),
-                    "image": image,
-                    "env": env,
-                    "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/health", "port": METRICS_PORT}, "periodSeconds": 10},
-                    "livenessProbe": {"httpGet": {"path": "/health", "port": METRICS_PORT}, "periodSeconds": 20, "failureThreshold": 6},
-                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-                    "securityContext": {
-                        "readOnlyRootFilesystem": true,
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "volumeMounts": mounts,
-                }],
-                "volumes": volumes,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(objects::map(&[
+                        ("prometheus.io/scrape", "true"),
+                        ("prometheus.io/port", &METRICS_PORT.to_string()),
+                    ])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    // fsGroup lets the non-root user read a keyring volume.
+                    security_context: Some(objects::pod_security(65532)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
             },
-        },
-    })
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Where an encryptor reads its keyring (a Secret volume, no subPath: the
@@ -144,34 +172,38 @@ pub struct EncryptorSpec<'a> {
     pub table: &'a str,
     pub keyring_secret: String,
     /// Kind-specific settings (e.g. `SENSITIVE_FIELDS`).
-    pub extra_env: Vec<serde_json::Value>,
+    pub extra_env: Vec<EnvVar>,
 }
 
-/// The Deployment spec of an encryptor: its environment (the encryptor's
-/// own configuration parser reads it back in the operator's tests), the
+/// The Deployment of an encryptor: its environment (the encryptor's own
+/// configuration parser reads it back in the operator's tests), the
 /// keyring volume, and the data-workload pod around them.
-pub fn encryptor_pod(selector: serde_json::Value, app: &str, image: String, e: EncryptorSpec<'_>) -> serde_json::Value {
-    let mut env = vec![
-        json!({"name": "RECORD_KIND", "value": e.kind}),
-        json!({"name": "KAFKA_BROKERS", "value": e.brokers}),
-        json!({"name": "KAFKA_TOPIC", "value": e.topic}),
-        json!({"name": "KAFKA_GROUP_ID", "value": e.group}),
-        json!({"name": "DEAD_LETTER_TOPIC", "value": e.dead_letter_topic}),
-        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": e.database.name, "key": e.database.key}}}),
-        json!({"name": "TABLE", "value": e.table}),
-        json!({"name": "KEYRING_FILE", "value": format!("{KEYRING_DIR}/{}", fleetward_keyring::SECRET_DATA_KEY)}),
-        json!({"name": "KEYRING_RELOAD_SECONDS", "value": "10"}),
-        json!({"name": "METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
-        json!({"name": "LOG_JSON", "value": "true"}),
+pub fn encryptor(
+    metadata: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    app: &str,
+    image: String,
+    e: EncryptorSpec<'_>,
+) -> Deployment {
+    use objects::env;
+    let mut vars = vec![
+        env("RECORD_KIND", e.kind),
+        env("KAFKA_BROKERS", e.brokers),
+        env("KAFKA_TOPIC", e.topic),
+        env("KAFKA_GROUP_ID", e.group),
+        env("DEAD_LETTER_TOPIC", e.dead_letter_topic),
+        objects::env_from_secret("DATABASE_URL", &e.database.name, &e.database.key),
+        env("TABLE", e.table),
+        env(
+            "KEYRING_FILE",
+            format!("{KEYRING_DIR}/{}", fleetward_keyring::SECRET_DATA_KEY),
+        ),
+        env("KEYRING_RELOAD_SECONDS", "10"),
+        env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
+        env("LOG_JSON", "true"),
     ];
-    env.extend(e.extra_env);
-    let mounts = json!([{"name": "keyring", "mountPath": KEYRING_DIR, "readOnly": true}]);
-    let volumes = json!([{"name": "keyring", "secret": {"secretName": e.keyring_secret, "defaultMode": 0o440}}]);
-    data_workload_pod(selector, app, image, env, mounts, volumes)
-}
-
-/// A Deployment from its metadata (an `ObjectMeta` or its JSON) and spec.
-pub fn deployment(metadata: impl serde::Serialize, spec: serde_json::Value) -> k8s_openapi::api::apps::v1::Deployment {
-    serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}))
-        .expect("deployment template is well-formed")
+    vars.extend(e.extra_env);
+    let mounts = vec![objects::mount("keyring", KEYRING_DIR, true)];
+    let volumes = vec![objects::secret_volume("keyring", &e.keyring_secret, Some(0o440))];
+    data_workload(metadata, selector, app, image, vars, mounts, volumes)
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use fleetward_credentials::Credentials;
 use fleetward_protocol::Category;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -50,36 +51,20 @@ impl DeviceEntry {
         self.previous_key.is_some() && self.previous_expires.is_some_and(|t| now <= t)
     }
 
-    /// Reads a credential Secret. Errors name what is wrong, never values.
+    /// Reads a credential Secret (the contract of `fleetward_credentials`).
+    /// Errors name what is wrong, never values.
     pub fn from_secret(secret: &Secret) -> Result<(String, DeviceEntry), String> {
-        let labels = secret.labels();
-        let id = labels
-            .get("fleetward.io/device")
-            .ok_or("no fleetward.io/device label")?
-            .clone();
-        let category = labels
-            .get("fleetward.io/category")
-            .and_then(|c| Category::parse(c))
-            .ok_or("missing or unknown fleetward.io/category label")?;
-        let data = secret.data.as_ref().ok_or("no data")?;
-        let key = data.get("hmac.key").ok_or("no hmac.key")?.0.clone();
-        let ann = secret.annotations();
-        let previous_expires = ann
-            .get("fleetward.io/previous-hmac-expires-at")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp());
+        let c = Credentials::from_secret(secret).map_err(|e| e.to_string())?;
+        let category = Category::parse(&c.category).ok_or("unknown category")?;
         Ok((
-            id,
+            c.device,
             DeviceEntry {
                 category,
-                enabled: ann.get("fleetward.io/enabled").map(|v| v != "false").unwrap_or(true),
-                key,
-                previous_key: data.get("hmac.previous.key").map(|k| k.0.clone()),
-                previous_expires,
-                version: ann
-                    .get("fleetward.io/secret-version")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
+                enabled: c.enabled,
+                key: c.hmac.into_bytes(),
+                previous_key: c.previous_hmac.map(String::into_bytes),
+                previous_expires: c.previous_expires.map(|t| t.timestamp()),
+                version: c.version,
             },
         ))
     }
@@ -160,7 +145,7 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) {
         let api: Api<Secret> = Api::namespaced(client, &namespace);
-        let selector = format!("fleetward.io/gateway={gateway},fleetward.io/device");
+        let selector = fleetward_credentials::gateway_selector(&gateway);
         let stream = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut relist: Option<HashMap<String, DeviceEntry>> = None;
@@ -224,36 +209,25 @@ fn parse(secret: &Secret) -> Option<(String, DeviceEntry)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::ByteString;
-    use kube::api::ObjectMeta;
 
     #[test]
     fn reads_operator_secret_layout() {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                labels: Some(
-                    [("fleetward.io/device", "d1"), ("fleetward.io/category", "smartLock")]
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .into(),
-                ),
-                annotations: Some(
-                    [
-                        ("fleetward.io/enabled", "false"),
-                        ("fleetward.io/secret-version", "4"),
-                        ("fleetward.io/previous-hmac-expires-at", "2030-01-01T00:00:00Z"),
-                    ]
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            data: Some(
-                [("hmac.key", "new"), ("hmac.previous.key", "old")]
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .into(),
-            ),
-            ..Default::default()
+        let creds = Credentials {
+            device: "d1".into(),
+            gateway: "gw".into(),
+            category: "smartLock".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+            ca_pem: "CA".into(),
+            hmac: "new".into(),
+            previous_hmac: Some("old".into()),
+            previous_expires: Some("2030-01-01T00:00:00Z".parse().unwrap()),
+            previous_serial: None,
+            version: 4,
+            rotation: 1,
+            enabled: false,
         };
+        let secret = creds.to_secret(Default::default(), None);
         let (id, e) = DeviceEntry::from_secret(&secret).unwrap();
         assert_eq!(id, "d1");
         assert_eq!(e.category, Category::SmartLock);

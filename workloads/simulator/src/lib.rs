@@ -15,7 +15,7 @@ use fleetward_protocol::{
     response_topic,
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
@@ -59,34 +59,27 @@ impl Credentials {
     /// From the operator's Secret `<device>-credentials`.
     pub async fn from_secret(client: Client, namespace: &str, device: &str) -> Result<Self, SimError> {
         let api: Api<Secret> = Api::namespaced(client, namespace);
-        let secret = api.get(&format!("{device}-credentials")).await?;
+        let secret = api.get(&fleetward_credentials::secret_name(device)).await?;
         Self::from_k8s(&secret, device)
     }
 
     pub fn from_k8s(secret: &Secret, device: &str) -> Result<Self, SimError> {
-        let bad = |reason: &str| SimError::Credentials {
+        let c = fleetward_credentials::Credentials::from_secret(secret).map_err(|e| SimError::Credentials {
             device: device.to_string(),
-            reason: reason.to_string(),
-        };
-        let data = secret.data.as_ref().ok_or_else(|| bad("secret has no data"))?;
-        let text = |k: &str| {
-            data.get(k)
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .ok_or_else(|| bad(&format!("missing {k}")))
-        };
-        let category = secret
-            .labels()
-            .get("fleetward.io/category")
-            .and_then(|c| Category::parse(c))
-            .ok_or_else(|| bad("missing category label"))?;
+            reason: e.to_string(),
+        })?;
+        let category = Category::parse(&c.category).ok_or_else(|| SimError::Credentials {
+            device: device.to_string(),
+            reason: "unknown category".into(),
+        })?;
         Ok(Self {
-            device_id: device.to_string(),
+            device_id: c.device,
             category,
-            cert_pem: text("tls.crt")?,
-            key_pem: text("tls.key")?,
-            ca_pem: text("ca.crt")?,
-            hmac: text("hmac.key")?.into_bytes(),
-            previous_hmac: data.get("hmac.previous.key").map(|b| b.0.clone()),
+            cert_pem: c.cert_pem,
+            key_pem: c.key_pem,
+            ca_pem: c.ca_pem,
+            hmac: c.hmac.into_bytes(),
+            previous_hmac: c.previous_hmac.map(String::into_bytes),
         })
     }
 

@@ -9,13 +9,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::child_meta;
 
 use crate::context::{Context, apply, labels};
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
-use crate::controllers::{EncryptorSpec, deployment, encryptor_pod};
+use crate::controllers::{EncryptorSpec, encryptor, objects};
 use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
 use crate::{Error, Result};
@@ -126,7 +125,10 @@ pub fn writer(gw: &Gateway, storage: &TelemetryStorage, ctx: &Context) -> Result
         .bootstrap_servers
         .clone()
         .unwrap_or_else(|| ctx.config.kafka_bootstrap.clone());
-    let selector = json!({"app.kubernetes.io/name": "fleetward-telemetry", "fleetward.io/gateway": name});
+    let selector = objects::map(&[
+        ("app.kubernetes.io/name", "fleetward-telemetry"),
+        ("fleetward.io/gateway", &name),
+    ]);
     let writer = EncryptorSpec {
         kind: "telemetry",
         brokers,
@@ -138,7 +140,11 @@ pub fn writer(gw: &Gateway, storage: &TelemetryStorage, ctx: &Context) -> Result
         keyring_secret: keyring_secret_name(&name),
         extra_env: vec![],
     };
-    let mut body = encryptor_pod(selector, "fleetward-telemetry", image, writer);
-    body["replicas"] = json!(1);
-    Ok(deployment(child_meta(gw, deployment_name(&name))?, body))
+    Ok(encryptor(
+        child_meta(gw, deployment_name(&name))?,
+        selector,
+        "fleetward-telemetry",
+        image,
+        writer,
+    ))
 }

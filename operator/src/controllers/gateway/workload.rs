@@ -9,17 +9,26 @@
 //! once, while the old one is still writing its final state; a StatefulSet
 //! starts the replacement only once the old pod is gone.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::DeleteParams;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ObjectMeta};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::{
     broker_secret_name, child_meta, client_secret_name, command_secret_name, mosquitto_configmap_name, workload_name,
 };
-use crate::context::{Context, PART_OF, apply};
+use crate::context::{Config, Context, PART_OF, apply};
+use crate::controllers::METRICS_PORT;
+use crate::controllers::objects::{self, env, env_from_secret, mount};
 use crate::crd::Gateway;
 use crate::{Result, crl, mosquitto};
 
@@ -32,170 +41,212 @@ pub fn broker_volume_name(gateway: &str) -> String {
     format!("{gateway}-broker-data")
 }
 
-pub fn statefulset(gw: &Gateway, ctx: &Context, rollout_hash: &str) -> Result<StatefulSet> {
+pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<StatefulSet> {
     let name = gw.name_any();
     let ns = gw.namespace().unwrap_or_default();
     let images = gw.spec.images.clone().unwrap_or_default();
-    let gateway_image = images.gateway.unwrap_or_else(|| ctx.config.gateway_image.clone());
-    let mosquitto_image = images.mosquitto.unwrap_or_else(|| ctx.config.mosquitto_image.clone());
+    let gateway_image = images.gateway.unwrap_or_else(|| config.gateway_image.clone());
+    let mosquitto_image = images.mosquitto.unwrap_or_else(|| config.mosquitto_image.clone());
     let sec = &gw.spec.security;
     let (key_secret, key_key) = match &gw.spec.command_api.api_key_secret_ref {
         Some(r) => (r.name.clone(), r.key.clone()),
         None => (command_secret_name(&name), "api-key".to_string()),
     };
-    let mut env = vec![
-        json!({"name": "FLEETWARD_GATEWAY", "value": name}),
-        json!({"name": "FLEETWARD_NAMESPACE", "value": ns}),
-        json!({"name": "MQTT_HOST", "value": "localhost"}),
-        json!({"name": "MQTT_PORT", "value": gw.spec.mqtt_port.to_string()}),
-        json!({"name": "MQTT_CA_FILE", "value": "/etc/fleetward/client/ca.crt"}),
-        json!({"name": "MQTT_CERT_FILE", "value": "/etc/fleetward/client/tls.crt"}),
-        json!({"name": "MQTT_KEY_FILE", "value": "/etc/fleetward/client/tls.key"}),
-        json!({"name": "CRL_FILE", "value": format!("{}/crl.pem", mosquitto::CRL_DIR)}),
-        json!({"name": "TIMESTAMP_WINDOW_SECONDS", "value": sec.timestamp_window_seconds.to_string()}),
-        json!({"name": "REPLAY_CACHE_SIZE", "value": sec.replay_cache_size.to_string()}),
-        json!({"name": "MAX_MESSAGE_BYTES", "value": sec.max_message_bytes.to_string()}),
-        json!({"name": "RATE_PER_SECOND", "value": sec.rate_per_second.to_string()}),
-        json!({"name": "RATE_BURST", "value": sec.burst.to_string()}),
-        json!({"name": "COMMAND_API_PORT", "value": gw.spec.command_api.port.to_string()}),
-        json!({"name": "COMMAND_TLS_CERT_FILE", "value": format!("{}/tls.crt", mosquitto::CERTS_DIR)}),
-        json!({"name": "COMMAND_TLS_KEY_FILE", "value": format!("{}/tls.key", mosquitto::CERTS_DIR)}),
-        json!({"name": "COMMAND_API_KEY", "valueFrom": {"secretKeyRef": {"name": key_secret, "key": key_key}}}),
-        json!({"name": "METRICS_ADDR", "value": "0.0.0.0:9090"}),
-        json!({"name": "MQTT_CLIENT_ID", "value": format!("fleetward-gateway-{ns}-{name}")}),
+    let mut vars = vec![
+        env("FLEETWARD_GATEWAY", name.as_str()),
+        env("FLEETWARD_NAMESPACE", ns.as_str()),
+        env("MQTT_HOST", "localhost"),
+        env("MQTT_PORT", gw.spec.mqtt_port.to_string()),
+        env("MQTT_CA_FILE", format!("{CLIENT_DIR}/ca.crt")),
+        env("MQTT_CERT_FILE", format!("{CLIENT_DIR}/tls.crt")),
+        env("MQTT_KEY_FILE", format!("{CLIENT_DIR}/tls.key")),
+        env("CRL_FILE", format!("{}/crl.pem", mosquitto::CRL_DIR)),
+        env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
+        env("REPLAY_CACHE_SIZE", sec.replay_cache_size.to_string()),
+        env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
+        env("RATE_PER_SECOND", sec.rate_per_second.to_string()),
+        env("RATE_BURST", sec.burst.to_string()),
+        env("COMMAND_API_PORT", gw.spec.command_api.port.to_string()),
+        env("COMMAND_TLS_CERT_FILE", format!("{}/tls.crt", mosquitto::CERTS_DIR)),
+        env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),
+        env_from_secret("COMMAND_API_KEY", &key_secret, &key_key),
+        env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
+        env("MQTT_CLIENT_ID", format!("fleetward-gateway-{ns}-{name}")),
     ];
     if let Some(audit) = &gw.spec.audit {
         let r = &audit.connection_secret_ref;
-        env.push(json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}}));
+        vars.push(env_from_secret("DATABASE_URL", &r.name, &r.key));
     }
     if let Some(b) = &gw.spec.backend {
-        env.push(json!({"name": "BACKEND_URL", "value": b.url}));
-        env.push(json!({"name": "BACKEND_TIMEOUT_MS", "value": b.timeout_ms.to_string()}));
+        vars.push(env("BACKEND_URL", b.url.as_str()));
+        vars.push(env("BACKEND_TIMEOUT_MS", b.timeout_ms.to_string()));
     }
     if let Some(k) = &gw.spec.kafka {
         let brokers = k
             .bootstrap_servers
             .clone()
-            .unwrap_or_else(|| ctx.config.kafka_bootstrap.clone());
-        env.push(json!({"name": "KAFKA_BROKERS", "value": brokers}));
-        env.push(json!({"name": "KAFKA_TOPIC", "value": k.topic}));
+            .unwrap_or_else(|| config.kafka_bootstrap.clone());
+        vars.push(env("KAFKA_BROKERS", brokers));
+        vars.push(env("KAFKA_TOPIC", k.topic.as_str()));
     }
-    let selector = json!({"app.kubernetes.io/name": "fleetward-gateway", "fleetward.io/gateway": name});
+    let selector = selector(&name);
     let mut pod_labels = selector.clone();
-    pod_labels[PART_OF.0] = json!(PART_OF.1);
+    pod_labels.insert(PART_OF.0.into(), PART_OF.1.into());
     let data_volume = match &gw.spec.persistence {
-        Some(_) => json!({"name": "data", "persistentVolumeClaim": {"claimName": broker_volume_name(&name)}}),
-        None => json!({"name": "data", "emptyDir": {}}),
+        Some(_) => Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: broker_volume_name(&name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        None => Volume {
+            name: "data".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
     };
-    let value = json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": child_meta(gw, workload_name(&name))?,
-        "spec": {
+    let port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        ..Default::default()
+    };
+    let mosquitto = Container {
+        name: "mosquitto".into(),
+        image: Some(mosquitto_image),
+        command: Some(vec![
+            "mosquitto".into(),
+            "-c".into(),
+            format!("{}/mosquitto.conf", mosquitto::CONFIG_DIR),
+        ]),
+        ports: Some(vec![port("mqtts", gw.spec.mqtt_port)]),
+        readiness_probe: Some(objects::tcp_probe(gw.spec.mqtt_port, 10)),
+        security_context: Some(objects::locked_down()),
+        volume_mounts: Some(vec![
+            mount("config", mosquitto::CONFIG_DIR, true),
+            mount("broker-tls", mosquitto::CERTS_DIR, true),
+            mount("crl", mosquitto::CRL_DIR, true),
+            mount("data", mosquitto::DATA_DIR, false),
+        ]),
+        ..Default::default()
+    };
+    let gateway = Container {
+        name: "gateway".into(),
+        image: Some(gateway_image),
+        env: Some(vars),
+        ports: Some(vec![
+            port("command", gw.spec.command_api.port),
+            port("metrics", METRICS_PORT),
+        ]),
+        readiness_probe: Some(objects::http_probe("/health", METRICS_PORT, 10, None)),
+        liveness_probe: Some(objects::http_probe("/health", METRICS_PORT, 20, Some(6))),
+        security_context: Some(objects::locked_down()),
+        volume_mounts: Some(vec![
+            mount("client-tls", CLIENT_DIR, true),
+            mount("broker-tls", mosquitto::CERTS_DIR, true),
+            mount("crl", mosquitto::CRL_DIR, true),
+        ]),
+        ..Default::default()
+    };
+    Ok(StatefulSet {
+        metadata: child_meta(gw, workload_name(&name))?,
+        spec: Some(StatefulSetSpec {
             // One broker per gateway: Mosquitto does not cluster, and
             // sessions live in its persistence directory (module docs).
-            "replicas": 1,
-            "serviceName": name,
-            "updateStrategy": {"type": "RollingUpdate"},
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        "fleetward.io/rollout-hash": rollout_hash,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": "9090",
-                    },
-                },
-                "spec": {
-                    // The gateway sends SIGHUP to Mosquitto when the CRL changes.
-                    "shareProcessNamespace": true,
-                    // It watches its devices' credential Secrets (the Role below).
-                    "serviceAccountName": workload_name(&name),
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": POD_USER,
-                        "runAsGroup": POD_USER,
-                        "fsGroup": POD_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [
-                        {
-                            "name": "mosquitto",
-                            "image": mosquitto_image,
-                            "command": ["mosquitto", "-c", format!("{}/mosquitto.conf", mosquitto::CONFIG_DIR)],
-                            "ports": [{"name": "mqtts", "containerPort": gw.spec.mqtt_port}],
-                            "readinessProbe": {"tcpSocket": {"port": gw.spec.mqtt_port}, "periodSeconds": 10},
-                            "securityContext": {
-                                "readOnlyRootFilesystem": true,
-                                "allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": mosquitto::CONFIG_DIR, "readOnly": true},
-                                {"name": "broker-tls", "mountPath": mosquitto::CERTS_DIR, "readOnly": true},
-                                {"name": "crl", "mountPath": mosquitto::CRL_DIR, "readOnly": true},
-                                {"name": "data", "mountPath": mosquitto::DATA_DIR},
-                            ],
-                        },
-                        {
-                            "name": "gateway",
-                            "image": gateway_image,
-                            "env": env,
-                            "ports": [
-                                {"name": "command", "containerPort": gw.spec.command_api.port},
-                                {"name": "metrics", "containerPort": 9090},
-                            ],
-                            "readinessProbe": {"httpGet": {"path": "/health", "port": 9090}, "periodSeconds": 10},
-                            "livenessProbe": {"httpGet": {"path": "/health", "port": 9090}, "periodSeconds": 20, "failureThreshold": 6},
-                            "securityContext": {
-                                "readOnlyRootFilesystem": true,
-                                "allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": [
-                                {"name": "client-tls", "mountPath": "/etc/fleetward/client", "readOnly": true},
-                                {"name": "broker-tls", "mountPath": mosquitto::CERTS_DIR, "readOnly": true},
-                                {"name": "crl", "mountPath": mosquitto::CRL_DIR, "readOnly": true},
-                            ],
-                        },
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": mosquitto_configmap_name(&name)}},
-                        {"name": "crl", "configMap": {"name": crl::name(&name)}},
-                        {"name": "broker-tls", "secret": {"secretName": broker_secret_name(&name)}},
-                        {"name": "client-tls", "secret": {"secretName": client_secret_name(&name)}},
-                        data_volume,
-                    ],
-                },
+            replicas: Some(1),
+            service_name: Some(name.clone()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
             },
-        },
-    });
-    Ok(serde_json::from_value(value).expect("deployment template is well-formed"))
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(objects::map(&[
+                        ("fleetward.io/rollout-hash", rollout_hash),
+                        ("prometheus.io/scrape", "true"),
+                        ("prometheus.io/port", &METRICS_PORT.to_string()),
+                    ])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    // The gateway sends SIGHUP to Mosquitto when the CRL changes.
+                    share_process_namespace: Some(true),
+                    // It watches its devices' credential Secrets (the Role below).
+                    service_account_name: Some(workload_name(&name)),
+                    security_context: Some(objects::pod_security(POD_USER)),
+                    containers: vec![mosquitto, gateway],
+                    volumes: Some(vec![
+                        objects::configmap_volume("config", &mosquitto_configmap_name(&name)),
+                        objects::configmap_volume("crl", &crl::name(&name)),
+                        objects::secret_volume("broker-tls", &broker_secret_name(&name), None),
+                        objects::secret_volume("client-tls", &client_secret_name(&name), None),
+                        data_volume,
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Where the gateway container finds its client certificate.
+const CLIENT_DIR: &str = "/etc/fleetward/client";
+
+fn selector(gateway: &str) -> BTreeMap<String, String> {
+    objects::map(&[
+        ("app.kubernetes.io/name", "fleetward-gateway"),
+        ("fleetward.io/gateway", gateway),
+    ])
 }
 
 /// The gateway workload's identity: it may read Secrets in its namespace
 /// (its devices' credentials, for the device registry) and nothing else.
 /// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
 /// filters by `fleetward.io/gateway=<name>` itself.
+pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
+    let name = workload_name(&gw.name_any());
+    let meta = child_meta(gw, name.clone())?;
+    let sa = ServiceAccount {
+        metadata: meta.clone(),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: gw.namespace(),
+            ..Default::default()
+        }]),
+    };
+    Ok((sa, role, binding))
+}
+
 pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
     let name = workload_name(&gw.name_any());
-    let meta = serde_json::to_value(child_meta(gw, name.clone())?).expect("metadata serializes");
-    let sa: ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
-    }))
-    .expect("service account template");
-    let role: Role = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}],
-    }))
-    .expect("role template");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-    }))
-    .expect("role binding template");
+    let (sa, role, binding) = rbac(gw)?;
     apply(&Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns), &name, &sa).await?;
     apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role).await?;
     apply(&Api::<RoleBinding>::namespaced(ctx.client.clone(), ns), &name, &binding).await?;
@@ -204,21 +255,26 @@ pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
 
 pub fn service(gw: &Gateway) -> Result<Service> {
     let name = gw.name_any();
-    let value = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": child_meta(gw, name.clone())?,
-        "spec": {
-            "type": gw.spec.service_type.as_str(),
-            "selector": {"app.kubernetes.io/name": "fleetward-gateway", "fleetward.io/gateway": name},
-            "ports": [
-                {"name": "mqtts", "port": gw.spec.mqtt_port, "targetPort": "mqtts"},
-                {"name": "command", "port": gw.spec.command_api.port, "targetPort": "command"},
-                {"name": "metrics", "port": 9090, "targetPort": "metrics"},
-            ],
-        },
-    });
-    Ok(serde_json::from_value(value).expect("service template is well-formed"))
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
+    };
+    Ok(Service {
+        metadata: child_meta(gw, name.clone())?,
+        spec: Some(ServiceSpec {
+            type_: Some(gw.spec.service_type.as_str().into()),
+            selector: Some(selector(&name)),
+            ports: Some(vec![
+                port("mqtts", gw.spec.mqtt_port),
+                port("command", gw.spec.command_api.port),
+                port("metrics", METRICS_PORT),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 /// The broker's volume claim when `spec.persistence` asks for one; without
@@ -234,18 +290,153 @@ pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Resul
         }
         return Ok(());
     };
-    let meta = serde_json::to_value(child_meta(gw, name.clone())?).expect("metadata serializes");
-    let mut spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": p.size}},
-    });
-    if let Some(class) = &p.storage_class_name {
-        spec["storageClassName"] = json!(class);
-    }
-    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec,
-    }))
-    .expect("volume claim template");
+    let claim = PersistentVolumeClaim {
+        metadata: child_meta(gw, name.clone())?,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(p.size.clone()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     apply(&claims, &name, &claim).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gateway(spec: serde_json::Value) -> Gateway {
+        serde_json::from_value(json!({
+            "apiVersion": "fleetward.io/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns", "uid": "u-1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn full() -> Gateway {
+        gateway(json!({
+            "persistence": {"size": "2Gi", "storageClassName": "fast"},
+            "audit": {"connectionSecretRef": {"name": "db", "key": "url"}},
+            "backend": {"url": "http://backend:8080/ingest"},
+            "kafka": {"topic": "telemetry"},
+        }))
+    }
+
+    /// Every mount names a volume of the pod, every volume is used, and
+    /// each Secret/ConfigMap volume names the object the operator writes.
+    #[test]
+    fn mounts_and_volumes_match() {
+        let set = statefulset(&full(), &Config::default(), "h1").unwrap();
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let volumes: Vec<String> = pod.volumes.clone().unwrap().iter().map(|v| v.name.clone()).collect();
+        let mut used = std::collections::HashSet::new();
+        for c in &pod.containers {
+            for m in c.volume_mounts.clone().unwrap() {
+                assert!(volumes.contains(&m.name), "{} mounts unknown volume {}", c.name, m.name);
+                used.insert(m.name);
+            }
+            // Locked down, every container.
+            let sc = c.security_context.clone().unwrap();
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert!(c.readiness_probe.is_some(), "{} has a readiness probe", c.name);
+        }
+        assert_eq!(used.len(), volumes.len(), "every volume is mounted");
+        let v = serde_json::to_value(&pod.volumes).unwrap();
+        let by_name = |n: &str| v.as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
+        assert_eq!(by_name("broker-tls")["secret"]["secretName"], "gw-broker-tls");
+        assert_eq!(by_name("client-tls")["secret"]["secretName"], "gw-gateway-client");
+        assert_eq!(by_name("crl")["configMap"]["name"], "gw-crl");
+        assert_eq!(by_name("config")["configMap"]["name"], "gw-mosquitto");
+        assert_eq!(by_name("data")["persistentVolumeClaim"]["claimName"], "gw-broker-data");
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+        assert_eq!(pod.share_process_namespace, Some(true));
+        assert_eq!(pod.service_account_name.as_deref(), Some("gw-gateway"));
+    }
+
+    #[test]
+    fn the_gateway_environment_carries_every_spec_section() {
+        let set = statefulset(&full(), &Config::default(), "h1").unwrap();
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let gw = pod.containers.iter().find(|c| c.name == "gateway").unwrap();
+        let env: std::collections::BTreeMap<String, serde_json::Value> = gw
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                assert!(
+                    e.value.is_some() != e.value_from.is_some(),
+                    "{} has exactly one source",
+                    e.name
+                );
+                (e.name.clone(), serde_json::to_value(&e).unwrap())
+            })
+            .collect();
+        for name in [
+            "FLEETWARD_GATEWAY",
+            "MQTT_PORT",
+            "CRL_FILE",
+            "RATE_PER_SECOND",
+            "COMMAND_API_KEY",
+            "DATABASE_URL",
+            "BACKEND_URL",
+            "KAFKA_BROKERS",
+            "KAFKA_TOPIC",
+            "MQTT_CLIENT_ID",
+        ] {
+            assert!(env.contains_key(name), "{name} missing");
+        }
+        assert_eq!(
+            env["COMMAND_API_KEY"]["valueFrom"]["secretKeyRef"]["name"],
+            "gw-command-api"
+        );
+        assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
+        assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");
+    }
+
+    #[test]
+    fn service_ports_target_named_container_ports() {
+        let gw = full();
+        let set = statefulset(&gw, &Config::default(), "h1").unwrap();
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let named: Vec<String> = pod
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.clone().unwrap())
+            .filter_map(|p| p.name)
+            .collect();
+        let svc = service(&gw).unwrap().spec.unwrap();
+        for p in svc.ports.unwrap() {
+            let IntOrString::String(target) = p.target_port.unwrap() else {
+                panic!("targets by name")
+            };
+            assert!(named.contains(&target), "no container port named {target}");
+        }
+        assert_eq!(
+            svc.selector.unwrap().get("fleetward.io/gateway").map(String::as_str),
+            Some("gw")
+        );
+    }
+
+    #[test]
+    fn rbac_binds_the_role_to_the_account() {
+        let (sa, role, binding) = rbac(&full()).unwrap();
+        assert_eq!(sa.metadata.name, role.metadata.name);
+        assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            ("gw-gateway", Some("ns"))
+        );
+        assert_eq!(role.rules.unwrap()[0].verbs, ["get", "list", "watch"]);
+    }
 }

@@ -301,7 +301,7 @@ pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -
     env_map.insert("MOSQUITTO_PID".into(), broker.pid().to_string());
     env_map.insert("KUBECONFIG".into(), env("KUBECONFIG"));
     env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-gateway"));
+    let mut cmd = Command::new(workspace_binary("fleetward-gateway"));
     cmd.env_clear()
         .envs(&env_map)
         .env("PATH", std::env::var("PATH").unwrap_or_default());

@@ -2,7 +2,8 @@
 //! the same broker, in one run on one machine.
 //!
 //!   ./deploy.sh dev-up   # services
-//!   cargo bench -p fleetward-gateway --bench throughput [-- MESSAGES RATE SECONDS]
+//!   cargo build --release -p fleetward-gateway
+//!   cargo bench -p fleetward-system-tests --bench gateway_throughput [-- MESSAGES RATE SECONDS]
 //!
 //! 1. Throughput (drain): MESSAGES signed messages from 20 devices are
 //!    queued at Mosquitto for an offline persistent session; then
@@ -14,7 +15,7 @@
 //!    publish→Kafka-record-through-the-gateway; the difference is what the
 //!    gateway adds.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/gateway/common.rs"]
 mod common;
 
 use std::sync::Arc;

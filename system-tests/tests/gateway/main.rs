@@ -517,7 +517,7 @@ async fn crl_change_is_applied_to_the_broker() {
         "CRL lists r1",
         30,
         || get_opt(&cms, "gw-crl"),
-        |cm| cm.data.as_ref().unwrap()["revoked.json"].contains(&serial),
+        |cm| fleetward_operator::crl::parse(cm).is_ok_and(|c| c.contains(&serial)),
     )
     .await;
     // What the kubelet does with the ConfigMap volume.

@@ -53,9 +53,9 @@ async fn run_publishes_signed_category_readings_from_secrets_and_files() {
         write(&cam_dir, k, &ns.secret_value("cam-1-credentials", k).await);
     }
     write(&cam_dir, "category", "ipCamera");
-    let sim = env!("CARGO_BIN_EXE_fleetward-sim");
+    let sim = workspace_binary("fleetward-sim");
     let common = ["--host", "localhost", "--port", &broker.port.to_string()];
-    let from_secret = Command::new(sim)
+    let from_secret = Command::new(&sim)
         .args(["--namespace", &ns.name])
         .args(common)
         .args(["run", "--device", "meter-1", "--interval", "0.2", "--count", "3"])
@@ -67,7 +67,7 @@ async fn run_publishes_signed_category_readings_from_secrets_and_files() {
         "{}",
         String::from_utf8_lossy(&from_secret.stderr)
     );
-    let from_files = Command::new(sim)
+    let from_files = Command::new(&sim)
         .args(common)
         .args(["--credentials-dir", &tmp.path().join("creds").display().to_string()])
         .args(["run", "--device", "cam-1", "--interval", "0.2", "--count", "2"])

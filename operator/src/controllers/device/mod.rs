@@ -1,0 +1,309 @@
+//! Device reconciler: a device's credentials (certificate signed by its
+//! Gateway's CA + HMAC secret), issued, renewed, rotated and revoked. In
+//! three parts:
+//!
+//! 1. **observe** — the Gateway, its CA and CRL, and the device's
+//!    credentials Secret, from the shared stores (no GETs; see
+//!    `controllers::stores`);
+//! 2. **plan** (`plan.rs`) — every credential decision, a pure function of
+//!    what was observed, the spec and `now`, unit-tested transition by
+//!    transition;
+//! 3. **apply** — the finalizer, the credentials Secret, then revocations
+//!    (only once the replacement is stored: a crash in between leaves a
+//!    device with valid credentials, never without any), status, events
+//!    and metrics.
+//!
+//! What wakes a Device: its creation, a spec change or its deletion (not its
+//! own status or finalizer writes), a change to its Secret made by someone
+//! else (not the operator's own writes), and its Gateway's CA or readiness
+//! changing. One reconcile per Device in the common case.
+//!
+//! The Secret `<device>-credentials` (its layout: `fleetward_credentials`)
+//! is the record of what was issued; the Device status mirrors it.
+
+pub mod plan;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use fleetward_credentials::{ANN_VERSION, Credentials, LABEL_DEVICE};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use self::plan::{GatewayView, Observed, RealMint};
+use super::policy;
+use crate::context::{Context, MANAGED_BY, apply, labels, owner_ref};
+use crate::crd::{Device, Gateway};
+use crate::crl::{self, CrlState};
+use crate::pki::{CaBundle, Revocation};
+use crate::{Error, Result};
+
+const KIND: &str = "device";
+pub const FINALIZER: &str = "fleetward.io/revoke-credentials";
+
+pub use fleetward_credentials::secret_name;
+
+/// Devices reconciled at once. Each reconcile is a few milliseconds of
+/// signing plus three API writes, so the API server, not the CPU, sets the
+/// pace; 64 keeps it busy without queueing requests for long.
+pub const CONCURRENCY: u16 = 64;
+
+/// A Device needs a new plan when its spec changes (generation) or it is
+/// being deleted; its own status and finalizer writes do not count.
+fn spec_or_deletion(dev: &Device) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    predicates::generation(dev).hash(&mut h);
+    dev.meta().deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// What the devices of a Gateway care about: whether it is there, its CA,
+/// and whether it is Ready (its CA and CRL exist).
+fn gateway_readiness(gw: &Gateway) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    gw.meta().uid.hash(&mut h);
+    let status = gw.status.as_ref();
+    status.and_then(|s| s.ca_fingerprint.clone()).hash(&mut h);
+    status
+        .map(|s| crate::conditions::is_true(&s.conditions, crate::conditions::READY))
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (reader, writer) = reflector::store();
+    let devices = watcher(Api::<Device>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(super::stores::slim)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_deletion, Default::default());
+    let gateways = watcher(Api::<Gateway>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(gateway_readiness, Default::default());
+    let credentials = watcher::Config::default().labels(&format!("{}={},{LABEL_DEVICE}", MANAGED_BY.0, MANAGED_BY.1));
+    // Someone else changed or deleted a device's Secret: repair it. Its
+    // changes that are the operator's own writes carry no news.
+    let own = ctx.clone();
+    let credentials = watcher(Api::<Secret>::all(client), credentials)
+        .default_backoff()
+        .filter_map(move |ev| {
+            let changed = match ev {
+                Ok(watcher::Event::Apply(s)) => (!own.stores.is_own_write(&s)).then_some(Ok(s)),
+                Ok(watcher::Event::Delete(s)) => Some(Ok(s)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(changed)
+        });
+    let by_gateway = reader.clone();
+    Controller::for_stream(devices, reader)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .watches_stream(credentials, |s| {
+            let owner = s.owner_references().iter().find(|o| o.kind == "Device")?;
+            Some(ObjectRef::<Device>::new(&owner.name).within(&s.namespace()?))
+        })
+        // A Gateway appearing, getting its CA or a new one: its devices.
+        .watches_stream(gateways, move |gw| {
+            let (ns, name) = (gw.namespace(), gw.name_any());
+            by_gateway
+                .state()
+                .into_iter()
+                .filter(move |d| d.namespace() == ns && d.spec.gateway_ref == name)
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "device reconcile loop");
+            }
+        })
+        .await;
+}
+
+fn error_policy(dev: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Action {
+    policy::on_error(dev, error, ctx, KIND)
+}
+
+/// One reconciliation of a Device (public so tests can run it directly).
+#[tracing::instrument(skip_all, fields(device = %dev.name_any(), namespace = dev.namespace().as_deref().unwrap_or("")))]
+pub async fn reconcile(dev: Arc<Device>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start(KIND);
+    let result = reconcile_device(&dev, &ctx).await;
+    policy::finished(&ctx, dev.as_ref(), result)
+}
+
+async fn reconcile_device(dev: &Device, ctx: &Context) -> Result<Action> {
+    let ns = dev.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let api: Api<Device> = Api::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = dev.finalizers().iter().any(|f| f == FINALIZER);
+    if dev.meta().deletion_timestamp.is_some() {
+        if has_finalizer {
+            cleanup(dev, ctx, &ns).await?;
+            set_finalizer(&api, dev, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    // The finalizer first (so a deletion cannot miss the revocation), then
+    // the work, in the same reconcile.
+    if !has_finalizer {
+        set_finalizer(&api, dev, true).await?;
+    }
+    let observed = observe(dev, ctx, &ns);
+    let gateway_ca = observed.ca.clone();
+    let plan = plan::plan(dev, observed.view(), Timestamp::now(), &mut RealMint)?;
+    apply_plan(dev, ctx, &ns, plan, gateway_ca.as_ref()).await
+}
+
+/// Adds or removes our finalizer, guarded by the resourceVersion seen: a
+/// concurrent change to the list fails (409) and the next reconcile starts
+/// from the new state.
+async fn set_finalizer(api: &Api<Device>, dev: &Device, present: bool) -> Result<()> {
+    let mut finalizers: Vec<String> = dev.finalizers().to_vec();
+    if present {
+        finalizers.push(FINALIZER.to_string());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": dev.resource_version()}});
+    match api
+        .patch(&dev.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone (a concurrent reconcile released it): nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 404 && !present => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What observe found, owned, for `plan` to borrow.
+struct Seen {
+    gateway_exists: bool,
+    ca: Option<CaBundle>,
+    crl: Option<CrlState>,
+    current: Option<Credentials>,
+    unreadable_version: Option<i64>,
+}
+
+impl Seen {
+    fn view(&self) -> Observed<'_> {
+        let gateway = match (self.gateway_exists, &self.ca, &self.crl) {
+            (false, _, _) => GatewayView::Missing,
+            (true, Some(ca), Some(crl)) => GatewayView::Ready { ca, crl },
+            _ => GatewayView::NotReady,
+        };
+        Observed {
+            gateway,
+            current: self.current.clone(),
+            unreadable_version: self.unreadable_version,
+        }
+    }
+}
+
+fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
+    let gw = &dev.spec.gateway_ref;
+    let stores = &ctx.stores;
+    let ca = stores
+        .secret(ns, &super::gateway::ca_secret_name(gw))
+        .and_then(|s| super::gateway::ca_from_secret(&s).ok().flatten());
+    let crl = stores.configmap(ns, &crl::name(gw)).and_then(|cm| crl::parse(&cm).ok());
+    let secret = stores.secret(ns, &secret_name(&dev.name_any()));
+    let (current, unreadable_version) = match secret.as_deref().map(Credentials::from_secret) {
+        None => (None, None),
+        Some(Ok(c)) => (Some(c), None),
+        Some(Err(why)) => {
+            tracing::warn!(reason = %why, "credentials Secret is unreadable; new credentials will replace it");
+            let version = secret
+                .as_ref()
+                .and_then(|s| s.annotations().get(ANN_VERSION)?.parse().ok());
+            (None, Some(version.unwrap_or(0)))
+        }
+    };
+    Seen {
+        gateway_exists: stores.gateway(ns, gw).is_some(),
+        ca,
+        crl,
+        current,
+        unreadable_version,
+    }
+}
+
+async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, ca: Option<&CaBundle>) -> Result<Action> {
+    let name = dev.name_any();
+    if let Some(creds) = &plan.store {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let secret = creds.to_secret(labels(&[]), Some(owner_ref(dev)?));
+        ctx.stores.writing_secret(&secret, ns);
+        let written = apply(&secrets, &secret_name(&name), &secret).await?;
+        ctx.stores.wrote_secret(written);
+    }
+    if !plan.revoke.is_empty() {
+        let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
+        ctx.crl.revoke(ns, &dev.spec.gateway_ref, ca, plan.revoke).await?;
+    }
+    policy::write_status(ctx, dev, dev.status.as_ref(), &plan.status).await?;
+    ctx.metrics.device_ready(ns, &name, plan.ready);
+    if let Some(not_after) = plan.not_after {
+        ctx.metrics
+            .cert_expiry
+            .with_label_values(&[ns, &name, "device"])
+            .set(not_after.as_second() as f64);
+    }
+    for ev in plan.events {
+        ctx.event(dev, ev.warning, ev.reason, ev.action, ev.note).await;
+    }
+    Ok(Action::requeue(plan.requeue))
+}
+
+/// Deletion: revoke what the device held, then remove its Secret and let
+/// the finalizer go.
+async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
+    let name = dev.name_any();
+    let seen = observe(dev, ctx, ns);
+    if let Some(creds) = &seen.current {
+        // Without the gateway's CA nothing trusts the certificate any more,
+        // so there is nothing to revoke.
+        if let (Some(ca), Some(_)) = (&seen.ca, &seen.crl) {
+            let now = Timestamp::now().to_string();
+            let serial = crate::pki::inspect(&creds.cert_pem)?.serial;
+            let entries: Vec<Revocation> = std::iter::once(serial.clone())
+                .chain(creds.previous_serial.clone())
+                .map(|s| Revocation {
+                    serial: s,
+                    revoked_at: now.clone(),
+                    subject: name.clone(),
+                    reason: "cessationOfOperation".into(),
+                })
+                .collect();
+            ctx.crl.revoke(ns, &dev.spec.gateway_ref, ca, entries).await?;
+            ctx.event(
+                dev,
+                false,
+                "Revoked",
+                "Delete",
+                format!("device deleted; certificate {serial} revoked"),
+            )
+            .await;
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match secrets.delete(&secret_name(&name), &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.stores.deleted_secret(ns, &secret_name(&name));
+    ctx.metrics.forget_device(ns, &name);
+    Ok(())
+}

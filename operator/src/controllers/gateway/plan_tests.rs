@@ -1,0 +1,282 @@
+//! Every decision of the Gateway `plan`, without an API server: real
+//! certificates from a real CA (signing is pure computation), counted so a
+//! test can say "nothing new was minted".
+
+use super::plan::*;
+use crate::crd::Gateway;
+use crate::crl::CrlState;
+use crate::pki::{self, CaBundle, Issued, LeafRequest};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+#[derive(Default)]
+struct Counting {
+    cas: u32,
+    leaves: u32,
+    keys: u32,
+}
+
+impl Mint for Counting {
+    fn ca(&mut self, cn: &str, days: i64) -> crate::Result<CaBundle> {
+        self.cas += 1;
+        RealMint.ca(cn, days)
+    }
+    fn leaf(&mut self, ca: &CaBundle, req: &LeafRequest<'_>) -> crate::Result<Issued> {
+        self.leaves += 1;
+        RealMint.leaf(ca, req)
+    }
+    fn api_key(&mut self) -> String {
+        self.keys += 1;
+        format!("key-{}", self.keys)
+    }
+}
+
+fn gateway(spec: serde_json::Value) -> Gateway {
+    serde_json::from_value(json!({
+        "apiVersion": "fleetward.io/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "ns", "generation": 2},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn day(n: i64) -> SignedDuration {
+    SignedDuration::from_hours(24 * n)
+}
+
+/// The observed state right after `first` was applied: its CA, its
+/// certificates, its CRL, the command key.
+fn settled(first: &Plan, crl: CrlState) -> Observed {
+    let cert = |suffix: &str| {
+        first
+            .leaves
+            .iter()
+            .find(|l| l.secret.ends_with(suffix))
+            .map(|l| l.issued.cert_pem.clone())
+    };
+    Observed {
+        ca: CaView::Valid(first.ca.clone().unwrap()),
+        broker_cert: cert("-broker-tls"),
+        client_cert: cert("-gateway-client"),
+        command_key: true,
+        crl: Some(crl),
+        broker_available: true,
+    }
+}
+
+fn new_gateway() -> Observed {
+    Observed {
+        ca: CaView::Missing,
+        broker_cert: None,
+        client_cert: None,
+        command_key: false,
+        crl: None,
+        broker_available: false,
+    }
+}
+
+fn ready(p: &Plan) -> Option<(String, String)> {
+    p.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[test]
+fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
+    let gw = gateway(json!({}));
+    let now = Timestamp::now();
+    let mut mint = Counting::default();
+    let p = plan(&gw, new_gateway(), now, &mut mint).unwrap();
+    assert!(p.create_ca);
+    assert_eq!((mint.cas, mint.leaves, mint.keys), (1, 2, 1));
+    let secrets: Vec<&str> = p.leaves.iter().map(|l| l.secret.as_str()).collect();
+    assert_eq!(secrets, ["gw-broker-tls", "gw-gateway-client"]);
+    let broker = pki::inspect(&p.leaves[0].issued.cert_pem).unwrap();
+    assert!(broker.dns_names.contains(&"gw.ns.svc".to_string()));
+    assert!(broker.dns_names.contains(&"127.0.0.1".to_string()));
+    assert!(pki::is_issued_by(
+        &p.leaves[0].issued.cert_pem,
+        &p.ca.as_ref().unwrap().cert_pem
+    ));
+    assert_eq!(p.command_key.as_deref(), Some("key-1"));
+    assert_eq!(p.crl, CrlStep::Create);
+    assert_eq!(p.status.crl_number, Some(1));
+    assert_eq!(p.status.revoked_certificates, Some(0));
+    assert_eq!(
+        p.status.server_certificate_serial.as_deref(),
+        Some(broker.serial.as_str())
+    );
+    assert_eq!(ready(&p), Some(("True".into(), "Configured".into())));
+    let reasons: Vec<&str> = p.events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["CACreated", "CertificateIssued", "CertificateIssued"]);
+    // The plan's key material never reaches its events.
+    for e in &p.events {
+        assert!(!e.note.contains("PRIVATE KEY"));
+    }
+}
+
+#[test]
+fn a_settled_gateway_needs_no_new_key_material_and_no_events() {
+    let gw = gateway(json!({}));
+    let now = Timestamp::now();
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    let mut mint = Counting::default();
+    let p = plan(&gw, settled(&first, CrlState::empty(now)), now + day(1), &mut mint).unwrap();
+    assert_eq!((mint.cas, mint.leaves, mint.keys), (0, 0, 0));
+    assert!(!p.create_ca && p.leaves.is_empty() && p.command_key.is_none());
+    assert_eq!(p.crl, CrlStep::Keep);
+    assert!(p.events.is_empty());
+    assert_eq!(p.rollout_hash, first.rollout_hash, "nothing restarts the broker");
+}
+
+#[test]
+fn the_broker_certificate_is_renewed_inside_renew_before_and_the_broker_restarts() {
+    let gw = gateway(json!({"serverCertificate": {"validityDays": 40, "renewBeforeDays": 10}}));
+    let now = Timestamp::now();
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    // Day 29: nothing due. Day 31: both leaves are inside renewBefore.
+    let early = plan(&gw, settled(&first, CrlState::empty(now)), now + day(29), &mut RealMint).unwrap();
+    assert!(early.leaves.is_empty());
+    // Requeued for the renewal moment (capped by the resync).
+    assert!(early.requeue.as_secs() > 0 && early.requeue.as_secs() <= 6 * 3600);
+    let due = plan(&gw, settled(&first, CrlState::empty(now)), now + day(31), &mut RealMint).unwrap();
+    let renewed: Vec<(&str, &str)> = due.leaves.iter().map(|l| (l.secret.as_str(), l.reason)).collect();
+    assert_eq!(
+        renewed,
+        [("gw-broker-tls", "renewal due"), ("gw-gateway-client", "renewal due")]
+    );
+    assert_ne!(due.rollout_hash, first.rollout_hash);
+    assert!(!due.create_ca);
+}
+
+#[test]
+fn requeue_is_the_earliest_renewal() {
+    let gw = gateway(json!({"serverCertificate": {"validityDays": 40, "renewBeforeDays": 10}}));
+    let now = Timestamp::now();
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    let broker = pki::inspect(&first.leaves[0].issued.cert_pem).unwrap();
+    let renewal = pki::renewal_time(&broker, 10);
+    let p = plan(
+        &gw,
+        settled(&first, CrlState::empty(now)),
+        renewal - SignedDuration::from_mins(90),
+        &mut RealMint,
+    )
+    .unwrap();
+    assert!(p.leaves.is_empty());
+    let secs = p.requeue.as_secs();
+    assert!((5300..=5400).contains(&secs), "requeue {secs}s, expected ~90 min");
+}
+
+#[test]
+fn new_names_reissue_the_broker_certificate_only() {
+    let now = Timestamp::now();
+    let first = plan(&gateway(json!({})), new_gateway(), now, &mut RealMint).unwrap();
+    let gw = gateway(json!({"extraDnsNames": ["mqtt.example.com"], "extraIpAddresses": ["192.0.2.7"]}));
+    let p = plan(&gw, settled(&first, CrlState::empty(now)), now, &mut RealMint).unwrap();
+    assert_eq!(p.leaves.len(), 1);
+    assert_eq!(
+        (p.leaves[0].secret.as_str(), p.leaves[0].reason),
+        ("gw-broker-tls", "subject or names changed")
+    );
+    let names = pki::inspect(&p.leaves[0].issued.cert_pem).unwrap().dns_names;
+    assert!(names.contains(&"mqtt.example.com".to_string()) && names.contains(&"192.0.2.7".to_string()));
+}
+
+#[test]
+fn ca_rollover_reissues_both_certificates_from_the_new_ca() {
+    // The CA Secret was replaced by another valid CA: the certificates in
+    // the leaf Secrets are from the old one.
+    let now = Timestamp::now();
+    let gw = gateway(json!({}));
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    let mut obs = settled(&first, CrlState::empty(now));
+    let new_ca = pki::generate_ca("replacement CA", 365).unwrap();
+    obs.ca = CaView::Valid(new_ca.clone());
+    let p = plan(&gw, obs, now, &mut RealMint).unwrap();
+    assert!(!p.create_ca, "a valid CA the user put there is kept");
+    assert_eq!(p.leaves.len(), 2);
+    for l in &p.leaves {
+        assert_eq!(l.reason, "not signed by the current CA");
+        assert!(pki::is_issued_by(&l.issued.cert_pem, &new_ca.cert_pem));
+    }
+}
+
+#[test]
+fn a_lost_ca_is_recreated_and_the_crl_re_signed_by_it() {
+    let now = Timestamp::now();
+    let gw = gateway(json!({}));
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    let mut obs = settled(&first, CrlState::empty(now).resigned(now));
+    obs.ca = CaView::Missing;
+    let p = plan(&gw, obs, now, &mut RealMint).unwrap();
+    assert!(p.create_ca);
+    assert_eq!(p.leaves.len(), 2, "certificates of the lost CA are replaced");
+    assert_eq!(p.crl, CrlStep::Resign);
+    assert_eq!(p.status.crl_number, Some(3));
+}
+
+#[test]
+fn an_invalid_ca_stops_everything_and_warns_once() {
+    let gw = gateway(json!({}));
+    let now = Timestamp::now();
+    let mut obs = new_gateway();
+    obs.ca = CaView::Invalid("missing tls.key".into());
+    let mut mint = Counting::default();
+    let p = plan(&gw, obs, now, &mut mint).unwrap();
+    assert!(p.ca.is_none() && p.leaves.is_empty() && p.command_key.is_none());
+    assert_eq!(
+        (mint.cas, mint.leaves, mint.keys),
+        (0, 0, 0),
+        "never replaces a CA on its own"
+    );
+    assert_eq!(ready(&p), Some(("False".into(), "InvalidCA".into())));
+    assert_eq!(p.events.len(), 1);
+    assert!(p.events[0].warning);
+    assert!(p.events[0].note.contains("gw-ca") && p.events[0].note.contains("missing tls.key"));
+    assert_eq!(p.requeue.as_secs(), 300);
+    // Next time, with that status recorded: no second event.
+    let mut gw2 = gw.clone();
+    gw2.status = Some(p.status.clone());
+    let mut obs = new_gateway();
+    obs.ca = CaView::Invalid("missing tls.key".into());
+    assert!(plan(&gw2, obs, now, &mut RealMint).unwrap().events.is_empty());
+}
+
+#[test]
+fn a_user_supplied_command_key_is_not_generated() {
+    let gw = gateway(json!({"commandApi": {"apiKeySecretRef": {"name": "mine", "key": "k"}}}));
+    let mut mint = Counting::default();
+    let p = plan(&gw, new_gateway(), Timestamp::now(), &mut mint).unwrap();
+    assert!(p.command_key.is_none());
+    assert_eq!(mint.keys, 0);
+}
+
+#[test]
+fn a_half_spent_crl_is_re_signed_with_the_next_number() {
+    let gw = gateway(json!({}));
+    let now = Timestamp::now();
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    let crl = CrlState::empty(now);
+    let keep = plan(&gw, settled(&first, crl.clone()), now + day(14), &mut RealMint).unwrap();
+    assert_eq!(keep.crl, CrlStep::Keep);
+    let p = plan(&gw, settled(&first, crl), now + day(16), &mut RealMint).unwrap();
+    assert_eq!(p.crl, CrlStep::Resign);
+    assert_eq!(p.status.crl_number, Some(2));
+}
+
+#[test]
+fn broker_availability_is_its_own_condition() {
+    let gw = gateway(json!({}));
+    let p = plan(&gw, new_gateway(), Timestamp::now(), &mut RealMint).unwrap();
+    let c = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "BrokerAvailable")
+        .unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NotAvailable"));
+    assert_eq!(p.status.observed_generation, Some(2));
+}

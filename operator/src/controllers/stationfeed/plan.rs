@@ -1,0 +1,332 @@
+//! What a StationFeed's status, events and Deployments should be, as a
+//! pure function of the feed and what was observed: the keyring outcome
+//! (the keyring module creates and rotates; this says what that means for
+//! the feed), the referenced Secrets that are missing, and whether both
+//! workloads have an available pod.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::{encryptor_deployment, ingestor_deployment};
+use crate::Result;
+use crate::conditions::{self, READY};
+use crate::context::Config;
+use crate::controllers::keyring::Outcome;
+use crate::controllers::policy::{PlannedEvent, is_news};
+use crate::crd::stationfeed::StationFeedStatus;
+use crate::crd::{SecretKeyRef, StationFeed};
+
+pub struct Observed {
+    pub keyring: Outcome,
+    /// Referenced Secrets (or keys) that do not exist, described.
+    pub missing: Vec<String>,
+    /// The ingestor and the encryptor each have an available pod.
+    pub available: bool,
+}
+
+pub struct Plan {
+    /// Applied even while a referenced Secret is missing, so the pods
+    /// start as soon as it appears; none while the keyring is unusable.
+    pub deployments: Vec<Deployment>,
+    pub status: StationFeedStatus,
+    pub events: Vec<PlannedEvent>,
+    pub requeue: Duration,
+}
+
+/// The Secrets a feed's workloads read, by the spec field naming them.
+pub fn secret_refs(feed: &StationFeed) -> Vec<(&'static str, &SecretKeyRef)> {
+    let mut refs = vec![(
+        "postgres.connectionSecretRef",
+        &feed.spec.postgres.connection_secret_ref,
+    )];
+    if let Some(j) = &feed.spec.source.jcdecaux {
+        refs.push(("source.jcdecaux.apiKeySecretRef", &j.api_key_secret_ref));
+    }
+    refs
+}
+
+const INVALID_KEYRING_RETRY: Duration = Duration::from_secs(300);
+/// Referenced Secrets are not watched: look again soon while one is missing.
+const MISSING_SECRET_RETRY: Duration = Duration::from_secs(10);
+const RESYNC: Duration = Duration::from_secs(3600);
+
+pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> {
+    let name = feed.name_any();
+    let generation = feed.metadata.generation;
+    let mut status = feed.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    let mut events = Vec::new();
+    let secret_name = fleetward_keyring::secret_name(&name);
+
+    let keyring = match obs.keyring {
+        Outcome::Invalid(reason) => {
+            let message = format!(
+                "Secret {secret_name} does not hold a usable keyring ({reason}); it is left untouched. Restore it, or \
+                 delete it to generate a new keyring (rows encrypted with the old keys then stay unreadable)"
+            );
+            if is_news(&status.conditions, READY, "InvalidKeyring") {
+                events.push(PlannedEvent::warning("InvalidKeyring", "Validate", message.clone()));
+            }
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "InvalidKeyring",
+                &message,
+                generation,
+            );
+            return Ok(Plan {
+                deployments: Vec::new(),
+                status,
+                events,
+                requeue: INVALID_KEYRING_RETRY,
+            });
+        }
+        Outcome::Unchanged(k) => k,
+        Outcome::Created(k) => {
+            let previous = status.key_ids.clone();
+            if previous.is_empty() {
+                events.push(PlannedEvent::normal(
+                    "KeyringCreated",
+                    "CreateKeyring",
+                    format!("created keyring {secret_name} with key {}", k.primary_id()),
+                ));
+            } else {
+                // Someone deleted the keyring: the rows it encrypted are
+                // lost to decryption. Say so loudly.
+                events.push(PlannedEvent::warning(
+                    "KeyringRecreated",
+                    "CreateKeyring",
+                    format!(
+                        "keyring {secret_name} was deleted and has been generated anew (key {}); rows encrypted with \
+                         {} cannot be decrypted with it",
+                        k.primary_id(),
+                        previous.join(", ")
+                    ),
+                ));
+            }
+            k
+        }
+        Outcome::Rotated { keyring, previous } => {
+            events.push(PlannedEvent::normal(
+                "KeyRotated",
+                "RotateKey",
+                format!(
+                    "new primary key {}; {} older key(s) kept for decryption (previous primary {previous})",
+                    keyring.primary_id(),
+                    keyring.key_ids().len() - 1
+                ),
+            ));
+            keyring
+        }
+    };
+
+    status.primary_key_id = Some(keyring.primary_id().to_string());
+    status.key_ids = keyring.key_ids();
+    status.last_rotation_time = (keyring.key_ids().len() > 1)
+        .then(|| jiff::Timestamp::from_millisecond(keyring.primary_created_at().timestamp_millis()).ok())
+        .flatten()
+        .map(Time);
+    let requeue = if obs.missing.is_empty() {
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            true,
+            "Deployed",
+            format!(
+                "keyring (primary key {}) and the ingestor and encryptor Deployments are in place",
+                keyring.primary_id()
+            ),
+            generation,
+        );
+        RESYNC
+    } else {
+        let message = format!("missing: {}", obs.missing.join("; "));
+        let announce = !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason == "SecretNotFound" && c.message == message);
+        if announce {
+            events.push(PlannedEvent::warning("SecretNotFound", "Validate", message.clone()));
+        }
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "SecretNotFound",
+            &message,
+            generation,
+        );
+        MISSING_SECRET_RETRY
+    };
+    let up = obs.available;
+    conditions::set(
+        &mut status.conditions,
+        "Available",
+        up,
+        if up { "Available" } else { "NotAvailable" },
+        if up {
+            "the ingestor and encryptor pods are running"
+        } else {
+            "the ingestor or encryptor has no available pod yet"
+        },
+        generation,
+    );
+    Ok(Plan {
+        deployments: vec![ingestor_deployment(feed, config)?, encryptor_deployment(feed, config)?],
+        status,
+        events,
+        requeue,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetward_keyring::Keyring;
+    use serde_json::json;
+
+    fn feed(status: serde_json::Value) -> StationFeed {
+        serde_json::from_value(json!({
+            "apiVersion": "fleetward.io/v1alpha1", "kind": "StationFeed",
+            "metadata": {"name": "lyon", "namespace": "ns", "generation": 4, "uid": "u-1"},
+            "spec": {
+                "source": {"jcdecaux": {"contract": "lyon", "apiKeySecretRef": {"name": "jcd", "key": "apiKey"}}},
+                "kafka": {"topic": "stations"},
+                "postgres": {"connectionSecretRef": {"name": "db", "key": "url"}},
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn observed(keyring: Outcome) -> Observed {
+        Observed {
+            keyring,
+            missing: Vec::new(),
+            available: true,
+        }
+    }
+
+    fn reasons(p: &Plan) -> Vec<&str> {
+        p.events.iter().map(|e| e.reason).collect()
+    }
+
+    fn ready(p: &Plan) -> (String, String) {
+        let c = p.status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_new_feed_deploys_both_workloads_and_announces_its_keyring() {
+        let k = Keyring::generate();
+        let p = plan(
+            &feed(json!({})),
+            observed(Outcome::Created(k.clone())),
+            &Config::default(),
+        )
+        .unwrap();
+        assert_eq!(reasons(&p), ["KeyringCreated"]);
+        assert!(!p.events[0].warning);
+        let names: Vec<_> = p.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["lyon-ingestor", "lyon-encryptor"]);
+        assert_eq!(ready(&p), ("True".into(), "Deployed".into()));
+        assert_eq!(p.status.primary_key_id.as_deref(), Some(k.primary_id()));
+        assert_eq!(p.status.observed_generation, Some(4));
+        assert_eq!(p.requeue, RESYNC);
+    }
+
+    #[test]
+    fn a_keyring_recreated_after_deletion_is_a_warning_naming_the_lost_keys() {
+        let p = plan(
+            &feed(json!({"keyIds": ["old-1", "old-2"]})),
+            observed(Outcome::Created(Keyring::generate())),
+            &Config::default(),
+        )
+        .unwrap();
+        assert_eq!(reasons(&p), ["KeyringRecreated"]);
+        assert!(p.events[0].warning && p.events[0].note.contains("old-1, old-2"));
+    }
+
+    #[test]
+    fn a_rotation_is_announced_and_recorded() {
+        let mut k = Keyring::generate();
+        let previous = k.primary_id().to_string();
+        k.rotate();
+        let p = plan(
+            &feed(json!({})),
+            observed(Outcome::Rotated {
+                keyring: k.clone(),
+                previous: previous.clone(),
+            }),
+            &Config::default(),
+        )
+        .unwrap();
+        assert_eq!(reasons(&p), ["KeyRotated"]);
+        assert_eq!(p.status.key_ids.len(), 2);
+        assert!(p.status.last_rotation_time.is_some());
+        assert!(p.events[0].note.contains(&previous));
+    }
+
+    #[test]
+    fn an_unusable_keyring_deploys_nothing_and_warns_once() {
+        let p = plan(
+            &feed(json!({})),
+            observed(Outcome::Invalid("not JSON".into())),
+            &Config::default(),
+        )
+        .unwrap();
+        assert!(p.deployments.is_empty());
+        assert_eq!(ready(&p), ("False".into(), "InvalidKeyring".into()));
+        assert_eq!(reasons(&p), ["InvalidKeyring"]);
+        assert_eq!(p.requeue, INVALID_KEYRING_RETRY);
+        let again = feed(serde_json::to_value(&p.status).unwrap());
+        let p2 = plan(
+            &again,
+            observed(Outcome::Invalid("not JSON".into())),
+            &Config::default(),
+        )
+        .unwrap();
+        assert!(p2.events.is_empty(), "no second event for the same condition");
+    }
+
+    #[test]
+    fn a_missing_secret_still_deploys_and_looks_again_soon() {
+        let mut obs = observed(Outcome::Unchanged(Keyring::generate()));
+        obs.missing = vec!["postgres.connectionSecretRef (Secret \"db\", key \"url\")".into()];
+        obs.available = false;
+        let p = plan(&feed(json!({})), obs, &Config::default()).unwrap();
+        assert_eq!(p.deployments.len(), 2);
+        assert_eq!(ready(&p), ("False".into(), "SecretNotFound".into()));
+        assert_eq!(reasons(&p), ["SecretNotFound"]);
+        assert_eq!(p.requeue, MISSING_SECRET_RETRY);
+        let avail = p.status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+        assert_eq!(avail.status, "False");
+    }
+
+    #[test]
+    fn the_ingestor_reads_its_api_key_from_the_secret_and_never_runs_twice() {
+        let p = plan(
+            &feed(json!({})),
+            observed(Outcome::Unchanged(Keyring::generate())),
+            &Config::default(),
+        )
+        .unwrap();
+        let d = serde_json::to_value(&p.deployments[0]).unwrap();
+        assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+        assert_eq!(d["spec"]["replicas"], 1);
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let key = env.iter().find(|e| e["name"] == "JCDECAUX_API_KEY").unwrap();
+        assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "jcd");
+        assert!(key.get("value").is_none(), "the key itself is never in the Deployment");
+        let enc = serde_json::to_value(&p.deployments[1]).unwrap();
+        let vols = &enc["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(vols[0]["secret"]["secretName"], "lyon-keyring");
+    }
+}

@@ -1,0 +1,279 @@
+//! What the reconcilers observe, from memory instead of per-reconcile GETs:
+//! reflector stores of the Gateways and of the Secrets and ConfigMaps the
+//! operator manages (CAs, certificates, credentials, keyrings, CRLs),
+//! filled by one watch each and shared by every controller.
+//!
+//! A store lags the API server by the watch latency. A reconcile must never
+//! mistake its own write for something missing (it would issue a second
+//! certificate), so `OwnWrites` keeps every Secret this operator wrote until
+//! the store has caught up, and `secret` returns whichever is newer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+
+use crate::context::MANAGED_BY;
+use crate::crd::Gateway;
+
+#[derive(Clone)]
+pub struct Stores {
+    pub gateways: Store<Gateway>,
+    pub secrets: Store<Secret>,
+    pub configmaps: Store<ConfigMap>,
+    own: Arc<OwnWrites>,
+}
+
+/// How long `start` waits for the first listing of every store.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Stores {
+    /// Starts one reflector per kind and waits until each has listed.
+    pub async fn start(client: Client) -> Result<Self, StoresError> {
+        let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+        let gateways = reflect(Api::<Gateway>::all(client.clone()), watcher::Config::default());
+        let secrets = reflect(Api::<Secret>::all(client.clone()), managed.clone());
+        let configmaps = reflect(Api::<ConfigMap>::all(client), managed);
+        for (what, ready) in [
+            ("Gateways", gateways.wait_until_ready().boxed()),
+            ("Secrets", secrets.wait_until_ready().boxed()),
+            ("ConfigMaps", configmaps.wait_until_ready().boxed()),
+        ] {
+            tokio::time::timeout(SYNC_TIMEOUT, ready)
+                .await
+                .map_err(|_| StoresError::NotSynced(what))?
+                .map_err(|_| StoresError::NotSynced(what))?;
+        }
+        let own: Arc<OwnWrites> = Arc::default();
+        // Drop own writes the store has caught up with, so they do not
+        // stay in memory until their object's next reconcile.
+        let (sweep_own, sweep_store) = (Arc::downgrade(&own), secrets.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let Some(own) = sweep_own.upgrade() else { return };
+                own.sweep(&sweep_store);
+            }
+        });
+        Ok(Self {
+            gateways,
+            secrets,
+            configmaps,
+            own,
+        })
+    }
+
+    pub fn gateway(&self, ns: &str, name: &str) -> Option<Arc<Gateway>> {
+        self.gateways.get(&ObjectRef::new(name).within(ns))
+    }
+
+    pub fn configmap(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.configmaps.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// A managed Secret as this operator last knows it: the store's copy,
+    /// or the one it wrote itself if the store has not seen that yet.
+    pub fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        let key = ObjectRef::new(name).within(ns);
+        let stored = self.secrets.get(&key);
+        self.own.newest(&key, stored)
+    }
+
+    /// Records a Secret this operator is about to write (before the
+    /// request: its watch event may arrive before the answer does).
+    pub fn writing_secret(&self, secret: &Secret, namespace: &str) {
+        self.own.intend(secret, namespace);
+    }
+
+    /// Records a Secret this operator just wrote (the API server's answer).
+    pub fn wrote_secret(&self, secret: Secret) {
+        self.own.record(secret);
+    }
+
+    /// Forgets a Secret this operator deleted.
+    pub fn deleted_secret(&self, ns: &str, name: &str) {
+        self.own.forget(&ObjectRef::new(name).within(ns));
+    }
+
+    /// True when `secret` (a watch event: created or changed, not deleted)
+    /// holds exactly what this operator wrote or is writing: it carries no
+    /// news for the reconciler that wrote it.
+    pub fn is_own_write(&self, secret: &Secret) -> bool {
+        self.own.is_own(secret)
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum StoresError {
+    #[error("the {0} store did not finish its first listing within a minute; can the operator watch them?")]
+    NotSynced(&'static str),
+}
+
+/// A reflector that runs until the process ends; its watch retries with
+/// backoff on its own.
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .for_each(|ev| async move {
+            if let Err(e) = ev {
+                tracing::debug!(error = %e, kind = K::kind(&()).as_ref(), "store watch");
+            }
+        });
+    tokio::spawn(stream);
+    reader
+}
+
+/// Drops what no reconciler reads from a cached object: managedFields
+/// (often larger than the object) and kubectl's last-applied copy.
+pub fn slim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// resourceVersions are etcd revisions: numbers that only grow. (The API
+/// calls them opaque; if one is not a number, the store is trusted.)
+fn revision(s: &Secret) -> Option<u64> {
+    s.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+/// What makes a Secret's content: its data and annotations.
+type Content = (Option<BTreeMap<String, ByteString>>, BTreeMap<String, String>);
+
+fn content(s: &Secret) -> Content {
+    (s.data.clone(), s.metadata.annotations.clone().unwrap_or_default())
+}
+
+#[derive(Default)]
+struct OwnWrites {
+    /// The API server's answers to our writes, until the store has them.
+    secrets: Mutex<HashMap<ObjectRef<Secret>, Arc<Secret>>>,
+    /// What we last sent per Secret, until the store holds that content.
+    intended: Mutex<HashMap<ObjectRef<Secret>, Content>>,
+}
+
+impl OwnWrites {
+    fn intend(&self, secret: &Secret, namespace: &str) {
+        let key = ObjectRef::new(&secret.metadata.name.clone().unwrap_or_default()).within(namespace);
+        self.intended.lock().expect("own writes").insert(key, content(secret));
+    }
+
+    fn record(&self, secret: Secret) {
+        let key = ObjectRef::from_obj(&secret);
+        self.secrets.lock().expect("own writes").insert(key, Arc::new(secret));
+    }
+
+    fn forget(&self, key: &ObjectRef<Secret>) {
+        self.secrets.lock().expect("own writes").remove(key);
+        self.intended.lock().expect("own writes").remove(key);
+    }
+
+    fn newest(&self, key: &ObjectRef<Secret>, stored: Option<Arc<Secret>>) -> Option<Arc<Secret>> {
+        let mut own = self.secrets.lock().expect("own writes");
+        let Some(written) = own.get(key).cloned() else {
+            return stored;
+        };
+        match stored {
+            // The store has caught up: it is the truth again.
+            Some(s) if revision(&s).zip(revision(&written)).is_none_or(|(a, b)| a >= b) => {
+                own.remove(key);
+                Some(s)
+            }
+            _ => Some(written),
+        }
+    }
+
+    fn sweep(&self, store: &Store<Secret>) {
+        self.secrets.lock().expect("own writes").retain(|key, written| {
+            let stored = store.get(key);
+            stored.is_none_or(|s| revision(&s).zip(revision(written)).is_some_and(|(a, b)| a < b))
+        });
+        self.intended
+            .lock()
+            .expect("own writes")
+            .retain(|key, sent| store.get(key).is_none_or(|s| content(&s) != *sent));
+    }
+
+    /// Compared by content, not resourceVersion: the watch event of a write
+    /// can arrive before the API server's answer to it.
+    fn is_own(&self, secret: &Secret) -> bool {
+        let key = ObjectRef::from_obj(secret);
+        self.intended
+            .lock()
+            .expect("own writes")
+            .get(&key)
+            .is_some_and(|sent| *sent == content(secret))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn secret(rv: &str, value: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("d1-credentials".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            data: Some([("v".to_string(), ByteString(value.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_own_write_wins_until_the_store_catches_up() {
+        let own = OwnWrites::default();
+        let key = ObjectRef::new("d1-credentials").within("ns");
+        // Nothing written: the store's copy (or nothing).
+        assert!(own.newest(&key, None).is_none());
+        own.intend(&secret("", "mine"), "ns");
+        // Its watch event may come before the answer: already ours.
+        assert!(own.is_own(&secret("12", "mine")));
+        own.record(secret("12", "mine"));
+        // The store has not seen the write yet (older or missing).
+        assert_eq!(
+            own.newest(&key, None).unwrap().metadata.resource_version.as_deref(),
+            Some("12")
+        );
+        let older = Arc::new(secret("9", "old"));
+        assert_eq!(
+            own.newest(&key, Some(older))
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("12")
+        );
+        assert!(own.is_own(&secret("12", "mine")));
+        assert!(!own.is_own(&secret("13", "someone else's")));
+        // Caught up: the store again, and the own copy is dropped.
+        let caught_up = Arc::new(secret("13", "newer"));
+        assert_eq!(
+            own.newest(&key, Some(caught_up))
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("13")
+        );
+        assert!(own.secrets.lock().unwrap().is_empty());
+    }
+}
