@@ -14,9 +14,6 @@ pub enum Error {
     #[error("Secret {name} is missing key {key}")]
     SecretMissingKey { name: String, key: String },
 
-    #[error("Secret {name} holds a CA that cannot be used ({reason}); it is left untouched")]
-    InvalidCa { name: String, reason: String },
-
     #[error("ConfigMap {name} holds an unreadable revocation list: {reason}")]
     InvalidCrl { name: String, reason: String },
 
@@ -43,7 +40,6 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Pki(_) => "pki",
             Error::SecretMissingKey { .. } => "secret_missing_key",
-            Error::InvalidCa { .. } => "invalid_ca",
             Error::InvalidCrl { .. } => "invalid_crl",
             Error::Conflict { .. } => "conflict",
             Error::CrlWrite { .. } => "crl_write",

@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,25 +20,19 @@ use kube::api::ListParams;
 const LEASE_SECONDS: u64 = 6;
 
 fn replica(ns: &str, name: &str) -> Workload {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"));
-    cmd.args([
-        "--http-addr",
-        &format!("127.0.0.1:{port}"),
-        "--exit-on-stdin-eof",
-        "--leader-election",
-        "--lease-duration-seconds",
-        &LEASE_SECONDS.to_string(),
-        "--pod-namespace",
-        ns,
-        "--pod-name",
-        name,
-    ])
-    .env("KUBECONFIG", env("KUBECONFIG"))
-    .env("FLEETWARD_KAFKA_BOOTSTRAP", env("KAFKA_BROKERS"))
-    .env("RUST_LOG", "info");
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}-{name}.log"));
-    Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/healthz", 30)
+    let lease = LEASE_SECONDS.to_string();
+    spawn_operator(
+        &[
+            "--leader-election",
+            "--lease-duration-seconds",
+            &lease,
+            "--pod-namespace",
+            ns,
+            "--pod-name",
+            name,
+        ],
+        &format!("{ns}-{name}"),
+    )
 }
 
 fn leads(w: &Workload) -> bool {

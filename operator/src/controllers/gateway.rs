@@ -59,7 +59,7 @@ pub fn workload_name(gateway: &str) -> String {
 }
 
 /// The CA held by a gateway's CA Secret.
-pub fn ca_from_secret(secret: &Secret) -> Result<Option<CaBundle>> {
+pub fn ca_from_secret(secret: &Secret) -> Result<CaBundle> {
     let name = secret.name_any();
     let get = |key: &str| {
         secret_str(secret, key).ok_or_else(|| Error::SecretMissingKey {
@@ -67,10 +67,10 @@ pub fn ca_from_secret(secret: &Secret) -> Result<Option<CaBundle>> {
             key: key.into(),
         })
     };
-    Ok(Some(CaBundle {
+    Ok(CaBundle {
         cert_pem: get("tls.crt")?,
         key_pem: get("tls.key")?,
-    }))
+    })
 }
 
 pub async fn run(ctx: Arc<Context>) {
@@ -136,11 +136,10 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
     let ca = match stores.secret(ns, &ca_secret_name(&name)) {
         None => CaView::Missing,
         Some(secret) => match ca_from_secret(&secret) {
-            Ok(Some(ca)) => match ca.validate() {
+            Ok(ca) => match ca.validate() {
                 Ok(_) => CaView::Valid(ca),
                 Err(e) => CaView::Invalid(e.to_string()),
             },
-            Ok(None) => CaView::Missing,
             Err(Error::SecretMissingKey { key, .. }) => CaView::Invalid(format!("missing {key}")),
             Err(e) => return Err(e),
         },

@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ObjectMeta;
-use kube::runtime::controller::Action;
 
 use crate::Result;
 use crate::context::Context;
@@ -37,16 +36,13 @@ pub async fn run(ctx: std::sync::Arc<Context>) {
 
 /// Longest the operator waits before looking at an object again even when
 /// nothing changed, so drift (a deleted Secret, a missed event) heals.
-const RESYNC: Duration = Duration::from_secs(6 * 3600);
+pub const RESYNC: Duration = Duration::from_secs(6 * 3600);
 
-/// Requeue at `when` (e.g. a renewal time), but at least a second from now
-/// and at most `RESYNC` away.
-pub fn requeue_at(when: Timestamp) -> Action {
-    let secs = when
-        .duration_since(Timestamp::now())
-        .as_secs()
-        .clamp(1, RESYNC.as_secs() as i64);
-    Action::requeue(Duration::from_secs(secs as u64))
+/// The wait from `now` until `when` (e.g. a renewal time): at least a
+/// second, at most `RESYNC`.
+pub fn until(when: Timestamp, now: Timestamp) -> Duration {
+    let secs = when.duration_since(now).as_secs().clamp(1, RESYNC.as_secs() as i64);
+    Duration::from_secs(secs as u64)
 }
 
 /// A Secret value as UTF-8 text, if present.

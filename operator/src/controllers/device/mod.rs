@@ -216,7 +216,7 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
     let stores = &ctx.stores;
     let ca = stores
         .secret(ns, &super::gateway::ca_secret_name(gw))
-        .and_then(|s| super::gateway::ca_from_secret(&s).ok().flatten());
+        .and_then(|s| super::gateway::ca_from_secret(&s).ok());
     let crl = stores.configmap(ns, &crl::name(gw)).and_then(|cm| crl::parse(&cm).ok());
     let secret = stores.secret(ns, &secret_name(&dev.name_any()));
     let (current, unreadable_version) = match secret.as_deref().map(Credentials::from_secret) {

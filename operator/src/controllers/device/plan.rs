@@ -28,6 +28,7 @@ use kube::ResourceExt;
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::controllers::policy::{PlannedEvent, is_news};
+use crate::controllers::{RESYNC, until};
 use crate::crd::{Device, DeviceStatus};
 use crate::crl::CrlState;
 use crate::pki::{self, CaBundle, Issued, LeafRequest, Revocation, Usage};
@@ -99,8 +100,7 @@ pub struct Plan {
 const GATEWAY_MISSING_RETRY: Duration = Duration::from_secs(30);
 const GATEWAY_NOT_READY_RETRY: Duration = Duration::from_secs(5);
 /// A disabled device needs no timer.
-const DISABLED_RESYNC: Duration = Duration::from_secs(6 * 3600);
-const RESYNC: Duration = Duration::from_secs(6 * 3600);
+const DISABLED_RESYNC: Duration = RESYNC;
 
 fn chrono(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32).unwrap_or_default()
@@ -108,12 +108,6 @@ fn chrono(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
 
 fn jiff(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
     Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-/// The time until `when`, at least a second and at most `RESYNC`.
-pub fn until(when: Timestamp, now: Timestamp) -> Duration {
-    let secs = when.duration_since(now).as_secs().clamp(1, RESYNC.as_secs() as i64);
-    Duration::from_secs(secs as u64)
 }
 
 pub fn plan(dev: &Device, obs: Observed<'_>, now: Timestamp, mint: &mut dyn Mint) -> Result<Plan> {

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::controllers::policy::{PlannedEvent, is_news};
+use crate::controllers::until;
 use crate::crd::{Gateway, GatewayStatus};
 use crate::crl::CrlState;
 use crate::mosquitto;
@@ -112,7 +113,6 @@ pub struct Plan {
 }
 
 const INVALID_CA_RETRY: Duration = Duration::from_secs(300);
-const RESYNC: Duration = Duration::from_secs(6 * 3600);
 
 /// The broker's names: its Service's DNS names and localhost (the gateway
 /// container reaches the broker in-pod over verified TLS), plus the spec's.
@@ -272,7 +272,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         .into_iter()
         .min()
         .expect("non-empty");
-    let requeue = Duration::from_secs(next.duration_since(now).as_secs().clamp(1, RESYNC.as_secs() as i64) as u64);
+    let requeue = until(next, now);
 
     Ok(Plan {
         ca: Some(ca),
