@@ -93,8 +93,6 @@ pub fn data_workload(
     mounts: Vec<VolumeMount>,
     volumes: Vec<Volume>,
 ) -> Deployment {
-    let mut pod_labels = selector.clone();
-    pod_labels.insert(crate::context::PART_OF.0.into(), crate::context::PART_OF.1.into());
     let container = Container {
         name: app.trim_start_matches("fleetward-").into(),
         image: Some(image),
@@ -124,18 +122,11 @@ pub fn data_workload(
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
-                match_labels: Some(selector),
+                match_labels: Some(selector.clone()),
                 ..Default::default()
             },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(objects::map(&[
-                        ("prometheus.io/scrape", "true"),
-                        ("prometheus.io/port", &METRICS_PORT.to_string()),
-                    ])),
-                    ..Default::default()
-                }),
+                metadata: Some(objects::pod_meta(&selector, &[])),
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     // fsGroup lets the non-root user read a keyring volume.

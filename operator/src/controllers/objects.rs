@@ -10,6 +10,10 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+
+use super::METRICS_PORT;
+use crate::context::PART_OF;
 
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -121,6 +125,23 @@ pub fn configmap_volume(volume: &str, configmap: &str) -> Volume {
     }
 }
 
+/// The metadata of a fleetward pod: its selector labels plus the part-of
+/// label (the chart's PodMonitor and NetworkPolicies select by it), and
+/// the annotations that have Prometheus scrape `/metrics` on
+/// `METRICS_PORT`, plus `extra` annotations.
+pub fn pod_meta(selector: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> ObjectMeta {
+    let mut labels = selector.clone();
+    labels.insert(PART_OF.0.into(), PART_OF.1.into());
+    let port = METRICS_PORT.to_string();
+    let mut annotations = map(&[("prometheus.io/scrape", "true"), ("prometheus.io/port", &port)]);
+    annotations.extend(map(extra));
+    ObjectMeta {
+        labels: Some(labels),
+        annotations: Some(annotations),
+        ..Default::default()
+    }
+}
+
 /// `pairs` as a label (or annotation) map.
 pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -144,5 +165,18 @@ mod tests {
         let v = serde_json::to_value(pod_security(65532)).unwrap();
         assert_eq!(v["seccompProfile"]["type"], "RuntimeDefault");
         assert_eq!(v["fsGroup"], 65532);
+    }
+
+    #[test]
+    fn pods_carry_their_selector_the_part_of_label_and_scrape_annotations() {
+        let selector = map(&[("app.kubernetes.io/name", "fleetward-gateway")]);
+        let meta = pod_meta(&selector, &[("fleetward.io/rollout-hash", "abc")]);
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "fleetward-gateway");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "fleetward");
+        let ann = meta.annotations.unwrap();
+        assert_eq!(ann["prometheus.io/scrape"], "true");
+        assert_eq!(ann["prometheus.io/port"], "9090");
+        assert_eq!(ann["fleetward.io/rollout-hash"], "abc");
     }
 }

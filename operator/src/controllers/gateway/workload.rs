@@ -20,13 +20,13 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ObjectMeta};
+use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 
 use super::{
     broker_secret_name, child_meta, client_secret_name, command_secret_name, mosquitto_configmap_name, workload_name,
 };
-use crate::context::{Config, Context, PART_OF, apply};
+use crate::context::{Config, Context, apply};
 use crate::controllers::METRICS_PORT;
 use crate::controllers::objects::{self, env, env_from_secret, mount};
 use crate::crd::Gateway;
@@ -90,8 +90,6 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         vars.push(env("KAFKA_TOPIC", k.topic.as_str()));
     }
     let selector = selector(&name);
-    let mut pod_labels = selector.clone();
-    pod_labels.insert(PART_OF.0.into(), PART_OF.1.into());
     let data_volume = match &gw.spec.persistence {
         Some(_) => Volume {
             name: "data".into(),
@@ -161,19 +159,14 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
                 ..Default::default()
             }),
             selector: LabelSelector {
-                match_labels: Some(selector),
+                match_labels: Some(selector.clone()),
                 ..Default::default()
             },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(objects::map(&[
-                        ("fleetward.io/rollout-hash", rollout_hash),
-                        ("prometheus.io/scrape", "true"),
-                        ("prometheus.io/port", &METRICS_PORT.to_string()),
-                    ])),
-                    ..Default::default()
-                }),
+                metadata: Some(objects::pod_meta(
+                    &selector,
+                    &[("fleetward.io/rollout-hash", rollout_hash)],
+                )),
                 spec: Some(PodSpec {
                     // The gateway sends SIGHUP to Mosquitto when the CRL changes.
                     share_process_namespace: Some(true),
