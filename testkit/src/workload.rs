@@ -111,9 +111,11 @@ impl Drop for Workload {
 /// Sum of the series in Prometheus text `text` whose line starts with
 /// `series`.
 /// A binary of this workspace, built next to the test executables by
-/// `cargo test --workspace` (the README's test command). For tests that
-/// run another crate's program (`CARGO_BIN_EXE_*` covers only a crate's
-/// own binaries).
+/// `cargo test --workspace` (the README's test command): cargo builds a
+/// crate's binaries when it has an integration test, so the gateway and
+/// the simulator keep standalone tests of their own. For tests that run
+/// another crate's program (`CARGO_BIN_EXE_*` covers only a crate's own
+/// binaries).
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
