@@ -146,10 +146,7 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
     };
     let broker_cert = leaf_cert(stores.secret(ns, &broker_secret_name(&name)), &ca);
     let client_cert = leaf_cert(stores.secret(ns, &client_secret_name(&name)), &ca);
-    let crl = stores
-        .configmap(ns, &crl::name(&name))
-        .map(|cm| crl::parse(&cm))
-        .transpose()?;
+    let crl = stores.crl(ns, &name).transpose()?.map(|c| c.as_ref().clone());
     // The StatefulSet is not cached (a handful per cluster): one GET.
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let broker_available = sets

@@ -21,6 +21,10 @@ use kube::{Api, Client, Resource};
 
 use crate::context::MANAGED_BY;
 use crate::crd::Gateway;
+use crate::crl::{self, CrlState};
+
+/// A CRL and the ConfigMap resourceVersion it was parsed from.
+type ParsedCrl = (String, Arc<CrlState>);
 
 #[derive(Clone)]
 pub struct Stores {
@@ -28,6 +32,9 @@ pub struct Stores {
     pub secrets: Store<Secret>,
     pub configmaps: Store<ConfigMap>,
     own: Arc<OwnWrites>,
+    /// Parsed CRLs by ConfigMap, with the resourceVersion they were parsed
+    /// from.
+    crls: Arc<Mutex<HashMap<ObjectRef<ConfigMap>, ParsedCrl>>>,
 }
 
 /// How long `start` waits for the first listing of every store.
@@ -67,6 +74,7 @@ impl Stores {
             secrets,
             configmaps,
             own,
+            crls: Arc::default(),
         })
     }
 
@@ -76,6 +84,32 @@ impl Stores {
 
     pub fn configmap(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
         self.configmaps.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// A gateway's CRL, parsed once per version of its ConfigMap: every
+    /// Device reconcile consults it, and parsing a CRL of thousands of
+    /// entries each time would be a reconcile's largest cost. `None` when
+    /// there is no CRL (yet); a CRL that cannot be read is an error, not
+    /// cached.
+    pub fn crl(&self, ns: &str, gateway: &str) -> Option<crate::Result<Arc<CrlState>>> {
+        let cm = self.configmap(ns, &crl::name(gateway))?;
+        let key = ObjectRef::from_obj(cm.as_ref());
+        let version = cm.metadata.resource_version.clone().unwrap_or_default();
+        let mut crls = self.crls.lock().expect("crl cache");
+        if let Some((parsed_from, state)) = crls.get(&key)
+            && *parsed_from == version
+        {
+            return Some(Ok(state.clone()));
+        }
+        let state = match crl::parse(&cm) {
+            Ok(state) => Arc::new(state),
+            Err(e) => return Some(Err(e)),
+        };
+        // One entry per gateway: a deleted gateway's goes with the next
+        // change of any CRL.
+        crls.retain(|k, _| self.configmaps.get(k).is_some());
+        crls.insert(key, (version, state.clone()));
+        Some(Ok(state))
     }
 
     /// A managed Secret as this operator last knows it: the store's copy,
@@ -275,5 +309,62 @@ mod tests {
             Some("13")
         );
         assert!(own.secrets.lock().unwrap().is_empty());
+    }
+
+    fn crl_configmap(rv: &str, ca: &crate::pki::CaBundle, serials: &[&str]) -> ConfigMap {
+        let revoked: Vec<crate::pki::Revocation> = serials
+            .iter()
+            .map(|s| crate::pki::Revocation {
+                serial: s.to_string(),
+                revoked_at: "2026-11-23T10:00:00Z".into(),
+                subject: String::new(),
+                reason: "cessationOfOperation".into(),
+            })
+            .collect();
+        let pem = ca.sign_crl(&revoked, 1, jiff::Timestamp::now(), 30).unwrap();
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(crl::name("gw")),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            data: Some([(crl::CRL_KEY.to_string(), pem)].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_crl_is_parsed_once_per_version_of_its_configmap() {
+        let (gateways, _) = reflector::store::<Gateway>();
+        let (secrets, _) = reflector::store::<Secret>();
+        let (configmaps, mut writer) = reflector::store::<ConfigMap>();
+        let stores = Stores {
+            gateways,
+            secrets,
+            configmaps,
+            own: Arc::default(),
+            crls: Arc::default(),
+        };
+        assert!(stores.crl("ns", "gw").is_none(), "no CRL yet");
+        let ca = crate::pki::generate_ca("test CA", 30).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(crl_configmap("5", &ca, &["0A"])));
+        let first = stores.crl("ns", "gw").unwrap().unwrap();
+        assert!(first.contains("0A"));
+        let again = stores.crl("ns", "gw").unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same version is not parsed again");
+        writer.apply_watcher_event(&watcher::Event::Apply(crl_configmap("6", &ca, &["0A", "0B"])));
+        let newer = stores.crl("ns", "gw").unwrap().unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &newer) && newer.contains("0B"),
+            "a new version is parsed"
+        );
+        let mut broken = crl_configmap("7", &ca, &[]);
+        broken.data = Some([(crl::CRL_KEY.to_string(), "not a CRL".to_string())].into());
+        writer.apply_watcher_event(&watcher::Event::Apply(broken));
+        assert!(
+            stores.crl("ns", "gw").unwrap().is_err(),
+            "an unreadable CRL is an error"
+        );
     }
 }

@@ -41,7 +41,7 @@ use self::plan::{GatewayView, Observed, RealMint};
 use super::policy;
 use crate::context::{Context, MANAGED_BY, apply, labels, owner_ref};
 use crate::crd::{Device, Gateway};
-use crate::crl::{self, CrlState};
+use crate::crl::CrlState;
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result};
 
@@ -191,7 +191,7 @@ async fn set_finalizer(api: &Api<Device>, dev: &Device, present: bool) -> Result
 struct Seen {
     gateway_exists: bool,
     ca: Option<CaBundle>,
-    crl: Option<CrlState>,
+    crl: Option<Arc<CrlState>>,
     current: Option<Credentials>,
     unreadable_version: Option<i64>,
 }
@@ -200,7 +200,7 @@ impl Seen {
     fn view(&self) -> Observed<'_> {
         let gateway = match (self.gateway_exists, &self.ca, &self.crl) {
             (false, _, _) => GatewayView::Missing,
-            (true, Some(ca), Some(crl)) => GatewayView::Ready { ca, crl },
+            (true, Some(ca), Some(crl)) => GatewayView::Ready { ca, crl: crl.as_ref() },
             _ => GatewayView::NotReady,
         };
         Observed {
@@ -217,7 +217,7 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
     let ca = stores
         .secret(ns, &super::gateway::ca_secret_name(gw))
         .and_then(|s| super::gateway::ca_from_secret(&s).ok());
-    let crl = stores.configmap(ns, &crl::name(gw)).and_then(|cm| crl::parse(&cm).ok());
+    let crl = stores.crl(ns, gw).and_then(Result::ok);
     let secret = stores.secret(ns, &secret_name(&dev.name_any()));
     let (current, unreadable_version) = match secret.as_deref().map(Credentials::from_secret) {
         None => (None, None),
