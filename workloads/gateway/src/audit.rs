@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 
 /// Postgres schema of the gateway's tables (and its own migration history,
-/// so it never mixes with another workload's migrations). Also spelled out
-/// in the CREATE SCHEMA statement below.
+/// so it never mixes with another workload's migrations).
 pub const SCHEMA: &str = "fleetward_gateway";
 const BATCH: usize = 500;
 const QUEUE: usize = 100_000;
@@ -120,21 +119,17 @@ impl Audit {
 /// A pool whose connections use the gateway's own schema.
 pub async fn connect_pool(url: &str) -> Result<PgPool, AuditError> {
     let opts: PgConnectOptions = url.parse()?;
-    // Create the schema first, over a plain connection.
-    let bootstrap = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.clone())
-        .await?;
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS fleetward_gateway")
-        .execute(&bootstrap)
-        .await?;
-    bootstrap.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts.options([("search_path", SCHEMA)]))
         .await?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
+    // The migrator creates the schema under its advisory lock: a plain
+    // CREATE SCHEMA IF NOT EXISTS from two gateways starting at once races
+    // in PostgreSQL (duplicate key in pg_namespace) and one of them failed.
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema(SCHEMA);
+    migrator.run(&pool).await?;
     Ok(pool)
 }
 
