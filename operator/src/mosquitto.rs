@@ -2,7 +2,8 @@
 //!
 //! Mosquitto terminates mutual TLS: only certificates signed by the
 //! gateway's CA (and not in its CRL) connect, and the certificate's CN
-//! becomes the MQTT username (`use_identity_as_username`). The ACL then
+//! becomes the MQTT username (`use_identity_as_username`) and the client id
+//! (`use_username_as_clientid`). The ACL then
 //! binds each device to its own topics, so a device cannot publish as
 //! another one even before the gateway's message checks run.
 
@@ -50,6 +51,10 @@ certfile {CERTS_DIR}/tls.crt
 keyfile {CERTS_DIR}/tls.key
 require_certificate true
 use_identity_as_username true
+# The client id is the certificate's identity too, whatever the client
+# asked for: no certificate can take over another's session (or the
+# gateway's) by connecting with its client id.
+use_username_as_clientid true
 crlfile {CRL_DIR}/crl.pem
 
 acl_file {CONFIG_DIR}/acl
@@ -85,6 +90,7 @@ mod tests {
             "listener 8883",
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
             "allow_anonymous false",
             "crlfile /mosquitto/crl/crl.pem",
             "acl_file /mosquitto/config/acl",

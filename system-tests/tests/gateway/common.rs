@@ -326,3 +326,76 @@ pub fn socket(url: &str) -> SocketAddr {
         .parse()
         .unwrap()
 }
+
+/// What an MQTT client made by hand saw: messages delivered to it, and
+/// whether the broker closed or refused its connection.
+#[derive(Debug, Default)]
+pub struct RawSeen {
+    pub connected: bool,
+    pub refused: Option<String>,
+    pub publishes: Vec<(String, Vec<u8>)>,
+    pub dropped: usize,
+}
+
+/// An MQTT client with a device's certificate but any client id, will and
+/// subscriptions: what an attacker holding that certificate can send.
+/// Polls its own event loop; never reconnects.
+pub async fn raw_client(
+    h: &Harness,
+    device: &str,
+    client_id: &str,
+    will: Option<rumqttc::LastWill>,
+) -> (rumqttc::AsyncClient, Arc<Mutex<RawSeen>>, tokio::task::JoinHandle<()>) {
+    use rumqttc::{Event, Packet};
+    let creds = Credentials::from_secret(h.ns.client.clone(), &h.ns.name, device)
+        .await
+        .unwrap();
+    let mut o = rumqttc::MqttOptions::new(client_id, "localhost", h.broker.port);
+    o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        creds.tls().unwrap(),
+    )))
+    .set_keep_alive(Duration::from_secs(5))
+    .set_clean_session(true);
+    if let Some(w) = will {
+        o.set_last_will(w);
+    }
+    let (client, mut lp) = rumqttc::AsyncClient::new(o, 100);
+    let seen: Arc<Mutex<RawSeen>> = Arc::default();
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match lp.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => s.lock().unwrap().connected = true,
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    s.lock().unwrap().publishes.push((p.topic.clone(), p.payload.to_vec()))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let mut s = s.lock().unwrap();
+                    if s.connected {
+                        s.dropped += 1;
+                    } else {
+                        s.refused = Some(e.to_string());
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    (client, seen, task)
+}
+
+/// Waits until a hand-made client is connected or refused.
+pub async fn settled(seen: &Arc<Mutex<RawSeen>>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            if s.connected || s.refused.is_some() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "MQTT client neither connected nor refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -108,6 +108,7 @@ async fn attacks_are_refused_counted_and_audited() {
         Attack::Oversize,
         Attack::Malformed,
         Attack::WrongSchema,
+        Attack::DuplicateKeys,
     ] {
         legit.extend(attack::perform(&attacker, a, &opts).await.unwrap().legitimate);
     }
@@ -143,7 +144,8 @@ async fn attacks_are_refused_counted_and_audited() {
         ("stale_timestamp", 1.0),
         ("future_timestamp", 1.0),
         ("oversize", 1.0),
-        ("malformed", 1.0),
+        // Not JSON, and a payload with a key twice.
+        ("malformed", 2.0),
         ("schema_violation", 1.0),
         ("unknown_device", 1.0),
         ("disabled_device", 1.0),
@@ -532,5 +534,97 @@ async fn crl_change_is_applied_to_the_broker() {
     assert!(!ok, "revoked r1 still connects: {out}");
     assert!(mosquitto_pub(&h.broker, &r2, "device/r2/data", "{}").0, "r2 unaffected");
     h.audit_has("crl reload", |r| r.0 == "crl_reload").await;
+    h.ns.cleanup().await;
+}
+
+/// Client ids are the certificate's identity: a device connecting with the
+/// gateway's client id, or another device's, in a loop, knocks nobody off
+/// the broker. Subscriptions and wills outside the device's own topics
+/// deliver and inject nothing.
+#[tokio::test]
+async fn client_ids_are_bound_to_identities_and_topics_to_the_device() {
+    use rumqttc::{LastWill, QoS};
+    let h = Harness::start(Setup {
+        prefix: "gw-cid",
+        devices: &[("victim", WEATHER, ""), ("attacker", WEATHER, "")],
+        security: "",
+        backend: false,
+    })
+    .await;
+    let (victim, mut victim_events) = h.device("victim").await;
+    victim.send_reading().await.unwrap();
+    read_records(&h.consumer(), 20, |r| !r.is_empty()).await;
+    let gateway_client_id = format!("fleetward-gateway-{}-{}", h.ns.name, h.gw);
+
+    // The takeover loop: each connection, if it took the id, would close
+    // the gateway's (or the victim's) session.
+    for round in 0..4 {
+        for id in [gateway_client_id.as_str(), "victim"] {
+            let (client, seen, task) = raw_client(&h, "attacker", id, None).await;
+            settled(&seen).await;
+            assert!(seen.lock().unwrap().connected, "round {round}: {id}");
+            client.disconnect().await.ok();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    // Subscriptions beyond its own topics and a will on the victim's data
+    // topic. The broker may refuse the will at connect time; either way it
+    // must never be delivered.
+    let forged_will = LastWill::new("device/victim/data", "{\"forged\":true}", QoS::AtLeastOnce, false);
+    let (spy, spy_seen, spy_task) = raw_client(&h, "attacker", "attacker", Some(forged_will)).await;
+    settled(&spy_seen).await;
+    let mut spy_connected = spy_seen.lock().unwrap().connected;
+    let (spy, spy_seen, spy_task) = if spy_connected {
+        (spy, spy_seen, spy_task)
+    } else {
+        // A broker refusing the forged will: subscribe from a clean client.
+        let (c, s, t) = raw_client(&h, "attacker", "attacker", None).await;
+        settled(&s).await;
+        spy_connected = s.lock().unwrap().connected;
+        (c, s, t)
+    };
+    assert!(spy_connected, "{:?}", spy_seen.lock().unwrap());
+    for filter in [
+        "#",
+        "$SYS/#",
+        "$share/g/device/+/data",
+        "device/+/data",
+        "device/victim/command",
+        "device/victim/response",
+    ] {
+        spy.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sent = Vec::new();
+    for _ in 0..5 {
+        sent.push(victim.send_reading().await.unwrap());
+    }
+    let records = read_records(&h.consumer(), 30, |r| r.len() >= 6).await;
+    assert_eq!(records.len(), 6, "every victim message forwarded");
+    // The spy dies without a DISCONNECT, which is when a will is sent.
+    spy_task.abort();
+    drop(spy);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let spied = std::mem::take(&mut spy_seen.lock().unwrap().publishes);
+    assert!(spied.is_empty(), "the attacker received {spied:?}");
+    assert_eq!(
+        h.gateway.metric("fleetward_gateway_mqtt_messages_total"),
+        6.0,
+        "no forged will reached the gateway"
+    );
+    assert!(
+        !h.gateway.log_text().contains("broker connection lost"),
+        "the gateway was knocked off the broker:\n{}",
+        h.gateway.log_text()
+    );
+    assert_eq!(h.gateway.metric("fleetward_gateway_mqtt_connected"), 1.0);
+    while let Ok(ev) = victim_events.try_recv() {
+        assert!(
+            !matches!(ev, DeviceEvent::Disconnected(_)),
+            "victim knocked off: {ev:?}"
+        );
+    }
     h.ns.cleanup().await;
 }

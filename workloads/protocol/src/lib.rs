@@ -120,7 +120,12 @@ pub struct Envelope {
 impl Envelope {
     /// Parses a message body. Never panics, whatever the input.
     pub fn parse(bytes: &[u8]) -> Result<Envelope, Rejection> {
-        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let env: Envelope = serde_json::from_slice(bytes).map_err(malformed)?;
+        // The schema check and the signature see one value per key; a
+        // downstream parser keeping the other one of a duplicate would see
+        // a value nobody checked. (Duplicate envelope fields are refused by
+        // the derive already.)
+        refuse_duplicate_keys(env.payload.get())?;
         if env.device_id.is_empty() || env.device_id.len() > MAX_DEVICE_ID_LEN {
             return Err(Rejection::Malformed("device_id length".into()));
         }
@@ -178,7 +183,8 @@ impl Command {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Command, Rejection> {
-        let c: Command = serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let c: Command = serde_json::from_slice(bytes).map_err(malformed)?;
+        refuse_duplicate_keys(c.payload.get())?;
         validate_message_id(&c.message_id)?;
         Ok(c)
     }
@@ -211,6 +217,88 @@ impl Command {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a command always serializes")
+    }
+}
+
+/// A parse error as a `Malformed` detail that quotes none of the input:
+/// serde_json's own text can ("invalid type: string \"…\"", "unknown field
+/// `…`"), and details go to the audit table and the log. Missing or
+/// duplicate envelope fields name our own field names, so they stay.
+fn malformed(e: serde_json::Error) -> Rejection {
+    let text = e.to_string();
+    let ours = ["missing field `", "duplicate field `"]
+        .iter()
+        .any(|p| text.starts_with(p));
+    let what = if ours {
+        text.split(" at line").next().unwrap_or_default().to_string()
+    } else {
+        match e.classify() {
+            serde_json::error::Category::Syntax => "not valid JSON".to_string(),
+            serde_json::error::Category::Eof => "JSON ends too early".to_string(),
+            serde_json::error::Category::Data => "wrong JSON structure or field type".to_string(),
+            serde_json::error::Category::Io => "unreadable".to_string(),
+        }
+    };
+    Rejection::Malformed(format!("{what} at line {} column {}", e.line(), e.column()))
+}
+
+/// Refuses JSON text in which an object holds the same key twice, at any
+/// depth. The text is already known to be valid JSON (a [`RawValue`]).
+pub fn refuse_duplicate_keys(json: &str) -> Result<(), Rejection> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde::Deserialize::deserialize(&mut de)
+        .map(|UniqueKeys| ())
+        .map_err(|_: serde_json::Error| Rejection::Malformed("duplicate key in payload".into()))
+}
+
+/// Deserializes any JSON value, failing on a repeated key in an object.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
     }
 }
 
@@ -382,6 +470,49 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for bad in [
+            r#"{"temperature":"<unchecked>","temperature":22.5}"#,
+            r#"{"a":{"b":1,"b":2}}"#,
+            r#"{"a":[{"x":1},{"y":1,"y":1}]}"#,
+        ] {
+            let env = Envelope::sign(KEY, "d1", 100, "m1", RawValue::from_string(bad.into()).unwrap());
+            assert_eq!(
+                Envelope::parse(env.to_json().as_bytes()).unwrap_err(),
+                Rejection::Malformed("duplicate key in payload".into()),
+                "{bad}"
+            );
+        }
+        let same_key_apart = r#"{"a":{"x":1},"b":{"x":1},"c":[1,"x",null,true]}"#;
+        assert_eq!(refuse_duplicate_keys(same_key_apart), Ok(()));
+        let env = r#"{"device_id":"d1","device_id":"d2","timestamp":1,"message_id":"m","payload":{},"signature":"00"}"#;
+        assert!(matches!(Envelope::parse(env.as_bytes()), Err(Rejection::Malformed(_))));
+    }
+
+    #[test]
+    fn malformed_details_quote_no_input() {
+        let secretish = "s3cr3t-looking-input";
+        for bad in [
+            format!(
+                r#"{{"device_id":"d1","timestamp":"{secretish}","message_id":"m","payload":{{}},"signature":"00"}}"#
+            ),
+            format!(r#"{{"device_id":"d1","{secretish}":1}}"#),
+            format!(r#"{{"device_id":"{secretish}"#),
+            secretish.to_string(),
+        ] {
+            let Err(Rejection::Malformed(detail)) = Envelope::parse(bad.as_bytes()) else {
+                panic!("{bad} was not refused as malformed");
+            };
+            assert!(!detail.contains(secretish), "{detail}");
+            assert!(detail.contains("line 1 column"), "{detail}");
+        }
+        let Err(Rejection::Malformed(detail)) = Envelope::parse(br#"{"device_id":"d1"}"#) else {
+            panic!()
+        };
+        assert!(detail.starts_with("missing field `timestamp`"), "{detail}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use fleetward_protocol::{Envelope, data_topic, new_message_id, raw};
+use fleetward_protocol::{Envelope, RawValue, data_topic, new_message_id, raw};
 use serde_json::json;
 
 use crate::{Device, SimError};
@@ -29,6 +29,9 @@ pub enum Attack {
     Malformed,
     /// Validly signed, but the payload breaks the category schema.
     WrongSchema,
+    /// Validly signed, schema-valid if a parser keeps the last of a repeated
+    /// key, carrying an unchecked value for one that keeps the first.
+    DuplicateKeys,
 }
 
 impl FromStr for Attack {
@@ -44,13 +47,14 @@ impl FromStr for Attack {
             "oversize" => Attack::Oversize,
             "malformed" => Attack::Malformed,
             "wrong-schema" => Attack::WrongSchema,
+            "duplicate-keys" => Attack::DuplicateKeys,
             other => return Err(format!("unknown attack {other:?}")),
         })
     }
 }
 
 impl Attack {
-    pub const ALL: [Attack; 9] = [
+    pub const ALL: [Attack; 10] = [
         Attack::Replay,
         Attack::Tamper,
         Attack::Impersonate,
@@ -60,6 +64,7 @@ impl Attack {
         Attack::Oversize,
         Attack::Malformed,
         Attack::WrongSchema,
+        Attack::DuplicateKeys,
     ];
 }
 
@@ -132,6 +137,20 @@ pub async fn perform(dev: &Device, attack: Attack, opts: &AttackOptions) -> Resu
         }
         Attack::Malformed => {
             dev.publish(&topic, b"{\"device_id\": \"not closed".to_vec()).await?;
+        }
+        Attack::DuplicateKeys => {
+            let mut reading = dev.reading();
+            let first = reading.as_object_mut().and_then(|m| m.keys().next().cloned());
+            let text = reading.to_string();
+            let payload = match first {
+                Some(key) => text.replacen('{', &format!("{{\"{key}\":\"'; DROP TABLE readings; --\","), 1),
+                None => text,
+            };
+            let id = new_message_id();
+            let payload = RawValue::from_string(payload).expect("still valid JSON");
+            let env = Envelope::sign(&dev.hmac(), &dev.id, now, &id, payload);
+            dev.publish(&topic, env.to_json().into_bytes()).await?;
+            sent.malicious.push(id);
         }
         Attack::WrongSchema => {
             let env = dev.envelope(&json!({"temperature": "hot", "command": "open"}));

@@ -107,7 +107,8 @@ impl Credentials {
         })
     }
 
-    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, SimError> {
+    /// The rustls client configuration of this identity.
+    pub fn tls(&self) -> Result<Arc<rustls::ClientConfig>, SimError> {
         fleetward_protocol::tls::client_config(
             self.ca_pem.as_bytes(),
             self.cert_pem.as_bytes(),
