@@ -39,7 +39,7 @@ stack_up() {
   wait_for 300 "the example workloads' pods" stack_pods_ready
   if [ "$target" = node ]; then
     start_port_forward mqtt "$MQTT_PORT" svc/edge 8883
-    start_port_forward command "$COMMAND_PORT" svc/edge 8443
+    start_port_forward command "$COMMAND_PORT" svc/edge-api 8443
   fi
 }
 
@@ -141,7 +141,7 @@ minikube_up() {
 fleetward runs on minikube (namespace $STACK_NS):
   kubectl -n $STACK_NS get pods,gateways,devices,stationfeeds
   broker:      kubectl -n $STACK_NS port-forward svc/edge 8883:8883
-  command API: kubectl -n $STACK_NS port-forward svc/edge 8443:8443
+  command API: kubectl -n $STACK_NS port-forward svc/edge-api 8443:8443
   Prometheus:  kubectl -n $STACK_NS port-forward svc/$STACK_RELEASE-prometheus 9090:9090
 Remove it:     ./deploy.sh local-down
 EOF

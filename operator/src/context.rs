@@ -110,14 +110,53 @@ impl Context {
     }
 }
 
-/// Server-side applies `obj` (a complete desired state) as our field manager.
-pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+/// Server-side applies `obj` (a complete desired state) as our field
+/// manager, but never onto an object someone else made. When `obj` names a
+/// controller owner, an existing object of that name must already carry
+/// that owner's reference: a forced apply would otherwise take over (and
+/// garbage-collect with its owner) whatever happens to share the name, say
+/// the `postgres` Service for a Gateway named `postgres`.
+///
+/// `known` is the object as the caller already saw it (a store copy): then
+/// no extra request is made. Without it the object is read first.
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K, known: Option<&K>) -> Result<K>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
+    if let Some(owner) = controller_of(obj) {
+        let existing = match known {
+            Some(k) => Some(k.clone()),
+            None => api.get_opt(name).await?,
+        };
+        if let Some(existing) = existing {
+            refuse_unless_owned(&existing, owner)?;
+        }
+    }
     Ok(api
         .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
         .await?)
+}
+
+/// The controller owner reference of an object, if it has one.
+pub fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// `Ok` when `existing` is controlled by `owner` (same uid), else the
+/// name-conflict error that names both.
+pub fn refuse_unless_owned<K: Resource<DynamicType = ()>>(existing: &K, owner: &OwnerReference) -> Result<()> {
+    if controller_of(existing).is_some_and(|r| r.uid == owner.uid) {
+        return Ok(());
+    }
+    Err(crate::Error::NameConflict {
+        kind: K::kind(&()).to_string(),
+        name: existing.meta().name.clone().unwrap_or_default(),
+        owner: format!("{} {}", owner.kind, owner.name),
+    })
 }
 
 /// Server-side applies the status of `obj`.

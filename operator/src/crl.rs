@@ -144,9 +144,12 @@ pub async fn write(api: &Api<ConfigMap>, gw: &Gateway, ca: &CaBundle, resign: bo
             Ok(_) => return Ok(state),
             // Someone (a concurrent reconcile) created it first: use theirs.
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                return load(api, &gw_name)
+                let theirs = api
+                    .get_opt(&cm_name)
                     .await?
-                    .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"));
+                    .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"))?;
+                crate::context::refuse_unless_owned(&theirs, &owner_ref(gw)?)?;
+                return parse(&theirs);
             }
             Err(e) => return Err(e.into()),
         }
@@ -264,6 +267,20 @@ async fn writer(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sync::mp
 
 /// Read-modify-write with optimistic concurrency. `change` edits the entry
 /// list and says whether anything must be written.
+/// A CRL ConfigMap is only ever rewritten when it is this Gateway's (a
+/// ConfigMap someone else made under the name is never taken over).
+fn refuse_unless_gateways(cm: &ConfigMap, gateway: &str) -> Result<()> {
+    let ours = crate::context::controller_of(cm).is_some_and(|r| r.kind == "Gateway" && r.name == gateway);
+    if ours {
+        return Ok(());
+    }
+    Err(Error::NameConflict {
+        kind: "ConfigMap".into(),
+        name: cm.metadata.name.clone().unwrap_or_default(),
+        owner: format!("Gateway {gateway}"),
+    })
+}
+
 async fn modify(
     api: &Api<ConfigMap>,
     gateway: &str,
@@ -273,6 +290,7 @@ async fn modify(
     let cm_name = name(gateway);
     for _ in 0..MAX_ATTEMPTS {
         let mut cm = api.get(&cm_name).await?;
+        refuse_unless_gateways(&cm, gateway)?;
         let state = parse(&cm)?;
         let mut entries = state.entries.clone();
         if !change(&mut entries, &state) {

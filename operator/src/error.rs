@@ -26,6 +26,12 @@ pub enum Error {
     #[error("the operator's caches are not ready: {0}")]
     Stores(#[from] crate::controllers::stores::StoresError),
 
+    #[error(
+        "{kind} {name} already exists and was not created by fleetward for {owner}: \
+         fleetward does not take over objects it did not create; rename the {owner} or remove that {kind}"
+    )]
+    NameConflict { kind: String, name: String, owner: String },
+
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
 
@@ -44,6 +50,7 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::CrlWrite { .. } => "crl_write",
             Error::Stores(_) => "stores",
+            Error::NameConflict { .. } => "name_conflict",
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {

@@ -142,9 +142,19 @@ async fn examples_become_ready_with_certificates_openssl_accepts() {
     let pod = set.spec.unwrap().template.spec.unwrap();
     let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["mosquitto", "gateway"]);
-    let svc = ns.api::<Service>().get("edge").await.unwrap();
-    let ports: Vec<_> = svc.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
-    assert!(ports.contains(&8883), "{ports:?}");
+    // Devices' Service: MQTT only; the command API and metrics on a
+    // ClusterIP Service of their own.
+    let ports = |svc: Service| {
+        let spec = svc.spec.unwrap();
+        let ports: Vec<_> = spec.ports.unwrap().iter().map(|p| p.port).collect();
+        (spec.type_.unwrap(), ports)
+    };
+    let services = ns.api::<Service>();
+    assert_eq!(ports(services.get("edge").await.unwrap()).1, [8883]);
+    assert_eq!(
+        ports(services.get("edge-api").await.unwrap()),
+        ("ClusterIP".to_string(), vec![8443, 9090])
+    );
     ns.cleanup().await;
 }
 
@@ -517,5 +527,97 @@ async fn metrics_report_ready_devices_and_expiry() {
     assert!(op.metric("fleetward_reconciles_total{kind=\"device\"}") >= 1.0);
     assert!(op.metrics().contains("fleetward_reconcile_duration_seconds_bucket"));
     assert_eq!(http_get(&format!("{}/healthz", op.base_url)).as_deref(), Some("ok"));
+    ns.cleanup().await;
+}
+
+/// Objects someone else made under the names fleetward would use are never
+/// taken over: a Gateway named `postgres` leaves the `postgres` Service
+/// alone (and its deletion does not garbage-collect it), a Device whose
+/// credentials Secret name is taken is refused, not written into. Both say
+/// why in an event.
+#[tokio::test]
+async fn objects_fleetward_did_not_create_are_never_taken_over() {
+    operator();
+    let ns = TestNs::new("fw-names").await;
+    ns.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: postgres}\nspec:\n  selector: {app: postgres}\n  \
+         ports: [{name: pg, port: 5432}]\n",
+    )
+    .await;
+    ns.apply_yaml("apiVersion: v1\nkind: Secret\nmetadata: {name: d1-credentials}\nstringData: {password: hunter2}\n")
+        .await;
+    ns.apply_yaml(&GATEWAY_YAML.replace("name: gw", "name: postgres")).await;
+    ns.apply_yaml(&device_yaml("d1", "postgres", "")).await;
+
+    let events: Api<Event> = ns.api();
+    let said = |what: &'static str| {
+        let events = events.clone();
+        async move {
+            let evs = events.list(&ListParams::default()).await.ok()?;
+            Some(
+                evs.items
+                    .iter()
+                    .any(|e| e.message.as_deref().unwrap_or_default().contains(what)),
+            )
+        }
+    };
+    wait_for(
+        "Service conflict event",
+        60,
+        || said("Service postgres already exists and was not created by fleetward"),
+        |yes| *yes,
+    )
+    .await;
+    wait_for(
+        "Secret conflict event",
+        60,
+        || said("Secret d1-credentials already exists and was not created by fleetward"),
+        |yes| *yes,
+    )
+    .await;
+
+    let untouched = |svc: &Service| {
+        let spec = svc.spec.clone().unwrap_or_default();
+        svc.owner_references().is_empty()
+            && spec
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.port)
+                .collect::<Vec<_>>()
+                == [5432]
+            && spec.selector.unwrap_or_default().get("app").map(String::as_str) == Some("postgres")
+    };
+    let services = ns.api::<Service>();
+    assert!(untouched(&services.get("postgres").await.unwrap()));
+    let secret = ns.api::<Secret>().get("d1-credentials").await.unwrap();
+    assert!(secret.owner_references().is_empty());
+    assert_eq!(
+        secret.data.unwrap_or_default().keys().collect::<Vec<_>>(),
+        ["password"],
+        "nothing written into it"
+    );
+    let d1 = ns.api::<Device>().get("d1").await.unwrap();
+    assert!(
+        !device_ready(&d1),
+        "a Device whose Secret is someone else's is not Ready"
+    );
+
+    // Deleting the Gateway removes what it made, never the Service it
+    // shares a name with.
+    ns.api::<Gateway>()
+        .delete("postgres", &DeleteParams::default())
+        .await
+        .unwrap();
+    let cms = ns.api::<ConfigMap>();
+    wait_for(
+        "the Gateway's own ConfigMap garbage-collected",
+        60,
+        || async { Some(get_opt(&cms, "postgres-mosquitto").await.is_none()) },
+        |gone| *gone,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(untouched(&services.get("postgres").await.unwrap()));
     ns.cleanup().await;
 }

@@ -171,9 +171,17 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
     op.kill9();
     // Events and watches fail softly; their refusals would only show here.
     let log = op.log_text();
+    // The operator serves every namespace: writes into the namespaces of
+    // earlier tests, still being deleted, are refused too, and are no RBAC
+    // refusal.
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden") && !l.contains("because it is being terminated"))
+        .collect();
     assert!(
-        !log.to_lowercase().contains("forbidden"),
-        "operator hit RBAC refusals:\n{log}"
+        refusals.is_empty(),
+        "operator hit RBAC refusals:\n{}",
+        refusals.join("\n")
     );
     assert!(!log.contains("could not publish event"), "events refused:\n{log}");
     let _ = Command::new(kubectl())

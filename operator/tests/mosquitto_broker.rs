@@ -34,6 +34,11 @@ async fn broker_enforces_identity_acl_and_revocation() {
     let x = identity(&ns, "dev-x-credentials", &ids).await;
     let gateway = identity(&ns, "gw-gateway-client", &ids).await;
 
+    // Before the subscriber below: one identity is one MQTT session (the
+    // client id is the identity), so this connection would end its session.
+    let (ok, out) = mosquitto_pub(&broker, &gateway, "device/dev-a/data", "gateway-forged-data");
+    assert!(!ok, "the gateway identity may not inject device data: {out}");
+
     // The gateway identity subscribes to all device data, as the gateway does.
     let sub_out = tmp.path().join("sub.out");
     let mut sub = Command::new("mosquitto_sub")
@@ -72,8 +77,6 @@ async fn broker_enforces_identity_acl_and_revocation() {
         !ok && !out.contains("Not authorized"),
         "certificate from another CA must not connect: {out}"
     );
-    let (ok, out) = mosquitto_pub(&broker, &gateway, "device/dev-a/data", "gateway-forged-data");
-    assert!(!ok, "the gateway identity may not inject device data: {out}");
 
     // Revocation: disable dev-b; once Mosquitto reloads the CRL it refuses it.
     let (ok, out) = mosquitto_pub(&broker, &b, "device/dev-b/data", "b-before");

@@ -50,6 +50,10 @@ pub fn client_secret_name(gateway: &str) -> String {
 pub fn command_secret_name(gateway: &str) -> String {
     format!("{gateway}-command-api")
 }
+/// The ClusterIP Service of the command API and metrics.
+pub fn api_service_name(gateway: &str) -> String {
+    format!("{gateway}-api")
+}
 pub fn mosquitto_configmap_name(gateway: &str) -> String {
     format!("{gateway}-mosquitto")
 }
@@ -184,8 +188,12 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         match secrets.create(&PostParams::default(), &secret).await {
             Ok(created) => ctx.stores.wrote_secret(created),
             // Another reconcile (or replica) created the CA first: keep
-            // theirs and plan again with it.
-            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+            // theirs and plan again with it. A Secret someone else made
+            // under the name is refused, never used as this Gateway's CA.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                ours_or_conflict(&secrets, &secret, &ca_secret_name(&name)).await?;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -198,7 +206,8 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             [],
         )?;
         ctx.stores.writing_secret(&secret, ns);
-        let written = apply(&secrets, &leaf.secret, &secret).await?;
+        let known = ctx.stores.secret(ns, &leaf.secret);
+        let written = apply(&secrets, &leaf.secret, &secret, known.as_deref()).await?;
         ctx.stores.wrote_secret(written);
     }
     if let Some(key) = plan.command_key.take() {
@@ -209,7 +218,11 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         };
         match secrets.create(&PostParams::default(), &secret).await {
             Ok(created) => ctx.stores.wrote_secret(created),
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            // The key is never replaced, but neither is a Secret someone
+            // else made under its name used as one.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                ours_or_conflict(&secrets, &secret, &command_secret_name(&name)).await?
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -233,7 +246,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         ),
         ..Default::default()
     };
-    apply(&cms, &mosquitto_configmap_name(&name), &cm).await?;
+    apply(&cms, &mosquitto_configmap_name(&name), &cm, None).await?;
     workload::apply_rbac(gw, ctx, ns).await?;
     workload::apply_broker_volume(gw, ctx, ns).await?;
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
@@ -241,10 +254,12 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         &sets,
         &workload_name(&name),
         &workload::statefulset(gw, &ctx.config, &plan.rollout_hash)?,
+        None,
     )
     .await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    apply(&services, &name, &workload::service(gw)?).await?;
+    apply(&services, &name, &workload::service(gw)?, None).await?;
+    apply(&services, &api_service_name(&name), &workload::api_service(gw)?, None).await?;
     // The telemetry keyring's decisions (create, rotate, refuse an
     // unusable one) are the keyring module's; its key id goes to status.
     plan.status.telemetry_key_id = telemetry::apply_storage(gw, ctx, ns).await?;
@@ -258,6 +273,16 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     }
     publish(gw, ctx, plan.events).await;
     Ok(Action::requeue(plan.requeue))
+}
+
+/// After a create found the name taken: fine when the object is this
+/// Gateway's own (a concurrent reconcile made it), a name conflict if not.
+async fn ours_or_conflict(api: &Api<Secret>, wanted: &Secret, name: &str) -> Result<()> {
+    let owner = crate::context::controller_of(wanted).ok_or(Error::MissingObjectKey("ownerReferences"))?;
+    match api.get_opt(name).await? {
+        Some(existing) => crate::context::refuse_unless_owned(&existing, owner),
+        None => Ok(()),
+    }
 }
 
 async fn publish(gw: &Gateway, ctx: &Context, events: Vec<PlannedEvent>) {

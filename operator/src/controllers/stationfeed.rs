@@ -139,7 +139,7 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
     };
     let plan = plan::plan(feed, observed, &ctx.config)?;
     for d in &plan.deployments {
-        apply(&deploys, d.metadata.name.as_deref().unwrap_or_default(), d).await?;
+        apply(&deploys, d.metadata.name.as_deref().unwrap_or_default(), d, None).await?;
     }
     policy::write_status(ctx, feed, feed.status.as_ref(), &plan.status).await?;
     for ev in plan.events {

@@ -245,7 +245,8 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, ca:
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let secret = creds.to_secret(labels(&[]), Some(owner_ref(dev)?));
         ctx.stores.writing_secret(&secret, ns);
-        let written = apply(&secrets, &secret_name(&name), &secret).await?;
+        let known = ctx.stores.secret(ns, &secret_name(&name));
+        let written = apply(&secrets, &secret_name(&name), &secret, known.as_deref()).await?;
         ctx.stores.wrote_secret(written);
     }
     if !plan.revoke.is_empty() {

@@ -114,17 +114,22 @@ pub struct Plan {
 
 const INVALID_CA_RETRY: Duration = Duration::from_secs(300);
 
-/// The broker's names: its Service's DNS names and localhost (the gateway
-/// container reaches the broker in-pod over verified TLS), plus the spec's.
+/// The broker's names: its Service's DNS names, those of the command API's
+/// Service (the API serves the same certificate) and localhost (the
+/// gateway container reaches the broker in-pod over verified TLS), plus
+/// the spec's.
 pub fn broker_names(gw: &Gateway) -> (Vec<String>, Vec<IpAddr>) {
     let (name, ns) = (gw.name_any(), gw.namespace().unwrap_or_default());
-    let mut dns = vec![
-        name.clone(),
-        format!("{name}.{ns}"),
-        format!("{name}.{ns}.svc"),
-        format!("{name}.{ns}.svc.cluster.local"),
-        "localhost".to_string(),
-    ];
+    let mut dns = Vec::new();
+    for service in [name.clone(), super::api_service_name(&name)] {
+        dns.extend([
+            format!("{service}.{ns}"),
+            format!("{service}.{ns}.svc"),
+            format!("{service}.{ns}.svc.cluster.local"),
+        ]);
+        dns.push(service);
+    }
+    dns.push("localhost".to_string());
     dns.extend(gw.spec.extra_dns_names.iter().cloned());
     let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     // The API server has checked that these are addresses (CEL isIP).

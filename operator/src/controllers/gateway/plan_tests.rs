@@ -95,6 +95,10 @@ fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
     assert_eq!(secrets, ["gw-broker-tls", "gw-gateway-client"]);
     let broker = pki::inspect(&p.leaves[0].issued.cert_pem).unwrap();
     assert!(broker.dns_names.contains(&"gw.ns.svc".to_string()));
+    assert!(
+        broker.dns_names.contains(&"gw-api.ns.svc".to_string()),
+        "the command API serves it"
+    );
     assert!(broker.dns_names.contains(&"127.0.0.1".to_string()));
     assert!(pki::is_issued_by(
         &p.leaves[0].issued.cert_pem,

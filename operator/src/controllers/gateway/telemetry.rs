@@ -102,7 +102,7 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
         }
     };
     let deployment = writer(gw, storage, ctx)?;
-    apply(&deploys, &deployment_name(&name), &deployment).await?;
+    apply(&deploys, &deployment_name(&name), &deployment, None).await?;
     Ok(Some(keyring.primary_id().to_string()))
 }
 

@@ -20,13 +20,14 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, ResourceExt};
 
 use super::{
-    broker_secret_name, child_meta, client_secret_name, command_secret_name, mosquitto_configmap_name, workload_name,
+    api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name,
+    mosquitto_configmap_name, workload_name,
 };
-use crate::context::{Config, Context, apply};
+use crate::context::{Config, Context, apply, owner_ref};
 use crate::controllers::METRICS_PORT;
 use crate::controllers::objects::{self, env, env_from_secret, mount};
 use crate::crd::Gateway;
@@ -240,29 +241,61 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
 pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
     let name = workload_name(&gw.name_any());
     let (sa, role, binding) = rbac(gw)?;
-    apply(&Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns), &name, &sa).await?;
-    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role).await?;
-    apply(&Api::<RoleBinding>::namespaced(ctx.client.clone(), ns), &name, &binding).await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns),
+        &name,
+        &sa,
+        None,
+    )
+    .await?;
+    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role, None).await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
+        &name,
+        &binding,
+        None,
+    )
+    .await?;
     Ok(())
 }
 
-pub fn service(gw: &Gateway) -> Result<Service> {
-    let name = gw.name_any();
-    let port = |name: &str, port: i32| ServicePort {
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
         name: Some(name.into()),
         port,
         target_port: Some(IntOrString::String(name.into())),
         ..Default::default()
-    };
+    }
+}
+
+/// The broker's Service, of `spec.serviceType` (devices reach it, perhaps
+/// from outside the cluster as a LoadBalancer): MQTT over TLS only.
+pub fn service(gw: &Gateway) -> Result<Service> {
+    let name = gw.name_any();
     Ok(Service {
         metadata: child_meta(gw, name.clone())?,
         spec: Some(ServiceSpec {
             type_: Some(gw.spec.service_type.as_str().into()),
             selector: Some(selector(&name)),
+            ports: Some(vec![service_port("mqtts", gw.spec.mqtt_port)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The command API and metrics: always a ClusterIP Service of their own,
+/// never on the one that may be exposed to the devices' network.
+pub fn api_service(gw: &Gateway) -> Result<Service> {
+    let name = gw.name_any();
+    Ok(Service {
+        metadata: child_meta(gw, api_service_name(&name))?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(&name)),
             ports: Some(vec![
-                port("mqtts", gw.spec.mqtt_port),
-                port("command", gw.spec.command_api.port),
-                port("metrics", METRICS_PORT),
+                service_port("command", gw.spec.command_api.port),
+                service_port("metrics", METRICS_PORT),
             ]),
             ..Default::default()
         }),
@@ -276,9 +309,25 @@ pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Resul
     let name = broker_volume_name(&gw.name_any());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let Some(p) = &gw.spec.persistence else {
-        match claims.delete(&name, &DeleteParams::default()).await {
+        // Only this Gateway's own claim, and only that very object (uid
+        // precondition): a claim someone else made under the name stays.
+        let owner = owner_ref(gw)?;
+        let Some(claim) = claims.get_opt(&name).await? else {
+            return Ok(());
+        };
+        if crate::context::controller_of(&claim).is_none_or(|r| r.uid != owner.uid) {
+            return Ok(());
+        }
+        let only_that = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: claim.metadata.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match claims.delete(&name, &only_that).await {
             Ok(_) => tracing::info!(claim = %name, "deleted the broker volume: spec.persistence was removed"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
         return Ok(());
@@ -296,7 +345,7 @@ pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Resul
         }),
         ..Default::default()
     };
-    apply(&claims, &name, &claim).await?;
+    apply(&claims, &name, &claim, None).await?;
     Ok(())
 }
 
