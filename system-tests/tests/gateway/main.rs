@@ -302,6 +302,56 @@ async fn commands_are_signed_verified_and_need_the_key() {
         2.0
     );
     assert!(!h.gateway.log_text().contains(&key), "API key in the log");
+
+    // Guessing: after a burst of failures from one address, calls get 429
+    // before any key is checked (even the right one, until the budget
+    // refills), and the audit holds a bounded number of rows, device ids
+    // cut short.
+    let long_id = "x".repeat(5000);
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let r = http
+            .post(format!("{}/command/{long_id}", h.gateway.api_url))
+            .bearer_auth("guess")
+            .json(&json!({"action": "unlock"}))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    let unauthorized = codes.iter().filter(|c| **c == 401).count();
+    let throttled = codes.iter().filter(|c| **c == 429).count();
+    assert_eq!(unauthorized + throttled, 40, "{codes:?}");
+    assert!((8..=12).contains(&unauthorized), "{codes:?}");
+    let right_key_now = http.post(&url).bearer_auth(&key).json(&json!({})).send().await.unwrap();
+    assert_eq!(right_key_now.status(), 429, "the address is throttled");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"action": "lock"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(later.status(), 202, "the budget refills");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = h.audit().await;
+    let unauthorized_rows: Vec<_> = rows.iter().filter(|r| r.0 == "command_unauthorized").collect();
+    assert_eq!(
+        unauthorized_rows.len(),
+        2 + unauthorized,
+        "one row per 401, none per 429"
+    );
+    assert!(
+        unauthorized_rows
+            .iter()
+            .all(|r| r.2.as_deref().unwrap_or_default().len() <= 64)
+    );
+    assert_eq!(
+        h.gateway
+            .metric("fleetward_gateway_commands_total{result=\"throttled\"}"),
+        throttled as f64 + 1.0
+    );
     h.ns.cleanup().await;
 }
 

@@ -3,8 +3,10 @@
 //! payload of a command signed with the device's HMAC secret and published
 //! to `device/{id}/command`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -24,6 +26,49 @@ use crate::registry::Registry;
 
 const MAX_BODY: usize = 64 * 1024;
 
+/// Shortest bearer key the gateway starts with (the operator generates 64
+/// hex characters; a key given through `apiKeySecretRef` must be as long
+/// to be out of a guesser's reach).
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Failed authentications allowed per client address: a burst, then one a
+/// second. Beyond that the address gets 429 before its key is looked at,
+/// with no audit row each (the metric still counts them): guessing is
+/// slowed and a flood of bad keys costs bounded audit writes and log.
+const FAILURE_BURST: f64 = 10.0;
+const FAILURE_REFILL_PER_SEC: f64 = 1.0;
+/// Addresses tracked at once; past that the table starts over (memory is
+/// bounded whatever the number of addresses a caller uses).
+const MAX_TRACKED: usize = 10_000;
+/// Most of a path's device id that an audit row of a refused call keeps.
+const AUDIT_ID_CHARS: usize = 64;
+
+/// Per-address budgets of failed authentications.
+#[derive(Default)]
+struct Failures(Mutex<HashMap<IpAddr, (f64, Instant)>>);
+
+impl Failures {
+    fn tokens(entry: &(f64, Instant), now: Instant) -> f64 {
+        (entry.0 + now.saturating_duration_since(entry.1).as_secs_f64() * FAILURE_REFILL_PER_SEC).min(FAILURE_BURST)
+    }
+
+    /// True when `ip` has used up its failures for now.
+    fn throttled(&self, ip: IpAddr) -> bool {
+        let map = self.0.lock().expect("failures lock");
+        map.get(&ip).is_some_and(|e| Self::tokens(e, Instant::now()) < 1.0)
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.0.lock().expect("failures lock");
+        if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
+            map.clear();
+        }
+        let e = map.entry(ip).or_insert((FAILURE_BURST, now));
+        *e = (Self::tokens(e, now) - 1.0, now);
+    }
+}
+
 #[derive(Clone)]
 pub struct ApiState {
     /// SHA-256 of the bearer key: comparing digests makes the check
@@ -33,6 +78,7 @@ pub struct ApiState {
     mqtt: AsyncClient,
     audit: Audit,
     metrics: Arc<Metrics>,
+    failures: Arc<Failures>,
 }
 
 impl ApiState {
@@ -43,6 +89,7 @@ impl ApiState {
             mqtt,
             audit,
             metrics,
+            failures: Arc::default(),
         }
     }
 
@@ -75,11 +122,23 @@ async fn send_command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if st.failures.throttled(peer.ip()) {
+        st.metrics.commands.with_label_values(&["throttled"]).inc();
+        let mut r = reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"error": "too many failed authentications; retry later"}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, "1".parse().expect("static header"));
+        return r;
+    }
     if !st.authorized(&headers) {
+        st.failures.failed(peer.ip());
         st.metrics.commands.with_label_values(&["unauthorized"]).inc();
+        let shown: String = device_id.chars().take(AUDIT_ID_CHARS).collect();
         st.audit.record(
             AuditEvent::new("command_unauthorized")
-                .device(&device_id)
+                .device(&shown)
                 .detail(format!("from {}", peer.ip())),
         );
         let mut r = reply(

@@ -25,6 +25,12 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     anyhow::ensure!(
+        cfg.command_api_key.trim().len() >= fleetward_gateway::command::MIN_KEY_LEN,
+        "COMMAND_API_KEY is shorter than {} characters; use a long random key (the operator generates one \
+         when the Gateway has no commandApi.apiKeySecretRef)",
+        fleetward_gateway::command::MIN_KEY_LEN
+    );
+    anyhow::ensure!(
         cfg.kafka_brokers.is_some() == cfg.kafka_topic.is_some(),
         "KAFKA_BROKERS and KAFKA_TOPIC go together"
     );

@@ -49,3 +49,20 @@ fn kafka_settings_go_together_and_secrets_stay_out_of_the_error() {
     assert!(text.contains("KAFKA_BROKERS and KAFKA_TOPIC go together"), "{text}");
     assert!(!text.contains(KEY), "a secret reached the output: {text}");
 }
+
+#[test]
+fn a_short_command_key_is_refused_without_echoing_it() {
+    let short = "tooshort-but-secret";
+    let out = complete(&mut gateway())
+        .env("COMMAND_API_KEY", short)
+        .output()
+        .expect("gateway runs");
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("COMMAND_API_KEY is shorter than 32 characters"), "{text}");
+    assert!(!text.contains(short), "the key reached the output: {text}");
+}
