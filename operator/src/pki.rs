@@ -186,7 +186,10 @@ impl CaBundle {
         validity_days: i64,
     ) -> Result<String> {
         let issuer = self.issuer()?;
-        let this_update = to_offset(now)?;
+        // Backdated like certificates: a verifier whose clock is a little
+        // behind ours would otherwise find a CRL "not yet valid" and, in
+        // Mosquitto's case, refuse every client.
+        let this_update = to_offset(now - BACKDATE)?;
         let next_update = to_offset(now + SignedDuration::from_hours(24 * validity_days))?;
         let mut revoked_certs = Vec::with_capacity(revoked.len());
         for r in revoked {

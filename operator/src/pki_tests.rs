@@ -126,3 +126,14 @@ fn random_secret_is_256_bits_of_hex() {
     assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, random_secret_hex());
 }
+
+#[test]
+fn a_crl_is_backdated_like_certificates() {
+    let ca = generate_ca("test CA", 30).unwrap();
+    let now = Timestamp::now();
+    let pem = ca.sign_crl(&[], 1, now, 30).unwrap();
+    let der = pem_to_der(&pem).unwrap();
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+    let this_update = crl.last_update().timestamp();
+    assert_eq!(now.as_second() - this_update, BACKDATE.as_secs(), "thisUpdate before now");
+}
