@@ -135,5 +135,9 @@ fn a_crl_is_backdated_like_certificates() {
     let der = pem_to_der(&pem).unwrap();
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
     let this_update = crl.last_update().timestamp();
-    assert_eq!(now.as_second() - this_update, BACKDATE.as_secs(), "thisUpdate before now");
+    assert_eq!(
+        now.as_second() - this_update,
+        BACKDATE.as_secs(),
+        "thisUpdate before now"
+    );
 }

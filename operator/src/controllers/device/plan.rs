@@ -110,6 +110,9 @@ fn jiff(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
     Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// Longest Kubernetes label value.
+pub const MAX_LABEL_VALUE: usize = 63;
+
 pub fn plan(dev: &Device, obs: Observed<'_>, now: Timestamp, mint: &mut dyn Mint) -> Result<Plan> {
     let name = dev.name_any();
     let generation = dev.metadata.generation;
@@ -133,6 +136,17 @@ pub fn plan(dev: &Device, obs: Observed<'_>, now: Timestamp, mint: &mut dyn Mint
             requeue: retry,
         }
     };
+    // The credentials Secret carries the name as a label value (63
+    // characters at most): anything longer could never be stored, and each
+    // retry would mint a new key for nothing.
+    if name.len() > MAX_LABEL_VALUE {
+        let msg = format!(
+            "the name is {} characters; a Device name must be at most {MAX_LABEL_VALUE} (it labels the credentials \
+             Secret): recreate it with a shorter name",
+            name.len()
+        );
+        return Ok(not_ready(status, "NameTooLong", msg, crate::controllers::RESYNC));
+    }
     let gw = &dev.spec.gateway_ref;
     let (ca, crl) = match obs.gateway {
         GatewayView::Missing => {

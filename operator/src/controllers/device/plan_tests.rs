@@ -385,3 +385,20 @@ fn an_unreadable_secret_is_replaced_past_its_version() {
     let p = plan(&device(json!({})), obs, Timestamp::now(), &mut mint()).unwrap();
     assert_eq!(p.store.unwrap().version, 8);
 }
+
+#[test]
+fn a_name_too_long_for_a_label_is_a_condition_not_a_new_key_each_retry() {
+    let mut dev = device(json!({}));
+    dev.metadata.name = Some("d".repeat(MAX_LABEL_VALUE + 1));
+    let (ca, crl) = (ca(), crl(&[]));
+    let mut m = mint();
+    let p = plan(&dev, observed(&ca, &crl, None), Timestamp::now(), &mut m).unwrap();
+    assert!(!p.ready && p.store.is_none(), "nothing issued");
+    assert_eq!(m.next, 0, "no secret drawn");
+    assert_eq!(ready_reason(&p.status), Some("NameTooLong"));
+    assert_eq!(reasons(&p), ["NameTooLong"]);
+    // At the limit it is issued as usual.
+    dev.metadata.name = Some("d".repeat(MAX_LABEL_VALUE));
+    let p = plan(&dev, observed(&ca, &crl, None), Timestamp::now(), &mut m).unwrap();
+    assert!(p.ready && p.store.is_some());
+}
