@@ -678,3 +678,79 @@ async fn client_ids_are_bound_to_identities_and_topics_to_the_device() {
     }
     h.ns.cleanup().await;
 }
+
+/// A command, signed with the device's own key, carries a payload that is
+/// also valid data for the device's category. Re-published as a data
+/// message (in either envelope version) it is refused: commands and data
+/// sign different bytes.
+#[tokio::test]
+async fn a_command_republished_as_data_is_refused() {
+    use rumqttc::QoS;
+    let h = Harness::start(Setup {
+        prefix: "gw-xdomain",
+        devices: &[("lock-2", "smartLock", "")],
+        security: "",
+        backend: false,
+    })
+    .await;
+    let (client, seen, _task) = raw_client(&h, "lock-2", "lock-2", None).await;
+    settled(&seen).await;
+    client
+        .subscribe("device/lock-2/command", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let key = h.ns.secret_value("gw-command-api", "api-key").await;
+    let ca = reqwest::Certificate::from_pem(h.ns.secret_value("gw-ca", "tls.crt").await.as_bytes()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let reading = fleetward_protocol::Category::SmartLock.sample(&mut Default::default());
+    let sent = http
+        .post(format!("{}/command/lock-2", h.gateway.api_url))
+        .bearer_auth(&key)
+        .json(&reading)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let command: serde_json::Value = loop {
+        if let Some((_, body)) = seen.lock().unwrap().publishes.first() {
+            break serde_json::from_slice(body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no command arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for version in [None, Some(2)] {
+        // The command's own id and signature: only ids of validly signed
+        // messages enter the replay cache, so both tries reach the check.
+        let mut data = json!({
+            "device_id": "lock-2",
+            "timestamp": command["timestamp"],
+            "message_id": command["message_id"],
+            "payload": command["payload"],
+            "signature": command["signature"],
+        });
+        if let Some(v) = version {
+            data["v"] = v.into();
+        }
+        client
+            .publish("device/lock-2/data", QoS::AtLeastOnce, false, data.to_string())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.gateway.metric("fleetward_gateway_mqtt_messages_total") < 2.0 {
+        assert!(Instant::now() < deadline, "{}", h.gateway.metrics());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.gateway.accepted(), 0.0, "a command was accepted as data");
+    assert_eq!(h.gateway.rejected("bad_signature"), 2.0, "{}", h.gateway.metrics());
+    h.audit_has("refused as a bad signature", |r| {
+        r.0 == "rejected" && r.1.as_deref() == Some("bad_signature") && r.2.as_deref() == Some("lock-2")
+    })
+    .await;
+    h.ns.cleanup().await;
+}

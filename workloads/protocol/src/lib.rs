@@ -19,6 +19,13 @@
 //! Gateway → `device/{id}/command`: the same without `device_id` (the topic
 //! says whom it is for); its signature still covers the device id, so a
 //! command cannot be replayed to another device.
+//!
+//! **Versions.** The form above, with no `"v"`, is version 1 (seed 003) and
+//! is accepted for data only. Version 2 (`"v":2`) signs the same bytes
+//! after a prefix naming the direction ([`Domain`]): `fleetward/v2/data\n`
+//! or `fleetward/v2/command\n`. Commands are always version 2, so a command
+//! (signed with the device's own key) can never be passed off as data, nor
+//! data as a command. fleetward's own devices send version 2.
 
 pub mod category;
 pub mod replay;
@@ -106,10 +113,37 @@ impl Rejection {
     ];
 }
 
+/// What a signature is for: its version and direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Domain {
+    /// Version 1, seed 003: no prefix. Data only.
+    LegacyData,
+    /// Version 2 data.
+    Data,
+    /// Version 2 command (the only form of command).
+    Command,
+}
+
+impl Domain {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Domain::LegacyData => b"",
+            Domain::Data => b"fleetward/v2/data\n",
+            Domain::Command => b"fleetward/v2/command\n",
+        }
+    }
+}
+
+/// The envelope version fleetward signs with.
+pub const VERSION: u8 = 2;
+
 /// A device message. `payload` keeps the exact bytes that were signed.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
+    /// `None` for seed 003's version 1, `Some(2)` for version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u8>,
     pub device_id: String,
     pub timestamp: i64,
     pub message_id: String,
@@ -126,6 +160,9 @@ impl Envelope {
         // a value nobody checked. (Duplicate envelope fields are refused by
         // the derive already.)
         refuse_duplicate_keys(env.payload.get())?;
+        if !matches!(env.v, None | Some(VERSION)) {
+            return Err(Rejection::Malformed("unsupported envelope version".into()));
+        }
         if env.device_id.is_empty() || env.device_id.len() > MAX_DEVICE_ID_LEN {
             return Err(Rejection::Malformed("device_id length".into()));
         }
@@ -135,8 +172,9 @@ impl Envelope {
 
     /// Builds and signs a message.
     pub fn sign(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: Box<RawValue>) -> Envelope {
-        let signature = sign_hex(secret, device_id, timestamp, message_id, payload.get());
+        let signature = sign_hex(secret, Domain::Data, device_id, timestamp, message_id, payload.get());
         Envelope {
+            v: Some(VERSION),
             device_id: device_id.to_string(),
             timestamp,
             message_id: message_id.to_string(),
@@ -145,10 +183,41 @@ impl Envelope {
         }
     }
 
+    /// Signs the seed-003 way (version 1, no prefix), as third-party
+    /// devices do.
+    pub fn sign_v1(
+        secret: &[u8],
+        device_id: &str,
+        timestamp: i64,
+        message_id: &str,
+        payload: Box<RawValue>,
+    ) -> Envelope {
+        let mut env = Envelope::sign(secret, device_id, timestamp, message_id, payload);
+        env.v = None;
+        env.signature = sign_hex(
+            secret,
+            Domain::LegacyData,
+            device_id,
+            timestamp,
+            message_id,
+            env.payload.get(),
+        );
+        env
+    }
+
+    /// The signature's domain, by the envelope's version.
+    pub fn domain(&self) -> Domain {
+        match self.v {
+            None => Domain::LegacyData,
+            Some(_) => Domain::Data,
+        }
+    }
+
     /// Constant-time signature check with `secret`.
     pub fn verify(&self, secret: &[u8]) -> bool {
         verify_hex(
             secret,
+            self.domain(),
             &self.device_id,
             self.timestamp,
             &self.message_id,
@@ -166,6 +235,8 @@ impl Envelope {
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
+    /// Always [`VERSION`]: commands have no version 1.
+    pub v: u8,
     pub timestamp: i64,
     pub message_id: String,
     pub payload: Box<RawValue>,
@@ -175,7 +246,8 @@ pub struct Command {
 impl Command {
     pub fn sign(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: Box<RawValue>) -> Command {
         Command {
-            signature: sign_hex(secret, device_id, timestamp, message_id, payload.get()),
+            v: VERSION,
+            signature: sign_hex(secret, Domain::Command, device_id, timestamp, message_id, payload.get()),
             timestamp,
             message_id: message_id.to_string(),
             payload,
@@ -185,6 +257,9 @@ impl Command {
     pub fn parse(bytes: &[u8]) -> Result<Command, Rejection> {
         let c: Command = serde_json::from_slice(bytes).map_err(malformed)?;
         refuse_duplicate_keys(c.payload.get())?;
+        if c.v != VERSION {
+            return Err(Rejection::Malformed("unsupported command version".into()));
+        }
         validate_message_id(&c.message_id)?;
         Ok(c)
     }
@@ -200,6 +275,7 @@ impl Command {
     ) -> Result<(), Rejection> {
         if !verify_hex(
             secret,
+            Domain::Command,
             device_id,
             self.timestamp,
             &self.message_id,
@@ -310,9 +386,10 @@ fn validate_message_id(id: &str) -> Result<(), Rejection> {
 }
 
 /// The bytes the HMAC covers.
-pub fn signing_input(device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> Vec<u8> {
+pub fn signing_input(domain: Domain, device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> Vec<u8> {
     let ts = timestamp.to_string();
-    let mut v = Vec::with_capacity(device_id.len() + ts.len() + message_id.len() + payload.len());
+    let mut v = Vec::with_capacity(device_id.len() + ts.len() + message_id.len() + payload.len() + 32);
+    v.extend_from_slice(domain.prefix());
     v.extend_from_slice(device_id.as_bytes());
     v.extend_from_slice(ts.as_bytes());
     v.extend_from_slice(message_id.as_bytes());
@@ -320,8 +397,9 @@ pub fn signing_input(device_id: &str, timestamp: i64, message_id: &str, payload:
     v
 }
 
-fn mac(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> HmacSha256 {
+fn mac(secret: &[u8], domain: Domain, device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(domain.prefix());
     mac.update(device_id.as_bytes());
     mac.update(timestamp.to_string().as_bytes());
     mac.update(message_id.as_bytes());
@@ -329,9 +407,16 @@ fn mac(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload
     mac
 }
 
-pub fn sign_hex(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: &str) -> String {
+pub fn sign_hex(
+    secret: &[u8],
+    domain: Domain,
+    device_id: &str,
+    timestamp: i64,
+    message_id: &str,
+    payload: &str,
+) -> String {
     hex::encode(
-        mac(secret, device_id, timestamp, message_id, payload)
+        mac(secret, domain, device_id, timestamp, message_id, payload)
             .finalize()
             .into_bytes(),
     )
@@ -341,6 +426,7 @@ pub fn sign_hex(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str
 /// at the first differing byte, so timing does not reveal a prefix).
 pub fn verify_hex(
     secret: &[u8],
+    domain: Domain,
     device_id: &str,
     timestamp: i64,
     message_id: &str,
@@ -350,7 +436,7 @@ pub fn verify_hex(
     let Ok(sig) = hex::decode(signature_hex) else {
         return false;
     };
-    mac(secret, device_id, timestamp, message_id, payload)
+    mac(secret, domain, device_id, timestamp, message_id, payload)
         .verify_slice(&sig)
         .is_ok()
 }
@@ -409,6 +495,7 @@ mod tests {
         assert_eq!(
             sign_hex(
                 KEY,
+                Domain::LegacyData,
                 "sensor_001",
                 1727712000,
                 "550e8400-e29b-41d4-a716-446655440000",
@@ -418,6 +505,7 @@ mod tests {
         );
         assert_eq!(
             signing_input(
+                Domain::LegacyData,
                 "sensor_001",
                 1727712000,
                 "550e8400-e29b-41d4-a716-446655440000",
@@ -428,11 +516,69 @@ mod tests {
     }
 
     #[test]
+    fn version_2_prefixes_the_direction_and_version_1_stays_accepted_for_data() {
+        let payload = raw(&serde_json::json!({"locked": true}));
+        let v2 = Envelope::sign(KEY, "d1", 100, "m1", payload.clone());
+        assert!(v2.to_json().starts_with(r#"{"v":2,"#), "{}", v2.to_json());
+        let mut m = HmacSha256::new_from_slice(KEY).unwrap();
+        m.update(b"fleetward/v2/data\nd1100m1{\"locked\":true}");
+        assert_eq!(v2.signature, hex::encode(m.finalize().into_bytes()));
+        assert!(Envelope::parse(v2.to_json().as_bytes()).unwrap().verify(KEY));
+        let v1 = Envelope::sign_v1(KEY, "d1", 100, "m1", payload.clone());
+        assert!(!v1.to_json().contains("\"v\""));
+        assert!(Envelope::parse(v1.to_json().as_bytes()).unwrap().verify(KEY));
+        // Relabelling one version as the other breaks the signature.
+        let as_v1 = v2.to_json().replacen(r#""v":2,"#, "", 1);
+        assert!(!Envelope::parse(as_v1.as_bytes()).unwrap().verify(KEY));
+        let as_v3 = v2.to_json().replacen(r#""v":2"#, r#""v":3"#, 1);
+        assert!(matches!(
+            Envelope::parse(as_v3.as_bytes()),
+            Err(Rejection::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_command_never_passes_as_data_nor_data_as_a_command() {
+        let payload = raw(&serde_json::json!({"locked": true}));
+        let cmd = Command::sign(KEY, "d1", 100, "m1", payload.clone());
+        // The command's fields and signature, as data of either version.
+        for v in ["", r#""v":2,"#] {
+            let data = format!(
+                r#"{{{v}"device_id":"d1","timestamp":100,"message_id":"m1","payload":{},"signature":"{}"}}"#,
+                cmd.payload.get(),
+                cmd.signature
+            );
+            assert!(!Envelope::parse(data.as_bytes()).unwrap().verify(KEY), "{data}");
+        }
+        // Data of either version, as a command.
+        let mut seen = ReplayWindow::new(10);
+        for env in [
+            Envelope::sign(KEY, "d1", 100, "m2", payload.clone()),
+            Envelope::sign_v1(KEY, "d1", 100, "m3", payload.clone()),
+        ] {
+            let as_cmd = format!(
+                r#"{{"v":2,"timestamp":100,"message_id":"{}","payload":{},"signature":"{}"}}"#,
+                env.message_id,
+                env.payload.get(),
+                env.signature
+            );
+            let parsed = Command::parse(as_cmd.as_bytes()).unwrap();
+            assert_eq!(
+                parsed.verify(KEY, "d1", 110, 300, &mut seen),
+                Err(Rejection::BadSignature)
+            );
+        }
+        // A command without the version (seed 003's form) is not one.
+        let old = cmd.to_json().replacen(r#""v":2,"#, "", 1);
+        assert!(matches!(Command::parse(old.as_bytes()), Err(Rejection::Malformed(_))));
+    }
+
+    #[test]
     fn payload_is_verified_as_sent_not_reserialized() {
         // Spaces and key order as a different JSON library might write them.
         let msg = r#"{"device_id": "d1", "timestamp": 100, "message_id": "m1", "payload": {"b": 1,  "a": [1, 2]}, "signature": "SIG"}"#;
         let payload = r#"{"b": 1,  "a": [1, 2]}"#;
-        let sig = sign_hex(KEY, "d1", 100, "m1", payload);
+        let sig = sign_hex(KEY, Domain::LegacyData, "d1", 100, "m1", payload);
         let env = Envelope::parse(msg.replace("SIG", &sig).as_bytes()).unwrap();
         assert_eq!(env.payload.get(), payload);
         assert!(env.verify(KEY));
