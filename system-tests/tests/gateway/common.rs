@@ -32,32 +32,40 @@ pub struct BackendCall {
 pub struct Backend {
     pub url: String,
     pub calls: Arc<Mutex<Vec<BackendCall>>>,
+    /// While set, every call gets 503 and is not recorded (an outage).
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Backend {
     pub async fn start() -> Backend {
         use axum::extract::{Path as UrlPath, State};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        type Shared = (Arc<Mutex<Vec<BackendCall>>>, Arc<AtomicBool>);
         let calls: Arc<Mutex<Vec<BackendCall>>> = Arc::default();
-        let app =
-            axum::Router::new()
-                .route(
-                    "/device/{id}/data",
-                    axum::routing::post(
-                        |State(calls): State<Arc<Mutex<Vec<BackendCall>>>>,
-                         UrlPath(id): UrlPath<String>,
-                         body: String| async move {
-                            calls.lock().unwrap().push(BackendCall { device: id, body });
-                            axum::Json(serde_json::json!({"status": "received", "alert": "temperature normal"}))
-                        },
-                    ),
-                )
-                .with_state(calls.clone());
+        let down: Arc<AtomicBool> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/device/{id}/data",
+                axum::routing::post(
+                    |State((calls, down)): State<Shared>, UrlPath(id): UrlPath<String>, body: String| async move {
+                        if down.load(Ordering::SeqCst) {
+                            return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        calls.lock().unwrap().push(BackendCall { device: id, body });
+                        axum::Json(serde_json::json!({"status": "received", "alert": "temperature normal"}))
+                            .into_response()
+                    },
+                ),
+            )
+            .with_state((calls.clone(), down.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Backend {
             url: format!("http://{addr}"),
             calls,
+            down,
         }
     }
 

@@ -754,3 +754,56 @@ async fn a_command_republished_as_data_is_refused() {
     .await;
     h.ns.cleanup().await;
 }
+
+/// The HTTP backend is down for a few seconds: nothing is lost or doubled.
+/// Messages wait, unacknowledged, while the gateway retries the failing
+/// sink only (Kafka gets each message once), and all arrive once it is back.
+#[tokio::test]
+async fn a_sink_outage_delays_messages_and_loses_none() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::start(Setup {
+        prefix: "gw-outage",
+        devices: &[("o1", WEATHER, "")],
+        security: "    ratePerSecond: 100\n    burst: 100",
+        backend: true,
+    })
+    .await;
+    let (dev, _events) = h.device("o1").await;
+    h.backend.down.store(true, Ordering::SeqCst);
+    let mut sent = HashSet::new();
+    for _ in 0..20 {
+        sent.insert(dev.send_reading().await.unwrap());
+    }
+    // Down for longer than the old three attempts (100 + 200 ms) took.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(h.backend.calls().is_empty());
+    assert!(h.gateway.metric("fleetward_gateway_backend_errors_total") >= 20.0);
+    h.backend.down.store(false, Ordering::SeqCst);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.backend.calls().len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "backend got {} of 20:\n{}",
+            h.backend.calls().len(),
+            h.gateway.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = read_records(&h.consumer(), 20, |r| r.len() >= 20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.backend.calls().len(), 20, "each message reached the backend once");
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 20, "each message in Kafka once");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), sent);
+    assert_eq!(h.gateway.accepted(), 20.0);
+    assert_eq!(
+        h.gateway
+            .metric("fleetward_gateway_messages_total{reason=\"sink\",result=\"forward_failed\"}"),
+        0.0
+    );
+    h.ns.cleanup().await;
+}

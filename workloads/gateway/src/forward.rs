@@ -18,7 +18,13 @@ use crate::metrics::Metrics;
 
 /// Largest backend answer relayed to a device.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-const BACKEND_ATTEMPTS: u32 = 3;
+/// Waits between attempts at a failing sink: from the first to the cap,
+/// doubling. A message is retried until its sinks take it (it stays
+/// unacknowledged meanwhile, so the broker keeps it and, once its window of
+/// unacknowledged messages is full, holds back the rest): a sink outage
+/// delays messages, it does not lose them.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 #[derive(thiserror::Error, Debug)]
 pub enum ForwardError {
@@ -26,8 +32,6 @@ pub enum ForwardError {
     Backend(String),
     #[error("backend answered HTTP {0}")]
     BackendStatus(u16),
-    #[error("kafka delivery failed: {0}")]
-    Kafka(String),
     #[error("kafka client: {0}")]
     KafkaClient(#[from] rdkafka::error::KafkaError),
 }
@@ -95,23 +99,31 @@ impl Sinks {
             namespace: Cow::Borrowed(&self.namespace),
         };
         let body = record.to_json();
-        let res = producer
-            .send(
-                FutureRecord::to(topic).key(msg.device_id.as_bytes()).payload(&body),
-                Duration::from_secs(30),
-            )
-            .await;
-        match res {
-            Ok(_) => {
-                self.metrics
-                    .forward_latency
-                    .with_label_values(&["kafka"])
-                    .observe(received.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Err((e, _)) => {
-                self.metrics.kafka_errors.inc();
-                Err(ForwardError::Kafka(e.to_string()))
+        let mut delay = RETRY_FIRST;
+        loop {
+            let res = producer
+                .send(
+                    FutureRecord::to(topic).key(msg.device_id.as_bytes()).payload(&body),
+                    Duration::from_secs(30),
+                )
+                .await;
+            match res {
+                Ok(_) => {
+                    self.metrics
+                        .forward_latency
+                        .with_label_values(&["kafka"])
+                        .observe(received.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Err((e, _)) => {
+                    self.metrics.kafka_errors.inc();
+                    // One line per retry of one message, the waits doubling:
+                    // bounded log volume whatever the outage's length.
+                    tracing::warn!(device = %msg.device_id, message_id = %msg.envelope.message_id, error = %e,
+                        retry_in_ms = delay.as_millis() as u64, "kafka delivery failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_CAP);
+                }
             }
         }
     }
@@ -121,9 +133,8 @@ impl Sinks {
             return Ok(());
         };
         let url = format!("{base}/device/{}/data", msg.device_id);
-        let mut delay = Duration::from_millis(100);
-        let mut last = ForwardError::Backend("not attempted".into());
-        for attempt in 1..=BACKEND_ATTEMPTS {
+        let mut delay = RETRY_FIRST;
+        loop {
             let res = client
                 .post(&url)
                 .header("content-type", "application/json")
@@ -152,23 +163,23 @@ impl Sinks {
                 Ok(resp) => {
                     self.metrics.backend_errors.inc();
                     let status = resp.status();
-                    last = ForwardError::BackendStatus(status.as_u16());
-                    // A 4xx will not get better by asking again.
+                    // A 4xx is the backend's answer about this message: it
+                    // will not change by asking again.
                     if status.is_client_error() {
-                        return Err(last);
+                        return Err(ForwardError::BackendStatus(status.as_u16()));
                     }
+                    tracing::warn!(device = %msg.device_id, message_id = %msg.envelope.message_id,
+                        status = status.as_u16(), retry_in_ms = delay.as_millis() as u64, "backend failed; retrying");
                 }
                 Err(e) => {
                     self.metrics.backend_errors.inc();
-                    last = ForwardError::Backend(e.to_string());
+                    tracing::warn!(device = %msg.device_id, message_id = %msg.envelope.message_id, error = %e,
+                        retry_in_ms = delay.as_millis() as u64, "backend unreachable; retrying");
                 }
             }
-            if attempt < BACKEND_ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_CAP);
         }
-        Err(last)
     }
 }
 

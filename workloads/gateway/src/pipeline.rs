@@ -54,6 +54,8 @@ impl Pipeline {
                     match verdict {
                         Ok(msg) => match sinks.forward(&msg, received).await {
                             Ok(()) => metrics.messages.with_label_values(&["accepted", "ok"]).inc(),
+                            // Only a final answer ends here (the backend's 4xx):
+                            // failures that may pass are retried inside forward.
                             Err(e) => {
                                 metrics.messages.with_label_values(&["forward_failed", "sink"]).inc();
                                 audit.record(
