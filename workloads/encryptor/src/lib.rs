@@ -2,10 +2,12 @@
 //! device telemetry (a Gateway's) from Kafka, encrypts the sensitive fields
 //! as Fernet tokens with the keyring's primary key, and stores rows in
 //! PostgreSQL in batches, idempotently, committing offsets only after the
-//! rows are durable (seed 000's `encryption.py`, made crash-safe). Also
+//! rows are durable (seed 000's `encryption.py`, made crash-safe); what it
+//! cannot parse goes to a dead-letter topic, sealed (`dead_letter`). Also
 //! home of the export CLI (`fleetward-stations`).
 
 pub mod db;
+pub mod dead_letter;
 pub mod export;
 pub mod keys;
 pub mod metrics;
@@ -42,7 +44,8 @@ pub struct Args {
     /// partitions to others: after a crash, the replacement waits this long.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u32,
-    /// Where unparseable records go; default `<topic>.dlq`.
+    /// Where unparseable records go, sealed (see `dead_letter`); default
+    /// `<topic>.dlq`.
     #[arg(long, env = "DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
     /// `postgres://` URL (from a Secret: it holds the password). Never logged.

@@ -16,22 +16,17 @@ use fleetward_keyring::Keyring;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 use crate::db::{self, RecordKind, TableName};
+use crate::dead_letter::{self, DeadLetter};
 use crate::metrics::Metrics;
-use crate::record::{Invalid, Row, Sensitive, Station};
+use crate::record::{Row, Sensitive, Station};
 use crate::telemetry::{self, TelemetryRow};
-
-/// Header names on dead-letter records.
-pub const DLQ_REASON: &str = "fleetward-dlq-reason";
-pub const DLQ_TOPIC: &str = "fleetward-dlq-topic";
-pub const DLQ_PARTITION: &str = "fleetward-dlq-partition";
-pub const DLQ_OFFSET: &str = "fleetward-dlq-offset";
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -276,7 +271,8 @@ impl Pipeline {
     }
 
     /// Parses and encrypts a batch; sends what cannot be parsed to the
-    /// dead-letter topic and waits until Kafka has it.
+    /// dead-letter topic, sealed (see `dead_letter`), and waits until Kafka
+    /// has it.
     async fn stage(&self, batch: &[OwnedMessage]) -> Staged {
         let keyring = self.keyring.current();
         let mut rows = match self.settings.kind {
@@ -294,17 +290,21 @@ impl Pipeline {
             match sealed {
                 Ok(()) => {}
                 Err(why) => {
+                    // Sealed once, so a retry sends the same token.
+                    let letter = dead_letter::seal(&keyring, m, &why);
                     let mut attempt = 0;
-                    while let Err(e) = self.dead_letter(m, &why).await {
+                    while let Err(e) = self.dead_letter(&letter).await {
                         tracing::warn!(error = %e, "dead-letter topic refused a record; retrying");
                         self.metrics.errors.with_label_values(&["dlq"]).inc();
                         backoff(&mut attempt).await;
                     }
+                    // `Invalid` holds no text of the record: safe to log.
                     tracing::warn!(
                         partition = m.partition(),
                         offset = m.offset(),
-                        reason = %why,
-                        "record sent to the dead-letter topic"
+                        reason = why.code(),
+                        detail = %why,
+                        "record sent to the dead-letter topic, sealed"
                     );
                     dead += 1;
                 }
@@ -374,34 +374,12 @@ impl Pipeline {
         tracing::debug!(rows = f.rows, inserted, dead = f.dead, "batch committed");
     }
 
-    async fn dead_letter(&self, m: &OwnedMessage, why: &Invalid) -> Result<(), rdkafka::error::KafkaError> {
-        let reason = why.to_string();
-        let partition = m.partition().to_string();
-        let offset = m.offset().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: DLQ_REASON,
-                value: Some(&reason),
-            })
-            .insert(Header {
-                key: DLQ_TOPIC,
-                value: Some(m.topic()),
-            })
-            .insert(Header {
-                key: DLQ_PARTITION,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: DLQ_OFFSET,
-                value: Some(&offset),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.settings.dead_letter_topic).headers(headers);
-        if let Some(k) = m.key() {
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), rdkafka::error::KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.settings.dead_letter_topic)
+            .payload(letter.value.as_slice())
+            .headers(letter.kafka_headers());
+        if let Some(k) = &letter.key {
             record = record.key(k);
-        }
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
         }
         self.dlq
             .send(record, Duration::from_secs(30))

@@ -119,55 +119,116 @@ pub struct Station {
     pub last_update: DateTime<Utc>,
 }
 
-/// Why a record goes to the dead-letter topic. The reason travels in a
-/// header; it never quotes field values (they may be sensitive).
-#[derive(thiserror::Error, Debug, PartialEq, Eq)]
+/// Why a record goes to the dead-letter topic. Made only of fixed text,
+/// field names of the record's schema and positions, never of the record's
+/// content (it may be sensitive): `code` is the dead letter's reason
+/// header, `Display` its detail header and the log line.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalid {
     #[error("record has no value")]
     Empty,
-    #[error("not JSON: {0}")]
-    Json(String),
-    #[error("record does not have the expected fields: {0}")]
-    Shape(String),
+    #[error("not JSON: syntax error at line {line} column {column}")]
+    NotJson { line: usize, column: usize },
+    #[error("required field {} is missing", .0.unwrap_or("(not in the schema)"))]
+    MissingField(Option<&'static str>),
+    #[error("a field has the wrong type")]
+    WrongType,
+    #[error("record does not have the expected fields or values")]
+    Shape,
     #[error("field {0} is missing, empty, too long or not valid")]
     Field(&'static str),
     #[error("station number is empty or longer than 64 characters")]
     Number,
     #[error("{0} is larger than {max}", max = i32::MAX)]
     TooLarge(&'static str),
-    #[error("last_update {0} ms is not a time between 2000 and 2200")]
-    Time(i64),
+    #[error("{0} is not a time between 2000 and 2200")]
+    Time(&'static str),
     #[error("text field longer than 4096 bytes")]
     TooLong,
 }
 
-/// Error text of serde without the input excerpt serde sometimes quotes.
-pub(crate) fn serde_reason(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    // "invalid type: string \"secret\", expected u32 at line 1 column 9":
-    // keep the structure, drop quoted values.
-    let mut out = String::with_capacity(msg.len());
-    let mut quoted = false;
-    for c in msg.chars() {
-        if c == '"' {
-            quoted = !quoted;
-            if quoted {
-                out.push_str("\"…");
-            } else {
-                out.push('"');
-            }
-        } else if !quoted {
-            out.push(c);
+impl Invalid {
+    /// Every reason code, as the dead-letter topic's reason header carries it.
+    pub const CODES: [&'static str; 10] = [
+        "empty",
+        "not_json",
+        "missing_field",
+        "wrong_type",
+        "wrong_shape",
+        "invalid_field",
+        "invalid_number",
+        "too_large",
+        "invalid_time",
+        "too_long",
+    ];
+
+    /// The fixed reason code (one of `CODES`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Invalid::Empty => "empty",
+            Invalid::NotJson { .. } => "not_json",
+            Invalid::MissingField(_) => "missing_field",
+            Invalid::WrongType => "wrong_type",
+            Invalid::Shape => "wrong_shape",
+            Invalid::Field(_) => "invalid_field",
+            Invalid::Number => "invalid_number",
+            Invalid::TooLarge(_) => "too_large",
+            Invalid::Time(_) => "invalid_time",
+            Invalid::TooLong => "too_long",
         }
     }
-    out
+
+    /// What a serde_json error says about a record, without its text.
+    /// serde's messages quote the input (`invalid type: string "…"`,
+    /// `unknown field `…``, `invalid value: integer `…``), escaped in ways
+    /// no filter reliably undoes, so only the category, the position and
+    /// a field name found in `schema` are kept.
+    pub(crate) fn from_json(e: &serde_json::Error, schema: &[&'static str]) -> Self {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => Invalid::NotJson {
+                line: e.line(),
+                column: e.column(),
+            },
+            Category::Data => {
+                let msg = e.to_string();
+                if let Some(rest) = msg.strip_prefix("missing field `") {
+                    let name = rest.split('`').next().unwrap_or_default();
+                    Invalid::MissingField(schema.iter().copied().find(|f| *f == name))
+                } else if msg.starts_with("invalid type: ") {
+                    Invalid::WrongType
+                } else {
+                    Invalid::Shape
+                }
+            }
+        }
+    }
 }
+
+/// Field names of a station record (`Incoming` and `Position`): the only
+/// names a reason may give.
+const SCHEMA: [&str; 14] = [
+    "number",
+    "contract_name",
+    "name",
+    "address",
+    "position",
+    "banking",
+    "bonus",
+    "bike_stands",
+    "available_bike_stands",
+    "available_bikes",
+    "status",
+    "last_update",
+    "lat",
+    "lng",
+];
 
 impl Station {
     pub fn parse(payload: Option<&[u8]>) -> Result<Self, Invalid> {
         let bytes = payload.filter(|p| !p.is_empty()).ok_or(Invalid::Empty)?;
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::Json(serde_reason(&e)))?;
-        let r: Incoming = serde_json::from_value(value).map_err(|e| Invalid::Shape(serde_reason(&e)))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::from_json(&e, &SCHEMA))?;
+        let r: Incoming = serde_json::from_value(value).map_err(|e| Invalid::from_json(&e, &SCHEMA))?;
         let number = match r.number {
             Number::Int(n) => n.to_string(),
             Number::Text(s) => s,
@@ -179,7 +240,7 @@ impl Station {
         const Y2000_MS: i64 = 946_684_800_000;
         const Y2200_MS: i64 = 7_258_118_400_000;
         if !(Y2000_MS..Y2200_MS).contains(&r.last_update) {
-            return Err(Invalid::Time(r.last_update));
+            return Err(Invalid::Time("last_update"));
         }
         if [&r.contract_name, &r.name, &r.address, &r.status]
             .iter()
@@ -199,7 +260,7 @@ impl Station {
             available_bike_stands: int(r.available_bike_stands, "available_bike_stands")?,
             available_bikes: int(r.available_bikes, "available_bikes")?,
             status: r.status,
-            last_update: DateTime::from_timestamp_millis(r.last_update).ok_or(Invalid::Time(r.last_update))?,
+            last_update: DateTime::from_timestamp_millis(r.last_update).ok_or(Invalid::Time("last_update"))?,
         })
     }
 
@@ -312,22 +373,61 @@ mod tests {
     #[test]
     fn malformed_records_are_rejected_without_quoting_values() {
         let parse = |v: Value| Station::parse(Some(v.to_string().as_bytes()));
-        assert!(matches!(Station::parse(Some(b"{not json")), Err(Invalid::Json(_))));
+        assert_eq!(
+            Station::parse(Some(b"{\"address\": \"Secret Lane\", x}")),
+            Err(Invalid::NotJson { line: 1, column: 28 })
+        );
+        assert!(matches!(
+            Station::parse(Some(b"{\"address\": \"Secret Lane")),
+            Err(Invalid::NotJson { .. })
+        ));
         assert_eq!(Station::parse(None), Err(Invalid::Empty));
         let mut r = record();
         r.as_object_mut().unwrap().remove("number");
-        assert!(matches!(parse(r), Err(Invalid::Shape(_))));
+        assert_eq!(parse(r), Err(Invalid::MissingField(Some("number"))));
+        let mut r = record();
+        r["position"] = json!({"lat": 53.3});
+        assert_eq!(parse(r), Err(Invalid::MissingField(Some("lng"))));
         let mut r = record();
         r["last_update"] = json!(1770418469);
-        assert_eq!(parse(r), Err(Invalid::Time(1770418469)));
+        assert_eq!(parse(r), Err(Invalid::Time("last_update")));
         let mut r = record();
         r["bike_stands"] = json!(3_000_000_000_u64);
         assert_eq!(parse(r), Err(Invalid::TooLarge("bike_stands")));
-        // A wrongly typed sensitive value: the reason does not repeat it.
         let mut r = record();
-        r["bike_stands"] = json!("Smithfield North 12");
-        let err = parse(r).unwrap_err().to_string();
-        assert!(!err.contains("Smithfield"), "{err}");
-        assert!(err.contains("expected u32"), "{err}");
+        r["available_bikes"] = json!(-5);
+        assert_eq!(parse(r), Err(Invalid::Shape));
+        let mut r = record();
+        r["number"] = json!({"Secret": "Lane"});
+        assert_eq!(parse(r), Err(Invalid::Shape));
+        // A wrongly typed sensitive value, with the escaped quotes that
+        // once fooled a filter of serde's message: nothing of it remains.
+        let mut r = record();
+        r["bike_stands"] = json!("x\" Smithfield North 12 \"y");
+        let err = parse(r).unwrap_err();
+        assert_eq!(err, Invalid::WrongType);
+        assert!(!format!("{err} {err:?}").contains("Smithfield"));
+    }
+
+    #[test]
+    fn every_reason_has_one_of_the_fixed_codes() {
+        let all = [
+            Invalid::Empty,
+            Invalid::NotJson { line: 1, column: 2 },
+            Invalid::MissingField(None),
+            Invalid::WrongType,
+            Invalid::Shape,
+            Invalid::Field("status"),
+            Invalid::Number,
+            Invalid::TooLarge("bike_stands"),
+            Invalid::Time("last_update"),
+            Invalid::TooLong,
+        ];
+        let codes: Vec<_> = all.iter().map(Invalid::code).collect();
+        assert_eq!(codes, Invalid::CODES);
+        assert_eq!(
+            Invalid::MissingField(None).to_string(),
+            "required field (not in the schema) is missing"
+        );
     }
 }
