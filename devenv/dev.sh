@@ -94,6 +94,10 @@ prereqs() {
   need cmake cmake
   need c++ g++
   header_present curl/curl.h || need_pkg libcurl4-openssl-dev "the curl/curl.h header"
+  # The broker's fleetward_revoke plugin is C against Mosquitto's plugin API.
+  header_present mosquitto_broker.h || need_pkg mosquitto-dev "Mosquitto's plugin headers"
+  header_present mosquitto.h || need_pkg libmosquitto-dev "the mosquitto.h header"
+  header_present openssl/x509.h || need_pkg libssl-dev "OpenSSL's headers"
   command -v cargo >/dev/null || die "missing 'cargo': install Rust with rustup (https://rustup.rs)"
 }
 
@@ -274,6 +278,17 @@ stop_pid() { # stop_pid <name>
   rm -f "$f"
 }
 
+# The broker plugin for the tests' host Mosquitto (the image builds its own),
+# rebuilt when its source changes.
+build_mosquitto_plugin() {
+  local src=$ROOT/workloads/mosquitto/plugin/fleetward_revoke.c out=$CACHE/mosquitto/fleetward_revoke.so
+  [ -f "$out" ] && [ "$out" -nt "$src" ] && return 0
+  log "building the Mosquitto plugin fleetward_revoke"
+  mkdir -p "$(dirname "$out")"
+  gcc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O2 -fPIC -shared -o "$out.tmp" "$src" -lcrypto
+  mv "$out.tmp" "$out"
+}
+
 write_env() {
   cat >"$ENV_FILE" <<EOF
 # fleetward local services; source this file: . $ENV_FILE
@@ -286,6 +301,7 @@ export FLEETWARD_NODE_IP=$NODE_IP
 export FLEETWARD_CONTAINERD_SOCK=$CONTAINERD_SOCK
 export FLEETWARD_KAFKA_LIBS=$CACHE/kafka/libs
 export FLEETWARD_PYTHON=$CACHE/venv/bin/python
+export FLEETWARD_MOSQUITTO_PLUGIN=$CACHE/mosquitto/fleetward_revoke.so
 export FLEETWARD_IMAGE_VERSION=$FLEETWARD_VERSION
 export PATH=$CACHE/bin:\$PATH
 EOF
@@ -308,6 +324,7 @@ services_up() {
   node_network_up
   start_apiserver
   if [ "$test_services" = 1 ]; then
+    build_mosquitto_plugin
     python_env
     start_postgres
     start_kafka

@@ -18,6 +18,13 @@ pub const DATA_DIR: &str = "/mosquitto/data";
 /// issued this identity.
 pub const GATEWAY_IDENTITY: &str = "fleetward:gateway";
 
+/// The fleetward_revoke plugin in the Mosquitto image: it closes the
+/// sessions of certificates the gateway reports revoked, at once, and
+/// refuses them everything until the CRL refuses their TLS handshake.
+pub const REVOKE_PLUGIN: &str = "/usr/lib/fleetward/fleetward_revoke.so";
+/// Where the gateway publishes revoked serials for the plugin.
+pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
+
 /// `max_message_bytes` is the gateway's limit: the broker accepts packets
 /// up to twice that, so oversized messages still reach the gateway and are
 /// refused and audited there, while truly huge ones are cut off here.
@@ -58,6 +65,8 @@ use_username_as_clientid true
 crlfile {CRL_DIR}/crl.pem
 
 acl_file {CONFIG_DIR}/acl
+plugin {REVOKE_PLUGIN}
+plugin_opt_controller {GATEWAY_IDENTITY}
 "
     )
 }
@@ -75,6 +84,8 @@ user {GATEWAY_IDENTITY}
 topic read device/+/data
 topic write device/+/command
 topic write device/+/response
+# Revoked certificate serials, for the fleetward_revoke plugin.
+topic write {REVOKE_TOPIC}
 "
     )
 }
@@ -94,6 +105,8 @@ mod tests {
             "allow_anonymous false",
             "crlfile /mosquitto/crl/crl.pem",
             "acl_file /mosquitto/config/acl",
+            "plugin /usr/lib/fleetward/fleetward_revoke.so",
+            "plugin_opt_controller fleetward:gateway",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?}");
         }

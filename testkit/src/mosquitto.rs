@@ -55,9 +55,14 @@ impl Broker {
             .find(|l| l.starts_with("listener "))
             .expect("listener line")
             .to_string();
+        // The plugin is where dev-up built it, not where the image has it.
         let conf = data["mosquitto.conf"]
             .replace("/mosquitto/", &prefix)
-            .replace(&listener, &format!("listener {port} 127.0.0.1"));
+            .replace(&listener, &format!("listener {port} 127.0.0.1"))
+            .replace(
+                "/usr/lib/fleetward/fleetward_revoke.so",
+                &crate::cluster::env("FLEETWARD_MOSQUITTO_PLUGIN"),
+            );
         write(&dir.join("config"), "mosquitto.conf", &conf);
         write(&dir.join("config"), "acl", &data["acl"]);
         let secret = format!("{gw}-broker-tls");

@@ -76,6 +76,11 @@ pub struct Config {
     /// reload it (SIGHUP).
     #[arg(long, env = "CRL_FILE")]
     pub crl_file: Option<PathBuf>,
+    /// The CRL's ConfigMap (key `crl.pem`), watched through the API: the
+    /// serials it revokes go to the broker's fleetward_revoke plugin, which
+    /// closes their sessions at once.
+    #[arg(long, env = "CRL_CONFIGMAP")]
+    pub crl_configmap: Option<String>,
     /// Mosquitto's pid; by default found by name in the (shared) process namespace.
     #[arg(long, env = "MOSQUITTO_PID")]
     pub mosquitto_pid: Option<i32>,

@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     let kube = kube::Client::try_default().await?;
     tokio::spawn(registry.clone().watch(
-        kube,
+        kube.clone(),
         cfg.namespace.clone(),
         cfg.gateway.clone(),
         audit.clone(),
@@ -97,6 +97,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = cfg.crl_file.clone() {
         tokio::spawn(crl::watch(path, cfg.mosquitto_pid, audit.clone(), metrics.clone()));
     }
+    let (connections, connected) = tokio::sync::watch::channel(0u64);
+    if let Some(name) = cfg.crl_configmap.clone() {
+        tokio::spawn(crl::revocations(
+            kube.clone(),
+            cfg.namespace.clone(),
+            name,
+            client.clone(),
+            connected,
+            audit.clone(),
+        ));
+    }
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let limits = Limits {
@@ -117,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(pipeline.run(rx));
     tracing::info!(gateway = %cfg.gateway, namespace = %cfg.namespace, "gateway starting");
     tokio::select! {
-        _ = mqtt::run(eventloop, client.clone(), tx, metrics) => {}
+        _ = mqtt::run(eventloop, client.clone(), tx, metrics, connections) => {}
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("shutting down");
             let _ = client.disconnect().await;

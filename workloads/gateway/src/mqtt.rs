@@ -38,6 +38,7 @@ pub async fn run(
     client: AsyncClient,
     tx: mpsc::UnboundedSender<(Publish, Instant)>,
     metrics: Arc<Metrics>,
+    connections: tokio::sync::watch::Sender<u64>,
 ) {
     const FIRST: Duration = Duration::from_millis(250);
     let mut backoff = FIRST;
@@ -50,6 +51,7 @@ pub async fn run(
                 if let Err(e) = client.try_subscribe(DATA_FILTER, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "could not subscribe");
                 }
+                connections.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();

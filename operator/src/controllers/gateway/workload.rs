@@ -62,6 +62,7 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         env("MQTT_CERT_FILE", format!("{CLIENT_DIR}/tls.crt")),
         env("MQTT_KEY_FILE", format!("{CLIENT_DIR}/tls.key")),
         env("CRL_FILE", format!("{}/crl.pem", mosquitto::CRL_DIR)),
+        env("CRL_CONFIGMAP", crl::name(&name)),
         env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
         env("REPLAY_CACHE_SIZE", sec.replay_cache_size.to_string()),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
@@ -214,12 +215,23 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
     };
     let role = Role {
         metadata: meta.clone(),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["secrets".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["secrets".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+            // Its own CRL, read from the API as soon as it changes (the
+            // mounted copy follows only when the kubelet syncs it).
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![crl::name(&gw.name_any())]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+        ]),
     };
     let binding = RoleBinding {
         metadata: meta,
@@ -427,6 +439,7 @@ mod tests {
             "FLEETWARD_GATEWAY",
             "MQTT_PORT",
             "CRL_FILE",
+            "CRL_CONFIGMAP",
             "RATE_PER_SECOND",
             "COMMAND_API_KEY",
             "DATABASE_URL",
