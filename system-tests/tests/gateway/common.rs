@@ -363,6 +363,7 @@ pub async fn raw_client(
         creds.tls().unwrap(),
     )))
     .set_keep_alive(Duration::from_secs(5))
+    .set_max_packet_size(1 << 20, 1 << 20)
     .set_clean_session(true);
     if let Some(w) = will {
         o.set_last_will(w);
@@ -406,4 +407,64 @@ pub async fn settled(seen: &Arc<Mutex<RawSeen>>) {
         assert!(Instant::now() < deadline, "MQTT client neither connected nor refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One device's flood: 60 KB bodies that are not JSON (QoS 0) alternating
+/// with well-formed messages under a wrong key (QoS 1), as fast as its
+/// connection takes them, for `secs`. Returns how many it published.
+pub async fn flood(h: &Harness, device: &str, secs: u64) -> u64 {
+    use fleetward_protocol::{Envelope, data_topic, new_message_id, raw};
+    use rumqttc::QoS;
+    let (client, seen, task) = raw_client(h, device, device, None).await;
+    settled(&seen).await;
+    let junk = format!("{{\"device_id\":\"{device}\",\"pad\":\"{}", "x".repeat(60_000));
+    let topic = data_topic(device);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        let (body, qos) = if sent.is_multiple_of(2) {
+            (junk.clone(), QoS::AtMostOnce)
+        } else {
+            let env = Envelope::sign(
+                b"not-the-device-key",
+                device,
+                chrono::Utc::now().timestamp(),
+                &new_message_id(),
+                raw(&serde_json::json!({"temperature": 20.0, "humidity": 50, "pressure": 1000, "wind_speed": 1})),
+            );
+            (env.to_json(), QoS::AtLeastOnce)
+        };
+        // Waits while the client's queue is full: the connection's pace.
+        if client.publish(topic.as_str(), qos, false, body).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    client.disconnect().await.ok();
+    task.abort();
+    sent
+}
+
+/// Resident memory of a process now, and its peak, in MiB (from /proc).
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Audit rows of one device in this test's namespace, by event.
+pub async fn audit_rows(h: &Harness, device: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM fleetward_gateway.gateway_audit WHERE namespace = $1 AND device_id = $2")
+        .bind(&h.ns.name)
+        .bind(device)
+        .fetch_one(&h.db)
+        .await
+        .unwrap_or(0)
 }

@@ -204,7 +204,15 @@ async fn attacks_are_refused_counted_and_audited() {
     let rejected_metric: f64 = expected.iter().map(|(r, _)| h.gateway.rejected(r)).sum::<f64>()
         + late.iter().map(|r| h.gateway.rejected(r)).sum::<f64>()
         + limited;
-    assert_eq!(rejected_rows, rejected_metric, "one audit row per rejection");
+    // A row each, except those over the flooding device's audit budget,
+    // which are counted for its summary row.
+    let suppressed = h.gateway.metric("fleetward_gateway_audit_suppressed_total");
+    assert_eq!(
+        rejected_rows + suppressed,
+        rejected_metric,
+        "a row per rejection, or a count for the summary"
+    );
+    assert!(suppressed <= limited, "only the flood went over budget");
     assert!(
         rows.iter()
             .any(|r| r.1.as_deref() == Some("topic_mismatch") && r.2.as_deref() == Some("attacker")),
@@ -874,5 +882,81 @@ async fn revocation_closes_the_open_session_and_refuses_the_reconnect() {
     }
     h.audit_has("revocations sent to the broker", |r| r.0 == "revocations_sent")
         .await;
+    h.ns.cleanup().await;
+}
+
+/// A device floods malformed 60 KB messages and bad signatures: the gateway
+/// refuses them for the cost of a size check once the device's refusal
+/// budget is spent, audits them on a budget (rows bounded whatever the
+/// rate, the rest counted in summary rows), stays small, and keeps
+/// forwarding another device's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_messages_costs_bounded_memory_audit_and_log() {
+    const SECS: u64 = 12;
+    let h = Harness::start(Setup {
+        prefix: "gw-flood",
+        devices: &[("flooder", WEATHER, ""), ("steady", WEATHER, "")],
+        security: "    ratePerSecond: 100\n    burst: 100",
+        backend: false,
+    })
+    .await;
+    let (steady, _events) = h.device("steady").await;
+    let log_before = h.gateway.log_text().lines().count();
+    let flood = {
+        let h = &h;
+        async move { flood(h, "flooder", SECS).await }
+    };
+    let valid = async {
+        let mut ids = Vec::new();
+        let end = Instant::now() + Duration::from_secs(SECS);
+        while Instant::now() < end {
+            ids.push(steady.send_reading().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ids
+    };
+    let watch_rss = async {
+        let mut peak: f64 = 0.0;
+        let end = Instant::now() + Duration::from_secs(SECS);
+        while Instant::now() < end {
+            peak = peak.max(rss_mib(h.gateway.pid()).0);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        peak
+    };
+    let (sent, ids, peak_rss) = tokio::join!(flood, valid, watch_rss);
+    println!("flood: {sent} messages in {SECS} s; gateway RSS peak {peak_rss:.0} MiB");
+    assert!(sent > 200, "the flood was a flood: {sent}");
+
+    let records = read_records(&h.consumer(), 30, |r| r.len() >= ids.len()).await;
+    let got: HashSet<&str> = records.iter().filter_map(|r| r["message_id"].as_str()).collect();
+    let missing = ids.iter().filter(|id| !got.contains(id.as_str())).count();
+    assert_eq!(missing, 0, "{missing} of {} valid messages not forwarded", ids.len());
+    assert!(peak_rss < 150.0, "RSS {peak_rss} MiB");
+
+    // Every flood message reached the gateway's count (QoS 0 ones may have
+    // been dropped unread when its queue was full: counted too).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused: f64 = fleetward_protocol::Rejection::ALL_REASONS
+        .iter()
+        .map(|r| h.gateway.rejected(r))
+        .sum::<f64>()
+        + h.gateway.metric("fleetward_gateway_qos0_dropped_total");
+    assert!(refused >= sent as f64 * 0.9, "refused {refused} of {sent}");
+    assert!(
+        h.gateway.rejected("rate_limited") > 0.0,
+        "the refusal budget was used up"
+    );
+    // Audit: at most the device budget over the flood's length, plus a
+    // summary per reason per 10 s (and a margin of one window).
+    let windows = (SECS as f64 / 10.0).ceil() + 1.0;
+    let bound = 20.0 + 2.0 * (SECS as f64 + 2.0) + 3.0 * windows;
+    let rows = audit_rows(&h, "flooder").await as f64;
+    println!("audit rows for the flooder: {rows} (bound {bound}); refusals {refused}");
+    assert!(rows <= bound, "{rows} audit rows > {bound}");
+    assert!(h.gateway.metric("fleetward_gateway_audit_suppressed_total") > 0.0);
+    let log_lines = h.gateway.log_text().lines().count() - log_before;
+    println!("gateway log lines during the flood: {log_lines}");
+    assert!((log_lines as f64) < bound + 100.0, "{log_lines} log lines");
     h.ns.cleanup().await;
 }

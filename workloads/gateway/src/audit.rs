@@ -4,20 +4,26 @@
 //! message path never waits on the database. Secrets and payloads are never
 //! recorded.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
 
+use crate::checks::Refused;
 use crate::metrics::Metrics;
 
 /// Postgres schema of the gateway's tables (and its own migration history,
 /// so it never mixes with another workload's migrations).
 pub const SCHEMA: &str = "fleetward_gateway";
 const BATCH: usize = 500;
-const QUEUE: usize = 100_000;
+/// Events waiting for the database. Each is small (details are capped at
+/// `MAX_DETAIL` characters), and refusals reach it through `RefusalAudit`'s
+/// budget: a few MB at most.
+const QUEUE: usize = 10_000;
+const MAX_DETAIL: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct AuditEvent {
@@ -57,7 +63,15 @@ impl AuditEvent {
         self
     }
     pub fn detail(mut self, d: impl Into<String>) -> Self {
-        self.detail = Some(d.into());
+        let mut d: String = d.into();
+        if d.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d.truncate(end);
+        }
+        self.detail = Some(d);
         self
     }
 }
@@ -113,6 +127,117 @@ impl Audit {
             // still holds the event.
             self.metrics.audit_dropped.inc();
         }
+    }
+}
+
+/// The audit of refused messages, on a budget: each device's refusals get a
+/// row (and a log line) each up to `DEVICE_BURST`, then `DEVICE_RATE` a
+/// second, and all devices together `GLOBAL_BURST`, then `GLOBAL_RATE` a
+/// second. Refusals over the budget are counted per device and reason and
+/// written as one `rejected_summary` row each per `SUMMARY_EVERY`. So a
+/// flood from one device for T seconds writes at most
+/// DEVICE_BURST + DEVICE_RATE·T rows plus a summary per reason per 10 s,
+/// whatever its rate; the metrics still count every refusal.
+pub struct RefusalAudit {
+    audit: Audit,
+    metrics: std::sync::Arc<Metrics>,
+    devices: HashMap<String, Budget>,
+    global: Budget,
+    suppressed: BTreeMap<(String, &'static str), u64>,
+    since: Instant,
+}
+
+pub const DEVICE_BURST: f64 = 20.0;
+pub const DEVICE_RATE: f64 = 2.0;
+pub const GLOBAL_BURST: f64 = 200.0;
+pub const GLOBAL_RATE: f64 = 50.0;
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Devices whose budgets are kept; past that the table starts over.
+const MAX_TRACKED: usize = 100_000;
+
+struct Budget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Budget {
+    fn full(tokens: f64, now: Instant) -> Self {
+        Self { tokens, last: now }
+    }
+
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate).min(burst);
+        self.last = now;
+        self.tokens >= 1.0
+    }
+}
+
+impl RefusalAudit {
+    pub fn new(audit: Audit, metrics: std::sync::Arc<Metrics>) -> Self {
+        let now = Instant::now();
+        Self {
+            audit,
+            metrics,
+            devices: HashMap::new(),
+            global: Budget::full(GLOBAL_BURST, now),
+            suppressed: BTreeMap::new(),
+            since: now,
+        }
+    }
+
+    /// Audits one refusal, or counts it for the next summary.
+    pub fn record(&mut self, refused: &Refused, now: Instant) {
+        let device = refused.device_id.clone().unwrap_or_default();
+        let reason = refused.rejection.reason();
+        if self.devices.len() >= MAX_TRACKED && !self.devices.contains_key(&device) {
+            self.devices.clear();
+        }
+        let budget = self
+            .devices
+            .entry(device.clone())
+            .or_insert_with(|| Budget::full(DEVICE_BURST, now));
+        let device_ok = budget.take(now, DEVICE_RATE, DEVICE_BURST);
+        let global_ok = self.global.take(now, GLOBAL_RATE, GLOBAL_BURST);
+        if device_ok && global_ok {
+            budget.tokens -= 1.0;
+            self.global.tokens -= 1.0;
+            self.audit.record(
+                AuditEvent::new("rejected")
+                    .maybe_device(refused.device_id.as_deref())
+                    .reason(reason)
+                    .message_id(refused.message_id.as_deref())
+                    .detail(refused.rejection.to_string()),
+            );
+        } else {
+            self.metrics.audit_suppressed.inc();
+            *self.suppressed.entry((device, reason)).or_default() += 1;
+        }
+        self.tick(now);
+    }
+
+    /// Writes the summaries once `SUMMARY_EVERY` has passed (call it often,
+    /// e.g. for every message).
+    pub fn tick(&mut self, now: Instant) {
+        if self.suppressed.is_empty() {
+            self.since = now;
+            return;
+        }
+        let window = now.saturating_duration_since(self.since);
+        if window < SUMMARY_EVERY {
+            return;
+        }
+        for ((device, reason), n) in std::mem::take(&mut self.suppressed) {
+            self.audit.record(
+                AuditEvent::new("rejected_summary")
+                    .maybe_device((!device.is_empty()).then_some(device.as_str()))
+                    .reason(reason)
+                    .detail(format!(
+                        "{n} more refusals in the last {} s, over the audit budget",
+                        window.as_secs()
+                    )),
+            );
+        }
+        self.since = now;
     }
 }
 

@@ -55,9 +55,26 @@ struct Bucket {
     last: Instant,
 }
 
+impl Bucket {
+    fn refill(&mut self, clock: Instant, rate: f64, burst: f64) {
+        let elapsed = clock.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = clock;
+    }
+}
+
+/// Refused messages a device may send before its messages are refused
+/// unread (`rate_limited`, no parse, no HMAC) until the budget refills: a
+/// flood of malformed or badly signed messages costs the gateway the
+/// size check, not a parse and a signature each. Only the flooding device's
+/// messages are affected.
+pub const REFUSAL_BURST: f64 = 50.0;
+pub const REFUSALS_PER_SECOND: f64 = 10.0;
+
 struct DeviceState {
     replay: ReplayWindow,
     bucket: Bucket,
+    refusals: Bucket,
 }
 
 pub struct Validator {
@@ -113,6 +130,41 @@ impl Validator {
         if !entry.enabled {
             return Err(refuse(Rejection::DisabledDevice, Some(identity), None));
         }
+        let throttled = {
+            let state = self.state(identity, clock);
+            state.refusals.refill(clock, REFUSALS_PER_SECOND, REFUSAL_BURST);
+            state.refusals.tokens < 1.0
+        };
+        if throttled {
+            return Err(refuse(Rejection::RateLimited, Some(identity), None));
+        }
+        let verdict = self.check_known(identity, entry, body, now, clock);
+        if let Err(refused) = &verdict
+            && refused.rejection != Rejection::RateLimited
+        {
+            self.state(identity, clock).refusals.tokens -= 1.0;
+        }
+        verdict
+    }
+
+    fn state(&mut self, identity: &str, clock: Instant) -> &mut DeviceState {
+        state_in(&mut self.devices, &self.limits, identity, clock)
+    }
+
+    /// The checks after the registry's, for a known and enabled device.
+    fn check_known(
+        &mut self,
+        identity: &str,
+        entry: DeviceEntry,
+        body: &[u8],
+        now: i64,
+        clock: Instant,
+    ) -> Result<Accepted, Refused> {
+        let refuse = |rejection, device_id: Option<&str>, message_id: Option<&str>| Refused {
+            rejection,
+            device_id: device_id.map(str::to_string),
+            message_id: message_id.map(str::to_string),
+        };
         if body.len() > self.limits.max_message_bytes {
             return Err(refuse(
                 Rejection::Oversize {
@@ -130,14 +182,8 @@ impl Validator {
         check_timestamp(envelope.timestamp, now, self.limits.window_secs)
             .map_err(|r| refuse(r, Some(identity), mid))?;
 
-        let limits = &self.limits;
-        let state = self.devices.entry(identity.to_string()).or_insert_with(|| DeviceState {
-            replay: ReplayWindow::new(limits.replay_cache_size),
-            bucket: Bucket {
-                tokens: limits.burst,
-                last: clock,
-            },
-        });
+        let limits = self.limits.clone();
+        let state = state_in(&mut self.devices, &self.limits, identity, clock);
         if state.replay.contains(&envelope.message_id) {
             return Err(refuse(Rejection::Replay, Some(identity), mid));
         }
@@ -154,9 +200,7 @@ impl Validator {
         self.replay_total = self.replay_total + state.replay.len() - before;
 
         let b = &mut state.bucket;
-        let elapsed = clock.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * limits.rate_per_second).min(limits.burst);
-        b.last = clock;
+        b.refill(clock, limits.rate_per_second, limits.burst);
         if b.tokens < 1.0 {
             return Err(refuse(Rejection::RateLimited, Some(identity), mid));
         }
@@ -179,6 +223,27 @@ impl Validator {
             previous_key,
         })
     }
+}
+
+/// A device's state, made on first sight (a free function so that it
+/// borrows only the map, not the whole validator).
+fn state_in<'a>(
+    devices: &'a mut HashMap<String, DeviceState>,
+    limits: &Limits,
+    identity: &str,
+    clock: Instant,
+) -> &'a mut DeviceState {
+    devices.entry(identity.to_string()).or_insert_with(|| DeviceState {
+        replay: ReplayWindow::new(limits.replay_cache_size),
+        bucket: Bucket {
+            tokens: limits.burst,
+            last: clock,
+        },
+        refusals: Bucket {
+            tokens: REFUSAL_BURST,
+            last: clock,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -225,6 +290,38 @@ mod tests {
     fn run(v: &mut Validator, topic: &str, body: &[u8], now: i64, clock: Instant) -> Result<Accepted, Rejection> {
         v.check(topic, body, now, clock, |id| (id == "d1").then(|| entry(true)))
             .map_err(|r| r.rejection)
+    }
+
+    #[test]
+    fn a_device_sending_refused_messages_is_refused_unread_until_its_budget_refills() {
+        let mut v = Validator::new(Limits {
+            rate_per_second: 1000.0,
+            burst: 1000.0,
+            ..limits()
+        });
+        let t = Instant::now();
+        for _ in 0..REFUSAL_BURST as usize {
+            assert!(matches!(
+                run(&mut v, "device/d1/data", b"{not json", 1000, t).unwrap_err(),
+                Rejection::Malformed(_)
+            ));
+        }
+        // Budget spent: refused without being read, valid or not.
+        assert_eq!(
+            run(&mut v, "device/d1/data", b"{not json", 1000, t).unwrap_err(),
+            Rejection::RateLimited
+        );
+        let good = msg(KEY, "d1", 1000, "g1", ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &good, 1000, t).unwrap_err(),
+            Rejection::RateLimited
+        );
+        // Another device is unaffected; a second later the budget has refilled.
+        let other = msg(KEY, "d2", 1000, "o1", ok_payload());
+        let lookup = |id: &str| (id == "d2").then(|| entry(true));
+        assert!(v.check("device/d2/data", &other, 1000, t, lookup).is_ok());
+        let later = t + std::time::Duration::from_secs(1);
+        assert!(run(&mut v, "device/d1/data", &good, 1001, later).is_ok());
     }
 
     #[test]

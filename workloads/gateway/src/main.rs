@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let limits = Limits {
         window_secs: cfg.timestamp_window_seconds,
         replay_cache_size: cfg.replay_cache_size,
@@ -125,10 +126,10 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         mqtt: client.clone(),
     };
-    tokio::spawn(pipeline.run(rx));
+    tokio::spawn(pipeline.run(rx, waiting.clone()));
     tracing::info!(gateway = %cfg.gateway, namespace = %cfg.namespace, "gateway starting");
     tokio::select! {
-        _ = mqtt::run(eventloop, client.clone(), tx, metrics, connections) => {}
+        _ = mqtt::run(eventloop, client.clone(), mqtt::Handoff { tx, waiting }, metrics, connections) => {}
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("shutting down");
             let _ = client.disconnect().await;

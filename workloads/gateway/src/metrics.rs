@@ -18,6 +18,8 @@ pub struct Metrics {
     pub devices: IntGauge,
     pub key_reloads: IntCounter,
     pub audit_dropped: IntCounter,
+    pub audit_suppressed: IntCounter,
+    pub qos0_dropped: IntCounter,
     pub mqtt_connected: IntGauge,
     pub crl_reloads: IntCounter,
 }
@@ -82,6 +84,16 @@ impl Default for Metrics {
                 "Audit rows not queued (queue full)",
             )
             .expect("metric"),
+            audit_suppressed: IntCounter::new(
+                "fleetward_gateway_audit_suppressed_total",
+                "Refusals over the audit budget: counted in a summary row instead of a row each",
+            )
+            .expect("metric"),
+            qos0_dropped: IntCounter::new(
+                "fleetward_gateway_qos0_dropped_total",
+                "QoS 0 messages dropped unread because the hand-off queue was full",
+            )
+            .expect("metric"),
             mqtt_connected: IntGauge::new("fleetward_gateway_mqtt_connected", "1 while connected to the broker")
                 .expect("metric"),
             crl_reloads: IntCounter::new(
@@ -102,6 +114,8 @@ impl Default for Metrics {
             Box::new(m.devices.clone()),
             Box::new(m.key_reloads.clone()),
             Box::new(m.audit_dropped.clone()),
+            Box::new(m.audit_suppressed.clone()),
+            Box::new(m.qos0_dropped.clone()),
             Box::new(m.mqtt_connected.clone()),
             Box::new(m.crl_reloads.clone()),
         ] {

@@ -5,6 +5,7 @@
 //! reconnection with exponential backoff.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
@@ -14,6 +15,16 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub const DATA_FILTER: &str = "device/+/data";
+
+/// QoS 0 messages allowed to wait for the checks.
+pub const QOS0_QUEUE: usize = 1000;
+
+/// The MQTT loop's side of the queue to the pipeline, with a count of the
+/// messages waiting in it (the pipeline decrements it as it takes them).
+pub struct Handoff {
+    pub tx: mpsc::UnboundedSender<(Publish, Instant)>,
+    pub waiting: Arc<AtomicUsize>,
+}
 
 pub fn options(cfg: &Config, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt_host.clone(), cfg.mqtt_port);
@@ -31,12 +42,14 @@ pub fn options(cfg: &Config, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
 ///
 /// The hand-off never blocks: acknowledgements travel back through this
 /// same event loop, so waiting here for the pipeline while the pipeline
-/// waits to ack would deadlock. The queue is still bounded, by the broker:
-/// it sends at most `max_inflight_messages` unacknowledged messages.
+/// waits to ack would deadlock. The queue is still bounded: QoS 1 messages
+/// by the broker (it sends at most `max_inflight_messages` unacknowledged),
+/// QoS 0 ones here, dropped unread once `QOS0_QUEUE` messages wait (QoS 0
+/// promises no delivery; a device flooding with it must not grow memory).
 pub async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    tx: mpsc::UnboundedSender<(Publish, Instant)>,
+    tx: Handoff,
     metrics: Arc<Metrics>,
     connections: tokio::sync::watch::Sender<u64>,
 ) {
@@ -55,7 +68,12 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
-                if tx.send((p, Instant::now())).is_err() {
+                if p.qos == QoS::AtMostOnce && tx.waiting.load(Ordering::Relaxed) >= QOS0_QUEUE {
+                    metrics.qos0_dropped.inc();
+                    continue;
+                }
+                tx.waiting.fetch_add(1, Ordering::Relaxed);
+                if tx.tx.send((p, Instant::now())).is_err() {
                     return;
                 }
             }

@@ -3,13 +3,14 @@
 //! broker in order once its fate is settled.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
-use crate::audit::{Audit, AuditEvent};
+use crate::audit::{Audit, AuditEvent, RefusalAudit};
 use crate::checks::Validator;
 use crate::forward::Sinks;
 use crate::metrics::Metrics;
@@ -31,7 +32,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<(Publish, Instant)>) {
+    /// `waiting` counts the messages in `rx` (see `mqtt::Handoff`).
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<(Publish, Instant)>, waiting: Arc<AtomicUsize>) {
         let Pipeline {
             mut validator,
             registry,
@@ -40,19 +42,30 @@ impl Pipeline {
             metrics,
             mqtt,
         } = self;
+        let mut refusals = RefusalAudit::new(audit.clone(), metrics.clone());
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
             // Checks are stateful (replay cache, rate limit): they run here,
             // one message at a time, in order.
             .map(|(publish, received)| {
+                waiting.fetch_sub(1, Ordering::Relaxed);
                 let now = chrono::Utc::now().timestamp();
-                let verdict = validator.check(&publish.topic, &publish.payload, now, Instant::now(), |id| {
-                    registry.get(id)
-                });
+                let clock = Instant::now();
+                let verdict = validator.check(&publish.topic, &publish.payload, now, clock, |id| registry.get(id));
                 metrics.replay_cache.set(validator.replay_entries() as i64);
+                // Refusals are counted, and audited on a budget, here.
+                match &verdict {
+                    Ok(_) => refusals.tick(clock),
+                    Err(refused) => {
+                        let reason = refused.rejection.reason();
+                        metrics.messages.with_label_values(&["rejected", reason]).inc();
+                        refusals.record(refused, clock);
+                    }
+                }
                 let (sinks, audit, metrics) = (sinks.clone(), audit.clone(), metrics.clone());
                 async move {
-                    match verdict {
-                        Ok(msg) => match sinks.forward(&msg, received).await {
+                    // Refusals were handled above; they are only acknowledged.
+                    if let Ok(msg) = verdict {
+                        match sinks.forward(&msg, received).await {
                             Ok(()) => metrics.messages.with_label_values(&["accepted", "ok"]).inc(),
                             // Only a final answer ends here (the backend's 4xx):
                             // failures that may pass are retried inside forward.
@@ -65,17 +78,6 @@ impl Pipeline {
                                         .detail(e.to_string()),
                                 );
                             }
-                        },
-                        Err(refused) => {
-                            let reason = refused.rejection.reason();
-                            metrics.messages.with_label_values(&["rejected", reason]).inc();
-                            audit.record(
-                                AuditEvent::new("rejected")
-                                    .maybe_device(refused.device_id.as_deref())
-                                    .reason(reason)
-                                    .message_id(refused.message_id.as_deref())
-                                    .detail(refused.rejection.to_string()),
-                            );
                         }
                     }
                     publish
