@@ -123,18 +123,34 @@ pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K, known: Option<&K>) -> R
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    if let Some(owner) = controller_of(obj) {
-        let existing = match known {
-            Some(k) => Some(k.clone()),
-            None => api.get_opt(name).await?,
-        };
-        if let Some(existing) = existing {
-            refuse_unless_owned(&existing, owner)?;
-        }
-    }
+    refuse_if_foreign(api, name, obj, known).await?;
     Ok(api
         .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
         .await?)
+}
+
+/// `Ok` unless an object named `name` exists that is not controlled by the
+/// owner `wanted` names (see `apply`); also what a create that found the
+/// name taken asks. `known`, when given, is used instead of a read.
+pub async fn refuse_if_foreign<K>(api: &Api<K>, name: &str, wanted: &K, known: Option<&K>) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(owner) = controller_of(wanted) else {
+        return Ok(());
+    };
+    let read;
+    let existing = match known {
+        Some(k) => Some(k),
+        None => {
+            read = api.get_opt(name).await?;
+            read.as_ref()
+        }
+    };
+    match existing {
+        Some(existing) => refuse_unless_owned(existing, owner),
+        None => Ok(()),
+    }
 }
 
 /// The controller owner reference of an object, if it has one.

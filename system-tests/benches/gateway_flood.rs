@@ -48,13 +48,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Valid traffic at `rate` msg/s over the steady devices for `secs`.
-async fn steady(
-    h: &Harness,
-    keys: &[(String, Vec<u8>)],
-    clients: &[rumqttc::AsyncClient],
-    rate: f64,
-    secs: u64,
-) -> u64 {
+async fn steady(keys: &[(String, Vec<u8>)], clients: &[rumqttc::AsyncClient], rate: f64, secs: u64) -> u64 {
     let per = rate / keys.len() as f64;
     let stop = Instant::now() + Duration::from_secs(secs);
     let sent = futures::future::join_all(keys.iter().zip(clients).map(|((id, key), client)| async move {
@@ -74,7 +68,6 @@ async fn steady(
         seq
     }))
     .await;
-    let _ = h;
     sent.iter().sum()
 }
 
@@ -137,7 +130,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     println!("gateway flood benchmark: {rate} valid msg/s from {STEADY} devices");
-    let sent_base = steady(&h, &keys, &clients, rate, BASELINE_SECS).await;
+    let sent_base = steady(&keys, &clients, rate, BASELINE_SECS).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, base_peak) = rss_mib(h.gateway.pid());
 
@@ -162,7 +155,7 @@ async fn main() {
     };
     let (flooded, sent_flood, flood_peak) = tokio::join!(
         flood(&h, "flooder", flood_secs),
-        steady(&h, &keys, &clients, rate, flood_secs),
+        steady(&keys, &clients, rate, flood_secs),
         rss_watch
     );
     tokio::time::sleep(Duration::from_secs(3)).await;

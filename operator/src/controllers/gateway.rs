@@ -24,7 +24,7 @@ use kube::{Api, ResourceExt};
 use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
 use super::{secret_str, tls_secret};
-use crate::context::{Context, apply, labels, owner_ref};
+use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign};
 use crate::crd::Gateway;
 use crate::pki::CaBundle;
 use crate::{Error, Result, crl};
@@ -191,7 +191,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             // theirs and plan again with it. A Secret someone else made
             // under the name is refused, never used as this Gateway's CA.
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                ours_or_conflict(&secrets, &secret, &ca_secret_name(&name)).await?;
+                refuse_if_foreign(&secrets, &ca_secret_name(&name), &secret, None).await?;
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Err(e) => return Err(e.into()),
@@ -221,7 +221,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             // The key is never replaced, but neither is a Secret someone
             // else made under its name used as one.
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                ours_or_conflict(&secrets, &secret, &command_secret_name(&name)).await?
+                refuse_if_foreign(&secrets, &command_secret_name(&name), &secret, None).await?
             }
             Err(e) => return Err(e.into()),
         }
@@ -273,16 +273,6 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     }
     publish(gw, ctx, plan.events).await;
     Ok(Action::requeue(plan.requeue))
-}
-
-/// After a create found the name taken: fine when the object is this
-/// Gateway's own (a concurrent reconcile made it), a name conflict if not.
-async fn ours_or_conflict(api: &Api<Secret>, wanted: &Secret, name: &str) -> Result<()> {
-    let owner = crate::context::controller_of(wanted).ok_or(Error::MissingObjectKey("ownerReferences"))?;
-    match api.get_opt(name).await? {
-        Some(existing) => crate::context::refuse_unless_owned(&existing, owner),
-        None => Ok(()),
-    }
 }
 
 async fn publish(gw: &Gateway, ctx: &Context, events: Vec<PlannedEvent>) {

@@ -221,6 +221,14 @@ impl Harness {
         }
     }
 
+    /// An HTTPS client of the command API trusting the Gateway's CA, and
+    /// the API's bearer key.
+    pub async fn command_client(&self) -> (reqwest::Client, String) {
+        let key = self.ns.secret_value("gw-command-api", "api-key").await;
+        let ca = reqwest::Certificate::from_pem(self.ns.secret_value("gw-ca", "tls.crt").await.as_bytes()).unwrap();
+        (reqwest::Client::builder().tls_certs_only([ca]).build().unwrap(), key)
+    }
+
     /// Telemetry records on the Kafka topic, read from the beginning.
     pub fn consumer(&self) -> StreamConsumer {
         kafka_reader(&self.topic)

@@ -236,9 +236,7 @@ async fn commands_are_signed_verified_and_need_the_key() {
     })
     .await;
     let (_dev, mut events) = h.device("lock-1").await;
-    let key = h.ns.secret_value("gw-command-api", "api-key").await;
-    let ca = reqwest::Certificate::from_pem(h.ns.secret_value("gw-ca", "tls.crt").await.as_bytes()).unwrap();
-    let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let (http, key) = h.command_client().await;
     let url = format!("{}/command/lock-1", h.gateway.api_url);
 
     let bad = http
@@ -717,9 +715,7 @@ async fn a_command_republished_as_data_is_refused() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let key = h.ns.secret_value("gw-command-api", "api-key").await;
-    let ca = reqwest::Certificate::from_pem(h.ns.secret_value("gw-ca", "tls.crt").await.as_bytes()).unwrap();
-    let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let (http, key) = h.command_client().await;
     let reading = fleetward_protocol::Category::SmartLock.sample(&mut Default::default());
     let sent = http
         .post(format!("{}/command/lock-2", h.gateway.api_url))

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
 
+use crate::bucket::Bucket;
 use crate::checks::Refused;
 use crate::metrics::Metrics;
 
@@ -141,8 +142,8 @@ impl Audit {
 pub struct RefusalAudit {
     audit: Audit,
     metrics: std::sync::Arc<Metrics>,
-    devices: HashMap<String, Budget>,
-    global: Budget,
+    devices: HashMap<String, Bucket>,
+    global: Bucket,
     suppressed: BTreeMap<(String, &'static str), u64>,
     since: Instant,
 }
@@ -155,23 +156,6 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// Devices whose budgets are kept; past that the table starts over.
 const MAX_TRACKED: usize = 100_000;
 
-struct Budget {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Budget {
-    fn full(tokens: f64, now: Instant) -> Self {
-        Self { tokens, last: now }
-    }
-
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
-        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate).min(burst);
-        self.last = now;
-        self.tokens >= 1.0
-    }
-}
-
 impl RefusalAudit {
     pub fn new(audit: Audit, metrics: std::sync::Arc<Metrics>) -> Self {
         let now = Instant::now();
@@ -179,7 +163,7 @@ impl RefusalAudit {
             audit,
             metrics,
             devices: HashMap::new(),
-            global: Budget::full(GLOBAL_BURST, now),
+            global: Bucket::full(GLOBAL_BURST, now),
             suppressed: BTreeMap::new(),
             since: now,
         }
@@ -195,12 +179,12 @@ impl RefusalAudit {
         let budget = self
             .devices
             .entry(device.clone())
-            .or_insert_with(|| Budget::full(DEVICE_BURST, now));
-        let device_ok = budget.take(now, DEVICE_RATE, DEVICE_BURST);
-        let global_ok = self.global.take(now, GLOBAL_RATE, GLOBAL_BURST);
-        if device_ok && global_ok {
-            budget.tokens -= 1.0;
-            self.global.tokens -= 1.0;
+            .or_insert_with(|| Bucket::full(DEVICE_BURST, now));
+        budget.refill(now, DEVICE_RATE, DEVICE_BURST);
+        self.global.refill(now, GLOBAL_RATE, GLOBAL_BURST);
+        if budget.has_token() && self.global.has_token() {
+            budget.spend();
+            self.global.spend();
             self.audit.record(
                 AuditEvent::new("rejected")
                     .maybe_device(refused.device_id.as_deref())

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use fleetward_protocol::{Category, Envelope, Rejection, ReplayWindow, check_timestamp, device_from_data_topic};
 
+use crate::bucket::Bucket;
 use crate::registry::DeviceEntry;
 
 #[derive(Clone, Debug)]
@@ -48,19 +49,6 @@ pub struct Refused {
     /// The TLS identity (from the topic), when the topic had one.
     pub device_id: Option<String>,
     pub message_id: Option<String>,
-}
-
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn refill(&mut self, clock: Instant, rate: f64, burst: f64) {
-        let elapsed = clock.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        self.last = clock;
-    }
 }
 
 /// Refused messages a device may send before its messages are refused
@@ -133,7 +121,7 @@ impl Validator {
         let throttled = {
             let state = self.state(identity, clock);
             state.refusals.refill(clock, REFUSALS_PER_SECOND, REFUSAL_BURST);
-            state.refusals.tokens < 1.0
+            !state.refusals.has_token()
         };
         if throttled {
             return Err(refuse(Rejection::RateLimited, Some(identity), None));
@@ -142,7 +130,7 @@ impl Validator {
         if let Err(refused) = &verdict
             && refused.rejection != Rejection::RateLimited
         {
-            self.state(identity, clock).refusals.tokens -= 1.0;
+            self.state(identity, clock).refusals.spend();
         }
         verdict
     }
@@ -182,8 +170,8 @@ impl Validator {
         check_timestamp(envelope.timestamp, now, self.limits.window_secs)
             .map_err(|r| refuse(r, Some(identity), mid))?;
 
-        let limits = self.limits.clone();
-        let state = state_in(&mut self.devices, &self.limits, identity, clock);
+        let limits = &self.limits;
+        let state = state_in(&mut self.devices, limits, identity, clock);
         if state.replay.contains(&envelope.message_id) {
             return Err(refuse(Rejection::Replay, Some(identity), mid));
         }
@@ -201,10 +189,10 @@ impl Validator {
 
         let b = &mut state.bucket;
         b.refill(clock, limits.rate_per_second, limits.burst);
-        if b.tokens < 1.0 {
+        if !b.has_token() {
             return Err(refuse(Rejection::RateLimited, Some(identity), mid));
         }
-        b.tokens -= 1.0;
+        b.spend();
 
         entry.category.validate(envelope.payload.get()).map_err(|detail| {
             refuse(
@@ -226,24 +214,24 @@ impl Validator {
 }
 
 /// A device's state, made on first sight (a free function so that it
-/// borrows only the map, not the whole validator).
+/// borrows only the map, not the whole validator). Looked up by `&str`: the
+/// id is copied only when the device is new, not on each of a message's
+/// lookups.
 fn state_in<'a>(
     devices: &'a mut HashMap<String, DeviceState>,
     limits: &Limits,
     identity: &str,
     clock: Instant,
 ) -> &'a mut DeviceState {
-    devices.entry(identity.to_string()).or_insert_with(|| DeviceState {
-        replay: ReplayWindow::new(limits.replay_cache_size),
-        bucket: Bucket {
-            tokens: limits.burst,
-            last: clock,
-        },
-        refusals: Bucket {
-            tokens: REFUSAL_BURST,
-            last: clock,
-        },
-    })
+    if !devices.contains_key(identity) {
+        let state = DeviceState {
+            replay: ReplayWindow::new(limits.replay_cache_size),
+            bucket: Bucket::full(limits.burst, clock),
+            refusals: Bucket::full(REFUSAL_BURST, clock),
+        };
+        devices.insert(identity.to_string(), state);
+    }
+    devices.get_mut(identity).expect("inserted above")
 }
 
 #[cfg(test)]

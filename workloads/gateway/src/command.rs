@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::audit::{Audit, AuditEvent};
+use crate::bucket::Bucket;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -45,17 +46,16 @@ const AUDIT_ID_CHARS: usize = 64;
 
 /// Per-address budgets of failed authentications.
 #[derive(Default)]
-struct Failures(Mutex<HashMap<IpAddr, (f64, Instant)>>);
+struct Failures(Mutex<HashMap<IpAddr, Bucket>>);
 
 impl Failures {
-    fn tokens(entry: &(f64, Instant), now: Instant) -> f64 {
-        (entry.0 + now.saturating_duration_since(entry.1).as_secs_f64() * FAILURE_REFILL_PER_SEC).min(FAILURE_BURST)
-    }
-
     /// True when `ip` has used up its failures for now.
     fn throttled(&self, ip: IpAddr) -> bool {
-        let map = self.0.lock().expect("failures lock");
-        map.get(&ip).is_some_and(|e| Self::tokens(e, Instant::now()) < 1.0)
+        let mut map = self.0.lock().expect("failures lock");
+        map.get_mut(&ip).is_some_and(|b| {
+            b.refill(Instant::now(), FAILURE_REFILL_PER_SEC, FAILURE_BURST);
+            !b.has_token()
+        })
     }
 
     fn failed(&self, ip: IpAddr) {
@@ -64,8 +64,9 @@ impl Failures {
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
             map.clear();
         }
-        let e = map.entry(ip).or_insert((FAILURE_BURST, now));
-        *e = (Self::tokens(e, now) - 1.0, now);
+        let b = map.entry(ip).or_insert_with(|| Bucket::full(FAILURE_BURST, now));
+        b.refill(now, FAILURE_REFILL_PER_SEC, FAILURE_BURST);
+        b.spend();
     }
 }
 

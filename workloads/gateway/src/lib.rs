@@ -4,6 +4,7 @@
 //! backend and/or Kafka, audits every refusal, and signs commands.
 
 pub mod audit;
+pub mod bucket;
 pub mod checks;
 pub mod command;
 pub mod config;

@@ -25,6 +25,17 @@ fn complete(cmd: &mut Command) -> &mut Command {
         .env("DATABASE_URL", format!("postgres://audit:{KEY}@127.0.0.1:1/db"))
 }
 
+/// Runs the gateway, which must refuse to start; returns all it printed.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("gateway runs");
+    assert!(!out.status.success());
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[test]
 fn a_missing_setting_is_named() {
     let out = gateway().output().expect("gateway runs");
@@ -36,16 +47,7 @@ fn a_missing_setting_is_named() {
 
 #[test]
 fn kafka_settings_go_together_and_secrets_stay_out_of_the_error() {
-    let out = complete(&mut gateway())
-        .env("KAFKA_BROKERS", "127.0.0.1:1")
-        .output()
-        .expect("gateway runs");
-    assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = refused(complete(&mut gateway()).env("KAFKA_BROKERS", "127.0.0.1:1"));
     assert!(text.contains("KAFKA_BROKERS and KAFKA_TOPIC go together"), "{text}");
     assert!(!text.contains(KEY), "a secret reached the output: {text}");
 }
@@ -53,16 +55,7 @@ fn kafka_settings_go_together_and_secrets_stay_out_of_the_error() {
 #[test]
 fn a_short_command_key_is_refused_without_echoing_it() {
     let short = "tooshort-but-secret";
-    let out = complete(&mut gateway())
-        .env("COMMAND_API_KEY", short)
-        .output()
-        .expect("gateway runs");
-    assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = refused(complete(&mut gateway()).env("COMMAND_API_KEY", short));
     assert!(text.contains("COMMAND_API_KEY is shorter than 32 characters"), "{text}");
     assert!(!text.contains(short), "the key reached the output: {text}");
 }

@@ -83,11 +83,16 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static bool is_revoked(const char *serial)
+/* In the first `n` (sorted) entries of the revoked list. */
+static bool listed(const char *serial, size_t n)
 {
 	const char *key = serial;
-	return serial[0] && revoked_len
-		&& bsearch(&key, revoked, revoked_len, sizeof(char *), cmp_str) != NULL;
+	return serial[0] && n && bsearch(&key, revoked, n, sizeof(char *), cmp_str) != NULL;
+}
+
+static bool is_revoked(const char *serial)
+{
+	return listed(serial, revoked_len);
 }
 
 static bool push(char ***list, size_t *len, size_t *cap, const char *s)
@@ -212,20 +217,31 @@ static int on_control(int event, void *event_data, void *userdata)
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "fleetward_revoke: ignored revocations from a client that is not the gateway");
 		return MOSQ_ERR_ACL_DENIED;
 	}
+	/* New serials are appended (checked against the sorted list only), then
+	 * the list is sorted and de-duplicated once: a message carries up to
+	 * thousands of serials, and the gateway sends the whole list again on
+	 * every change and reconnect. */
 	const char *p = ev->payload, *end = p + ev->payloadlen;
-	size_t added = 0;
-	while(p < end){
+	size_t sorted = revoked_len;
+	bool out_of_memory = false;
+	while(p < end && !out_of_memory){
 		while(p < end && isspace((unsigned char)*p)) p++;
 		const char *start = p;
 		while(p < end && !isspace((unsigned char)*p)) p++;
 		char serial[MAX_SERIAL];
-		if(p > start && normalise(start, (size_t)(p - start), serial) && !is_revoked(serial)){
-			if(!push(&revoked, &revoked_len, &revoked_cap, serial)) return MOSQ_ERR_NOMEM;
-			qsort(revoked, revoked_len, sizeof(char *), cmp_str);
-			added++;
+		if(p > start && normalise(start, (size_t)(p - start), serial) && !listed(serial, sorted)){
+			out_of_memory = !push(&revoked, &revoked_len, &revoked_cap, serial);
 		}
 	}
-	if(!added) return MOSQ_ERR_SUCCESS;
+	if(revoked_len == sorted) return out_of_memory ? MOSQ_ERR_NOMEM : MOSQ_ERR_SUCCESS;
+	qsort(revoked, revoked_len, sizeof(char *), cmp_str);
+	size_t kept = 1;
+	for(size_t i = 1; i < revoked_len; i++){
+		if(strcmp(revoked[i], revoked[kept - 1])) revoked[kept++] = revoked[i];
+		else free(revoked[i]);
+	}
+	size_t added = kept - sorted;
+	revoked_len = kept;
 	size_t closed = 0;
 	for(size_t b = 0; b < BUCKETS; b++){
 		for(struct session *s = sessions[b]; s; s = s->next){
@@ -239,7 +255,8 @@ static int on_control(int event, void *event_data, void *userdata)
 	/* Now rather than at the next tick: the sessions to close are others'. */
 	on_tick(MOSQ_EVT_TICK, NULL, NULL);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "fleetward_revoke: %zu serials revoked, %zu sessions closed", added, closed);
-	return MOSQ_ERR_SUCCESS;
+	/* What did fit is in force (the list stays sorted either way). */
+	return out_of_memory ? MOSQ_ERR_NOMEM : MOSQ_ERR_SUCCESS;
 }
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)

@@ -172,15 +172,7 @@ impl Envelope {
 
     /// Builds and signs a message.
     pub fn sign(secret: &[u8], device_id: &str, timestamp: i64, message_id: &str, payload: Box<RawValue>) -> Envelope {
-        let signature = sign_hex(secret, Domain::Data, device_id, timestamp, message_id, payload.get());
-        Envelope {
-            v: Some(VERSION),
-            device_id: device_id.to_string(),
-            timestamp,
-            message_id: message_id.to_string(),
-            payload,
-            signature,
-        }
+        Envelope::signed(Some(VERSION), secret, device_id, timestamp, message_id, payload)
     }
 
     /// Signs the seed-003 way (version 1, no prefix), as third-party
@@ -192,11 +184,29 @@ impl Envelope {
         message_id: &str,
         payload: Box<RawValue>,
     ) -> Envelope {
-        let mut env = Envelope::sign(secret, device_id, timestamp, message_id, payload);
-        env.v = None;
+        Envelope::signed(None, secret, device_id, timestamp, message_id, payload)
+    }
+
+    /// An envelope of version `v`, signed in that version's domain.
+    fn signed(
+        v: Option<u8>,
+        secret: &[u8],
+        device_id: &str,
+        timestamp: i64,
+        message_id: &str,
+        payload: Box<RawValue>,
+    ) -> Envelope {
+        let mut env = Envelope {
+            v,
+            device_id: device_id.to_string(),
+            timestamp,
+            message_id: message_id.to_string(),
+            payload,
+            signature: String::new(),
+        };
         env.signature = sign_hex(
             secret,
-            Domain::LegacyData,
+            env.domain(),
             device_id,
             timestamp,
             message_id,
