@@ -23,7 +23,7 @@ pub const GATEWAY_IDENTITY: &str = "fleetward:gateway";
 /// refuses them everything until the CRL refuses their TLS handshake.
 pub const REVOKE_PLUGIN: &str = "/usr/lib/fleetward/fleetward_revoke.so";
 /// Where the gateway publishes revoked serials for the plugin.
-pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
+pub use fleetward_protocol::REVOKE_TOPIC;
 
 /// `max_message_bytes` is the gateway's limit: the broker accepts packets
 /// up to twice that, so oversized messages still reach the gateway and are

@@ -144,7 +144,8 @@ pub struct RefusalAudit {
     metrics: std::sync::Arc<Metrics>,
     devices: HashMap<String, Bucket>,
     global: Bucket,
-    suppressed: BTreeMap<(String, &'static str), u64>,
+    /// Refusals over budget since the last summary, by device and reason.
+    suppressed: BTreeMap<String, BTreeMap<&'static str, u64>>,
     since: Instant,
 }
 
@@ -169,17 +170,19 @@ impl RefusalAudit {
         }
     }
 
-    /// Audits one refusal, or counts it for the next summary.
+    /// Audits one refusal, or counts it for the next summary. Under a flood
+    /// this runs for every message: the device id is copied only when the
+    /// device or its reason is new to the tables.
     pub fn record(&mut self, refused: &Refused, now: Instant) {
-        let device = refused.device_id.clone().unwrap_or_default();
+        let device = refused.device_id.as_deref().unwrap_or_default();
         let reason = refused.rejection.reason();
-        if self.devices.len() >= MAX_TRACKED && !self.devices.contains_key(&device) {
-            self.devices.clear();
+        if !self.devices.contains_key(device) {
+            if self.devices.len() >= MAX_TRACKED {
+                self.devices.clear();
+            }
+            self.devices.insert(device.to_string(), Bucket::full(DEVICE_BURST, now));
         }
-        let budget = self
-            .devices
-            .entry(device.clone())
-            .or_insert_with(|| Bucket::full(DEVICE_BURST, now));
+        let budget = self.devices.get_mut(device).expect("inserted above");
         budget.refill(now, DEVICE_RATE, DEVICE_BURST);
         self.global.refill(now, GLOBAL_RATE, GLOBAL_BURST);
         if budget.has_token() && self.global.has_token() {
@@ -194,7 +197,13 @@ impl RefusalAudit {
             );
         } else {
             self.metrics.audit_suppressed.inc();
-            *self.suppressed.entry((device, reason)).or_default() += 1;
+            match self.suppressed.get_mut(device) {
+                Some(counts) => *counts.entry(reason).or_default() += 1,
+                None => {
+                    self.suppressed
+                        .insert(device.to_string(), BTreeMap::from([(reason, 1)]));
+                }
+            }
         }
         self.tick(now);
     }
@@ -210,16 +219,18 @@ impl RefusalAudit {
         if window < SUMMARY_EVERY {
             return;
         }
-        for ((device, reason), n) in std::mem::take(&mut self.suppressed) {
-            self.audit.record(
-                AuditEvent::new("rejected_summary")
-                    .maybe_device((!device.is_empty()).then_some(device.as_str()))
-                    .reason(reason)
-                    .detail(format!(
-                        "{n} more refusals in the last {} s, over the audit budget",
-                        window.as_secs()
-                    )),
-            );
+        for (device, reasons) in std::mem::take(&mut self.suppressed) {
+            for (reason, n) in reasons {
+                self.audit.record(
+                    AuditEvent::new("rejected_summary")
+                        .maybe_device((!device.is_empty()).then_some(device.as_str()))
+                        .reason(reason)
+                        .detail(format!(
+                            "{n} more refusals in the last {} s, over the audit budget",
+                            window.as_secs()
+                        )),
+                );
+            }
         }
         self.since = now;
     }

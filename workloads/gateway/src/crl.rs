@@ -23,9 +23,7 @@ use x509_parser::prelude::FromDer;
 use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
 
-/// The plugin's control topic (the operator's ACL lets only the gateway
-/// identity write it).
-pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
+use fleetward_protocol::REVOKE_TOPIC;
 /// Serials per control message: well under the broker's packet limit.
 const CHUNK: usize = 2000;
 

@@ -43,6 +43,10 @@ pub use replay::ReplayWindow;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The broker's control topic for revoked certificate serials (the
+/// fleetward_revoke plugin reads it; only the gateway identity may write it).
+pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
+
 /// Longest accepted `message_id` (bounds replay-cache memory).
 pub const MAX_MESSAGE_ID_LEN: usize = 128;
 /// Longest accepted `device_id` (Kubernetes object names are at most 253).
