@@ -35,6 +35,9 @@ pub enum Error {
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
 
+    #[error("{0} does not exist yet")]
+    NotYet(String),
+
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -52,6 +55,7 @@ impl Error {
             Error::Stores(_) => "stores",
             Error::NameConflict { .. } => "name_conflict",
             Error::MissingObjectKey(_) => "missing_object_key",
+            Error::NotYet(_) => "not_yet",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.metric_label()

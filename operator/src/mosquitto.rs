@@ -49,6 +49,10 @@ max_queued_messages 100000
 # The gateway acknowledges a message once it is forwarded; the default
 # window of 20 unacknowledged messages would cap it at 20 per Kafka round trip.
 max_inflight_messages 1000
+# A retained message is redelivered to every new subscription, the
+# gateway's included: a replay the broker would perform. A client that
+# publishes one is disconnected.
+retain_available false
 
 listener {mqtt_port}
 protocol mqtt
@@ -103,6 +107,7 @@ mod tests {
             "use_identity_as_username true",
             "use_username_as_clientid true",
             "allow_anonymous false",
+            "retain_available false",
             "crlfile /mosquitto/crl/crl.pem",
             "acl_file /mosquitto/config/acl",
             "plugin /usr/lib/fleetward/fleetward_revoke.so",

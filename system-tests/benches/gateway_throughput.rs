@@ -277,7 +277,7 @@ async fn main() {
     let mut h = Harness::start(Setup {
         prefix: "bench-gw",
         devices: &devices,
-        security: "    ratePerSecond: 100000\n    burst: 1000000\n    replayCacheSize: 100000",
+        security: "    ratePerSecond: 100000\n    burst: 1000000",
         backend: false,
     })
     .await;

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetward_credentials::{LABEL_DEVICE_KEYS, keys_secret_names};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -24,7 +25,7 @@ use kube::{Api, ResourceExt};
 use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
 use super::{secret_str, tls_secret};
-use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign};
+use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
 use crate::crd::Gateway;
 use crate::pki::CaBundle;
 use crate::{Error, Result, crl};
@@ -225,6 +226,27 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    // The shards of the devices' keys, empty (each Device writes its own
+    // entry): they exist before the Gateway is Ready, which is when its
+    // Devices start writing. Only their metadata is applied here, so the
+    // entries are left alone.
+    for shard in keys_secret_names(&name) {
+        let known = ctx.stores.secret(ns, &shard);
+        let owner = owner_ref(gw)?;
+        if known.as_deref().is_some_and(|k| refuse_unless_owned(k, &owner).is_ok()) {
+            continue;
+        }
+        let mut metadata = child_meta(gw, shard.clone())?;
+        metadata
+            .labels
+            .get_or_insert_default()
+            .insert(LABEL_DEVICE_KEYS.into(), name.clone());
+        let secret = Secret {
+            metadata,
+            ..Default::default()
+        };
+        apply(&secrets, &shard, &secret, known.as_deref()).await?;
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if plan.crl != CrlStep::Keep {

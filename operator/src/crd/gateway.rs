@@ -191,10 +191,6 @@ pub struct SecurityPolicy {
     #[serde(default = "default_window")]
     #[schemars(range(min = 1, max = 86400))]
     pub timestamp_window_seconds: i64,
-    /// Message ids remembered per device to refuse replays.
-    #[serde(default = "default_replay_cache")]
-    #[schemars(range(min = 1, max = 1_000_000))]
-    pub replay_cache_size: i64,
     /// Largest accepted message, in bytes.
     #[serde(default = "default_max_bytes")]
     #[schemars(range(min = 128, max = 16_777_216))]
@@ -212,9 +208,6 @@ pub struct SecurityPolicy {
 fn default_window() -> i64 {
     300
 }
-fn default_replay_cache() -> i64 {
-    1000
-}
 fn default_max_bytes() -> i64 {
     65536
 }
@@ -229,7 +222,6 @@ impl Default for SecurityPolicy {
     fn default() -> Self {
         Self {
             timestamp_window_seconds: default_window(),
-            replay_cache_size: default_replay_cache(),
             max_message_bytes: default_max_bytes(),
             rate_per_second: default_rate(),
             burst: default_burst(),

@@ -89,6 +89,12 @@ impl std::ops::Deref for GatewayProc {
     }
 }
 
+impl std::ops::DerefMut for GatewayProc {
+    fn deref_mut(&mut self) -> &mut Workload {
+        &mut self.process
+    }
+}
+
 impl GatewayProc {
     pub fn rejected(&self, reason: &str) -> f64 {
         self.metric(&format!(

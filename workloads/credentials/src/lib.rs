@@ -18,6 +18,9 @@
 //!
 //! Key material never reaches `Debug`, errors or logs.
 
+mod keys;
+pub use keys::{BadKeys, DeviceKeys, KEYS_SHARDS, LABEL_DEVICE_KEYS, keys_secret_name, keys_secret_names, keys_shard};
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -43,11 +46,6 @@ pub const ANN_PREVIOUS_SERIAL: &str = "fleetward.io/previous-serial";
 
 pub fn secret_name(device: &str) -> String {
     format!("{device}-credentials")
-}
-
-/// The label selector of every credentials Secret of one gateway.
-pub fn gateway_selector(gateway: &str) -> String {
-    format!("{LABEL_GATEWAY}={gateway},{LABEL_DEVICE}")
 }
 
 /// Everything a Device holds, as stored in its Secret.

@@ -98,17 +98,11 @@ impl Audit {
         Self { tx: None, metrics }
     }
 
-    /// Connects, migrates and starts the writer task.
-    pub async fn connect(
-        url: &str,
-        namespace: &str,
-        gateway: &str,
-        metrics: std::sync::Arc<Metrics>,
-    ) -> Result<Self, AuditError> {
-        let pool = connect_pool(url).await?;
+    /// Starts the writer task on a pool from `connect_pool`.
+    pub fn with_pool(pool: PgPool, namespace: &str, gateway: &str, metrics: std::sync::Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(writer(pool, rx, namespace.to_string(), gateway.to_string()));
-        Ok(Self { tx: Some(tx), metrics })
+        Self { tx: Some(tx), metrics }
     }
 
     pub fn record(&self, ev: AuditEvent) {

@@ -4,16 +4,26 @@
 //! 1. topic `device/{id}/data` — the broker's ACL only lets a client write
 //!    its own topic, so `{id}` is the sender's TLS identity;
 //! 2. known and enabled device (by that identity);
-//! 3. size limit — before parsing, so an oversized body is never parsed;
-//! 4. parse, then `device_id` must equal the TLS identity (impersonation);
-//! 5. timestamp window;
-//! 6. replay cache (message ids of this device);
-//! 7. HMAC, constant time, current key or the previous one in its grace period;
-//! 8. per-device rate limit (token bucket) — only signed messages spend tokens;
-//! 9. payload schema of the device's category.
+//! 3. not a retained message — a retained message is redelivered to every
+//!    new subscription, the gateway's own included, so it would be a replay
+//!    the broker performs (the broker refuses them too: `retain_available false`);
+//! 4. size limit — before parsing, so an oversized body is never parsed;
+//! 5. parse, then `device_id` must equal the TLS identity (impersonation);
+//! 6. timestamp window;
+//! 7. replay window (message ids of this device whose timestamps are still
+//!    inside the timestamp window);
+//! 8. HMAC, constant time, current key or the previous one in its grace period;
+//! 9. per-device rate limit (token bucket) — only signed messages spend tokens;
+//! 10. payload schema of the device's category.
 //!
-//! The message id enters the replay cache only once the signature is valid,
-//! so a forged message cannot poison the cache against a later real one.
+//! The message id enters the replay window only once the signature is
+//! valid and the rate limit passed: a forged message cannot poison the
+//! window against a later real one, a rate-limited message (which was not
+//! delivered) may be sent again, and the window holds at most what the rate
+//! limit lets through in its span, `burst + rate · 2 · window` ids per device
+//! (a timestamp may lead the clock by the window and is kept until it trails
+//! it by the window). An id stays until its timestamp leaves the window,
+//! however many messages come between.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -26,7 +36,6 @@ use crate::registry::DeviceEntry;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub window_secs: i64,
-    pub replay_cache_size: usize,
     pub max_message_bytes: usize,
     pub rate_per_second: f64,
     pub burst: f64,
@@ -42,6 +51,13 @@ pub struct Accepted {
     pub previous_key: bool,
 }
 
+impl Accepted {
+    /// Until when (Unix seconds) a replay of this message must be refused.
+    pub fn replay_expires(&self, limits: &Limits) -> i64 {
+        self.envelope.timestamp + limits.window_secs
+    }
+}
+
 /// A refused message, with what is known about it for the audit trail.
 #[derive(Debug)]
 pub struct Refused {
@@ -51,6 +67,14 @@ pub struct Refused {
     pub message_id: Option<String>,
 }
 
+/// What the broker delivered: topic, body and its retain flag.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub body: &'a [u8],
+    pub retain: bool,
+}
+
 /// Refused messages a device may send before its messages are refused
 /// unread (`rate_limited`, no parse, no HMAC) until the budget refills: a
 /// flood of malformed or badly signed messages costs the gateway the
@@ -58,6 +82,10 @@ pub struct Refused {
 /// messages are affected.
 pub const REFUSAL_BURST: f64 = 50.0;
 pub const REFUSALS_PER_SECOND: f64 = 10.0;
+/// How often every device's replay window is swept of expired ids (a
+/// device's own window is swept on each of its messages; this catches
+/// devices that went quiet).
+const SWEEP_EVERY_SECS: i64 = 60;
 
 struct DeviceState {
     replay: ReplayWindow,
@@ -71,6 +99,7 @@ pub struct Validator {
     /// Sum of the devices' replay-window lengths, kept as messages come in
     /// so the metric does not cost a walk over every device per message.
     replay_total: usize,
+    last_sweep: i64,
 }
 
 impl Validator {
@@ -79,7 +108,12 @@ impl Validator {
             limits,
             devices: HashMap::new(),
             replay_total: 0,
+            last_sweep: i64::MIN,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Message ids currently remembered, over all devices.
@@ -94,22 +128,24 @@ impl Validator {
         }
     }
 
+    /// Puts back an id accepted before a restart (see `replay_store`).
+    pub fn restore(&mut self, device_id: &str, message_id: &str, expires: i64, clock: Instant) {
+        if self.state(device_id, clock).replay.insert(message_id, expires) {
+            self.replay_total += 1;
+        }
+    }
+
     /// Runs the checks on one message. `lookup` resolves a device id to its
     /// registry entry; `now` is Unix seconds.
     pub fn check(
         &mut self,
-        topic: &str,
-        body: &[u8],
+        msg: Incoming<'_>,
         now: i64,
         clock: Instant,
         lookup: impl Fn(&str) -> Option<DeviceEntry>,
     ) -> Result<Accepted, Refused> {
-        let refuse = |rejection, device_id: Option<&str>, message_id: Option<&str>| Refused {
-            rejection,
-            device_id: device_id.map(str::to_string),
-            message_id: message_id.map(str::to_string),
-        };
-        let Some(identity) = device_from_data_topic(topic) else {
+        self.sweep(now);
+        let Some(identity) = device_from_data_topic(msg.topic) else {
             return Err(refuse(Rejection::BadTopic, None, None));
         };
         let Some(entry) = lookup(identity) else {
@@ -126,7 +162,11 @@ impl Validator {
         if throttled {
             return Err(refuse(Rejection::RateLimited, Some(identity), None));
         }
-        let verdict = self.check_known(identity, entry, body, now, clock);
+        let verdict = if msg.retain {
+            Err(refuse(Rejection::Retained, Some(identity), None))
+        } else {
+            self.check_known(identity, entry, msg.body, now, clock)
+        };
         if let Err(refused) = &verdict
             && refused.rejection != Rejection::RateLimited
         {
@@ -139,6 +179,16 @@ impl Validator {
         state_in(&mut self.devices, &self.limits, identity, clock)
     }
 
+    fn sweep(&mut self, now: i64) {
+        if now.saturating_sub(self.last_sweep) < SWEEP_EVERY_SECS {
+            return;
+        }
+        self.last_sweep = now;
+        for state in self.devices.values_mut() {
+            self.replay_total -= state.replay.expire(now);
+        }
+    }
+
     /// The checks after the registry's, for a known and enabled device.
     fn check_known(
         &mut self,
@@ -148,11 +198,6 @@ impl Validator {
         now: i64,
         clock: Instant,
     ) -> Result<Accepted, Refused> {
-        let refuse = |rejection, device_id: Option<&str>, message_id: Option<&str>| Refused {
-            rejection,
-            device_id: device_id.map(str::to_string),
-            message_id: message_id.map(str::to_string),
-        };
         if body.len() > self.limits.max_message_bytes {
             return Err(refuse(
                 Rejection::Oversize {
@@ -172,6 +217,7 @@ impl Validator {
 
         let limits = &self.limits;
         let state = state_in(&mut self.devices, limits, identity, clock);
+        self.replay_total -= state.replay.expire(now);
         if state.replay.contains(&envelope.message_id) {
             return Err(refuse(Rejection::Replay, Some(identity), mid));
         }
@@ -182,10 +228,6 @@ impl Validator {
         } else {
             return Err(refuse(Rejection::BadSignature, Some(identity), mid));
         };
-        let before = state.replay.len();
-        state.replay.insert(&envelope.message_id);
-        // A full window evicts its oldest id, so the length may not grow.
-        self.replay_total = self.replay_total + state.replay.len() - before;
 
         let b = &mut state.bucket;
         b.refill(clock, limits.rate_per_second, limits.burst);
@@ -193,6 +235,10 @@ impl Validator {
             return Err(refuse(Rejection::RateLimited, Some(identity), mid));
         }
         b.spend();
+        state
+            .replay
+            .insert(&envelope.message_id, envelope.timestamp + limits.window_secs);
+        self.replay_total += 1;
 
         entry.category.validate(envelope.payload.get()).map_err(|detail| {
             refuse(
@@ -213,6 +259,14 @@ impl Validator {
     }
 }
 
+fn refuse(rejection: Rejection, device_id: Option<&str>, message_id: Option<&str>) -> Refused {
+    Refused {
+        rejection,
+        device_id: device_id.map(str::to_string),
+        message_id: message_id.map(str::to_string),
+    }
+}
+
 /// A device's state, made on first sight (a free function so that it
 /// borrows only the map, not the whole validator). Looked up by `&str`: the
 /// id is copied only when the device is new, not on each of a message's
@@ -225,7 +279,7 @@ fn state_in<'a>(
 ) -> &'a mut DeviceState {
     if !devices.contains_key(identity) {
         let state = DeviceState {
-            replay: ReplayWindow::new(limits.replay_cache_size),
+            replay: ReplayWindow::new(),
             bucket: Bucket::full(limits.burst, clock),
             refusals: Bucket::full(REFUSAL_BURST, clock),
         };
@@ -247,7 +301,6 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             window_secs: 300,
-            replay_cache_size: 100,
             max_message_bytes: 1024,
             rate_per_second: 1.0,
             burst: 3.0,
@@ -276,8 +329,16 @@ mod tests {
     }
 
     fn run(v: &mut Validator, topic: &str, body: &[u8], now: i64, clock: Instant) -> Result<Accepted, Rejection> {
-        v.check(topic, body, now, clock, |id| (id == "d1").then(|| entry(true)))
+        v.check(inc(topic, body), now, clock, |id| (id == "d1").then(|| entry(true)))
             .map_err(|r| r.rejection)
+    }
+
+    fn inc<'a>(topic: &'a str, body: &'a [u8]) -> Incoming<'a> {
+        Incoming {
+            topic,
+            body,
+            retain: false,
+        }
     }
 
     #[test]
@@ -307,7 +368,7 @@ mod tests {
         // Another device is unaffected; a second later the budget has refilled.
         let other = msg(KEY, "d2", 1000, "o1", ok_payload());
         let lookup = |id: &str| (id == "d2").then(|| entry(true));
-        assert!(v.check("device/d2/data", &other, 1000, t, lookup).is_ok());
+        assert!(v.check(inc("device/d2/data", &other), 1000, t, lookup).is_ok());
         let later = t + std::time::Duration::from_secs(1);
         assert!(run(&mut v, "device/d1/data", &good, 1001, later).is_ok());
     }
@@ -338,7 +399,7 @@ mod tests {
             run(&mut v, "device/d9/data", &good("a"), 1000, t).unwrap_err(),
             Rejection::UnknownDevice
         );
-        let r = v.check("device/d1/data", &good("a"), 1000, t, |_| Some(entry(false)));
+        let r = v.check(inc("device/d1/data", &good("a")), 1000, t, |_| Some(entry(false)));
         assert_eq!(r.unwrap_err().rejection, Rejection::DisabledDevice);
         let big = msg(KEY, "d1", 1000, "big", json!({"temperature": 1, "x": "y".repeat(2000)}));
         assert!(matches!(
@@ -450,24 +511,110 @@ mod tests {
     }
 
     #[test]
-    fn replay_entries_counts_every_window_and_forgets_deleted_devices() {
+    fn a_replay_is_refused_while_its_timestamp_is_in_the_window_whatever_came_between() {
+        let mut v = Validator::new(Limits {
+            rate_per_second: 1_000_000.0,
+            burst: 1_000_000.0,
+            ..limits()
+        });
+        let t = Instant::now();
+        let first = msg(KEY, "d1", 1000, "first", ok_payload());
+        assert!(run(&mut v, "device/d1/data", &first, 1000, t).is_ok());
+        // The old FIFO of 1,000 ids forgot "first" after 1,000 newer messages.
+        for i in 0..5000 {
+            let m = msg(KEY, "d1", 1000, &format!("n{i}"), ok_payload());
+            assert!(run(&mut v, "device/d1/data", &m, 1000, t).is_ok());
+        }
+        for now in [1000, 1250, 1300] {
+            assert_eq!(
+                run(&mut v, "device/d1/data", &first, now, t).unwrap_err(),
+                Rejection::Replay,
+                "at {now}"
+            );
+        }
+        // Once the timestamp leaves the window, the timestamp check refuses it
+        // and the id is forgotten.
+        assert_eq!(
+            run(&mut v, "device/d1/data", &first, 1301, t).unwrap_err(),
+            Rejection::StaleTimestamp
+        );
+        let fresh = msg(KEY, "d1", 1301, "later", ok_payload());
+        assert!(run(&mut v, "device/d1/data", &fresh, 1301, t).is_ok());
+        assert_eq!(v.replay_entries(), 1);
+    }
+
+    #[test]
+    fn a_rate_limited_message_is_not_remembered_and_may_be_sent_again() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        for i in 0..3 {
+            let m = msg(KEY, "d1", 1000, &format!("b{i}"), ok_payload());
+            assert!(run(&mut v, "device/d1/data", &m, 1000, t).is_ok());
+        }
+        let m = msg(KEY, "d1", 1000, "late", ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &m, 1000, t).unwrap_err(),
+            Rejection::RateLimited
+        );
+        assert_eq!(v.replay_entries(), 3);
+        let later = t + Duration::from_secs(1);
+        assert!(run(&mut v, "device/d1/data", &m, 1001, later).is_ok());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &m, 1001, later + Duration::from_secs(5)).unwrap_err(),
+            Rejection::Replay
+        );
+    }
+
+    #[test]
+    fn retained_messages_are_refused_unread() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        let m = msg(KEY, "d1", 1000, "r1", ok_payload());
+        let retained = Incoming {
+            retain: true,
+            ..inc("device/d1/data", &m)
+        };
+        let r = v.check(retained, 1000, t, |_| Some(entry(true)));
+        assert_eq!(r.unwrap_err().rejection, Rejection::Retained);
+        // Not remembered either: the same message live is accepted.
+        assert!(run(&mut v, "device/d1/data", &m, 1000, t).is_ok());
+    }
+
+    #[test]
+    fn restored_ids_are_replays() {
+        let mut v = Validator::new(limits());
+        let t = Instant::now();
+        v.restore("d1", "m1", 1300, t);
+        v.restore("d1", "m1", 1300, t);
+        assert_eq!(v.replay_entries(), 1);
+        let m = msg(KEY, "d1", 1000, "m1", ok_payload());
+        assert_eq!(
+            run(&mut v, "device/d1/data", &m, 1000, t).unwrap_err(),
+            Rejection::Replay
+        );
+    }
+
+    #[test]
+    fn replay_entries_counts_every_window_and_forgets_deleted_and_expired_ids() {
         let mut lim = limits();
-        lim.replay_cache_size = 2;
         lim.burst = 100.0;
         let mut v = Validator::new(lim);
         let t = Instant::now();
         let lookup = |id: &str| (id == "d1" || id == "d2").then(|| entry(true));
         for i in 0..3 {
             for d in ["d1", "d2"] {
-                let m = msg(KEY, d, 1000, &format!("m{i}"), ok_payload());
-                v.check(&format!("device/{d}/data"), &m, 1000, t, lookup).unwrap();
+                let m = msg(KEY, d, 1000 + i, &format!("m{i}"), ok_payload());
+                v.check(inc(&format!("device/{d}/data"), &m), 1000, t, lookup).unwrap();
             }
         }
-        // Each window holds 2 ids though 3 were seen per device.
-        assert_eq!(v.replay_entries(), 4);
+        assert_eq!(v.replay_entries(), 6);
         v.forget("d1");
-        assert_eq!(v.replay_entries(), 2);
+        assert_eq!(v.replay_entries(), 3);
         v.forget("nobody");
-        assert_eq!(v.replay_entries(), 2);
+        assert_eq!(v.replay_entries(), 3);
+        // A quiet device's expired ids go at the next sweep (another device's message).
+        let m = msg(KEY, "d1", 1302, "x", ok_payload());
+        v.check(inc("device/d1/data", &m), 1302, t, lookup).unwrap();
+        assert_eq!(v.replay_entries(), 1 + 1, "d2 keeps only m2 (expires 1302)");
     }
 }

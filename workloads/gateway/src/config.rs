@@ -33,8 +33,6 @@ pub struct Config {
 
     #[arg(long, env = "TIMESTAMP_WINDOW_SECONDS", default_value_t = 300)]
     pub timestamp_window_seconds: i64,
-    #[arg(long, env = "REPLAY_CACHE_SIZE", default_value_t = 1000)]
-    pub replay_cache_size: usize,
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65536)]
     pub max_message_bytes: usize,
     #[arg(long, env = "RATE_PER_SECOND", default_value_t = 10.0)]

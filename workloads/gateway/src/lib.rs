@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
 pub mod registry;
+pub mod replay_store;

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use fleetward_gateway::audit::Audit;
+use fleetward_gateway::audit::{Audit, connect_pool};
 use fleetward_gateway::checks::{Limits, Validator};
 use fleetward_gateway::command::{self, ApiState};
 use fleetward_gateway::config::Config;
@@ -11,6 +11,7 @@ use fleetward_gateway::forward::Sinks;
 use fleetward_gateway::metrics::Metrics;
 use fleetward_gateway::pipeline::Pipeline;
 use fleetward_gateway::registry::Registry;
+use fleetward_gateway::replay_store::ReplayStore;
 use fleetward_gateway::{crl, http, mqtt};
 use rumqttc::AsyncClient;
 
@@ -36,13 +37,36 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let metrics = Arc::new(Metrics::default());
-    let audit = match &cfg.database_url {
-        Some(url) => Audit::connect(url, &cfg.namespace, &cfg.gateway, metrics.clone()).await?,
+    let limits = Limits {
+        window_secs: cfg.timestamp_window_seconds,
+        max_message_bytes: cfg.max_message_bytes,
+        rate_per_second: cfg.rate_per_second,
+        burst: cfg.rate_burst,
+    };
+    let mut validator = Validator::new(limits);
+    let (audit, replay) = match &cfg.database_url {
+        Some(url) => {
+            let pool = connect_pool(url).await?;
+            let now = chrono::Utc::now().timestamp();
+            let (replay, remembered) = ReplayStore::open(pool.clone(), &cfg.namespace, &cfg.gateway, now).await?;
+            let clock = std::time::Instant::now();
+            for r in &remembered {
+                validator.restore(&r.device_id, &r.message_id, r.expires, clock);
+            }
+            tracing::info!(ids = remembered.len(), "replay window restored");
+            (
+                Audit::with_pool(pool, &cfg.namespace, &cfg.gateway, metrics.clone()),
+                replay,
+            )
+        }
         None => {
-            tracing::warn!("no DATABASE_URL: security events go to the log only");
-            Audit::log_only(metrics.clone())
+            tracing::warn!(
+                "no DATABASE_URL: security events go to the log only, and the replay window is not kept across restarts"
+            );
+            (Audit::log_only(metrics.clone()), ReplayStore::memory_only())
         }
     };
+    metrics.replay_cache.set(validator.replay_entries() as i64);
 
     // Load the device registry before taking messages, so no device is
     // refused as unknown just because the gateway is still starting.
@@ -111,15 +135,9 @@ async fn main() -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let limits = Limits {
-        window_secs: cfg.timestamp_window_seconds,
-        replay_cache_size: cfg.replay_cache_size,
-        max_message_bytes: cfg.max_message_bytes,
-        rate_per_second: cfg.rate_per_second,
-        burst: cfg.rate_burst,
-    };
     let pipeline = Pipeline {
-        validator: Validator::new(limits),
+        validator,
+        replay,
         registry,
         sinks,
         audit,

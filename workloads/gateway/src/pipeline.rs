@@ -11,10 +11,11 @@ use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
 use crate::audit::{Audit, AuditEvent, RefusalAudit};
-use crate::checks::Validator;
+use crate::checks::{Incoming, Validator};
 use crate::forward::Sinks;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replay_store::ReplayStore;
 
 /// Messages being forwarded at the same time. Throughput is about
 /// IN_FLIGHT / forward latency (a Kafka produce with acks=all takes ~10 ms
@@ -24,6 +25,7 @@ const IN_FLIGHT: usize = 1000;
 
 pub struct Pipeline {
     pub validator: Validator,
+    pub replay: ReplayStore,
     pub registry: Arc<Registry>,
     pub sinks: Arc<Sinks>,
     pub audit: Audit,
@@ -36,6 +38,7 @@ impl Pipeline {
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<(Publish, Instant)>, waiting: Arc<AtomicUsize>) {
         let Pipeline {
             mut validator,
+            mut replay,
             registry,
             sinks,
             audit,
@@ -50,7 +53,12 @@ impl Pipeline {
                 waiting.fetch_sub(1, Ordering::Relaxed);
                 let now = chrono::Utc::now().timestamp();
                 let clock = Instant::now();
-                let verdict = validator.check(&publish.topic, &publish.payload, now, clock, |id| registry.get(id));
+                let incoming = Incoming {
+                    topic: &publish.topic,
+                    body: &publish.payload,
+                    retain: publish.retain,
+                };
+                let verdict = validator.check(incoming, now, clock, |id| registry.get(id));
                 metrics.replay_cache.set(validator.replay_entries() as i64);
                 // Refusals are counted, and audited on a budget, here.
                 match &verdict {
@@ -61,11 +69,18 @@ impl Pipeline {
                         refusals.record(refused, clock);
                     }
                 }
+                // An accepted id is made durable alongside the forward, and the
+                // message acknowledged once both are done.
+                let durable = verdict.as_ref().ok().map(|msg| {
+                    let expires = msg.replay_expires(validator.limits());
+                    replay.record(&msg.device_id, &msg.envelope.message_id, expires)
+                });
                 let (sinks, audit, metrics) = (sinks.clone(), audit.clone(), metrics.clone());
                 async move {
                     // Refusals were handled above; they are only acknowledged.
-                    if let Ok(msg) = verdict {
-                        match sinks.forward(&msg, received).await {
+                    if let (Ok(msg), Some(durable)) = (verdict, durable) {
+                        let (forwarded, ()) = tokio::join!(sinks.forward(&msg, received), durable);
+                        match forwarded {
                             Ok(()) => metrics.messages.with_label_values(&["accepted", "ok"]).inc(),
                             // Only a final answer ends here (the backend's 4xx):
                             // failures that may pass are retried inside forward.

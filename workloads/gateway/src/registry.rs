@@ -1,23 +1,24 @@
 //! The device registry: every Device of this gateway with its category,
-//! enabled flag and HMAC keys, read from the credential Secrets the operator
-//! writes (`<device>-credentials`, labelled `fleetward.io/gateway=<gw>`).
+//! enabled flag and HMAC keys, read from the device-keys shard Secrets the
+//! operator writes for this gateway (`<gw>-device-keys-NN`, see
+//! `fleetward_credentials::keys`): no certificate, no private key.
 //!
 //! It is a Kubernetes watch rather than mounted files: a rotation or a
 //! disable takes effect within the watch latency (well under a second), no
 //! restart and no kubelet sync delay, and devices come and go without
-//! changing the pod. The cost is read access to Secrets in the namespace
-//! (a Role the operator creates for the gateway's ServiceAccount).
+//! changing the pod. The gateway's Role grants read access to those shard
+//! Secrets by name and to no other Secret.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use fleetward_credentials::Credentials;
+use fleetward_credentials::{DeviceKeys, KEYS_SHARDS, keys_secret_names};
 use fleetward_protocol::Category;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
@@ -51,22 +52,18 @@ impl DeviceEntry {
         self.previous_key.is_some() && self.previous_expires.is_some_and(|t| now <= t)
     }
 
-    /// Reads a credential Secret (the contract of `fleetward_credentials`).
-    /// Errors name what is wrong, never values.
-    pub fn from_secret(secret: &Secret) -> Result<(String, DeviceEntry), String> {
-        let c = Credentials::from_secret(secret).map_err(|e| e.to_string())?;
-        let category = Category::parse(&c.category).ok_or("unknown category")?;
-        Ok((
-            c.device,
-            DeviceEntry {
-                category,
-                enabled: c.enabled,
-                key: c.hmac.into_bytes(),
-                previous_key: c.previous_hmac.map(String::into_bytes),
-                previous_expires: c.previous_expires.map(|t| t.timestamp()),
-                version: c.version,
-            },
-        ))
+    /// Reads a device's entry of the keys shards (the contract of
+    /// `fleetward_credentials::keys`). Errors name what is wrong, never values.
+    pub fn from_keys(k: &DeviceKeys) -> Result<DeviceEntry, String> {
+        let category = Category::parse(&k.category).ok_or("unknown category")?;
+        Ok(DeviceEntry {
+            category,
+            enabled: k.enabled,
+            key: k.hmac.clone().into_bytes(),
+            previous_key: k.previous_hmac.clone().map(String::into_bytes),
+            previous_expires: k.previous_expires.map(|t| t.timestamp()),
+            version: k.version,
+        })
     }
 }
 
@@ -135,7 +132,8 @@ impl Registry {
         metrics.devices.set(map.len() as i64);
     }
 
-    /// Watches the gateway's device Secrets until the stream ends.
+    /// Watches the gateway's device-keys shards until the streams end: one
+    /// watch per shard Secret, by name, which is all its Role allows.
     pub async fn watch(
         self: Arc<Self>,
         client: Client,
@@ -145,62 +143,71 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) {
         let api: Api<Secret> = Api::namespaced(client, &namespace);
-        let selector = fleetward_credentials::gateway_selector(&gateway);
-        let stream = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        let mut relist: Option<HashMap<String, DeviceEntry>> = None;
-        loop {
-            let event = match stream.try_next().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "device registry watch error; retrying");
-                    continue;
-                }
-            };
+        let streams = keys_secret_names(&gateway).into_iter().enumerate().map(|(i, name)| {
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            watcher(api.clone(), config)
+                .default_backoff()
+                .map(move |ev| (i, ev))
+                .boxed()
+        });
+        let mut events = futures::stream::select_all(streams);
+        let shards = KEYS_SHARDS as usize;
+        // The devices each shard held when last read, so a device that
+        // leaves its shard's Secret (or the whole Secret goes) is removed.
+        let mut members: Vec<HashSet<String>> = vec![HashSet::new(); shards];
+        // During a (re)list: the shard's Secret, if the listing had it.
+        let mut relisting: Vec<Option<Option<Secret>>> = vec![None; shards];
+        let mut loaded = vec![false; shards];
+        while let Some((i, event)) = events.next().await {
             match event {
-                watcher::Event::Init => relist = Some(HashMap::new()),
-                watcher::Event::InitApply(secret) => {
-                    if let (Some(map), Some((id, entry))) = (relist.as_mut(), parse(&secret)) {
-                        map.insert(id, entry);
+                Err(e) => tracing::warn!(error = %e, "device registry watch error; retrying"),
+                Ok(watcher::Event::Init) => relisting[i] = Some(None),
+                Ok(watcher::Event::InitApply(secret)) => {
+                    if let Some(listed) = relisting[i].as_mut() {
+                        *listed = Some(secret);
                     }
                 }
-                watcher::Event::InitDone => {
-                    let fresh = relist.take().unwrap_or_default();
-                    let gone: Vec<String> = {
-                        let map = self.devices.read().expect("registry lock");
-                        map.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect()
-                    };
-                    for id in gone {
-                        self.remove(&id, &audit, &metrics);
-                    }
-                    for (id, entry) in fresh {
-                        self.upsert(id, entry, &audit, &metrics);
-                    }
-                    if !self.synced.swap(true, Ordering::AcqRel) {
+                Ok(watcher::Event::InitDone) => {
+                    let listed = relisting[i].take().flatten();
+                    self.load_shard(&mut members[i], listed.as_ref(), &audit, &metrics);
+                    loaded[i] = true;
+                    if loaded.iter().all(|l| *l) && !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(devices = self.len(), "device registry loaded");
                     }
                 }
-                watcher::Event::Apply(secret) => {
-                    if let Some((id, entry)) = parse(&secret) {
-                        self.upsert(id, entry, &audit, &metrics);
-                    }
-                }
-                watcher::Event::Delete(secret) => {
-                    if let Some(id) = secret.labels().get("fleetward.io/device") {
-                        self.remove(id, &audit, &metrics);
-                    }
-                }
+                Ok(watcher::Event::Apply(secret)) => self.load_shard(&mut members[i], Some(&secret), &audit, &metrics),
+                Ok(watcher::Event::Delete(_)) => self.load_shard(&mut members[i], None, &audit, &metrics),
             }
+        }
+    }
+
+    /// Makes the registry hold exactly the devices of one shard's Secret
+    /// (none when it is gone).
+    fn load_shard(&self, members: &mut HashSet<String>, secret: Option<&Secret>, audit: &Audit, metrics: &Metrics) {
+        let fresh: HashMap<String, DeviceEntry> = secret
+            .and_then(|s| s.data.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|(id, bytes)| parse(id, &bytes.0).map(|e| (id.clone(), e)))
+            .collect();
+        for gone in members.iter().filter(|id| !fresh.contains_key(*id)) {
+            self.remove(gone, audit, metrics);
+        }
+        *members = fresh.keys().cloned().collect();
+        for (id, entry) in fresh {
+            self.upsert(id, entry, audit, metrics);
         }
     }
 }
 
-fn parse(secret: &Secret) -> Option<(String, DeviceEntry)> {
-    match DeviceEntry::from_secret(secret) {
-        Ok(v) => Some(v),
+fn parse(device: &str, bytes: &[u8]) -> Option<DeviceEntry> {
+    match DeviceKeys::from_bytes(bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|k| DeviceEntry::from_keys(&k))
+    {
+        Ok(entry) => Some(entry),
         Err(reason) => {
-            tracing::warn!(secret = %secret.name_any(), reason, "ignoring unreadable device credentials");
+            tracing::warn!(device, reason, "ignoring an unreadable device keys entry");
             None
         }
     }
@@ -209,9 +216,10 @@ fn parse(secret: &Secret) -> Option<(String, DeviceEntry)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetward_credentials::Credentials;
 
     #[test]
-    fn reads_operator_secret_layout() {
+    fn reads_the_operators_keys_layout() {
         let creds = Credentials {
             device: "d1".into(),
             gateway: "gw".into(),
@@ -227,9 +235,8 @@ mod tests {
             rotation: 1,
             enabled: false,
         };
-        let secret = creds.to_secret(Default::default(), None);
-        let (id, e) = DeviceEntry::from_secret(&secret).unwrap();
-        assert_eq!(id, "d1");
+        let bytes = creds.gateway_keys().to_bytes();
+        let e = parse("d1", &bytes).unwrap();
         assert_eq!(e.category, Category::SmartLock);
         assert!(!e.enabled);
         assert_eq!(e.version, 4);

@@ -78,6 +78,8 @@ pub enum Rejection {
     BadSignature,
     #[error("rate limit exceeded")]
     RateLimited,
+    #[error("retained messages are not accepted")]
+    Retained,
     #[error("payload does not match the {category} schema: {detail}")]
     SchemaViolation { category: &'static str, detail: String },
 }
@@ -96,12 +98,13 @@ impl Rejection {
             Rejection::Replay => "replay",
             Rejection::BadSignature => "bad_signature",
             Rejection::RateLimited => "rate_limited",
+            Rejection::Retained => "retained",
             Rejection::SchemaViolation { .. } => "schema_violation",
         }
     }
 
     /// Every reason, for pre-registering metric label values.
-    pub const ALL_REASONS: [&'static str; 12] = [
+    pub const ALL_REASONS: [&'static str; 13] = [
         "bad_topic",
         "topic_mismatch",
         "unknown_device",
@@ -113,6 +116,7 @@ impl Rejection {
         "replay",
         "bad_signature",
         "rate_limited",
+        "retained",
         "schema_violation",
     ];
 }
@@ -299,7 +303,8 @@ impl Command {
             return Err(Rejection::BadSignature);
         }
         check_timestamp(self.timestamp, now, window_secs)?;
-        if !seen.insert(&self.message_id) {
+        seen.expire(now);
+        if !seen.insert(&self.message_id, self.timestamp + window_secs) {
             return Err(Rejection::Replay);
         }
         Ok(())
@@ -565,7 +570,7 @@ mod tests {
             assert!(!Envelope::parse(data.as_bytes()).unwrap().verify(KEY), "{data}");
         }
         // Data of either version, as a command.
-        let mut seen = ReplayWindow::new(10);
+        let mut seen = ReplayWindow::new();
         for env in [
             Envelope::sign(KEY, "d1", 100, "m2", payload.clone()),
             Envelope::sign_v1(KEY, "d1", 100, "m3", payload.clone()),
@@ -698,10 +703,10 @@ mod tests {
     fn commands_verify_and_refuse_replay_and_other_devices() {
         let cmd = Command::sign(KEY, "d1", 1000, "c1", raw(&serde_json::json!({"action": "reboot"})));
         let parsed = Command::parse(cmd.to_json().as_bytes()).unwrap();
-        let mut seen = ReplayWindow::new(10);
+        let mut seen = ReplayWindow::new();
         assert_eq!(parsed.verify(KEY, "d1", 1010, 300, &mut seen), Ok(()));
         assert_eq!(parsed.verify(KEY, "d1", 1010, 300, &mut seen), Err(Rejection::Replay));
-        let mut fresh = ReplayWindow::new(10);
+        let mut fresh = ReplayWindow::new();
         assert_eq!(
             parsed.verify(KEY, "d2", 1010, 300, &mut fresh),
             Err(Rejection::BadSignature)

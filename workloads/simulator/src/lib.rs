@@ -238,6 +238,13 @@ impl Device {
         Ok(())
     }
 
+    /// Publishes raw bytes (QoS 1) as a retained message: one the broker
+    /// would hand to every later subscriber, a replay it performs itself.
+    pub async fn publish_retained(&self, topic: &str, body: Vec<u8>) -> Result<(), SimError> {
+        self.client.publish(topic, QoS::AtLeastOnce, true, body).await?;
+        Ok(())
+    }
+
     fn verify_command(&self, cmd: &Command, now: i64, window: i64, seen: &mut ReplayWindow) -> Result<(), Rejection> {
         let creds = self.creds.read().expect("credentials lock");
         match cmd.verify(&creds.hmac, &self.id, now, window, seen) {
@@ -251,7 +258,7 @@ impl Device {
 }
 
 async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<DeviceEvent>, opts: ConnectOptions) {
-    let mut seen = ReplayWindow::new(1000);
+    let mut seen = ReplayWindow::new();
     let mut backoff = Duration::from_millis(200);
     loop {
         match eventloop.poll().await {

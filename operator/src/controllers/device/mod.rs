@@ -21,12 +21,13 @@
 //! The Secret `<device>-credentials` (its layout: `fleetward_credentials`)
 //! is the record of what was issued; the Device status mirrors it.
 
+pub mod keys;
 pub mod plan;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use fleetward_credentials::{ANN_VERSION, Credentials, LABEL_DEVICE};
+use fleetward_credentials::{ANN_VERSION, Credentials, LABEL_DEVICE, LABEL_DEVICE_KEYS, keys_secret_name, keys_shard};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -105,12 +106,38 @@ pub async fn run(ctx: Arc<Context>) {
             };
             std::future::ready(changed)
         });
+    // A keys shard that lost entries (deleted and recreated empty, or
+    // edited by someone): the devices whose entry is missing write it again.
+    let shards = watcher(
+        Api::<Secret>::all(ctx.client.clone()),
+        watcher::Config::default().labels(LABEL_DEVICE_KEYS),
+    )
+    .default_backoff()
+    .applied_objects();
+    let (in_shard, repair) = (reader.clone(), ctx.clone());
     let by_gateway = reader.clone();
     Controller::for_stream(devices, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .watches_stream(credentials, |s| {
             let owner = s.owner_references().iter().find(|o| o.kind == "Device")?;
             Some(ObjectRef::<Device>::new(&owner.name).within(&s.namespace()?))
+        })
+        .watches_stream(shards, move |shard| {
+            let (ns, name) = (shard.namespace(), shard.name_any());
+            let gateway = shard.labels().get(LABEL_DEVICE_KEYS).cloned().unwrap_or_default();
+            let missing: Vec<ObjectRef<Device>> = in_shard
+                .state()
+                .into_iter()
+                .filter(|d| d.namespace() == ns && d.spec.gateway_ref == gateway)
+                .filter(|d| keys_secret_name(&gateway, keys_shard(&d.name_any())) == name)
+                .filter(|d| !shard.data.as_ref().is_some_and(|m| m.contains_key(&d.name_any())))
+                .filter(|d| {
+                    let ns = ns.as_deref().unwrap_or_default();
+                    repair.stores.secret(ns, &secret_name(&d.name_any())).is_some()
+                })
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect();
+            missing
         })
         // A Gateway appearing, getting its CA or a new one: its devices.
         .watches_stream(gateways, move |gw| {
@@ -160,9 +187,8 @@ async fn reconcile_device(dev: &Device, ctx: &Context) -> Result<Action> {
         set_finalizer(&api, dev, true).await?;
     }
     let observed = observe(dev, ctx, &ns);
-    let gateway_ca = observed.ca.clone();
     let plan = plan::plan(dev, observed.view(), Timestamp::now(), &mut RealMint)?;
-    apply_plan(dev, ctx, &ns, plan, gateway_ca.as_ref()).await
+    apply_plan(dev, ctx, &ns, plan, &observed).await
 }
 
 /// Adds or removes our finalizer, guarded by the resourceVersion seen: a
@@ -239,8 +265,9 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
     }
 }
 
-async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, ca: Option<&CaBundle>) -> Result<Action> {
+async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, observed: &Seen) -> Result<Action> {
     let name = dev.name_any();
+    let ca = observed.ca.as_ref();
     if let Some(creds) = &plan.store {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let secret = creds.to_secret(labels(&[]), Some(owner_ref(dev)?));
@@ -248,6 +275,12 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, ca:
         let known = ctx.stores.secret(ns, &secret_name(&name));
         let written = apply(&secrets, &secret_name(&name), &secret, known.as_deref()).await?;
         ctx.stores.wrote_secret(written);
+    }
+    // The gateway's copy of what it needs, once the device's own Secret
+    // holds it (so a device never sees a key its gateway does not know
+    // ... nor the other way round for longer than this reconcile).
+    if let Some(creds) = plan.store.as_ref().or(observed.current.as_ref()) {
+        keys::project(dev, ctx, ns, Some(creds)).await?;
     }
     if !plan.revoke.is_empty() {
         let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
@@ -298,6 +331,7 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
             .await;
         }
     }
+    keys::project(dev, ctx, ns, None).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     match secrets.delete(&secret_name(&name), &DeleteParams::default()).await {
         Ok(_) => {}

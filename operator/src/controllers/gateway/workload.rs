@@ -32,6 +32,7 @@ use crate::controllers::METRICS_PORT;
 use crate::controllers::objects::{self, env, env_from_secret, mount};
 use crate::crd::Gateway;
 use crate::{Result, crl, mosquitto};
+use fleetward_credentials::keys_secret_names;
 
 /// Both containers run as this user: the gateway signals Mosquitto (SIGHUP
 /// on a new CRL) through the shared process namespace, which needs the
@@ -64,7 +65,6 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         env("CRL_FILE", format!("{}/crl.pem", mosquitto::CRL_DIR)),
         env("CRL_CONFIGMAP", crl::name(&name)),
         env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
-        env("REPLAY_CACHE_SIZE", sec.replay_cache_size.to_string()),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
         env("RATE_PER_SECOND", sec.rate_per_second.to_string()),
         env("RATE_BURST", sec.burst.to_string()),
@@ -216,9 +216,13 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
     let role = Role {
         metadata: meta.clone(),
         rules: Some(vec![
+            // Its devices' keys (fleetward_credentials::keys) and no other
+            // Secret: not the devices' private keys, not its CA's, not the
+            // command key or any other gateway's or workload's Secrets.
             PolicyRule {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["secrets".into()]),
+                resource_names: Some(keys_secret_names(&gw.name_any())),
                 verbs: vec!["get".into(), "list".into(), "watch".into()],
                 ..Default::default()
             },

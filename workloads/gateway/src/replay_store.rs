@@ -1,0 +1,179 @@
+//! The replay window, kept across restarts: the id of every forwarded
+//! message is written to PostgreSQL (`gateway_replay`) before the message is
+//! acknowledged to the broker, and a starting gateway loads the ids whose
+//! timestamps are still in the window. So a message redelivered after a
+//! crash, or replayed by someone who recorded it, is refused as a replay
+//! after a restart as before it.
+//!
+//! Writes are batched by one task (group commit: ids that arrive while a
+//! batch is being written go in the next), and a message waits for its
+//! batch, not for a write of its own. While the database is down, writes are
+//! retried and acknowledgements wait: the broker holds the messages (an
+//! outage delays them, as a sink outage does) rather than the gateway
+//! acknowledging messages it could not remember.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+
+const BATCH: usize = 2000;
+/// How often rows past their expiry are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+struct Entry {
+    seq: u64,
+    device_id: String,
+    message_id: String,
+    expires: i64,
+}
+
+/// Where the pipeline records forwarded ids. Without a database, the window
+/// lives in memory only.
+pub struct ReplayStore {
+    inner: Option<Writer>,
+}
+
+struct Writer {
+    tx: mpsc::UnboundedSender<Entry>,
+    durable: watch::Receiver<u64>,
+    next: u64,
+}
+
+/// An id of the window as it was before a restart.
+pub struct Remembered {
+    pub device_id: String,
+    pub message_id: String,
+    pub expires: i64,
+}
+
+impl ReplayStore {
+    pub fn memory_only() -> Self {
+        Self { inner: None }
+    }
+
+    /// Loads the ids still inside the window (`expires_at >= now`) and starts
+    /// the writer.
+    pub async fn open(
+        pool: PgPool,
+        namespace: &str,
+        gateway: &str,
+        now: i64,
+    ) -> Result<(Self, Vec<Remembered>), sqlx::Error> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT device_id, message_id, expires_at FROM gateway_replay \
+             WHERE namespace = $1 AND gateway = $2 AND expires_at >= $3",
+        )
+        .bind(namespace)
+        .bind(gateway)
+        .bind(now)
+        .fetch_all(&pool)
+        .await?;
+        let remembered = rows
+            .into_iter()
+            .map(|(device_id, message_id, expires)| Remembered {
+                device_id,
+                message_id,
+                expires,
+            })
+            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (durable_tx, durable) = watch::channel(0);
+        tokio::spawn(writer(pool, rx, durable_tx, namespace.to_string(), gateway.to_string()));
+        Ok((
+            Self {
+                inner: Some(Writer { tx, durable, next: 0 }),
+            },
+            remembered,
+        ))
+    }
+
+    /// Records an accepted message's id; the returned future completes once
+    /// it is durable. The queue needs no bound of its own: the pipeline
+    /// holds at most its in-flight limit of messages waiting on it.
+    pub fn record(&mut self, device_id: &str, message_id: &str, expires: i64) -> impl Future<Output = ()> + use<> {
+        let wait = self.inner.as_mut().map(|w| {
+            w.next += 1;
+            let seq = w.next;
+            let sent = w.tx.send(Entry {
+                seq,
+                device_id: device_id.to_string(),
+                message_id: message_id.to_string(),
+                expires,
+            });
+            (seq, w.durable.clone(), sent.is_ok())
+        });
+        async move {
+            if let Some((seq, mut durable, true)) = wait {
+                // Err only when the writer is gone (the process is ending):
+                // then the message stays unacknowledged.
+                if durable.wait_for(|d| *d >= seq).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+async fn writer(
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<Entry>,
+    durable: watch::Sender<u64>,
+    namespace: String,
+    gateway: String,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = insert(&pool, &batch, &namespace, &gateway).await {
+            tracing::warn!(error = %e, ids = batch.len(), retry_in_ms = delay.as_millis() as u64,
+                "could not record forwarded message ids; their acknowledgements wait");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        // Entries arrive in sequence order, so the last is the highest.
+        let seq = batch.last().map(|e| e.seq).unwrap_or_default();
+        durable.send_replace(seq);
+        batch.clear();
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = tokio::time::Instant::now();
+            if let Err(e) = purge(&pool, &namespace, &gateway, chrono::Utc::now().timestamp()).await {
+                tracing::warn!(error = %e, "could not purge expired message ids");
+            }
+        }
+    }
+}
+
+async fn insert(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
+    let devices: Vec<&str> = batch.iter().map(|e| e.device_id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|e| e.message_id.as_str()).collect();
+    let expires: Vec<i64> = batch.iter().map(|e| e.expires).collect();
+    sqlx::query(
+        "INSERT INTO gateway_replay (namespace, gateway, device_id, message_id, expires_at) \
+         SELECT $1, $2, d, m, e FROM UNNEST($3::text[], $4::text[], $5::bigint[]) AS t(d, m, e) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(namespace)
+    .bind(gateway)
+    .bind(&devices)
+    .bind(&ids)
+    .bind(&expires)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the rows whose timestamps left the window before `now`.
+pub async fn purge(pool: &PgPool, namespace: &str, gateway: &str, now: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM gateway_replay WHERE namespace = $1 AND gateway = $2 AND expires_at < $3")
+        .bind(namespace)
+        .bind(gateway)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
