@@ -231,9 +231,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     // entry): they exist before the Gateway is Ready, which is when its
     // Devices start writing. Only their metadata is applied here, so the
     // entries are left alone.
+    let owner = owner_ref(gw)?;
     for shard in keys_secret_names(&name) {
         let known = ctx.stores.secret(ns, &shard);
-        let owner = owner_ref(gw)?;
         if known.as_deref().is_some_and(|k| refuse_unless_owned(k, &owner).is_ok()) {
             continue;
         }

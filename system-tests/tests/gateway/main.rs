@@ -957,15 +957,6 @@ async fn a_flood_of_refused_messages_costs_bounded_memory_audit_and_log() {
     h.ns.cleanup().await;
 }
 
-/// Waits until `f` holds, or fails with the gateway's metrics.
-async fn eventually(h: &Harness, what: &str, secs: u64, f: impl Fn(&GatewayProc) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f(&h.gateway) {
-        assert!(Instant::now() < deadline, "{what}:\n{}", h.gateway.metrics());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A replay is refused for as long as its timestamp is inside the window:
 /// after more newer messages than the old FIFO of 1,000 ids held, and after
 /// the gateway is killed and started again. A retained message (which the
@@ -988,10 +979,13 @@ async fn a_replay_is_refused_whatever_came_between_and_across_a_restart() {
     for _ in 0..1500 {
         sent.insert(dev.send_reading().await.unwrap());
     }
-    eventually(&h, "1,501 accepted", 60, |g| g.accepted() == 1501.0).await;
+    wait_until("1,501 accepted", 60, || async { h.gateway.accepted() == 1501.0 }).await;
 
     dev.publish(&topic, first.clone()).await.unwrap();
-    eventually(&h, "the replay refused", 20, |g| g.rejected("replay") == 1.0).await;
+    wait_until("the replay refused", 20, || async {
+        h.gateway.rejected("replay") == 1.0
+    })
+    .await;
     h.audit_has("replay after 1,500 messages", |r| {
         r.1.as_deref() == Some("replay") && r.2.as_deref() == Some("r1")
     })
@@ -1000,7 +994,10 @@ async fn a_replay_is_refused_whatever_came_between_and_across_a_restart() {
     // A crash and a new process: the window comes back from the database.
     let last = dev.envelope(&dev.reading()).to_json().into_bytes();
     dev.publish(&topic, last.clone()).await.unwrap();
-    eventually(&h, "the last message accepted", 20, |g| g.accepted() == 1502.0).await;
+    wait_until("the last message accepted", 20, || async {
+        h.gateway.accepted() == 1502.0
+    })
+    .await;
     h.gateway.kill9();
     h.gateway = start_gateway(&h.ns, &h.gw, &h.broker, &h.tmp.path().join("restarted")).await;
     assert!(
@@ -1011,8 +1008,8 @@ async fn a_replay_is_refused_whatever_came_between_and_across_a_restart() {
     for bytes in [&first, &last] {
         dev.publish(&topic, bytes.clone()).await.unwrap();
     }
-    eventually(&h, "both replays refused after the restart", 20, |g| {
-        g.rejected("replay") == 2.0
+    wait_until("both replays refused after the restart", 20, || async {
+        h.gateway.rejected("replay") == 2.0
     })
     .await;
 
@@ -1046,8 +1043,8 @@ async fn a_replay_is_refused_whatever_came_between_and_across_a_restart() {
         "the broker closed the publisher's connection"
     );
     let fresh = dev.send_reading().await.unwrap();
-    eventually(&h, "a valid message after the retained one", 30, |g| {
-        g.accepted() == 1.0
+    wait_until("a valid message after the retained one", 30, || async {
+        h.gateway.accepted() == 1.0
     })
     .await;
     h.gateway.kill9();

@@ -49,13 +49,9 @@ pub struct Accepted {
     pub envelope: Envelope,
     /// Verified with the previous key (during a rotation grace period).
     pub previous_key: bool,
-}
-
-impl Accepted {
-    /// Until when (Unix seconds) a replay of this message must be refused.
-    pub fn replay_expires(&self, limits: &Limits) -> i64 {
-        self.envelope.timestamp + limits.window_secs
-    }
+    /// Until when (Unix seconds) a replay of this message must be refused:
+    /// its id's expiry in the replay window.
+    pub replay_expires: i64,
 }
 
 /// A refused message, with what is known about it for the audit trail.
@@ -110,10 +106,6 @@ impl Validator {
             replay_total: 0,
             last_sweep: i64::MIN,
         }
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Message ids currently remembered, over all devices.
@@ -235,9 +227,8 @@ impl Validator {
             return Err(refuse(Rejection::RateLimited, Some(identity), mid));
         }
         b.spend();
-        state
-            .replay
-            .insert(&envelope.message_id, envelope.timestamp + limits.window_secs);
+        let replay_expires = envelope.timestamp + limits.window_secs;
+        state.replay.insert(&envelope.message_id, replay_expires);
         self.replay_total += 1;
 
         entry.category.validate(envelope.payload.get()).map_err(|detail| {
@@ -255,6 +246,7 @@ impl Validator {
             category: entry.category,
             envelope,
             previous_key,
+            replay_expires,
         })
     }
 }

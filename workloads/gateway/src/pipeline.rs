@@ -71,10 +71,10 @@ impl Pipeline {
                 }
                 // An accepted id is made durable alongside the forward, and the
                 // message acknowledged once both are done.
-                let durable = verdict.as_ref().ok().map(|msg| {
-                    let expires = msg.replay_expires(validator.limits());
-                    replay.record(&msg.device_id, &msg.envelope.message_id, expires)
-                });
+                let durable = verdict
+                    .as_ref()
+                    .ok()
+                    .map(|msg| replay.record(&msg.device_id, &msg.envelope.message_id, msg.replay_expires));
                 let (sinks, audit, metrics) = (sinks.clone(), audit.clone(), metrics.clone());
                 async move {
                     // Refusals were handled above; they are only acknowledged.

@@ -94,17 +94,18 @@ impl ReplayStore {
     pub fn record(&mut self, device_id: &str, message_id: &str, expires: i64) -> impl Future<Output = ()> + use<> {
         let wait = self.inner.as_mut().map(|w| {
             w.next += 1;
-            let seq = w.next;
-            let sent = w.tx.send(Entry {
-                seq,
+            // A failed send means the writer is gone; the wait below then
+            // never completes, as for any id the writer did not store.
+            let _ = w.tx.send(Entry {
+                seq: w.next,
                 device_id: device_id.to_string(),
                 message_id: message_id.to_string(),
                 expires,
             });
-            (seq, w.durable.clone(), sent.is_ok())
+            (w.next, w.durable.clone())
         });
         async move {
-            if let Some((seq, mut durable, true)) = wait {
+            if let Some((seq, mut durable)) = wait {
                 // Err only when the writer is gone (the process is ending):
                 // then the message stays unacknowledged.
                 if durable.wait_for(|d| *d >= seq).await.is_err() {

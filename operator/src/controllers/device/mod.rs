@@ -125,15 +125,19 @@ pub async fn run(ctx: Arc<Context>) {
         .watches_stream(shards, move |shard| {
             let (ns, name) = (shard.namespace(), shard.name_any());
             let gateway = shard.labels().get(LABEL_DEVICE_KEYS).cloned().unwrap_or_default();
+            let entries = shard.data.as_ref();
             let missing: Vec<ObjectRef<Device>> = in_shard
                 .state()
                 .into_iter()
                 .filter(|d| d.namespace() == ns && d.spec.gateway_ref == gateway)
-                .filter(|d| keys_secret_name(&gateway, keys_shard(&d.name_any())) == name)
-                .filter(|d| !shard.data.as_ref().is_some_and(|m| m.contains_key(&d.name_any())))
                 .filter(|d| {
-                    let ns = ns.as_deref().unwrap_or_default();
-                    repair.stores.secret(ns, &secret_name(&d.name_any())).is_some()
+                    let device = d.name_any();
+                    keys_secret_name(&gateway, keys_shard(&device)) == name
+                        && !entries.is_some_and(|m| m.contains_key(&device))
+                        && repair
+                            .stores
+                            .secret(ns.as_deref().unwrap_or_default(), &secret_name(&device))
+                            .is_some()
                 })
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect();
