@@ -62,6 +62,16 @@ impl CrlState {
         }
     }
 
+    /// A lost CRL made again from `entries`, numbered after the last one
+    /// known (`previous`), signed at `now`.
+    pub fn rebuilt(entries: Vec<Revocation>, previous: u64, now: Timestamp) -> Self {
+        Self {
+            entries,
+            number: previous + 1,
+            next_update: now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
+        }
+    }
+
     /// This CRL re-signed at `now`: same entries, the next number.
     pub fn resigned(&self, now: Timestamp) -> Self {
         Self {
@@ -124,12 +134,18 @@ pub async fn load(api: &Api<ConfigMap>, gateway: &str) -> Result<Option<CrlState
     api.get_opt(&name(gateway)).await?.as_ref().map(parse).transpose()
 }
 
-/// Creates the (empty) CRL of a new gateway, or re-signs the existing one
-/// with `ca` (its validity half spent, or a new CA).
-pub async fn write(api: &Api<ConfigMap>, gw: &Gateway, ca: &CaBundle, resign: bool) -> Result<CrlState> {
+/// Creates the CRL with `create`'s entries and number (empty and 1 for a
+/// new gateway; a lost CRL rebuilt), or without it re-signs the existing
+/// one with `ca` (its validity half spent, or a new CA).
+pub async fn write(
+    api: &Api<ConfigMap>,
+    gw: &Gateway,
+    ca: &CaBundle,
+    create: Option<(Vec<Revocation>, u64)>,
+) -> Result<CrlState> {
     let gw_name = gw.name_any();
     let cm_name = name(&gw_name);
-    if !resign {
+    if let Some((entries, number)) = create {
         let mut cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(cm_name.clone()),
@@ -139,7 +155,7 @@ pub async fn write(api: &Api<ConfigMap>, gw: &Gateway, ca: &CaBundle, resign: bo
             },
             ..Default::default()
         };
-        let state = render(&mut cm, ca, Vec::new(), 1)?;
+        let state = render(&mut cm, ca, entries, number)?;
         match api.create(&PostParams::default(), &cm).await {
             Ok(_) => return Ok(state),
             // Someone (a concurrent reconcile) created it first: use theirs.

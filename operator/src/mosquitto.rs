@@ -20,7 +20,10 @@ pub const GATEWAY_IDENTITY: &str = "fleetward:gateway";
 
 /// The fleetward_revoke plugin in the Mosquitto image: it closes the
 /// sessions of certificates the gateway reports revoked, at once, and
-/// refuses them everything until the CRL refuses their TLS handshake.
+/// refuses them everything until the CRL refuses their TLS handshake. It
+/// also stamps each message with the time the broker received it (the
+/// gateway judges freshness by it) and refuses wills on device data topics
+/// (the broker cannot stamp those).
 pub const REVOKE_PLUGIN: &str = "/usr/lib/fleetward/fleetward_revoke.so";
 /// Where the gateway publishes revoked serials for the plugin.
 pub use fleetward_protocol::REVOKE_TOPIC;

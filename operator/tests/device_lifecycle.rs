@@ -402,6 +402,81 @@ async fn disabling_revokes_and_reenabling_reissues() {
     ns.cleanup().await;
 }
 
+/// A deleted CRL ConfigMap comes back with what the Devices had revoked
+/// (a rotated device's superseded certificate, a disabled device's
+/// certificate), numbered after the lost CRL, not empty: the revoked
+/// certificates still fail `openssl verify -crl_check`.
+#[tokio::test]
+async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
+    operator();
+    let ns = TestNs::new("fw-crl-lost").await;
+    ns.apply_yaml(GATEWAY_YAML).await;
+    ns.apply_yaml(&device_yaml("d1", "gw", "")).await;
+    ns.apply_yaml(&device_yaml("d2", "gw", "")).await;
+    let d1 = ready_device(&ns, "d1").await;
+    ready_device(&ns, "d2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.crt", &ns.secret_value("gw-ca", "tls.crt").await);
+    let d2_cert = write(
+        dir.path(),
+        "d2.crt",
+        &ns.secret_value("d2-credentials", "tls.crt").await,
+    );
+    let d2_serial = status(&ready_device(&ns, "d2").await).serial.clone().unwrap();
+    // d1 rotates with no grace period: its first certificate is revoked.
+    let d1_first = status(&d1).serial.clone().unwrap();
+    patch_spec(&ns, "d1", json!({"rotation": 1, "hmacGracePeriodSeconds": 0})).await;
+    patch_spec(&ns, "d2", json!({"enabled": false})).await;
+    let cms = ns.api::<ConfigMap>();
+    let before = wait_for(
+        "both revocations in the CRL",
+        60,
+        || get_opt(&cms, "gw-crl"),
+        |cm| fleetward_operator::crl::parse(cm).is_ok_and(|c| c.contains(&d1_first) && c.contains(&d2_serial)),
+    )
+    .await;
+    let number = fleetward_operator::crl::parse(&before).unwrap().number;
+    let api = ns.api::<Device>();
+    for (name, serial) in [("d1", &d1_first), ("d2", &d2_serial)] {
+        let d = wait_for(
+            "the revocation in the Device's status",
+            30,
+            || get_opt(&api, name),
+            |d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.revoked_certificates.iter().any(|r| &r.serial == serial))
+            },
+        )
+        .await;
+        assert!(status(&d).revoked_certificates.iter().all(|r| !r.reason.is_empty()));
+    }
+
+    cms.delete("gw-crl", &DeleteParams::default()).await.unwrap();
+    let rebuilt = wait_for(
+        "the CRL rebuilt",
+        60,
+        || get_opt(&cms, "gw-crl"),
+        |cm| cm.metadata.uid != before.metadata.uid,
+    )
+    .await;
+    let state = fleetward_operator::crl::parse(&rebuilt).unwrap();
+    assert!(state.contains(&d1_first) && state.contains(&d2_serial), "{state:?}");
+    assert!(state.number > number, "CRL number {} after {number}", state.number);
+    let crl = write(dir.path(), "crl.pem", &ns.crl_pem("gw").await);
+    let (ok, out) = openssl(&["verify", "-crl_check", "-CAfile", &ca, "-CRLfile", &crl, &d2_cert]);
+    assert!(!ok && out.contains("revoked"), "{out}");
+    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CrlRebuilt") && e.involved_object.name.as_deref() == Some("gw")),
+        "no CrlRebuilt event"
+    );
+    ns.cleanup().await;
+}
+
 /// Deleting a Device revokes its certificate first, then its Secret goes.
 #[tokio::test]
 async fn deleting_revokes_then_removes_the_secret() {

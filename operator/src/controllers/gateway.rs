@@ -26,8 +26,8 @@ use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
 use super::{secret_str, tls_secret};
 use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
-use crate::crd::Gateway;
-use crate::pki::CaBundle;
+use crate::crd::{Device, Gateway};
+use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result, crl};
 
 pub mod plan;
@@ -152,6 +152,11 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
     let broker_cert = leaf_cert(stores.secret(ns, &broker_secret_name(&name)), &ca);
     let client_cert = leaf_cert(stores.secret(ns, &client_secret_name(&name)), &ca);
     let crl = stores.crl(ns, &name).transpose()?.map(|c| c.as_ref().clone());
+    let had_crl = gw.status.as_ref().and_then(|s| s.crl_number).is_some();
+    let revoked_by_devices = match crl {
+        None if had_crl => Some(devices_revocations(ctx, ns, &name).await?),
+        _ => None,
+    };
     // The StatefulSet is not cached (a handful per cluster): one GET.
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let broker_available = sets
@@ -166,8 +171,31 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         client_cert,
         command_key: stores.secret(ns, &command_secret_name(&name)).is_some(),
         crl,
+        revoked_by_devices,
         broker_available,
     })
+}
+
+/// What the Devices of this gateway remember having had revoked (a rare
+/// read: only when the CRL was lost, so one LIST rather than a store).
+async fn devices_revocations(ctx: &Context, ns: &str, gateway: &str) -> Result<Vec<Revocation>> {
+    let devices: Api<Device> = Api::namespaced(ctx.client.clone(), ns);
+    let mut entries = Vec::new();
+    for dev in devices.list(&Default::default()).await? {
+        if dev.spec.gateway_ref != gateway {
+            continue;
+        }
+        let name = dev.name_any();
+        for r in dev.status.map(|s| s.revoked_certificates).unwrap_or_default() {
+            entries.push(Revocation {
+                serial: r.serial,
+                revoked_at: r.revoked_at.0.to_string(),
+                subject: name.clone(),
+                reason: r.reason,
+            });
+        }
+    }
+    Ok(entries)
 }
 
 async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan) -> Result<Action> {
@@ -250,7 +278,15 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if plan.crl != CrlStep::Keep {
-        let state = crl::write(&cms, gw, &ca, plan.crl == CrlStep::Resign).await?;
+        let create = match plan.crl {
+            CrlStep::Create => Some((Vec::new(), 1)),
+            CrlStep::Rebuild => Some((
+                std::mem::take(&mut plan.rebuilt),
+                plan.status.crl_number.unwrap_or(1) as u64,
+            )),
+            CrlStep::Keep | CrlStep::Resign => None,
+        };
+        let state = crl::write(&cms, gw, &ca, create).await?;
         // What was written wins over the plan's forecast (a revocation
         // may have landed in between).
         plan.status.revoked_certificates = Some(state.entries.len() as i64);

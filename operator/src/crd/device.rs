@@ -150,4 +150,20 @@ pub struct DeviceStatus {
     /// Until when the previous HMAC secret is still accepted, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_key_expires_at: Option<Time>,
+    /// This device's revoked certificates (serials only), kept until no
+    /// certificate issued before the revocation can still be valid: the
+    /// operator rebuilds a lost CRL from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_certificates: Vec<RevokedCertificate>,
+}
+
+/// A revoked certificate of a Device.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedCertificate {
+    /// Serial number (hex, as `openssl` prints it).
+    pub serial: String,
+    pub revoked_at: Time,
+    /// CRL reason, e.g. `superseded` or `cessationOfOperation`.
+    pub reason: String,
 }

@@ -191,6 +191,16 @@ pub struct SecurityPolicy {
     #[serde(default = "default_window")]
     #[schemars(range(min = 1, max = 86400))]
     pub timestamp_window_seconds: i64,
+    /// How long a message may wait at the broker (the gateway away, or
+    /// slowed by its sinks) and still be checked: freshness is judged at
+    /// the broker's receipt, and message ids are remembered this much
+    /// longer than the window so that a replay is refused as long as a
+    /// queued message is accepted. Older ones are refused as
+    /// `expired_in_queue`. Memory per device: up to
+    /// `burst + ratePerSecond * (2 * timestampWindowSeconds + maxQueueSeconds)` ids.
+    #[serde(default = "default_max_queue")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_queue_seconds: i64,
     /// Largest accepted message, in bytes.
     #[serde(default = "default_max_bytes")]
     #[schemars(range(min = 128, max = 16_777_216))]
@@ -208,6 +218,9 @@ pub struct SecurityPolicy {
 fn default_window() -> i64 {
     300
 }
+fn default_max_queue() -> i64 {
+    900
+}
 fn default_max_bytes() -> i64 {
     65536
 }
@@ -222,6 +235,7 @@ impl Default for SecurityPolicy {
     fn default() -> Self {
         Self {
             timestamp_window_seconds: default_window(),
+            max_queue_seconds: default_max_queue(),
             max_message_bytes: default_max_bytes(),
             rate_per_second: default_rate(),
             burst: default_burst(),

@@ -145,11 +145,17 @@ impl Harness {
         } else {
             String::new()
         };
+        // A 300 s window unless the test sets its own.
+        let window = if setup.security.contains("timestampWindowSeconds") {
+            ""
+        } else {
+            "    timestampWindowSeconds: 300\n"
+        };
         let gateway_yaml = format!(
             "apiVersion: fleetward.io/v1alpha1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n{backend_line}  \
              kafka: {{topic: {topic}, bootstrapServers: \"{}\"}}\n  \
              audit: {{connectionSecretRef: {{name: audit-db, key: url}}}}\n  \
-             security:\n    timestampWindowSeconds: 300\n{}\n",
+             security:\n{window}{}\n",
             env("KAFKA_BROKERS"),
             setup.security
         );
@@ -406,6 +412,51 @@ pub async fn raw_client(
         }
     });
     (client, seen, task)
+}
+
+/// An MQTT 5 client with a device's certificate and id, which may set user
+/// properties and a will with properties: what a device speaking MQTT 5
+/// can send. Polls its own event loop until aborted.
+pub async fn raw_client_v5(
+    h: &Harness,
+    device: &str,
+    will: Option<rumqttc::v5::mqttbytes::v5::LastWill>,
+) -> (rumqttc::v5::AsyncClient, tokio::task::JoinHandle<()>) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{Event, MqttOptions};
+    let creds = Credentials::from_secret(h.ns.client.clone(), &h.ns.name, device)
+        .await
+        .unwrap();
+    let mut o = MqttOptions::new(device, "localhost", h.broker.port);
+    o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        creds.tls().unwrap(),
+    )))
+    .set_keep_alive(Duration::from_secs(5))
+    .set_clean_start(true);
+    if let Some(w) = will {
+        o.set_last_will(w);
+    }
+    let (client, mut lp) = rumqttc::v5::AsyncClient::new(o, 100);
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        loop {
+            match lp.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), connected)
+        .await
+        .expect("MQTT 5 client connected")
+        .unwrap();
+    (client, task)
 }
 
 /// Waits until a hand-made client is connected or refused.

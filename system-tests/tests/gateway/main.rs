@@ -1066,3 +1066,134 @@ async fn a_replay_is_refused_whatever_came_between_and_across_a_restart() {
     assert!(sent.iter().all(|id| distinct.contains(id.as_str())));
     h.ns.cleanup().await;
 }
+
+/// Messages that wait at the broker while the gateway is away are judged by
+/// when the broker received them, not refused as stale when it comes back;
+/// a device cannot make an old message look freshly received (neither with
+/// a user property of its own nor with a will), and a message that waited
+/// longer than `maxQueueSeconds` is refused as such, not as an attack.
+#[tokio::test]
+async fn messages_queued_during_an_outage_are_judged_at_the_brokers_receipt() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, PublishProperties};
+    const WINDOW: i64 = 2;
+    const MAX_QUEUE: u64 = 20;
+    let mut h = Harness::start(Setup {
+        prefix: "gw-queue",
+        devices: &[("q1", WEATHER, ""), ("q2", WEATHER, "")],
+        security: &format!("    timestampWindowSeconds: {WINDOW}\n    maxQueueSeconds: {MAX_QUEUE}"),
+        backend: false,
+    })
+    .await;
+    let (dev, _events) = h.device("q1").await;
+    let before = dev.send_reading().await.unwrap();
+    wait_until("the first message accepted", 20, || async {
+        h.gateway.accepted() == 1.0
+    })
+    .await;
+
+    // The gateway goes away; its session (and queue) stays at the broker.
+    h.gateway.kill9();
+    let mut queued = HashSet::new();
+    for _ in 0..5 {
+        queued.insert(dev.send_reading().await.unwrap());
+    }
+    // An MQTT 5 device claims the broker received its 100 s old message
+    // when it was signed.
+    let creds = Credentials::from_secret(h.ns.client.clone(), &h.ns.name, "q2")
+        .await
+        .unwrap();
+    let sign = |ts: i64| {
+        fleetward_protocol::Envelope::sign(
+            &creds.hmac,
+            "q2",
+            ts,
+            &fleetward_protocol::new_message_id(),
+            fleetward_protocol::raw(&fleetward_protocol::Category::WeatherStation.sample(&mut Default::default())),
+        )
+    };
+    let now = chrono::Utc::now().timestamp();
+    let forged_stamp = |ts: i64| PublishProperties {
+        user_properties: vec![("fleetward-received-ms".into(), (ts * 1000).to_string())],
+        ..Default::default()
+    };
+    let old = sign(now - 100);
+    let (v5, v5_task) = raw_client_v5(&h, "q2", None).await;
+    v5.publish_with_properties(
+        fleetward_protocol::data_topic("q2"),
+        QoS::AtLeastOnce,
+        false,
+        old.to_json(),
+        forged_stamp(now - 100),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    v5_task.abort();
+    drop(v5);
+    // And as a will, which the broker cannot stamp: a fresh signed message
+    // with the forged stamp, sent when the connection drops.
+    let will_msg = sign(chrono::Utc::now().timestamp());
+    let will = LastWill::new(
+        fleetward_protocol::data_topic("q2"),
+        will_msg.to_json(),
+        QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: forged_stamp(now).user_properties,
+        }),
+    );
+    let (v5, v5_task) = raw_client_v5(&h, "q2", Some(will)).await;
+    v5_task.abort();
+    drop(v5);
+
+    // Back after more than the timestamp window.
+    tokio::time::sleep(Duration::from_secs(WINDOW as u64 + 2)).await;
+    h.gateway = start_gateway(&h.ns, &h.gw, &h.broker, &h.tmp.path().join("back")).await;
+    wait_until("the queued messages accepted", 30, || async {
+        h.gateway.accepted() == 5.0
+    })
+    .await;
+    wait_until("the forged stamp refused", 10, || async {
+        h.gateway.rejected("stale_timestamp") == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.gateway.metric("fleetward_gateway_mqtt_messages_total"),
+        6.0,
+        "five queued and the forged one; the will never reached the gateway"
+    );
+
+    // Away for longer than maxQueueSeconds.
+    h.gateway.kill9();
+    let too_late = dev.send_reading().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(MAX_QUEUE + 2)).await;
+    h.gateway = start_gateway(&h.ns, &h.gw, &h.broker, &h.tmp.path().join("late")).await;
+    wait_until("the message refused as expired in the queue", 30, || async {
+        h.gateway.rejected("expired_in_queue") == 1.0
+    })
+    .await;
+    assert_eq!(h.gateway.rejected("stale_timestamp"), 0.0);
+    h.audit_has("expired_in_queue audited", |r| {
+        r.1.as_deref() == Some("expired_in_queue") && r.2.as_deref() == Some("q1")
+    })
+    .await;
+
+    let records = read_records(&h.consumer(), 30, |r| r.len() >= 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: HashSet<&str> = records.iter().map(|r| r["message_id"].as_str().unwrap()).collect();
+    assert_eq!(records.len(), 6, "{ids:?}");
+    assert!(ids.contains(before.as_str()));
+    assert!(queued.iter().all(|id| ids.contains(id.as_str())));
+    for refused in [&old.message_id, &will_msg.message_id, &too_late] {
+        assert!(!ids.contains(refused.as_str()), "{refused} forwarded");
+    }
+    h.ns.cleanup().await;
+}

@@ -25,7 +25,9 @@ impl Bucket {
     /// Adds what `rate` a second earned since the last refill, up to `burst`.
     pub fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
         self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate).min(burst);
-        self.last = now;
+        // Never back: a time earlier than the last (receipt times need not
+        // be in order) must not credit the same span twice.
+        self.last = self.last.max(now);
     }
 
     /// A whole token is there (after `refill`).
@@ -57,5 +59,19 @@ mod tests {
         b.spend();
         b.spend();
         assert!(!b.has_token(), "the burst caps what a long pause earns");
+    }
+
+    #[test]
+    fn an_earlier_time_earns_nothing_and_is_not_counted_twice() {
+        let t = Instant::now() + Duration::from_secs(10);
+        let mut b = Bucket::full(1.0, t);
+        b.spend();
+        b.refill(t - Duration::from_secs(5), 1.0, 10.0);
+        assert!(!b.has_token());
+        b.refill(t + Duration::from_millis(500), 1.0, 10.0);
+        assert!(
+            !b.has_token(),
+            "half a second since the last refill, not five and a half"
+        );
     }
 }

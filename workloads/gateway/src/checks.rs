@@ -9,21 +9,28 @@
 //!    the broker performs (the broker refuses them too: `retain_available false`);
 //! 4. size limit — before parsing, so an oversized body is never parsed;
 //! 5. parse, then `device_id` must equal the TLS identity (impersonation);
-//! 6. timestamp window;
+//! 6. timestamp window, around the time the broker received the message
+//!    (its `fleetward-received-ms` stamp): a message that waited at the
+//!    broker while the gateway was away is as fresh as when it arrived, up
+//!    to `max_queue_secs` of waiting (older: `expired_in_queue`);
 //! 7. replay window (message ids of this device whose timestamps are still
-//!    inside the timestamp window);
+//!    inside the timestamp window, plus `max_queue_secs`);
 //! 8. HMAC, constant time, current key or the previous one in its grace period;
-//! 9. per-device rate limit (token bucket) — only signed messages spend tokens;
+//! 9. per-device rate limit (token bucket, on the broker's receipt clock: a
+//!    backlog drained at once is not a burst) — only signed messages spend tokens;
 //! 10. payload schema of the device's category.
 //!
 //! The message id enters the replay window only once the signature is
 //! valid and the rate limit passed: a forged message cannot poison the
 //! window against a later real one, a rate-limited message (which was not
 //! delivered) may be sent again, and the window holds at most what the rate
-//! limit lets through in its span, `burst + rate · 2 · window` ids per device
-//! (a timestamp may lead the clock by the window and is kept until it trails
-//! it by the window). An id stays until its timestamp leaves the window,
-//! however many messages come between.
+//! limit lets through in its span, `burst + rate · (2 · window + max_queue)`
+//! ids per device (a timestamp may lead the clock by the window and is kept
+//! until it trails it by the window and the longest allowed wait). An id
+//! stays that long however many messages come between: a copy of a message
+//! accepted from the queue is refused as long as the copy itself could be
+//! accepted (received within the window of its timestamp, checked within
+//! `max_queue` of its receipt).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -36,6 +43,8 @@ use crate::registry::DeviceEntry;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub window_secs: i64,
+    /// Longest a message may have waited at the broker.
+    pub max_queue_secs: i64,
     pub max_message_bytes: usize,
     pub rate_per_second: f64,
     pub burst: f64,
@@ -69,6 +78,41 @@ pub struct Incoming<'a> {
     pub topic: &'a str,
     pub body: &'a [u8],
     pub retain: bool,
+}
+
+/// When a message is checked, and when the broker received it.
+#[derive(Clone, Copy, Debug)]
+pub struct At {
+    /// Unix seconds, now.
+    pub now: i64,
+    /// Unix seconds at the broker's receipt (not after `now`).
+    pub received: i64,
+    /// The receipt on the monotonic clock the rate limits run on.
+    pub clock: Instant,
+}
+
+impl At {
+    /// A message received right now (no broker stamp, or in tests).
+    pub fn now(now: i64, clock: Instant) -> Self {
+        Self {
+            now,
+            received: now,
+            clock,
+        }
+    }
+
+    /// A message the broker received at `received_ms` (Unix milliseconds),
+    /// checked at `now_ms`: its receipt on the monotonic clock is `clock`
+    /// less the wait. A stamp from the future counts as now.
+    pub fn received(received_ms: Option<i64>, now_ms: i64, clock: Instant) -> Self {
+        let received_ms = received_ms.map_or(now_ms, |r| r.min(now_ms));
+        let waited = std::time::Duration::from_millis(now_ms.saturating_sub(received_ms) as u64);
+        Self {
+            now: now_ms.div_euclid(1000),
+            received: received_ms.div_euclid(1000),
+            clock: clock.checked_sub(waited).unwrap_or(clock),
+        }
+    }
 }
 
 /// Refused messages a device may send before its messages are refused
@@ -128,15 +172,15 @@ impl Validator {
     }
 
     /// Runs the checks on one message. `lookup` resolves a device id to its
-    /// registry entry; `now` is Unix seconds.
+    /// registry entry.
     pub fn check(
         &mut self,
         msg: Incoming<'_>,
-        now: i64,
-        clock: Instant,
+        at: At,
         lookup: impl Fn(&str) -> Option<DeviceEntry>,
     ) -> Result<Accepted, Refused> {
-        self.sweep(now);
+        let clock = at.clock;
+        self.sweep(at.now);
         let Some(identity) = device_from_data_topic(msg.topic) else {
             return Err(refuse(Rejection::BadTopic, None, None));
         };
@@ -156,8 +200,10 @@ impl Validator {
         }
         let verdict = if msg.retain {
             Err(refuse(Rejection::Retained, Some(identity), None))
+        } else if at.now - at.received > self.limits.max_queue_secs {
+            Err(refuse(Rejection::ExpiredInQueue, Some(identity), None))
         } else {
-            self.check_known(identity, entry, msg.body, now, clock)
+            self.check_known(identity, entry, msg.body, at)
         };
         if let Err(refused) = &verdict
             && refused.rejection != Rejection::RateLimited
@@ -182,14 +228,7 @@ impl Validator {
     }
 
     /// The checks after the registry's, for a known and enabled device.
-    fn check_known(
-        &mut self,
-        identity: &str,
-        entry: DeviceEntry,
-        body: &[u8],
-        now: i64,
-        clock: Instant,
-    ) -> Result<Accepted, Refused> {
+    fn check_known(&mut self, identity: &str, entry: DeviceEntry, body: &[u8], at: At) -> Result<Accepted, Refused> {
         if body.len() > self.limits.max_message_bytes {
             return Err(refuse(
                 Rejection::Oversize {
@@ -204,30 +243,32 @@ impl Validator {
         if envelope.device_id != identity {
             return Err(refuse(Rejection::TopicMismatch, Some(identity), mid));
         }
-        check_timestamp(envelope.timestamp, now, self.limits.window_secs)
+        check_timestamp(envelope.timestamp, at.received, self.limits.window_secs)
             .map_err(|r| refuse(r, Some(identity), mid))?;
 
         let limits = &self.limits;
-        let state = state_in(&mut self.devices, limits, identity, clock);
-        self.replay_total -= state.replay.expire(now);
+        let state = state_in(&mut self.devices, limits, identity, at.clock);
+        self.replay_total -= state.replay.expire(at.now);
         if state.replay.contains(&envelope.message_id) {
             return Err(refuse(Rejection::Replay, Some(identity), mid));
         }
         let previous_key = if envelope.verify(&entry.key) {
             false
-        } else if entry.previous_key_valid(now) && envelope.verify(entry.previous_key.as_deref().unwrap_or_default()) {
+        } else if entry.previous_key_valid(at.received)
+            && envelope.verify(entry.previous_key.as_deref().unwrap_or_default())
+        {
             true
         } else {
             return Err(refuse(Rejection::BadSignature, Some(identity), mid));
         };
 
         let b = &mut state.bucket;
-        b.refill(clock, limits.rate_per_second, limits.burst);
+        b.refill(at.clock, limits.rate_per_second, limits.burst);
         if !b.has_token() {
             return Err(refuse(Rejection::RateLimited, Some(identity), mid));
         }
         b.spend();
-        let replay_expires = envelope.timestamp + limits.window_secs;
+        let replay_expires = envelope.timestamp + limits.window_secs + limits.max_queue_secs;
         state.replay.insert(&envelope.message_id, replay_expires);
         self.replay_total += 1;
 
@@ -293,6 +334,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             window_secs: 300,
+            max_queue_secs: 0,
             max_message_bytes: 1024,
             rate_per_second: 1.0,
             burst: 3.0,
@@ -321,8 +363,10 @@ mod tests {
     }
 
     fn run(v: &mut Validator, topic: &str, body: &[u8], now: i64, clock: Instant) -> Result<Accepted, Rejection> {
-        v.check(inc(topic, body), now, clock, |id| (id == "d1").then(|| entry(true)))
-            .map_err(|r| r.rejection)
+        v.check(inc(topic, body), At::now(now, clock), |id| {
+            (id == "d1").then(|| entry(true))
+        })
+        .map_err(|r| r.rejection)
     }
 
     fn inc<'a>(topic: &'a str, body: &'a [u8]) -> Incoming<'a> {
@@ -360,7 +404,7 @@ mod tests {
         // Another device is unaffected; a second later the budget has refilled.
         let other = msg(KEY, "d2", 1000, "o1", ok_payload());
         let lookup = |id: &str| (id == "d2").then(|| entry(true));
-        assert!(v.check(inc("device/d2/data", &other), 1000, t, lookup).is_ok());
+        assert!(v.check(inc("device/d2/data", &other), At::now(1000, t), lookup).is_ok());
         let later = t + std::time::Duration::from_secs(1);
         assert!(run(&mut v, "device/d1/data", &good, 1001, later).is_ok());
     }
@@ -391,7 +435,9 @@ mod tests {
             run(&mut v, "device/d9/data", &good("a"), 1000, t).unwrap_err(),
             Rejection::UnknownDevice
         );
-        let r = v.check(inc("device/d1/data", &good("a")), 1000, t, |_| Some(entry(false)));
+        let r = v.check(inc("device/d1/data", &good("a")), At::now(1000, t), |_| {
+            Some(entry(false))
+        });
         assert_eq!(r.unwrap_err().rejection, Rejection::DisabledDevice);
         let big = msg(KEY, "d1", 1000, "big", json!({"temperature": 1, "x": "y".repeat(2000)}));
         assert!(matches!(
@@ -557,6 +603,83 @@ mod tests {
         );
     }
 
+    /// What the broker received at `received` (Unix seconds), checked at `now`.
+    fn queued(received: i64, now: i64, t: Instant) -> At {
+        At::received(Some(received * 1000), now * 1000, t)
+    }
+
+    #[test]
+    fn a_message_that_waited_at_the_broker_is_judged_at_its_receipt() {
+        let mut v = Validator::new(Limits {
+            max_queue_secs: 600,
+            ..limits()
+        });
+        let t = Instant::now();
+        let lookup = |id: &str| (id == "d1").then(|| entry(true));
+        let m = msg(KEY, "d1", 1000, "q1", ok_payload());
+        // Received fresh, checked 500 s later (the gateway was away): accepted.
+        assert!(
+            v.check(inc("device/d1/data", &m), queued(1000, 1500, t), lookup)
+                .is_ok()
+        );
+        // A copy the broker also received inside the window, checked as late
+        // as it may be: still a replay (its id is kept window + max_queue).
+        assert_eq!(
+            v.check(inc("device/d1/data", &m), queued(1300, 1900, t), lookup)
+                .unwrap_err()
+                .rejection,
+            Rejection::Replay
+        );
+        // Stale at receipt stays stale, however it is checked.
+        let old = msg(KEY, "d1", 1000, "q2", ok_payload());
+        assert_eq!(
+            v.check(inc("device/d1/data", &old), queued(1301, 1302, t), lookup)
+                .unwrap_err()
+                .rejection,
+            Rejection::StaleTimestamp
+        );
+        // Waited longer than max_queue: refused for that, not as an attack.
+        let late = msg(KEY, "d1", 2000, "q3", ok_payload());
+        assert_eq!(
+            v.check(inc("device/d1/data", &late), queued(2000, 2601, t), lookup)
+                .unwrap_err()
+                .rejection,
+            Rejection::ExpiredInQueue
+        );
+        // A broker stamp from the future counts as now.
+        let now = msg(KEY, "d1", 3000, "q4", ok_payload());
+        assert!(
+            v.check(inc("device/d1/data", &now), queued(9000, 3000, t), lookup)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_backlog_is_rate_limited_at_the_pace_it_reached_the_broker() {
+        // 1 msg/s, burst 3: thirty messages the broker received a second
+        // apart, all checked at once when the gateway comes back.
+        let mut v = Validator::new(Limits {
+            max_queue_secs: 600,
+            ..limits()
+        });
+        let t = Instant::now() + Duration::from_secs(600);
+        let lookup = |id: &str| (id == "d1").then(|| entry(true));
+        for i in 0..30 {
+            let m = msg(KEY, "d1", 1000 + i, &format!("b{i}"), ok_payload());
+            let r = v.check(inc("device/d1/data", &m), queued(1000 + i, 1100, t), lookup);
+            assert!(r.is_ok(), "message {i}: {r:?}");
+        }
+        // Thirty received in the same second are a burst, backlog or not.
+        let refused = (0..30)
+            .filter(|i| {
+                let m = msg(KEY, "d1", 1050, &format!("s{i}"), ok_payload());
+                v.check(inc("device/d1/data", &m), queued(1050, 1100, t), lookup)
+                    .is_err()
+            })
+            .count();
+        assert!(refused >= 26, "{refused} of 30 refused");
+    }
+
     #[test]
     fn retained_messages_are_refused_unread() {
         let mut v = Validator::new(limits());
@@ -566,7 +689,7 @@ mod tests {
             retain: true,
             ..inc("device/d1/data", &m)
         };
-        let r = v.check(retained, 1000, t, |_| Some(entry(true)));
+        let r = v.check(retained, At::now(1000, t), |_| Some(entry(true)));
         assert_eq!(r.unwrap_err().rejection, Rejection::Retained);
         // Not remembered either: the same message live is accepted.
         assert!(run(&mut v, "device/d1/data", &m, 1000, t).is_ok());
@@ -596,7 +719,8 @@ mod tests {
         for i in 0..3 {
             for d in ["d1", "d2"] {
                 let m = msg(KEY, d, 1000 + i, &format!("m{i}"), ok_payload());
-                v.check(inc(&format!("device/{d}/data"), &m), 1000, t, lookup).unwrap();
+                v.check(inc(&format!("device/{d}/data"), &m), At::now(1000, t), lookup)
+                    .unwrap();
             }
         }
         assert_eq!(v.replay_entries(), 6);
@@ -606,7 +730,7 @@ mod tests {
         assert_eq!(v.replay_entries(), 3);
         // A quiet device's expired ids go at the next sweep (another device's message).
         let m = msg(KEY, "d1", 1302, "x", ok_payload());
-        v.check(inc("device/d1/data", &m), 1302, t, lookup).unwrap();
+        v.check(inc("device/d1/data", &m), At::now(1302, t), lookup).unwrap();
         assert_eq!(v.replay_entries(), 1 + 1, "d2 keeps only m2 (expires 1302)");
     }
 }

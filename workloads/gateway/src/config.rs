@@ -33,6 +33,10 @@ pub struct Config {
 
     #[arg(long, env = "TIMESTAMP_WINDOW_SECONDS", default_value_t = 300)]
     pub timestamp_window_seconds: i64,
+    /// How long a message may have waited at the broker (see the Gateway's
+    /// `security.maxQueueSeconds`).
+    #[arg(long, env = "MAX_QUEUE_SECONDS", default_value_t = 900)]
+    pub max_queue_seconds: i64,
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65536)]
     pub max_message_bytes: usize,
     #[arg(long, env = "RATE_PER_SECOND", default_value_t = 10.0)]

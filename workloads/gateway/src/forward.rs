@@ -11,7 +11,8 @@ use fleetward_protocol::response_topic;
 use fleetward_protocol::telemetry::TelemetryRecord;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::QoS;
 
 use crate::checks::Accepted;
 use crate::metrics::Metrics;

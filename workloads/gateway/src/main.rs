@@ -13,7 +13,7 @@ use fleetward_gateway::pipeline::Pipeline;
 use fleetward_gateway::registry::Registry;
 use fleetward_gateway::replay_store::ReplayStore;
 use fleetward_gateway::{crl, http, mqtt};
-use rumqttc::AsyncClient;
+use rumqttc::v5::AsyncClient;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let limits = Limits {
         window_secs: cfg.timestamp_window_seconds,
+        max_queue_secs: cfg.max_queue_seconds,
         max_message_bytes: cfg.max_message_bytes,
         rate_per_second: cfg.rate_per_second,
         burst: cfg.rate_burst,

@@ -3,18 +3,27 @@
 //! the gateway is away), manual acknowledgements (a message is acked only
 //! after it was checked and forwarded, so a crash loses nothing), and
 //! reconnection with exponential backoff.
+//!
+//! MQTT 5, for one property: the broker's plugin stamps each message with
+//! the time it received it (`fleetward-received-ms`), and the checks judge
+//! freshness by that time (see `checks`). Devices may speak 3.1.1 or 5.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub const DATA_FILTER: &str = "device/+/data";
+/// The user property the broker's plugin adds: Unix milliseconds at receipt.
+pub const RECEIVED_PROPERTY: &str = "fleetward-received-ms";
 
 /// QoS 0 messages allowed to wait for the checks.
 pub const QOS0_QUEUE: usize = 1000;
@@ -29,12 +38,30 @@ pub struct Handoff {
 pub fn options(cfg: &Config, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt_host.clone(), cfg.mqtt_port);
     o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
-    o.set_clean_session(false);
+    o.set_clean_start(false);
+    // MQTT 5 ends a session with its connection unless told otherwise: the
+    // broker keeps this one (and its queue) while the gateway is away.
+    o.set_session_expiry_interval(Some(u32::MAX));
     o.set_manual_acks(true);
     o.set_keep_alive(Duration::from_secs(20));
-    o.set_max_packet_size(cfg.mqtt_max_packet(), 1024 * 1024);
-    o.set_inflight(1000);
+    o.set_max_packet_size(Some(cfg.mqtt_max_packet() as u32));
+    // The broker sends at most this many unacknowledged QoS 1 messages.
+    o.set_receive_maximum(Some(1000));
+    o.set_outgoing_inflight_upper_limit(1000);
     o
+}
+
+/// When the broker received `p` (Unix milliseconds): the last
+/// `fleetward-received-ms` user property, the one the broker appended
+/// after any the publisher sent.
+pub fn broker_received_ms(p: &Publish) -> Option<i64> {
+    let props = p.properties.as_ref()?;
+    let (_, value) = props
+        .user_properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == RECEIVED_PROPERTY)?;
+    value.parse().ok()
 }
 
 /// Drives the connection forever: hands each device message to the

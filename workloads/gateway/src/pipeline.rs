@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::mpsc;
 
 use crate::audit::{Audit, AuditEvent, RefusalAudit};
-use crate::checks::{Incoming, Validator};
+use crate::checks::{At, Incoming, Validator};
 use crate::forward::Sinks;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -51,14 +52,20 @@ impl Pipeline {
             // one message at a time, in order.
             .map(|(publish, received)| {
                 waiting.fetch_sub(1, Ordering::Relaxed);
-                let now = chrono::Utc::now().timestamp();
                 let clock = Instant::now();
+                let at = At::received(
+                    crate::mqtt::broker_received_ms(&publish),
+                    chrono::Utc::now().timestamp_millis(),
+                    clock,
+                );
                 let incoming = Incoming {
-                    topic: &publish.topic,
+                    // The broker only delivers UTF-8 topic names (MQTT 5 §1.5.4);
+                    // anything else fails the topic check.
+                    topic: std::str::from_utf8(&publish.topic).unwrap_or(""),
                     body: &publish.payload,
                     retain: publish.retain,
                 };
-                let verdict = validator.check(incoming, now, clock, |id| registry.get(id));
+                let verdict = validator.check(incoming, at, |id| registry.get(id));
                 metrics.replay_cache.set(validator.replay_entries() as i64);
                 // Refusals are counted, and audited on a budget, here.
                 match &verdict {

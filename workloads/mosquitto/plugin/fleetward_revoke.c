@@ -19,13 +19,28 @@
  *
  * Sessions are tracked from their first ACL check (a device subscribes or
  * publishes as soon as it connects) until they disconnect, keyed by the
- * client pointer, with their certificate serial read once.
+ * client pointer, with their certificate serial read once. A client without
+ * a certificate is not tracked: every device connection has one, and the
+ * only checks without one are those of a will, made after the connection
+ * closed (tracking it then would leave an entry no disconnect removes).
+ *
+ * It also stamps every message with the time the broker received it, as
+ * the MQTT 5 user property `fleetward-received-ms` (Unix milliseconds),
+ * appended after whatever properties the publisher sent: the gateway judges
+ * a message's freshness by that time, so messages queued for it during an
+ * outage are not refused as stale. Brokers keep user properties in order,
+ * so the gateway reads the last one (a device can add its own, but only
+ * before the broker's). Wills bypass the message hook, so a will on a
+ * device data topic is refused: it would carry only the publisher's
+ * properties.
  */
 #include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/x509.h>
@@ -33,8 +48,10 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
 
 #define CONTROL_TOPIC "$CONTROL/fleetward/v1/revoke"
+#define RECEIVED_PROPERTY "fleetward-received-ms"
 #define BUCKETS 65536
 #define MAX_SERIAL 80
 
@@ -133,6 +150,9 @@ static struct session *session_of(const struct mosquitto *client)
 	for(struct session *s = sessions[b]; s; s = s->next){
 		if(s->client == client) return s;
 	}
+	char serial[MAX_SERIAL];
+	certificate_serial(client, serial);
+	if(!serial[0]) return NULL;
 	const char *id = mosquitto_client_id(client);
 	struct session *s = calloc(1, sizeof(*s));
 	if(!s) return NULL;
@@ -142,7 +162,7 @@ static struct session *session_of(const struct mosquitto *client)
 		free(s);
 		return NULL;
 	}
-	certificate_serial(client, s->serial);
+	memcpy(s->serial, serial, sizeof(serial));
 	s->revoked = is_revoked(s->serial);
 	s->next = sessions[b];
 	sessions[b] = s;
@@ -155,6 +175,14 @@ static void schedule_kick(struct session *s)
 	if(push(&kicks, &kicks_len, &kicks_cap, s->id)) s->kick_pending = true;
 }
 
+/* device/<id>/data, the topics the gateway reads. */
+static bool is_data_topic(const char *topic)
+{
+	if(!topic || strncmp(topic, "device/", 7)) return false;
+	const char *id = topic + 7, *slash = strchr(id, '/');
+	return slash && slash > id && !strcmp(slash, "/data");
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -165,8 +193,25 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		schedule_kick(s);
 		return MOSQ_ERR_ACL_DENIED;
 	}
+	if(!s && ev->access == MOSQ_ACL_WRITE && is_data_topic(ev->topic)){
+		/* A will (the connection is gone): it cannot be stamped. */
+		return MOSQ_ERR_ACL_DENIED;
+	}
 	/* Not ours to allow: the ACL file decides. */
 	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)userdata;
+	struct mosquitto_evt_message *ev = event_data;
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	char ms[24];
+	snprintf(ms, sizeof(ms), "%lld", (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+	/* Appended at the end of the list (or as its first element). */
+	return mosquitto_property_add_string_pair(&ev->properties, MQTT_PROP_USER_PROPERTY, RECEIVED_PROPERTY, ms);
 }
 
 static int on_disconnect(int event, void *event_data, void *userdata)
@@ -282,6 +327,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
 	return rc;
 }
 
@@ -294,5 +340,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -80,6 +80,8 @@ pub enum Rejection {
     RateLimited,
     #[error("retained messages are not accepted")]
     Retained,
+    #[error("waited at the broker longer than the gateway remembers message ids")]
+    ExpiredInQueue,
     #[error("payload does not match the {category} schema: {detail}")]
     SchemaViolation { category: &'static str, detail: String },
 }
@@ -99,12 +101,13 @@ impl Rejection {
             Rejection::BadSignature => "bad_signature",
             Rejection::RateLimited => "rate_limited",
             Rejection::Retained => "retained",
+            Rejection::ExpiredInQueue => "expired_in_queue",
             Rejection::SchemaViolation { .. } => "schema_violation",
         }
     }
 
     /// Every reason, for pre-registering metric label values.
-    pub const ALL_REASONS: [&'static str; 13] = [
+    pub const ALL_REASONS: [&'static str; 14] = [
         "bad_topic",
         "topic_mismatch",
         "unknown_device",
@@ -117,6 +120,7 @@ impl Rejection {
         "bad_signature",
         "rate_limited",
         "retained",
+        "expired_in_queue",
         "schema_violation",
     ];
 }

@@ -17,6 +17,11 @@
 //!   revoked;
 //! - certificate revoked, from another CA (CA rollover), for another name,
 //!   or inside `renewBeforeDays` → a new certificate, same HMAC secret.
+//!
+//! Whatever the transition, every certificate the device had revoked is
+//! remembered in its status (`revokedCertificates`) until it can no longer
+//! be valid, and put back into the CRL when the CRL lacks it (a CRL
+//! ConfigMap deleted or edited): the Gateway rebuilds a lost CRL from these.
 
 use std::time::Duration;
 
@@ -29,6 +34,7 @@ use crate::Result;
 use crate::conditions::{self, READY};
 use crate::controllers::policy::{PlannedEvent, is_news};
 use crate::controllers::{RESYNC, until};
+use crate::crd::device::RevokedCertificate;
 use crate::crd::{Device, DeviceStatus};
 use crate::crl::CrlState;
 use crate::pki::{self, CaBundle, Issued, LeafRequest, Revocation, Usage};
@@ -113,7 +119,62 @@ fn jiff(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
 /// Longest Kubernetes label value.
 pub const MAX_LABEL_VALUE: usize = 63;
 
+/// The longest a certificate can be valid (the CRD's maximum
+/// `validityDays`): a revoked serial is remembered this long.
+const MAX_VALIDITY_DAYS: i64 = 3650;
+
 pub fn plan(dev: &Device, obs: Observed<'_>, now: Timestamp, mint: &mut dyn Mint) -> Result<Plan> {
+    let crl = match &obs.gateway {
+        GatewayView::Ready { crl, .. } => Some(*crl),
+        _ => None,
+    };
+    let mut plan = transition(dev, obs, now, mint)?;
+    if let Some(crl) = crl {
+        remember_revocations(&mut plan, crl, &dev.name_any(), now);
+    }
+    Ok(plan)
+}
+
+/// Records the plan's revocations in the status, forgets those that have
+/// outlived any certificate, and revokes again what the CRL lost.
+fn remember_revocations(plan: &mut Plan, crl: &CrlState, device: &str, now: Timestamp) {
+    let kept = &mut plan.status.revoked_certificates;
+    for r in &plan.revoke {
+        if !kept.iter().any(|k| k.serial == r.serial) {
+            kept.push(RevokedCertificate {
+                serial: r.serial.clone(),
+                revoked_at: Time(r.revoked_at.parse().unwrap_or(now)),
+                reason: r.reason.clone(),
+            });
+        }
+    }
+    let horizon = now - SignedDuration::from_hours(24 * MAX_VALIDITY_DAYS);
+    kept.retain(|k| k.revoked_at.0 > horizon);
+    let lost: Vec<Revocation> = kept
+        .iter()
+        .filter(|k| !crl.contains(&k.serial) && !plan.revoke.iter().any(|r| r.serial == k.serial))
+        .map(|k| Revocation {
+            serial: k.serial.clone(),
+            revoked_at: k.revoked_at.0.to_string(),
+            subject: device.to_string(),
+            reason: k.reason.clone(),
+        })
+        .collect();
+    if !lost.is_empty() {
+        let serials: Vec<&str> = lost.iter().map(|r| r.serial.as_str()).collect();
+        plan.events.push(PlannedEvent::warning(
+            "RevocationRestored",
+            "Revoke",
+            format!(
+                "the CRL lacked revoked certificate(s) {}; revoked again",
+                serials.join(", ")
+            ),
+        ));
+        plan.revoke.extend(lost);
+    }
+}
+
+fn transition(dev: &Device, obs: Observed<'_>, now: Timestamp, mint: &mut dyn Mint) -> Result<Plan> {
     let name = dev.name_any();
     let generation = dev.metadata.generation;
     let mut status = dev.status.clone().unwrap_or_default();

@@ -402,3 +402,47 @@ fn a_name_too_long_for_a_label_is_a_condition_not_a_new_key_each_retry() {
     let p = plan(&dev, observed(&ca, &crl, None), Timestamp::now(), &mut m).unwrap();
     assert!(p.ready && p.store.is_some());
 }
+
+#[test]
+fn revoked_certificates_are_remembered_and_revoked_again_when_the_crl_lost_them() {
+    let (ca, empty) = (ca(), crl(&[]));
+    let mut dev = device(json!({}));
+    let mut current = issued(&dev, &ca);
+    current.previous_hmac = Some("old".into());
+    current.previous_serial = Some("0AB1".into());
+    current.previous_expires = Some(chrono(Timestamp::now() - SignedDuration::from_secs(1)));
+    let now = Timestamp::now();
+    let p = plan(&dev, observed(&ca, &empty, Some(current)), now, &mut mint()).unwrap();
+    assert_eq!(p.revoke.len(), 1);
+    let kept = &p.status.revoked_certificates;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].serial.as_str(), kept[0].reason.as_str()),
+        ("0AB1", "superseded")
+    );
+
+    // Applied: the CRL lists it, the status remembers it; nothing to do.
+    let settled = p.store.clone().unwrap();
+    dev.status = Some(p.status.clone());
+    let listed = crl(&["0AB1"]);
+    let p = plan(&dev, observed(&ca, &listed, Some(settled.clone())), now, &mut mint()).unwrap();
+    assert!(p.revoke.is_empty() && p.events.is_empty());
+
+    // The CRL lost it (its ConfigMap recreated empty): revoked again, with
+    // its first revocation time.
+    let p = plan(&dev, observed(&ca, &empty, Some(settled.clone())), now, &mut mint()).unwrap();
+    assert_eq!(p.revoke.len(), 1);
+    assert_eq!(p.revoke[0].serial, "0AB1");
+    assert_eq!(
+        p.revoke[0].revoked_at.parse::<Timestamp>().unwrap(),
+        kept[0].revoked_at.0
+    );
+    assert_eq!(reasons(&p), ["RevocationRestored"]);
+
+    // Once no certificate issued before it can be valid, it is forgotten.
+    let status = dev.status.as_mut().unwrap();
+    status.revoked_certificates[0].revoked_at.0 = now - SignedDuration::from_hours(24 * 3651);
+    let p = plan(&dev, observed(&ca, &empty, Some(settled)), now, &mut mint()).unwrap();
+    assert!(p.status.revoked_certificates.is_empty());
+    assert!(p.revoke.is_empty());
+}

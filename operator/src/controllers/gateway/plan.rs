@@ -29,7 +29,7 @@ use crate::controllers::until;
 use crate::crd::{Gateway, GatewayStatus};
 use crate::crl::CrlState;
 use crate::mosquitto;
-use crate::pki::{self, CaBundle, CertInfo, Issued, LeafRequest, Usage};
+use crate::pki::{self, CaBundle, CertInfo, Issued, LeafRequest, Revocation, Usage};
 
 /// The gateway's CA as observed in its Secret.
 pub enum CaView {
@@ -48,6 +48,9 @@ pub struct Observed {
     /// The generated command API key Secret exists.
     pub command_key: bool,
     pub crl: Option<CrlState>,
+    /// When the CRL is missing although the Gateway had one (its status
+    /// has a CRL number): the revocations its Devices' status remember.
+    pub revoked_by_devices: Option<Vec<Revocation>>,
     pub broker_available: bool,
 }
 
@@ -84,6 +87,8 @@ pub struct LeafWrite {
 pub enum CrlStep {
     Keep,
     Create,
+    /// The CRL was lost: create it with `Plan::rebuilt` and the next number.
+    Rebuild,
     /// Re-sign the same entries (half-spent validity, or a new CA).
     Resign,
 }
@@ -101,6 +106,8 @@ pub struct Plan {
     /// A generated command API key to store.
     pub command_key: Option<String>,
     pub crl: CrlStep,
+    /// The entries of a rebuilt CRL.
+    pub rebuilt: Vec<Revocation>,
     pub mosquitto_conf: String,
     pub mosquitto_acl: String,
     /// Changes when the broker must restart (config or certificate).
@@ -171,6 +178,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
                 leaves: Vec::new(),
                 command_key: None,
                 crl: CrlStep::Keep,
+                rebuilt: Vec::new(),
                 mosquitto_conf: String::new(),
                 mosquitto_acl: String::new(),
                 rollout_hash: String::new(),
@@ -230,10 +238,24 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     let command_key = (gw.spec.command_api.api_key_secret_ref.is_none() && !obs.command_key).then(|| mint.api_key());
 
     // The CRL as it will be once the step is applied.
-    let (crl_step, crl) = match obs.crl {
-        None => (CrlStep::Create, CrlState::empty(now)),
-        Some(c) if create_ca || now >= c.refresh_at() => (CrlStep::Resign, c.resigned(now)),
-        Some(c) => (CrlStep::Keep, c),
+    let previous_number = status.crl_number.map(|n| n as u64);
+    let (crl_step, crl) = match (obs.crl, obs.revoked_by_devices, previous_number) {
+        (None, Some(entries), Some(number)) => {
+            events.push(PlannedEvent::warning(
+                "CrlRebuilt",
+                "Revoke",
+                format!(
+                    "the CRL ConfigMap {} was missing: rebuilt from the Devices' status with {} revoked \
+                     certificate(s)",
+                    crate::crl::name(&name),
+                    entries.len()
+                ),
+            ));
+            (CrlStep::Rebuild, CrlState::rebuilt(entries, number, now))
+        }
+        (None, _, _) => (CrlStep::Create, CrlState::empty(now)),
+        (Some(c), _, _) if create_ca || now >= c.refresh_at() => (CrlStep::Resign, c.resigned(now)),
+        (Some(c), _, _) => (CrlStep::Keep, c),
     };
 
     let conf = mosquitto::config(gw.spec.mqtt_port, gw.spec.security.max_message_bytes);
@@ -284,6 +306,11 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         create_ca,
         leaves,
         command_key,
+        rebuilt: if crl_step == CrlStep::Rebuild {
+            crl.entries.clone()
+        } else {
+            Vec::new()
+        },
         crl: crl_step,
         mosquitto_conf: conf,
         mosquitto_acl: acl,

@@ -5,7 +5,7 @@
 use super::plan::*;
 use crate::crd::Gateway;
 use crate::crl::CrlState;
-use crate::pki::{self, CaBundle, Issued, LeafRequest};
+use crate::pki::{self, CaBundle, Issued, LeafRequest, Revocation};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
@@ -60,6 +60,7 @@ fn settled(first: &Plan, crl: CrlState) -> Observed {
         client_cert: cert("-gateway-client"),
         command_key: true,
         crl: Some(crl),
+        revoked_by_devices: None,
         broker_available: true,
     }
 }
@@ -71,6 +72,7 @@ fn new_gateway() -> Observed {
         client_cert: None,
         command_key: false,
         crl: None,
+        revoked_by_devices: None,
         broker_available: false,
     }
 }
@@ -283,4 +285,35 @@ fn broker_availability_is_its_own_condition() {
         .unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NotAvailable"));
     assert_eq!(p.status.observed_generation, Some(2));
+}
+
+#[test]
+fn a_lost_crl_is_rebuilt_from_the_devices_with_the_next_number() {
+    let gw = gateway(json!({}));
+    let now = Timestamp::now();
+    let first = plan(&gw, new_gateway(), now, &mut RealMint).unwrap();
+    let mut gw = gw;
+    gw.status = Some(first.status.clone());
+    let entry = |serial: &str| Revocation {
+        serial: serial.into(),
+        revoked_at: now.to_string(),
+        subject: "d1".into(),
+        reason: "superseded".into(),
+    };
+    let mut obs = settled(&first, CrlState::empty(now));
+    obs.crl = None;
+    obs.revoked_by_devices = Some(vec![entry("0A"), entry("0B")]);
+    let p = plan(&gw, obs, now + day(2), &mut RealMint).unwrap();
+    assert_eq!(p.crl, CrlStep::Rebuild);
+    assert_eq!(p.rebuilt, vec![entry("0A"), entry("0B")]);
+    assert_eq!(p.status.crl_number, Some(2), "numbered after the lost one");
+    assert_eq!(p.status.revoked_certificates, Some(2));
+    assert!(p.events.iter().any(|e| e.reason == "CrlRebuilt"));
+
+    // A gateway that never had a CRL gets an empty one.
+    let mut obs = new_gateway();
+    obs.revoked_by_devices = Some(vec![entry("0C")]);
+    let p = plan(&gateway(json!({})), obs, now, &mut RealMint).unwrap();
+    assert_eq!(p.crl, CrlStep::Create);
+    assert!(p.rebuilt.is_empty());
 }

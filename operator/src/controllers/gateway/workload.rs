@@ -65,6 +65,7 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         env("CRL_FILE", format!("{}/crl.pem", mosquitto::CRL_DIR)),
         env("CRL_CONFIGMAP", crl::name(&name)),
         env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
+        env("MAX_QUEUE_SECONDS", sec.max_queue_seconds.to_string()),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
         env("RATE_PER_SECOND", sec.rate_per_second.to_string()),
         env("RATE_BURST", sec.burst.to_string()),
