@@ -2,7 +2,8 @@
 //! run (real Kafka and PostgreSQL from `./deploy.sh dev-up`):
 //!
 //! 1. the encryptor pipeline: batches, Fernet-encrypted fields, one
-//!    idempotent multi-row INSERT and one commit per batch, offsets after;
+//!    binary COPY (an idempotent multi-row INSERT when a row is already
+//!    stored) and one commit per batch, offsets after;
 //! 2. (a) seed 000's design: one INSERT and one commit per record (same
 //!    encryption, same table);
 //! 3. (b) a plain binary COPY of the same rows, no encryption, one COPY for
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use fleetward_encryptor::db::{self, TableName};
 use fleetward_encryptor::metrics::Metrics;
 use fleetward_encryptor::pipeline::{self, Settings, SharedKeyring};
-use fleetward_encryptor::record::{Row, Sensitive, Station};
+use fleetward_encryptor::record::{Sensitive, Station};
 use fleetward_keyring::Keyring;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -124,7 +125,7 @@ async fn bench_pipeline(topic: &str, n: usize, pool: &PgPool, ring: &Keyring) ->
         batch_size: std::env::var("BENCH_BATCH")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1000),
+            .unwrap_or(5000),
         batch_timeout: Duration::from_millis(200),
     };
     let start = Instant::now();
@@ -185,57 +186,6 @@ async fn bench_row_at_a_time(topic: &str, n: usize, pool: &PgPool, ring: &Keyrin
     (start.elapsed(), table)
 }
 
-/// PostgreSQL's binary COPY encoding of the station columns.
-struct CopyBuf(Vec<u8>);
-
-impl CopyBuf {
-    fn new() -> Self {
-        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
-        b.extend_from_slice(&0i32.to_be_bytes()); // flags
-        b.extend_from_slice(&0i32.to_be_bytes()); // header extension
-        Self(b)
-    }
-    fn field(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        self.0.extend_from_slice(bytes);
-    }
-    fn text(&mut self, s: &str) {
-        self.field(s.as_bytes());
-    }
-    fn row(&mut self, r: &Row) {
-        self.0.extend_from_slice(&15i16.to_be_bytes());
-        self.text(&r.contract_index);
-        self.text(&r.number);
-        // timestamptz: microseconds since 2000-01-01.
-        let us = r.last_update.timestamp_micros() - 946_684_800_000_000;
-        self.field(&us.to_be_bytes());
-        self.text("");
-        // text[] with no dimensions: ndim 0, no nulls, element type text (25).
-        let mut empty = Vec::new();
-        for v in [0i32, 0, 25] {
-            empty.extend_from_slice(&v.to_be_bytes());
-        }
-        self.field(&empty);
-        self.text(&r.contract_name);
-        self.text(&r.name);
-        self.text(&r.address);
-        match &r.position {
-            Some(p) => self.text(p),
-            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-        self.field(&[r.banking as u8]);
-        self.field(&[r.bonus as u8]);
-        self.field(&r.bike_stands.to_be_bytes());
-        self.field(&r.available_bike_stands.to_be_bytes());
-        self.field(&r.available_bikes.to_be_bytes());
-        self.text(&r.status);
-    }
-    fn finish(mut self) -> Vec<u8> {
-        self.0.extend_from_slice(&(-1i16).to_be_bytes());
-        self.0
-    }
-}
-
 async fn bench_copy(topic: &str, n: usize, pool: &PgPool) -> (Duration, TableName) {
     let table = fresh_table(pool, &format!("bench_copy_{}", suffix())).await;
     // No encryption: the sealing step with an empty field set only
@@ -245,19 +195,18 @@ async fn bench_copy(topic: &str, n: usize, pool: &PgPool) -> (Duration, TableNam
     let start = Instant::now();
     let c = consumer(topic, &format!("bench-copy-{}", suffix()));
     let db = db::connect(&env("DATABASE_URL"), 1).await.unwrap();
-    let mut buf = CopyBuf::new();
+    let mut buf = db::CopyBuf::new();
     for _ in 0..n {
         let m = c.recv().await.unwrap();
         let mut r = Station::parse(m.payload()).unwrap().seal(&ring, &none);
         r.contract_index = r.contract_name.clone();
-        buf.row(&r);
+        buf.station("", &[], &r);
     }
     let mut conn = db.acquire().await.unwrap();
     let mut copy = conn
         .copy_in_raw(&format!(
-            "COPY {table} (contract_index, number, last_update, key_id, encrypted_fields, contract_name, name, \
-             address, position, banking, bonus, bike_stands, available_bike_stands, available_bikes, status) \
-             FROM STDIN (FORMAT binary)"
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            db::STATION_COLUMNS
         ))
         .await
         .unwrap();

@@ -98,6 +98,138 @@ impl FromStr for RecordKind {
     }
 }
 
+/// PostgreSQL's binary `COPY` encoding of the rows the encryptor writes
+/// (no text escaping, no parsing on the server's side).
+pub struct CopyBuf(Vec<u8>);
+
+/// PostgreSQL's epoch (2000-01-01) in microseconds after the Unix epoch.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// The `text` type's OID, for array elements.
+const TEXT_OID: i32 = 25;
+
+impl Default for CopyBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CopyBuf {
+    pub fn new() -> Self {
+        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
+        b.extend_from_slice(&0i32.to_be_bytes()); // flags
+        b.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        Self(b)
+    }
+
+    fn columns(&mut self, n: i16) {
+        self.0.extend_from_slice(&n.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn null(&mut self) {
+        self.0.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    fn text(&mut self, s: &str) {
+        self.field(s.as_bytes());
+    }
+
+    fn timestamptz(&mut self, t: &DateTime<Utc>) {
+        self.field(&(t.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes());
+    }
+
+    /// A one-dimensional `text[]` (or the empty array).
+    fn text_array(&mut self, items: &[String]) {
+        let mut a = Vec::new();
+        let dims = if items.is_empty() { 0i32 } else { 1 };
+        for v in [dims, 0, TEXT_OID] {
+            a.extend_from_slice(&v.to_be_bytes());
+        }
+        if !items.is_empty() {
+            a.extend_from_slice(&(items.len() as i32).to_be_bytes());
+            a.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+            for item in items {
+                a.extend_from_slice(&(item.len() as i32).to_be_bytes());
+                a.extend_from_slice(item.as_bytes());
+            }
+        }
+        self.field(&a);
+    }
+
+    /// A station row, in `STATION_COLUMNS` order.
+    pub fn station(&mut self, key_id: &str, encrypted_fields: &[String], r: &Row) {
+        self.columns(15);
+        self.text(&r.contract_index);
+        self.text(&r.number);
+        self.timestamptz(&r.last_update);
+        self.text(key_id);
+        self.text_array(encrypted_fields);
+        self.text(&r.contract_name);
+        self.text(&r.name);
+        self.text(&r.address);
+        match &r.position {
+            Some(p) => self.text(p),
+            None => self.null(),
+        }
+        self.field(&[r.banking as u8]);
+        self.field(&[r.bonus as u8]);
+        self.field(&r.bike_stands.to_be_bytes());
+        self.field(&r.available_bike_stands.to_be_bytes());
+        self.field(&r.available_bikes.to_be_bytes());
+        self.text(&r.status);
+    }
+
+    /// A telemetry row, in `TELEMETRY_COLUMNS` order.
+    pub fn telemetry(&mut self, key_id: &str, r: &TelemetryRow) {
+        self.columns(9);
+        self.text(&r.namespace);
+        self.text(&r.gateway);
+        self.text(&r.device_id);
+        self.text(&r.message_id);
+        self.text(&r.category);
+        self.timestamptz(&r.device_time);
+        self.timestamptz(&r.received_at);
+        self.text(key_id);
+        self.text(&r.payload);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&(-1i16).to_be_bytes());
+        self.0
+    }
+}
+
+pub const STATION_COLUMNS: &str = "contract_index, number, last_update, key_id, encrypted_fields, contract_name, \
+                                   name, address, position, banking, bonus, bike_stands, available_bike_stands, \
+                                   available_bikes, status";
+pub const TELEMETRY_COLUMNS: &str =
+    "namespace, gateway, device_id, message_id, category, device_time, received_at, key_id, payload";
+
+/// Writes `data` (a finished `CopyBuf`) into `columns` of `table` with one
+/// binary COPY; returns the rows written. A row whose key is already stored
+/// fails the whole COPY (SQLSTATE 23505), and with it the transaction.
+pub async fn copy_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &TableName,
+    columns: &str,
+    data: Vec<u8>,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"))
+        .await?;
+    copy.send(data).await?;
+    copy.finish().await
+}
+
+/// The error of a COPY that met a row already stored.
+pub fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
 /// Inserts telemetry rows like `insert_batch` inserts stations: one
 /// statement, rows already stored (same device and message id) skipped.
 pub async fn insert_telemetry_batch(

@@ -68,7 +68,7 @@ pub struct Args {
     /// How often the keyring file is checked for a rotation.
     #[arg(long, env = "KEYRING_RELOAD_SECONDS", default_value_t = 10)]
     pub keyring_reload_seconds: u64,
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub batch_size: u32,
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 200)]
     pub batch_timeout_ms: u64,

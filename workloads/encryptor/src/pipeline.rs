@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use fleetward_keyring::Keyring;
+use rayon::prelude::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -25,7 +26,7 @@ use sqlx::PgPool;
 use crate::db::{self, RecordKind, TableName};
 use crate::dead_letter::{self, DeadLetter};
 use crate::metrics::Metrics;
-use crate::record::{Row, Sensitive, Station};
+use crate::record::{Invalid, Row, Sensitive, Station};
 use crate::telemetry::{self, TelemetryRow};
 
 #[derive(Clone, Debug)]
@@ -237,7 +238,8 @@ impl Pipeline {
                 }
             };
             let (batch, started) = self.fill_batch(first).await;
-            let staged = self.stage(&batch).await;
+            let batch = Arc::new(batch);
+            let staged = self.stage(batch.clone()).await;
             if let Some(mut f) = inflight.take() {
                 let n = (&mut f.store.0).await;
                 self.complete(f, n);
@@ -270,50 +272,53 @@ impl Pipeline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    /// Parses and encrypts a batch; sends what cannot be parsed to the
-    /// dead-letter topic, sealed (see `dead_letter`), and waits until Kafka
-    /// has it.
-    async fn stage(&self, batch: &[OwnedMessage]) -> Staged {
+    /// Parses and encrypts a batch on every core (records are
+    /// independent, and sealing is most of the pipeline's own work); sends
+    /// what cannot be parsed to the dead-letter topic, sealed (see
+    /// `dead_letter`), and waits until Kafka has it.
+    async fn stage(&self, batch: Arc<Vec<OwnedMessage>>) -> Staged {
         let keyring = self.keyring.current();
-        let mut rows = match self.settings.kind {
-            RecordKind::Stations => Rows::Stations(Vec::with_capacity(batch.len())),
-            RecordKind::Telemetry => Rows::Telemetry(Vec::with_capacity(batch.len())),
-        };
-        let mut dead = 0;
-        for m in batch {
-            let sealed = match &mut rows {
-                Rows::Stations(v) => {
-                    Station::parse(m.payload()).map(|s| v.push(s.seal(&keyring, &self.settings.sensitive)))
-                }
-                Rows::Telemetry(v) => telemetry::seal(m.payload(), &keyring).map(|r| v.push(r)),
-            };
-            match sealed {
-                Ok(()) => {}
-                Err(why) => {
-                    // Sealed once, so a retry sends the same token.
-                    let letter = dead_letter::seal(&keyring, m, &why);
-                    let mut attempt = 0;
-                    while let Err(e) = self.dead_letter(&letter).await {
-                        tracing::warn!(error = %e, "dead-letter topic refused a record; retrying");
-                        self.metrics.errors.with_label_values(&["dlq"]).inc();
-                        backoff(&mut attempt).await;
-                    }
-                    // `Invalid` holds no text of the record: safe to log.
-                    tracing::warn!(
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        reason = why.code(),
-                        detail = %why,
-                        "record sent to the dead-letter topic, sealed"
-                    );
-                    dead += 1;
-                }
+        let (kind, sensitive, ring, msgs) = (
+            self.settings.kind,
+            self.settings.sensitive.clone(),
+            keyring.clone(),
+            batch.clone(),
+        );
+        let (rows, refused) = tokio::task::spawn_blocking(move || match kind {
+            RecordKind::Stations => {
+                let (rows, refused) = seal_all(&msgs, |p| Station::parse(p).map(|s| s.seal(&ring, &sensitive)));
+                (Rows::Stations(rows), refused)
             }
+            RecordKind::Telemetry => {
+                let (rows, refused) = seal_all(&msgs, |p| telemetry::seal(p, &ring));
+                (Rows::Telemetry(rows), refused)
+            }
+        })
+        .await
+        .expect("sealing never panics");
+        for (i, why) in &refused {
+            let m = &batch[*i];
+            // Sealed once, so a retry sends the same token.
+            let letter = dead_letter::seal(&keyring, m, why);
+            let mut attempt = 0;
+            while let Err(e) = self.dead_letter(&letter).await {
+                tracing::warn!(error = %e, "dead-letter topic refused a record; retrying");
+                self.metrics.errors.with_label_values(&["dlq"]).inc();
+                backoff(&mut attempt).await;
+            }
+            // `Invalid` holds no text of the record: safe to log.
+            tracing::warn!(
+                partition = m.partition(),
+                offset = m.offset(),
+                reason = why.code(),
+                detail = %why,
+                "record sent to the dead-letter topic, sealed"
+            );
         }
         Staged {
             rows,
             key_id: keyring.primary_id().to_string(),
-            dead,
+            dead: refused.len() as u64,
         }
     }
 
@@ -389,6 +394,24 @@ impl Pipeline {
     }
 }
 
+/// `seal` applied to every message's payload, in parallel: the rows, and
+/// the batch positions of the records that were refused, with why.
+fn seal_all<T: Send>(
+    msgs: &[OwnedMessage],
+    seal: impl Fn(Option<&[u8]>) -> Result<T, Invalid> + Sync,
+) -> (Vec<T>, Vec<(usize, Invalid)>) {
+    let sealed: Vec<Result<T, Invalid>> = msgs.par_iter().map(|m| seal(m.payload())).collect();
+    let mut rows = Vec::with_capacity(sealed.len());
+    let mut refused = Vec::new();
+    for (i, r) in sealed.into_iter().enumerate() {
+        match r {
+            Ok(row) => rows.push(row),
+            Err(why) => refused.push((i, why)),
+        }
+    }
+    (rows, refused)
+}
+
 /// A batch's rows, of the pipeline's kind.
 enum Rows {
     Stations(Vec<Row>),
@@ -431,7 +454,10 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// One transaction per batch.
+/// One transaction per batch, in a binary COPY: the fast way in. When a
+/// row is already stored (a batch read again after a crash or a rebalance,
+/// or a record produced twice) the COPY fails as a whole, and the batch is
+/// inserted instead, skipping the rows that are there.
 async fn insert(
     pool: &PgPool,
     table: &TableName,
@@ -439,6 +465,29 @@ async fn insert(
     fields: &[String],
     rows: &Rows,
 ) -> Result<u64, sqlx::Error> {
+    if rows.len() == 0 {
+        return Ok(0);
+    }
+    let mut copy = db::CopyBuf::new();
+    let columns = match rows {
+        Rows::Stations(rows) => {
+            rows.iter().for_each(|r| copy.station(key_id, fields, r));
+            db::STATION_COLUMNS
+        }
+        Rows::Telemetry(rows) => {
+            rows.iter().for_each(|r| copy.telemetry(key_id, r));
+            db::TELEMETRY_COLUMNS
+        }
+    };
+    let mut tx = pool.begin().await?;
+    match db::copy_rows(&mut tx, table, columns, copy.finish()).await {
+        Ok(n) => {
+            tx.commit().await?;
+            return Ok(n);
+        }
+        Err(e) if db::is_duplicate(&e) => tx.rollback().await?,
+        Err(e) => return Err(e),
+    }
     let mut tx = pool.begin().await?;
     let n = match rows {
         Rows::Stations(rows) => db::insert_batch(&mut tx, table, key_id, fields, rows).await?,
