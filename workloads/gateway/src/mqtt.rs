@@ -25,11 +25,12 @@ pub const DATA_FILTER: &str = "device/+/data";
 /// The user property the broker's plugin adds: Unix milliseconds at receipt.
 pub const RECEIVED_PROPERTY: &str = "fleetward-received-ms";
 
-/// QoS 0 messages allowed to wait for the checks.
-pub const QOS0_QUEUE: usize = 1000;
+/// Bytes of messages waiting for the checks beyond which QoS 0 ones are
+/// dropped unread: a count would let a thousand 128 KB bodies wait.
+pub const QOS0_QUEUE_BYTES: usize = 8 << 20;
 
-/// The MQTT loop's side of the queue to the pipeline, with a count of the
-/// messages waiting in it (the pipeline decrements it as it takes them).
+/// The MQTT loop's side of the queue to the pipeline, with the bytes of
+/// the messages waiting in it (the pipeline subtracts each as it takes it).
 pub struct Handoff {
     pub tx: mpsc::UnboundedSender<(Publish, Instant)>,
     pub waiting: Arc<AtomicUsize>,
@@ -71,7 +72,7 @@ pub fn broker_received_ms(p: &Publish) -> Option<i64> {
 /// same event loop, so waiting here for the pipeline while the pipeline
 /// waits to ack would deadlock. The queue is still bounded: QoS 1 messages
 /// by the broker (it sends at most `max_inflight_messages` unacknowledged),
-/// QoS 0 ones here, dropped unread once `QOS0_QUEUE` messages wait (QoS 0
+/// QoS 0 ones here, dropped unread once `QOS0_QUEUE_BYTES` wait (QoS 0
 /// promises no delivery; a device flooding with it must not grow memory).
 pub async fn run(
     mut eventloop: EventLoop,
@@ -95,11 +96,11 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
-                if p.qos == QoS::AtMostOnce && tx.waiting.load(Ordering::Relaxed) >= QOS0_QUEUE {
+                if p.qos == QoS::AtMostOnce && tx.waiting.load(Ordering::Relaxed) >= QOS0_QUEUE_BYTES {
                     metrics.qos0_dropped.inc();
                     continue;
                 }
-                tx.waiting.fetch_add(1, Ordering::Relaxed);
+                tx.waiting.fetch_add(p.payload.len(), Ordering::Relaxed);
                 if tx.tx.send((p, Instant::now())).is_err() {
                     return;
                 }

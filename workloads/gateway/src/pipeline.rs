@@ -35,7 +35,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// `waiting` counts the messages in `rx` (see `mqtt::Handoff`).
+    /// `waiting` counts the bytes of the messages in `rx` (see `mqtt::Handoff`).
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<(Publish, Instant)>, waiting: Arc<AtomicUsize>) {
         let Pipeline {
             mut validator,
@@ -51,7 +51,7 @@ impl Pipeline {
             // Checks are stateful (replay cache, rate limit): they run here,
             // one message at a time, in order.
             .map(|(publish, received)| {
-                waiting.fetch_sub(1, Ordering::Relaxed);
+                waiting.fetch_sub(publish.payload.len(), Ordering::Relaxed);
                 let clock = Instant::now();
                 let at = At::received(
                     crate::mqtt::broker_received_ms(&publish),
