@@ -8,7 +8,7 @@
 //! every record ends up stored exactly once. Because of that, stopping
 //! the pipeline is simply dropping its future, at any point.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,10 @@ pub async fn watch_keyring_file(
     }
 }
 
+/// Batches being stored at once: PostgreSQL runs each transaction on one
+/// core, so two keep it busy while one commits (fsync).
+const STORES_IN_FLIGHT: usize = 2;
+
 struct Ctx {
     metrics: Arc<Metrics>,
 }
@@ -208,17 +212,19 @@ impl Pipeline {
 
     /// Consumes forever. Dropping the future stops it safely.
     ///
-    /// One batch is stored while the next is read and encrypted (two CPUs'
-    /// worth of work: ours and PostgreSQL's). Batches still complete in
-    /// order: a batch's offsets are committed after its rows are durable
-    /// and after every earlier batch's offsets.
+    /// Up to `STORES_IN_FLIGHT` batches are stored (each in its own
+    /// transaction, on its own connection) while the next is read and
+    /// encrypted. Batches still complete in order: a batch's offsets are
+    /// committed after its rows are durable and after every earlier batch's
+    /// offsets, so a crash replays a suffix of batches, whose stored rows the
+    /// natural key drops.
     pub async fn run(&self) {
-        let mut inflight: Option<InFlight> = None;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
             // Wait for the next batch's first record; meanwhile finish the
-            // batch in flight as soon as its rows are stored.
+            // oldest batch in flight as soon as its rows are stored.
             let first = loop {
-                let Some(f) = inflight.as_mut() else {
+                let Some(f) = inflight.front_mut() else {
                     break self.consumer.recv().await.map(|m| m.detach());
                 };
                 let stored = tokio::select! {
@@ -227,7 +233,7 @@ impl Pipeline {
                 };
                 match stored {
                     Err(m) => break m,
-                    Ok(n) => self.complete(inflight.take().expect("in flight"), n),
+                    Ok(n) => self.complete(inflight.pop_front().expect("in flight"), n),
                 }
             };
             let first = match first {
@@ -240,11 +246,12 @@ impl Pipeline {
             let (batch, started) = self.fill_batch(first).await;
             let batch = Arc::new(batch);
             let staged = self.stage(batch.clone()).await;
-            if let Some(mut f) = inflight.take() {
+            while inflight.len() >= STORES_IN_FLIGHT {
+                let mut f = inflight.pop_front().expect("in flight");
                 let n = (&mut f.store.0).await;
                 self.complete(f, n);
             }
-            inflight = Some(self.store(staged, &batch, started));
+            inflight.push_back(self.store(staged, &batch, started));
         }
     }
 

@@ -227,8 +227,16 @@ const SCHEMA: [&str; 14] = [
 impl Station {
     pub fn parse(payload: Option<&[u8]>) -> Result<Self, Invalid> {
         let bytes = payload.filter(|p| !p.is_empty()).ok_or(Invalid::Empty)?;
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::from_json(&e, &SCHEMA))?;
-        let r: Incoming = serde_json::from_value(value).map_err(|e| Invalid::from_json(&e, &SCHEMA))?;
+        // One pass for a valid record; a refused one is parsed again in two
+        // steps, so that a syntax error anywhere wins over a field's error
+        // (the reason must not depend on which came first).
+        let r: Incoming = match serde_json::from_slice(bytes) {
+            Ok(r) => r,
+            Err(_) => {
+                let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::from_json(&e, &SCHEMA))?;
+                serde_json::from_value(value).map_err(|e| Invalid::from_json(&e, &SCHEMA))?
+            }
+        };
         let number = match r.number {
             Number::Int(n) => n.to_string(),
             Number::Text(s) => s,
