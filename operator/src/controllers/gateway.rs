@@ -186,14 +186,8 @@ async fn devices_revocations(ctx: &Context, ns: &str, gateway: &str) -> Result<V
             continue;
         }
         let name = dev.name_any();
-        for r in dev.status.map(|s| s.revoked_certificates).unwrap_or_default() {
-            entries.push(Revocation {
-                serial: r.serial,
-                revoked_at: r.revoked_at.0.to_string(),
-                subject: name.clone(),
-                reason: r.reason,
-            });
-        }
+        let kept = dev.status.iter().flat_map(|s| &s.revoked_certificates);
+        entries.extend(kept.map(|r| r.revocation(&name)));
     }
     Ok(entries)
 }

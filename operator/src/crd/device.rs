@@ -167,3 +167,15 @@ pub struct RevokedCertificate {
     /// CRL reason, e.g. `superseded` or `cessationOfOperation`.
     pub reason: String,
 }
+
+impl RevokedCertificate {
+    /// The CRL entry of this revocation, for the device named `subject`.
+    pub fn revocation(&self, subject: &str) -> crate::pki::Revocation {
+        crate::pki::Revocation {
+            serial: self.serial.clone(),
+            revoked_at: self.revoked_at.0.to_string(),
+            subject: subject.to_string(),
+            reason: self.reason.clone(),
+        }
+    }
+}

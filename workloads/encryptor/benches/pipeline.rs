@@ -153,9 +153,9 @@ async fn bench_row_at_a_time(topic: &str, n: usize, pool: &PgPool, ring: &Keyrin
     let sensitive: Sensitive = "address,contract_name".parse().unwrap();
     let fields = sensitive.names();
     let sql = format!(
-        "INSERT INTO {table} (contract_index, number, last_update, key_id, encrypted_fields, contract_name, name, \
-         address, position, banking, bonus, bike_stands, available_bike_stands, available_bikes, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING"
+        "INSERT INTO {table} ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT DO NOTHING",
+        db::STATION_COLUMNS
     );
     let start = Instant::now();
     let c = consumer(topic, &format!("bench-rows-{}", suffix()));

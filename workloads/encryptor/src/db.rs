@@ -203,9 +203,11 @@ impl CopyBuf {
     }
 }
 
+/// The station table's columns the encryptor writes, in `CopyBuf::station` order.
 pub const STATION_COLUMNS: &str = "contract_index, number, last_update, key_id, encrypted_fields, contract_name, \
                                    name, address, position, banking, bonus, bike_stands, available_bike_stands, \
                                    available_bikes, status";
+/// The telemetry table's columns the encryptor writes, in `CopyBuf::telemetry` order.
 pub const TELEMETRY_COLUMNS: &str =
     "namespace, gateway, device_id, message_id, category, device_time, received_at, key_id, payload";
 
@@ -242,8 +244,7 @@ pub async fn insert_telemetry_batch(
         return Ok(0);
     }
     let sql = format!(
-        "INSERT INTO {table} (namespace, gateway, device_id, message_id, category, device_time, received_at, key_id, \
-         payload) \
+        "INSERT INTO {table} ({TELEMETRY_COLUMNS}) \
          SELECT ns, gw, dev, mid, cat, dt, ra, $9, pl \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], \
                      $7::timestamptz[], $8::text[]) AS t(ns, gw, dev, mid, cat, dt, ra, pl) \
@@ -283,8 +284,7 @@ pub async fn insert_batch(
         return Ok(0);
     }
     let sql = format!(
-        "INSERT INTO {table} (contract_index, number, last_update, key_id, encrypted_fields, contract_name, name, \
-         address, position, banking, bonus, bike_stands, available_bike_stands, available_bikes, status) \
+        "INSERT INTO {table} ({STATION_COLUMNS}) \
          SELECT ci, n, lu, $4, $5, cn, nm, ad, po, ba, bo, bs, abs, ab, st \
          FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], \
                      $10::bool[], $11::bool[], $12::int4[], $13::int4[], $14::int4[], $15::text[]) \

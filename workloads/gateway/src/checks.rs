@@ -363,10 +363,13 @@ mod tests {
     }
 
     fn run(v: &mut Validator, topic: &str, body: &[u8], now: i64, clock: Instant) -> Result<Accepted, Rejection> {
-        v.check(inc(topic, body), At::now(now, clock), |id| {
-            (id == "d1").then(|| entry(true))
-        })
-        .map_err(|r| r.rejection)
+        run_at(v, topic, body, At::now(now, clock))
+    }
+
+    /// `run` for a message the broker received at another time than now.
+    fn run_at(v: &mut Validator, topic: &str, body: &[u8], at: At) -> Result<Accepted, Rejection> {
+        v.check(inc(topic, body), at, |id| (id == "d1").then(|| entry(true)))
+            .map_err(|r| r.rejection)
     }
 
     fn inc<'a>(topic: &'a str, body: &'a [u8]) -> Incoming<'a> {
@@ -615,43 +618,31 @@ mod tests {
             ..limits()
         });
         let t = Instant::now();
-        let lookup = |id: &str| (id == "d1").then(|| entry(true));
+        let d1 = "device/d1/data";
         let m = msg(KEY, "d1", 1000, "q1", ok_payload());
         // Received fresh, checked 500 s later (the gateway was away): accepted.
-        assert!(
-            v.check(inc("device/d1/data", &m), queued(1000, 1500, t), lookup)
-                .is_ok()
-        );
+        assert!(run_at(&mut v, d1, &m, queued(1000, 1500, t)).is_ok());
         // A copy the broker also received inside the window, checked as late
         // as it may be: still a replay (its id is kept window + max_queue).
         assert_eq!(
-            v.check(inc("device/d1/data", &m), queued(1300, 1900, t), lookup)
-                .unwrap_err()
-                .rejection,
+            run_at(&mut v, d1, &m, queued(1300, 1900, t)).unwrap_err(),
             Rejection::Replay
         );
         // Stale at receipt stays stale, however it is checked.
         let old = msg(KEY, "d1", 1000, "q2", ok_payload());
         assert_eq!(
-            v.check(inc("device/d1/data", &old), queued(1301, 1302, t), lookup)
-                .unwrap_err()
-                .rejection,
+            run_at(&mut v, d1, &old, queued(1301, 1302, t)).unwrap_err(),
             Rejection::StaleTimestamp
         );
         // Waited longer than max_queue: refused for that, not as an attack.
         let late = msg(KEY, "d1", 2000, "q3", ok_payload());
         assert_eq!(
-            v.check(inc("device/d1/data", &late), queued(2000, 2601, t), lookup)
-                .unwrap_err()
-                .rejection,
+            run_at(&mut v, d1, &late, queued(2000, 2601, t)).unwrap_err(),
             Rejection::ExpiredInQueue
         );
         // A broker stamp from the future counts as now.
         let now = msg(KEY, "d1", 3000, "q4", ok_payload());
-        assert!(
-            v.check(inc("device/d1/data", &now), queued(9000, 3000, t), lookup)
-                .is_ok()
-        );
+        assert!(run_at(&mut v, d1, &now, queued(9000, 3000, t)).is_ok());
     }
 
     #[test]
@@ -663,18 +654,16 @@ mod tests {
             ..limits()
         });
         let t = Instant::now() + Duration::from_secs(600);
-        let lookup = |id: &str| (id == "d1").then(|| entry(true));
         for i in 0..30 {
             let m = msg(KEY, "d1", 1000 + i, &format!("b{i}"), ok_payload());
-            let r = v.check(inc("device/d1/data", &m), queued(1000 + i, 1100, t), lookup);
+            let r = run_at(&mut v, "device/d1/data", &m, queued(1000 + i, 1100, t));
             assert!(r.is_ok(), "message {i}: {r:?}");
         }
         // Thirty received in the same second are a burst, backlog or not.
         let refused = (0..30)
             .filter(|i| {
                 let m = msg(KEY, "d1", 1050, &format!("s{i}"), ok_payload());
-                v.check(inc("device/d1/data", &m), queued(1050, 1100, t), lookup)
-                    .is_err()
+                run_at(&mut v, "device/d1/data", &m, queued(1050, 1100, t)).is_err()
             })
             .count();
         assert!(refused >= 26, "{refused} of 30 refused");

@@ -153,12 +153,7 @@ fn remember_revocations(plan: &mut Plan, crl: &CrlState, device: &str, now: Time
     let lost: Vec<Revocation> = kept
         .iter()
         .filter(|k| !crl.contains(&k.serial) && !plan.revoke.iter().any(|r| r.serial == k.serial))
-        .map(|k| Revocation {
-            serial: k.serial.clone(),
-            revoked_at: k.revoked_at.0.to_string(),
-            subject: device.to_string(),
-            reason: k.reason.clone(),
-        })
+        .map(|k| k.revocation(device))
         .collect();
     if !lost.is_empty() {
         let serials: Vec<&str> = lost.iter().map(|r| r.serial.as_str()).collect();
