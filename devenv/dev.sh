@@ -151,8 +151,9 @@ build_helm() {
 
 # Third-party clients the tests use as independent peers (PyPI): paho-mqtt
 # for a device written from the message-format description, cryptography
-# to check our Fernet tokens decrypt elsewhere.
-PY_PACKAGES=(paho-mqtt==2.1.0 cryptography==46.0.3)
+# to check our Fernet tokens decrypt elsewhere; moto's server stands in for
+# AWS IoT Core (the only AWS the tests talk to, on loopback).
+PY_PACKAGES=(paho-mqtt==2.1.0 cryptography==46.0.3 'moto[server,iot]==5.2.5')
 python_env() {
   local venv=$CACHE/venv stamp
   stamp=$(printf '%s ' "${PY_PACKAGES[@]}" | sha256sum | cut -c1-16)
@@ -273,7 +274,7 @@ stop_pid() { # stop_pid <name>
     log "stopping $1 (pid $pid)"
     kill "$pid" 2>/dev/null || true
     for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
   rm -f "$f"
 }
@@ -303,6 +304,9 @@ export FLEETWARD_KAFKA_LIBS=$CACHE/kafka/libs
 export FLEETWARD_PYTHON=$CACHE/venv/bin/python
 export FLEETWARD_MOSQUITTO_PLUGIN=$CACHE/mosquitto/fleetward_revoke.so
 export FLEETWARD_IMAGE_VERSION=$FLEETWARD_VERSION
+# The AWS SDK's credential chain must never reach for the EC2 metadata
+# address from here: the tests' AWS is moto on loopback.
+export AWS_EC2_METADATA_DISABLED=true
 export PATH=$CACHE/bin:\$PATH
 EOF
   if ! command -v kubectl >/dev/null 2>&1; then

@@ -60,6 +60,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Revocations, written per gateway in batches.
     pub crl: crl::Batcher,
+    /// AWS IoT Core clients, for Gateways with `provider: awsIot`.
+    pub iot: crate::aws_iot::Clients,
 }
 
 impl Context {
@@ -74,6 +76,7 @@ impl Context {
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             crl: crl::Batcher::new(client.clone()),
+            iot: crate::aws_iot::Clients::new(metrics.aws_requests.clone()),
             stores,
             backoff: Backoff::default(),
             client,

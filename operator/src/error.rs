@@ -38,6 +38,16 @@ pub enum Error {
     #[error("{0} does not exist yet")]
     NotYet(String),
 
+    /// AWS refused or could not be reached (after the SDK's retries with
+    /// backoff). The message is AWS's own; requests never carry secrets
+    /// (only certificates, which are public, and policy documents).
+    #[error("AWS IoT {operation} failed: {code}: {message}")]
+    AwsIot {
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -56,6 +66,7 @@ impl Error {
             Error::NameConflict { .. } => "name_conflict",
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::NotYet(_) => "not_yet",
+            Error::AwsIot { .. } => "aws_iot",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.metric_label()

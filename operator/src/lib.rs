@@ -1,6 +1,7 @@
 //! fleetward operator: CRD types, one reconciler per kind, the PKI they
 //! share, leader election, and the metrics/health endpoint.
 
+pub mod aws_iot;
 pub mod conditions;
 pub mod context;
 pub mod controllers;

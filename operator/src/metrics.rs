@@ -15,6 +15,8 @@ pub struct Metrics {
     pub cert_expiry: GaugeVec,
     pub leader: IntGauge,
     pub api_requests: IntCounterVec,
+    /// Requests sent to AWS (each attempt, retries included), by operation.
+    pub aws_requests: IntCounterVec,
     ready: Mutex<HashSet<(String, String)>>,
 }
 
@@ -66,6 +68,14 @@ impl Default for Metrics {
             &["method"],
         )
         .expect("valid metric");
+        let aws_requests = IntCounterVec::new(
+            Opts::new(
+                "fleetward_aws_requests_total",
+                "Requests this operator sent to AWS, every attempt (retries included), by operation",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
@@ -74,6 +84,7 @@ impl Default for Metrics {
             Box::new(cert_expiry.clone()),
             Box::new(leader.clone()),
             Box::new(api_requests.clone()),
+            Box::new(aws_requests.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -86,6 +97,7 @@ impl Default for Metrics {
             cert_expiry,
             leader,
             api_requests,
+            aws_requests,
             ready: Mutex::default(),
         }
     }

@@ -20,15 +20,17 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
 use super::{secret_str, tls_secret};
+use crate::conditions::{self, READY};
 use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
+use crate::crd::gateway::Provider;
 use crate::crd::{Device, Gateway};
 use crate::pki::{CaBundle, Revocation};
-use crate::{Error, Result, crl};
+use crate::{Error, Result, aws_iot, crl};
 
 pub mod plan;
 #[cfg(test)]
@@ -38,6 +40,7 @@ mod workload;
 pub use workload::broker_volume_name;
 
 const KIND: &str = "gateway";
+pub const AWS_FINALIZER: &str = "fleetward.io/aws-iot";
 
 pub fn ca_secret_name(gateway: &str) -> String {
     format!("{gateway}-ca")
@@ -61,6 +64,11 @@ pub fn mosquitto_configmap_name(gateway: &str) -> String {
 /// The StatefulSet, and the gateway's ServiceAccount, Role and RoleBinding.
 pub fn workload_name(gateway: &str) -> String {
     format!("{gateway}-gateway")
+}
+
+/// The gateway workload's policy in AWS IoT Core.
+pub fn aws_iot_policy_name(ns: &str, gateway: &str) -> String {
+    format!("{ns}_{gateway}_gateway")
 }
 
 /// The CA held by a gateway's CA Secret.
@@ -121,6 +129,39 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
 
 async fn reconcile_gateway(gw: &Gateway, ctx: &Context) -> Result<Action> {
     let ns = gw.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    // With AWS IoT Core, a finalizer: the CA registration goes only after
+    // the Devices have removed their things and certificates, which they
+    // do through this Gateway's settings.
+    let has_finalizer = gw.finalizers().iter().any(|f| f == AWS_FINALIZER);
+    let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &ns);
+    if gw.meta().deletion_timestamp.is_some() {
+        if has_finalizer {
+            // A rare read (a deletion), so one LIST rather than a store.
+            let all: Api<Device> = Api::namespaced(ctx.client.clone(), &ns);
+            let name = gw.name_any();
+            let devices = all
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .filter(|d| d.spec.gateway_ref == name)
+                .count();
+            if devices > 0 {
+                tracing::info!(devices, "waiting for the Devices to leave AWS IoT Core");
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            let registered = gw.status.as_ref().and_then(|s| s.aws_iot.as_ref());
+            if let (Some(aws), Some(reg)) = (gw.spec.aws_iot.as_ref(), registered) {
+                let client = ctx.iot.get(aws).await;
+                aws_iot::gateway::remove(&client, &reg.ca_certificate_id, reg.client_policy.as_deref()).await?;
+            }
+            policy::set_finalizer(&api, gw, AWS_FINALIZER, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if gw.spec.provider == Provider::AwsIot && !has_finalizer {
+        policy::set_finalizer(&api, gw, AWS_FINALIZER, true).await?;
+    }
     let observed = observe(gw, ctx, &ns).await?;
     let plan = plan::plan(gw, observed, Timestamp::now(), &mut plan::RealMint)?;
     apply_plan(gw, ctx, &ns, plan).await
@@ -299,13 +340,59 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         ..Default::default()
     };
     apply(&cms, &mosquitto_configmap_name(&name), &cm, None).await?;
+    if let (Provider::AwsIot, Some(aws)) = (gw.spec.provider, gw.spec.aws_iot.as_ref()) {
+        let client = ctx.iot.get(aws).await;
+        let known = gw.status.as_ref().and_then(|s| s.aws_iot.as_ref());
+        let cert_pem = ctx
+            .stores
+            .secret(ns, &client_secret_name(&name))
+            .and_then(|s| secret_str(&s, "tls.crt"))
+            .ok_or_else(|| Error::NotYet(format!("Secret {}", client_secret_name(&name))))?;
+        let client_id = workload::mqtt_client_id(gw);
+        let identity = aws_iot::gateway::Workload {
+            client_id: &client_id,
+            policy: &aws_iot_policy_name(ns, &name),
+            cert_pem: &cert_pem,
+        };
+        match aws_iot::gateway::sync(&client, &ca, known, &identity).await {
+            Ok(iot) => {
+                if let Some(endpoint) = &iot.data_endpoint {
+                    plan.status.endpoint = Some(format!("mqtts://{endpoint}:8883"));
+                }
+                plan.status.aws_iot = Some(iot);
+            }
+            Err(e) => {
+                let generation = gw.metadata.generation;
+                if policy::is_news(&plan.status.conditions, READY, "AwsIotFailed") {
+                    plan.events
+                        .push(PlannedEvent::warning("AwsIotFailed", "SyncAwsIot", e.to_string()));
+                }
+                conditions::set(
+                    &mut plan.status.conditions,
+                    READY,
+                    false,
+                    "AwsIotFailed",
+                    e.to_string(),
+                    generation,
+                );
+                policy::write_status(ctx, gw, gw.status.as_ref(), &plan.status).await?;
+                publish(gw, ctx, plan.events).await;
+                return Err(e);
+            }
+        }
+    }
     workload::apply_rbac(gw, ctx, ns).await?;
     workload::apply_broker_volume(gw, ctx, ns).await?;
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     apply(
         &sets,
         &workload_name(&name),
-        &workload::statefulset(gw, &ctx.config, &plan.rollout_hash)?,
+        &workload::statefulset(
+            gw,
+            &ctx.config,
+            &plan.rollout_hash,
+            plan.status.aws_iot.as_ref().and_then(|a| a.data_endpoint.as_deref()),
+        )?,
         None,
     )
     .await?;

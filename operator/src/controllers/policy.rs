@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -107,6 +108,31 @@ where
         // The object was deleted meanwhile: its status no longer matters.
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
         other => other,
+    }
+}
+
+/// Adds or removes finalizer `name`, guarded by the resourceVersion seen:
+/// a concurrent change to the list fails (409) and the next reconcile
+/// starts from the new state.
+pub async fn set_finalizer<K>(api: &Api<K>, obj: &K, name: &str, present: bool) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut finalizers: Vec<String> = obj.finalizers().to_vec();
+    if present {
+        finalizers.push(name.to_string());
+    } else {
+        finalizers.retain(|f| f != name);
+    }
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+    match api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone (a concurrent reconcile released it): nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 404 && !present => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -155,6 +155,22 @@ pub struct DeviceStatus {
     /// operator rebuilds a lost CRL from them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_certificates: Vec<RevokedCertificate>,
+    /// The device in AWS IoT Core, when its Gateway's provider is `awsIot`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_iot: Option<DeviceAwsIot>,
+}
+
+/// A Device's thing, certificate and policy in AWS IoT Core.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceAwsIot {
+    /// Also the MQTT client id the device must connect with.
+    pub thing_name: String,
+    pub thing_arn: String,
+    /// Id of the device's current certificate in IoT Core.
+    pub certificate_id: String,
+    pub certificate_status: String,
+    pub policy_name: String,
 }
 
 /// A revoked certificate of a Device.

@@ -13,6 +13,7 @@ use super::{PostgresTarget, SecretKeyRef};
 /// gateway workload, and a Deployment (Mosquitto + gateway) with a Service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("!has(self.storage) || has(self.kafka)").message("storage reads the gateway's Kafka topic: set kafka.topic too"))]
+#[x_kube(validation = Rule::new("self.provider != 'awsIot' || has(self.awsIot)").message("provider awsIot needs awsIot.region"))]
 #[kube(
     group = "fleetward.io",
     version = "v1alpha1",
@@ -33,6 +34,17 @@ use super::{PostgresTarget, SecretKeyRef};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
+    /// Which broker the devices connect to: `mosquitto` (the operator runs
+    /// one beside the gateway) or `awsIot` (AWS IoT Core: the operator
+    /// registers the CA there and, for each Device, a thing, its
+    /// certificate and a policy limited to its own topics).
+    #[serde(default)]
+    pub provider: Provider,
+
+    /// The AWS IoT Core account side, with `provider: awsIot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iot: Option<AwsIotSpec>,
+
     /// Lifetime of the gateway's CA. Only read when the CA is created.
     #[serde(default = "default_ca_validity")]
     #[schemars(range(min = 30, max = 36500))]
@@ -106,6 +118,31 @@ pub struct GatewaySpec {
     /// Container images; defaults come from the operator's configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<GatewayImages>,
+}
+
+/// Where devices connect.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Provider {
+    #[default]
+    Mosquitto,
+    AwsIot,
+}
+
+/// AWS IoT Core settings. Credentials come from the operator's environment
+/// (IRSA's web identity on EKS, the default chain elsewhere), never from
+/// the resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsIotSpec {
+    /// AWS region, e.g. `eu-west-1`.
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: String,
+    /// Another address for the IoT control-plane API (a VPC endpoint, or a
+    /// local AWS emulator in tests); the region's own by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), regex(pattern = r"^https?://"))]
+    pub endpoint_url: Option<String>,
 }
 
 fn default_ca_validity() -> i64 {
@@ -337,4 +374,24 @@ pub struct GatewayStatus {
     /// Primary key id of the telemetry keyring (with `spec.storage`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry_key_id: Option<String>,
+    /// What is registered in AWS IoT Core (with `provider: awsIot`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_iot: Option<GatewayAwsIot>,
+}
+
+/// A Gateway's registrations in AWS IoT Core.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAwsIot {
+    /// Id of the CA certificate registered with IoT Core.
+    pub ca_certificate_id: String,
+    pub ca_certificate_arn: String,
+    /// The account's MQTT data endpoint (`iot:Data-ATS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_endpoint: Option<String>,
+    /// The gateway workload's own certificate and policy there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_policy: Option<String>,
 }

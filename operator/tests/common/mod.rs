@@ -11,6 +11,11 @@ use std::sync::OnceLock;
 /// Starts the operator built from this tree with `args`, logging to
 /// `<log_name>.log`; it exits when this process ends (its stdin closes).
 pub fn spawn_operator(args: &[&str], log_name: &str) -> Workload {
+    spawn_operator_with_env(args, log_name, &[])
+}
+
+/// `spawn_operator` with extra environment variables.
+pub fn spawn_operator_with_env(args: &[&str], log_name: &str, vars: &[(&str, &str)]) -> Workload {
     let port = free_port();
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log_name}.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward-operator"));
@@ -18,7 +23,8 @@ pub fn spawn_operator(args: &[&str], log_name: &str) -> Workload {
         .args(args)
         .env("KUBECONFIG", env("KUBECONFIG"))
         .env("FLEETWARD_KAFKA_BOOTSTRAP", env("KAFKA_BROKERS"))
-        .env("RUST_LOG", "info,kube_runtime=warn");
+        .env("RUST_LOG", "info,kube_runtime=warn")
+        .envs(vars.iter().copied());
     Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/healthz", 30)
 }
 

@@ -31,16 +31,19 @@ use fleetward_credentials::{ANN_VERSION, Credentials, LABEL_DEVICE, LABEL_DEVICE
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use self::plan::{GatewayView, Observed, RealMint};
-use super::policy;
+use super::policy::{self, PlannedEvent};
+use crate::aws_iot;
+use crate::conditions::{self, READY};
 use crate::context::{Context, MANAGED_BY, apply, labels, owner_ref};
+use crate::crd::device::DeviceAwsIot;
+use crate::crd::gateway::{AwsIotSpec, Provider};
 use crate::crd::{Device, Gateway};
 use crate::crl::CrlState;
 use crate::pki::{CaBundle, Revocation};
@@ -181,40 +184,18 @@ async fn reconcile_device(dev: &Device, ctx: &Context) -> Result<Action> {
     if dev.meta().deletion_timestamp.is_some() {
         if has_finalizer {
             cleanup(dev, ctx, &ns).await?;
-            set_finalizer(&api, dev, false).await?;
+            policy::set_finalizer(&api, dev, FINALIZER, false).await?;
         }
         return Ok(Action::await_change());
     }
     // The finalizer first (so a deletion cannot miss the revocation), then
     // the work, in the same reconcile.
     if !has_finalizer {
-        set_finalizer(&api, dev, true).await?;
+        policy::set_finalizer(&api, dev, FINALIZER, true).await?;
     }
     let observed = observe(dev, ctx, &ns);
     let plan = plan::plan(dev, observed.view(), Timestamp::now(), &mut RealMint)?;
     apply_plan(dev, ctx, &ns, plan, &observed).await
-}
-
-/// Adds or removes our finalizer, guarded by the resourceVersion seen: a
-/// concurrent change to the list fails (409) and the next reconcile starts
-/// from the new state.
-async fn set_finalizer(api: &Api<Device>, dev: &Device, present: bool) -> Result<()> {
-    let mut finalizers: Vec<String> = dev.finalizers().to_vec();
-    if present {
-        finalizers.push(FINALIZER.to_string());
-    } else {
-        finalizers.retain(|f| f != FINALIZER);
-    }
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": dev.resource_version()}});
-    match api
-        .patch(&dev.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Already gone (a concurrent reconcile released it): nothing to do.
-        Err(kube::Error::Api(e)) if e.code == 404 && !present => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// What observe found, owned, for `plan` to borrow.
@@ -269,7 +250,7 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
     }
 }
 
-async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, observed: &Seen) -> Result<Action> {
+async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan, observed: &Seen) -> Result<Action> {
     let name = dev.name_any();
     let ca = observed.ca.as_ref();
     if let Some(creds) = &plan.store {
@@ -288,7 +269,33 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, obs
     }
     if !plan.revoke.is_empty() {
         let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
-        ctx.crl.revoke(ns, &dev.spec.gateway_ref, ca, plan.revoke).await?;
+        ctx.crl
+            .revoke(ns, &dev.spec.gateway_ref, ca, std::mem::take(&mut plan.revoke))
+            .await?;
+    }
+    // With AWS IoT Core as the broker: the thing, certificate and policy
+    // follow the credentials just stored (or revoked).
+    let creds = plan.store.as_ref().or(observed.current.as_ref());
+    if let (Some(aws), Some(creds), Some(ca)) = (aws_iot_spec(ctx, ns, dev), creds, ca) {
+        let client = ctx.iot.get(&aws).await;
+        match iot_sync(&client, dev, ns, creds, ca).await {
+            Ok(iot) => {
+                if dev.spec.enabled && iot.certificate_status == "REVOKED" {
+                    let msg = format!(
+                        "certificate {} was revoked in AWS IoT Core outside the operator; bump spec.rotation for a new one",
+                        iot.certificate_id
+                    );
+                    not_ready(&mut plan, dev, "AwsIotCertificateRevoked", msg);
+                }
+                plan.status.aws_iot = Some(iot);
+            }
+            Err(e) => {
+                not_ready(&mut plan, dev, "AwsIotFailed", e.to_string());
+                policy::write_status(ctx, dev, dev.status.as_ref(), &plan.status).await?;
+                ctx.metrics.device_ready(ns, &name, false);
+                return Err(e);
+            }
+        }
     }
     policy::write_status(ctx, dev, dev.status.as_ref(), &plan.status).await?;
     ctx.metrics.device_ready(ns, &name, plan.ready);
@@ -302,6 +309,52 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, plan: plan::Plan, obs
         ctx.event(dev, ev.warning, ev.reason, ev.action, ev.note).await;
     }
     Ok(Action::requeue(plan.requeue))
+}
+
+/// The AWS IoT Core settings of the device's Gateway, when it uses them.
+fn aws_iot_spec(ctx: &Context, ns: &str, dev: &Device) -> Option<AwsIotSpec> {
+    let gw = ctx.stores.gateway(ns, &dev.spec.gateway_ref)?;
+    (gw.spec.provider == Provider::AwsIot)
+        .then(|| gw.spec.aws_iot.clone())
+        .flatten()
+}
+
+async fn iot_sync(
+    client: &aws_sdk_iot::Client,
+    dev: &Device,
+    ns: &str,
+    creds: &Credentials,
+    ca: &CaBundle,
+) -> Result<DeviceAwsIot> {
+    let name = dev.name_any();
+    let serial = crate::pki::inspect(&creds.cert_pem)?.serial;
+    let want = aws_iot::device::Desired {
+        thing: aws_iot::device::thing_name(ns, &name),
+        attributes: [
+            ("category".to_string(), creds.category.clone()),
+            ("namespace".to_string(), ns.to_string()),
+            ("gateway".to_string(), dev.spec.gateway_ref.clone()),
+        ]
+        .into(),
+        cert_pem: &creds.cert_pem,
+        serial: &serial,
+        keep_serial: creds.previous_serial.as_deref(),
+        ca_pem: &ca.cert_pem,
+        device: &name,
+        enabled: dev.spec.enabled && creds.enabled,
+    };
+    aws_iot::device::sync(client, &want).await
+}
+
+/// Ready=False with `reason`, an event when the reason is new.
+fn not_ready(plan: &mut plan::Plan, dev: &Device, reason: &'static str, message: String) {
+    if policy::is_news(&plan.status.conditions, READY, reason) {
+        plan.events
+            .push(PlannedEvent::warning(reason, "SyncAwsIot", message.clone()));
+    }
+    let generation = dev.meta().generation;
+    conditions::set(&mut plan.status.conditions, READY, false, reason, message, generation);
+    plan.ready = false;
 }
 
 /// Deletion: revoke what the device held, then remove its Secret and let
@@ -334,6 +387,10 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
             )
             .await;
         }
+    }
+    if let Some(aws) = aws_iot_spec(ctx, ns, dev) {
+        let client = ctx.iot.get(&aws).await;
+        aws_iot::device::remove(&client, &aws_iot::device::thing_name(ns, &name)).await?;
     }
     keys::project(dev, ctx, ns, None).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);

@@ -43,7 +43,29 @@ pub fn broker_volume_name(gateway: &str) -> String {
     format!("{gateway}-broker-data")
 }
 
-pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<StatefulSet> {
+/// The MQTT client id the gateway connects with (its IoT Core policy names it).
+pub fn mqtt_client_id(gw: &Gateway) -> String {
+    format!(
+        "fleetward-gateway-{}-{}",
+        gw.namespace().unwrap_or_default(),
+        gw.name_any()
+    )
+}
+
+/// Where the workload's TLS client finds the public roots (Debian's
+/// ca-certificates, in the runtime image), to trust AWS IoT Core's endpoint.
+const PUBLIC_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The gateway's StatefulSet. With `provider: awsIot` (`aws_endpoint` is the
+/// account's data endpoint) the pod holds the gateway alone, connected to
+/// IoT Core with its own certificate; IoT Core checks certificates itself,
+/// so there is no broker, CRL file or revocation plugin to feed.
+pub fn statefulset(
+    gw: &Gateway,
+    config: &Config,
+    rollout_hash: &str,
+    aws_endpoint: Option<&str>,
+) -> Result<StatefulSet> {
     let name = gw.name_any();
     let ns = gw.namespace().unwrap_or_default();
     let images = gw.spec.images.clone().unwrap_or_default();
@@ -74,8 +96,15 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),
         env_from_secret("COMMAND_API_KEY", &key_secret, &key_key),
         env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
-        env("MQTT_CLIENT_ID", format!("fleetward-gateway-{ns}-{name}")),
+        env("MQTT_CLIENT_ID", mqtt_client_id(gw)),
     ];
+    if let Some(endpoint) = aws_endpoint {
+        let local_only = ["MQTT_HOST", "MQTT_PORT", "MQTT_CA_FILE", "CRL_FILE", "CRL_CONFIGMAP"];
+        vars.retain(|v| !local_only.contains(&v.name.as_str()));
+        vars.push(env("MQTT_HOST", endpoint));
+        vars.push(env("MQTT_PORT", "8883"));
+        vars.push(env("MQTT_CA_FILE", PUBLIC_ROOTS));
+    }
     if let Some(audit) = &gw.spec.audit {
         let r = &audit.connection_secret_ref;
         vars.push(env_from_secret("DATABASE_URL", &r.name, &r.key));
@@ -132,7 +161,7 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         ]),
         ..Default::default()
     };
-    let gateway = Container {
+    let mut gateway = Container {
         name: "gateway".into(),
         image: Some(gateway_image),
         env: Some(vars),
@@ -150,6 +179,22 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
         ]),
         ..Default::default()
     };
+    let mut containers = vec![mosquitto, gateway.clone()];
+    let mut volumes = vec![
+        objects::configmap_volume("config", &mosquitto_configmap_name(&name)),
+        objects::configmap_volume("crl", &crl::name(&name)),
+        objects::secret_volume("broker-tls", &broker_secret_name(&name), None),
+        objects::secret_volume("client-tls", &client_secret_name(&name), None),
+        data_volume,
+    ];
+    if aws_endpoint.is_some() {
+        gateway.volume_mounts = Some(vec![
+            mount("client-tls", CLIENT_DIR, true),
+            mount("broker-tls", mosquitto::CERTS_DIR, true),
+        ]);
+        containers = vec![gateway];
+        volumes.retain(|v| v.name == "client-tls" || v.name == "broker-tls");
+    }
     Ok(StatefulSet {
         metadata: child_meta(gw, workload_name(&name))?,
         spec: Some(StatefulSetSpec {
@@ -172,18 +217,12 @@ pub fn statefulset(gw: &Gateway, config: &Config, rollout_hash: &str) -> Result<
                 )),
                 spec: Some(PodSpec {
                     // The gateway sends SIGHUP to Mosquitto when the CRL changes.
-                    share_process_namespace: Some(true),
+                    share_process_namespace: Some(aws_endpoint.is_none()),
                     // It watches its devices' credential Secrets (the Role below).
                     service_account_name: Some(workload_name(&name)),
                     security_context: Some(objects::pod_security(POD_USER)),
-                    containers: vec![mosquitto, gateway],
-                    volumes: Some(vec![
-                        objects::configmap_volume("config", &mosquitto_configmap_name(&name)),
-                        objects::configmap_volume("crl", &crl::name(&name)),
-                        objects::secret_volume("broker-tls", &broker_secret_name(&name), None),
-                        objects::secret_volume("client-tls", &client_secret_name(&name), None),
-                        data_volume,
-                    ]),
+                    containers,
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -393,7 +432,7 @@ mod tests {
     /// each Secret/ConfigMap volume names the object the operator writes.
     #[test]
     fn mounts_and_volumes_match() {
-        let set = statefulset(&full(), &Config::default(), "h1").unwrap();
+        let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
         let pod = set.spec.unwrap().template.spec.unwrap();
         let volumes: Vec<String> = pod.volumes.clone().unwrap().iter().map(|v| v.name.clone()).collect();
         let mut used = std::collections::HashSet::new();
@@ -421,9 +460,40 @@ mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some("gw-gateway"));
     }
 
+    /// With AWS IoT Core the pod is the gateway alone, connected to the
+    /// account's endpoint, trusting the public roots, with no broker files.
+    #[test]
+    fn with_aws_iot_the_gateway_connects_to_the_endpoint_alone() {
+        let set = statefulset(
+            &full(),
+            &Config::default(),
+            "h1",
+            Some("abc-ats.iot.eu-west-1.amazonaws.com"),
+        )
+        .unwrap();
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["gateway"]);
+        let env: std::collections::BTreeMap<String, Option<String>> = pod.containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        assert_eq!(env["MQTT_HOST"].as_deref(), Some("abc-ats.iot.eu-west-1.amazonaws.com"));
+        assert_eq!(env["MQTT_PORT"].as_deref(), Some("8883"));
+        assert_eq!(env["MQTT_CA_FILE"].as_deref(), Some(PUBLIC_ROOTS));
+        assert_eq!(env["MQTT_CLIENT_ID"].as_deref(), Some("fleetward-gateway-ns-gw"));
+        assert!(!env.contains_key("CRL_FILE") && !env.contains_key("CRL_CONFIGMAP"));
+        let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(volumes, ["broker-tls", "client-tls"]);
+        assert_eq!(pod.share_process_namespace, Some(false));
+    }
+
     #[test]
     fn the_gateway_environment_carries_every_spec_section() {
-        let set = statefulset(&full(), &Config::default(), "h1").unwrap();
+        let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
         let pod = set.spec.unwrap().template.spec.unwrap();
         let gw = pod.containers.iter().find(|c| c.name == "gateway").unwrap();
         let env: std::collections::BTreeMap<String, serde_json::Value> = gw
@@ -466,7 +536,7 @@ mod tests {
     #[test]
     fn service_ports_target_named_container_ports() {
         let gw = full();
-        let set = statefulset(&gw, &Config::default(), "h1").unwrap();
+        let set = statefulset(&gw, &Config::default(), "h1", None).unwrap();
         let pod = set.spec.unwrap().template.spec.unwrap();
         let named: Vec<String> = pod
             .containers
