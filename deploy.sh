@@ -11,19 +11,37 @@
 #   ./deploy.sh test         start what the tests need and run the whole test suite
 #   ./deploy.sh images       build every image and report its size
 #   ./deploy.sh bench-devices [N]   apply N Devices, time until all are Ready
+#   ./deploy.sh aws-up [region]     terraform/ applied (EKS, RDS, ECR, IAM), images
+#                            pushed to ECR, the chart installed (default eu-west-1)
+#   ./deploy.sh aws-down [region]   the fleet, the release, then terraform destroy
 #
-# AWS (aws-up / aws-down) arrives with Terraform.
+#   --plan (aws-up, aws-down): print every step and command, run none of them
+#   --yes  (aws-up, aws-down): terraform applies or destroys without asking
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")" && pwd)
+# Builtins only: `aws-up --plan` runs with nothing but bash on the PATH.
+ROOT=$(cd -- "${BASH_SOURCE[0]%/*}" 2>/dev/null && pwd) || ROOT=$PWD
 DEV="$ROOT/devenv/dev.sh"
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/p' "$0" | sed -n 's/^# \{0,1\}//p'
   exit "${1:-0}"
 }
 
+# --plan may come anywhere; it belongs to the AWS commands.
+args=()
+plan=0
+for arg in "$@"; do
+  if [ "$arg" = --plan ]; then plan=1; else args+=("$arg"); fi
+done
+set -- ${args[@]+"${args[@]}"}
 cmd=${1:-}
 [ $# -gt 0 ] && shift
+if [ "$plan" = 1 ]; then
+  case "$cmd" in
+    aws-up | aws-down) set -- "$@" --plan ;;
+    *) echo "--plan applies to aws-up and aws-down only" >&2; exit 1 ;;
+  esac
+fi
 case "$cmd" in
   local-up)
     if command -v minikube >/dev/null 2>&1; then
@@ -71,6 +89,8 @@ case "$cmd" in
     cd "$ROOT"
     cargo bench -p fleetward-operator --bench devices -- "$@"
     ;;
+  aws-up) exec "$ROOT/devenv/aws.sh" up "$@" ;;
+  aws-down) exec "$ROOT/devenv/aws.sh" down "$@" ;;
   -h | --help | help | "") usage 0 ;;
   *) echo "unknown command: $cmd" >&2; usage 1 ;;
 esac

@@ -1,0 +1,17 @@
+# shellcheck shell=bash
+# What the devenv scripts share; sourced by dev.sh, aws.sh, lint.sh and
+# terraform-check.sh. Builtins only (aws.sh's --plan runs with an empty PATH).
+
+log() { TZ=UTC printf '==> %(%H:%M:%S)T %s\n' -1 "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Go may live outside the PATH (/usr/local/go/bin on a fresh machine).
+go_cmd() {
+  if command -v go >/dev/null 2>&1; then
+    go "$@"
+  elif [ -x /usr/local/go/bin/go ]; then
+    /usr/local/go/bin/go "$@"
+  else
+    die "missing 'go': install Go (https://go.dev/dl) or the Debian package golang-go"
+  fi
+}
