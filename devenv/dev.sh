@@ -36,8 +36,8 @@ PG_USER=fleetward
 PG_PASSWORD=fleetward
 PG_DB=fleetward
 
-log() { printf '==> %s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=devenv/common.sh
+. "$ROOT/devenv/common.sh"
 
 # need <command> <debian-package>: installs the package when we can (root
 # with apt-get), otherwise names it in a one-line error.

@@ -32,7 +32,7 @@ PROMETHEUS_MODULE=github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
 # The project's images: name -> how to build them.
 PRODUCT_IMAGES=(operator gateway ingestor encryptor mosquitto)
 # The local stack's images (tag -> build directory under devenv/images).
-LOCAL_IMAGES=(postgres:15 kafka:4.1.1 prometheus:$PROMETHEUS_VERSION station-api:0.1.0)
+LOCAL_IMAGES=(postgres:15 kafka:4.1.1 "prometheus:$PROMETHEUS_VERSION" station-api:0.1.0)
 
 # TMPDIR: buildah keeps RUN --mount=type=cache directories under it.
 bah() {
@@ -66,6 +66,7 @@ build_base_image() {
 APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";'
+  # shellcheck disable=SC2016 # "$1" in a hook is the chroot, expanded by mmdebstrap's shell.
   mmdebstrap --quiet --variant=minbase --format=tar \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --customize-hook="printf '%s\n' '$clean' >\"\$1/etc/apt/apt.conf.d/docker-clean\"" \
@@ -98,6 +99,7 @@ build_node_images() {
   local ctx=$IMAGE_DIR/context
   rm -rf "$ctx" && mkdir -p "$ctx/pause" "$ctx/coredns"
   cp /usr/bin/catatonit "$ctx/pause/catatonit"
+  # shellcheck disable=SC2153 # PAUSE_IMAGE is set by devenv/node.sh, sourced before this file.
   build_image "$PAUSE_IMAGE" "$ctx/pause" -f "$ROOT/devenv/images/pause/Dockerfile"
   cp "$CACHE/bin/coredns" "$ctx/coredns/coredns"
   build_image "$COREDNS_IMAGE" "$ctx/coredns" -f "$ROOT/devenv/images/coredns/Dockerfile"

@@ -9,7 +9,7 @@ env | sort | while IFS='=' read -r name value; do
   case "$name" in
     KAFKA_HEAP_OPTS | KAFKA_OPTS | KAFKA_JVM_PERFORMANCE_OPTS | KAFKA_LOG4J_OPTS | KAFKA_GC_LOG_OPTS | KAFKA_JMX_OPTS | KAFKA_CONFIG_FILE_PATH) ;;
     KAFKA_*)
-      prop=$(printf '%s' "${name#KAFKA_}" | tr 'A-Z' 'a-z' | sed 's/___/-/g; s/__/\x01/g; s/_/./g; s/\x01/_/g')
+      prop=$(printf '%s' "${name#KAFKA_}" | tr '[:upper:]' '[:lower:]' | sed 's/___/-/g; s/__/\x01/g; s/_/./g; s/\x01/_/g')
       printf '%s=%s\n' "$prop" "$value" >>"$conf"
       ;;
   esac

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Static checks of the repository's scripts and workflows:
+#   1. actionlint on .github/workflows (with shellcheck on the PATH it also
+#      checks every `run:` block);
+#   2. shellcheck on every shell script: *.sh, and files whose first line
+#      names bash or sh (deploy.sh, .ci/run, …), outside .git, .cache, .dev
+#      and target*.
+#
+#   devenv/lint.sh
+#
+# actionlint is built once from the Go module proxy into .cache/bin (pinned,
+# with a version stamp, as devenv/dev.sh builds helm); shellcheck is the
+# Debian package, installed when running as root with apt-get.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${FLEETWARD_CACHE_DIR:-$ROOT/.cache}
+ACTIONLINT_VERSION=v1.7.12
+
+# shellcheck source=devenv/common.sh
+. "$ROOT/devenv/common.sh"
+
+build_actionlint() {
+  [ -x "$CACHE/bin/actionlint" ] && [ -f "$CACHE/bin/.actionlint-$ACTIONLINT_VERSION" ] && return 0
+  log "building actionlint $ACTIONLINT_VERSION from the Go module proxy"
+  mkdir -p "$CACHE/bin"
+  GOBIN=$CACHE/bin go_cmd install -trimpath -ldflags="-s -w" \
+    "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" || die "actionlint build failed"
+  rm -f "$CACHE"/bin/.actionlint-*
+  touch "$CACHE/bin/.actionlint-$ACTIONLINT_VERSION"
+}
+
+need_shellcheck() {
+  command -v shellcheck >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing shellcheck"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null ||
+      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null; } ||
+      die "could not install shellcheck; install it and retry"
+  else
+    die "missing 'shellcheck': install the Debian package 'shellcheck'"
+  fi
+}
+
+# Paths relative to the root, one a line, sorted.
+shell_scripts() {
+  local f
+  find . \( -name .git -o -name .cache -o -name .dev -o -name 'target*' -o -name node_modules \) -prune -o \
+    -type f -print | sort | while IFS= read -r f; do
+    if [[ $f == *.sh ]] || head -n1 "$f" 2>/dev/null | grep -Eq '^#!(.*[/ ])?(ba|da)?sh([[:space:]]|$)'; then
+      echo "${f#./}"
+    fi
+  done
+}
+
+main() {
+  cd "$ROOT"
+  need_shellcheck
+  build_actionlint
+  local status=0 scripts=()
+  log "actionlint .github/workflows ($("$CACHE/bin/actionlint" -version | head -1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p'))"
+  "$CACHE/bin/actionlint" -no-color || status=1
+  mapfile -t scripts < <(shell_scripts)
+  log "shellcheck ${scripts[*]}"
+  # -x: follow `source`s (paths relative to the root, as the scripts name them).
+  shellcheck -x "${scripts[@]}" || status=1
+  [ "$status" = 0 ] || die "lint found problems (above)"
+  log "lint clean: ${#scripts[@]} shell scripts, $(find .github/workflows -name '*.yml' | wc -l) workflows"
+}
+
+main "$@"
