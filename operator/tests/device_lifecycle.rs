@@ -466,14 +466,19 @@ async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
     let crl = write(dir.path(), "crl.pem", &ns.crl_pem("gw").await);
     let (ok, out) = openssl(&["verify", "-crl_check", "-CAfile", &ca, "-CRLfile", &crl, &d2_cert]);
     assert!(!ok && out.contains("revoked"), "{out}");
-    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
-    assert!(
+    // The event follows the rest of the reconcile (workload, status), a
+    // moment after the ConfigMap.
+    let events = ns.api::<Event>();
+    wait_until("a CrlRebuilt event on the Gateway", 30, || async {
         events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
             .items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("CrlRebuilt") && e.involved_object.name.as_deref() == Some("gw")),
-        "no CrlRebuilt event"
-    );
+            .any(|e| e.reason.as_deref() == Some("CrlRebuilt") && e.involved_object.name.as_deref() == Some("gw"))
+    })
+    .await;
     ns.cleanup().await;
 }
 
