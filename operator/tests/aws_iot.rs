@@ -257,6 +257,31 @@ async fn devices_become_things_with_certificates_and_policies_scoped_to_their_to
         .find(|e| e.name == "MQTT_HOST")
         .and_then(|e| e.value.clone());
     assert_eq!(host.as_deref(), Some(endpoint.as_str()));
+    // No broker of ours: no Mosquitto configuration or MQTT Service.
+    assert!(
+        get_opt(&ns.api::<k8s_openapi::api::core::v1::ConfigMap>(), "cloud-mosquitto")
+            .await
+            .is_none()
+    );
+    assert!(
+        get_opt(&ns.api::<k8s_openapi::api::core::v1::Service>(), "cloud")
+            .await
+            .is_none()
+    );
+    // And the provider cannot be switched under the Devices.
+    let switched = gateways
+        .patch(
+            "cloud",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"provider": "mosquitto"}})),
+        )
+        .await;
+    assert!(
+        switched
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("provider is immutable")),
+        "{switched:?}"
+    );
     assert_eq!(
         gw.status.as_ref().unwrap().endpoint.as_deref(),
         Some(format!("mqtts://{endpoint}:8883").as_str())

@@ -328,6 +328,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         plan.status.crl_number = Some(state.number as i64);
     }
 
+    // Mosquitto's configuration, volume and MQTT Service exist only when the
+    // operator runs the broker (not with AWS IoT Core).
+    let own_broker = gw.spec.provider == Provider::Mosquitto;
     let cm = ConfigMap {
         metadata: child_meta(gw, mosquitto_configmap_name(&name))?,
         data: Some(
@@ -339,7 +342,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         ),
         ..Default::default()
     };
-    apply(&cms, &mosquitto_configmap_name(&name), &cm, None).await?;
+    if own_broker {
+        apply(&cms, &mosquitto_configmap_name(&name), &cm, None).await?;
+    }
     if let (Provider::AwsIot, Some(aws)) = (gw.spec.provider, gw.spec.aws_iot.as_ref()) {
         let client = ctx.iot.get(aws).await;
         let known = gw.status.as_ref().and_then(|s| s.aws_iot.as_ref());
@@ -382,7 +387,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         }
     }
     workload::apply_rbac(gw, ctx, ns).await?;
-    workload::apply_broker_volume(gw, ctx, ns).await?;
+    if own_broker {
+        workload::apply_broker_volume(gw, ctx, ns).await?;
+    }
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     apply(
         &sets,
@@ -397,7 +404,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     )
     .await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    apply(&services, &name, &workload::service(gw)?, None).await?;
+    if own_broker {
+        apply(&services, &name, &workload::service(gw)?, None).await?;
+    }
     apply(&services, &api_service_name(&name), &workload::api_service(gw)?, None).await?;
     // The telemetry keyring's decisions (create, rotate, refuse an
     // unusable one) are the keyring module's; its key id goes to status.

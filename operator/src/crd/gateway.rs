@@ -39,6 +39,7 @@ pub struct GatewaySpec {
     /// registers the CA there and, for each Device, a thing, its
     /// certificate and a policy limited to its own topics).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("provider is immutable: create a new Gateway (its devices get new certificates) instead"))]
     pub provider: Provider,
 
     /// The AWS IoT Core account side, with `provider: awsIot`.
