@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use aws_sdk_iot::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_iot::types::CertificateDescription;
 use common::*;
 use fleetward_operator::aws_iot::MUTATING;
 use fleetward_operator::crd::{Device, Gateway};
@@ -147,6 +148,22 @@ fn aws_status(d: &Device) -> Option<&fleetward_operator::crd::device::DeviceAwsI
     d.status.as_ref()?.aws_iot.as_ref()
 }
 
+/// A certificate as IoT Core describes it.
+async fn certificate(iot: &aws_sdk_iot::Client, id: &str) -> CertificateDescription {
+    iot.describe_certificate()
+        .certificate_id(id)
+        .send()
+        .await
+        .expect("DescribeCertificate")
+        .certificate_description()
+        .cloned()
+        .expect("a description")
+}
+
+fn status_of(c: &CertificateDescription) -> Option<&str> {
+    c.status().map(|s| s.as_str())
+}
+
 async fn policy_of(iot: &aws_sdk_iot::Client, name: &str) -> Value {
     let p = iot.get_policy().policy_name(name).send().await.expect("GetPolicy");
     serde_json::from_str(p.policy_document().unwrap()).unwrap()
@@ -220,14 +237,8 @@ async fn devices_become_things_with_certificates_and_policies_scoped_to_their_to
     let endpoint = reg.data_endpoint.clone().expect("data endpoint");
     // The gateway workload's own certificate, with a policy for its client
     // id and the devices' topics, and its pod pointed at the endpoint.
-    let client_cert = iot
-        .describe_certificate()
-        .certificate_id(reg.client_certificate_id.as_deref().expect("client certificate"))
-        .send()
-        .await
-        .unwrap();
-    let client_cert = client_cert.certificate_description().unwrap();
-    assert_eq!(client_cert.status().map(|s| s.as_str()), Some("ACTIVE"));
+    let client_cert = certificate(&iot, reg.client_certificate_id.as_deref().expect("client certificate")).await;
+    assert_eq!(status_of(&client_cert), Some("ACTIVE"));
     assert_eq!(
         client_cert.certificate_pem().unwrap(),
         ns.secret_value("cloud-gateway-client", "tls.crt").await
@@ -308,9 +319,8 @@ async fn devices_become_things_with_certificates_and_policies_scoped_to_their_to
         let mut described = Vec::new();
         for p in principals.principals() {
             let id = p.rsplit('/').next().unwrap();
-            let c = iot.describe_certificate().certificate_id(id).send().await.unwrap();
-            let c = c.certificate_description().unwrap();
-            described.push((p.clone(), c.status().map(|s| s.as_str().to_string())));
+            let c = certificate(&iot, id).await;
+            described.push((p.clone(), status_of(&c).map(str::to_string)));
         }
         assert_eq!(
             principals.principals().len(),
@@ -318,15 +328,9 @@ async fn devices_become_things_with_certificates_and_policies_scoped_to_their_to
             "{thing}: one certificate: {described:?}"
         );
         let cert_arn = &principals.principals()[0];
-        let cert = iot
-            .describe_certificate()
-            .certificate_id(&st.certificate_id)
-            .send()
-            .await
-            .unwrap();
-        let cert = cert.certificate_description().unwrap();
+        let cert = certificate(&iot, &st.certificate_id).await;
         assert_eq!(cert.certificate_arn(), Some(cert_arn.as_str()));
-        assert_eq!(cert.status().map(|s| s.as_str()), Some("ACTIVE"));
+        assert_eq!(status_of(&cert), Some("ACTIVE"));
         assert_eq!(
             cert.certificate_pem().unwrap(),
             ns.secret_value(&format!("{name}-credentials"), "tls.crt").await,
@@ -414,14 +418,8 @@ async fn devices_become_things_with_certificates_and_policies_scoped_to_their_to
     )
     .await;
     let st = aws_status(&d).unwrap();
-    let cert = iot
-        .describe_certificate()
-        .certificate_id(&st.certificate_id)
-        .send()
-        .await
-        .unwrap();
-    let cert = cert.certificate_description().unwrap();
-    assert_eq!(cert.status().map(|s| s.as_str()), Some("REVOKED"));
+    let cert = certificate(&iot, &st.certificate_id).await;
+    assert_eq!(status_of(&cert), Some("REVOKED"));
     let attached = iot
         .list_attached_policies()
         .target(cert.certificate_arn().unwrap())
@@ -431,16 +429,8 @@ async fn devices_become_things_with_certificates_and_policies_scoped_to_their_to
     assert!(attached.policies().is_empty(), "a revoked certificate keeps no policy");
     // The others are untouched.
     let other = get_opt(&devs, "meter-2").await.unwrap();
-    let other = iot
-        .describe_certificate()
-        .certificate_id(&aws_status(&other).unwrap().certificate_id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        other.certificate_description().unwrap().status().map(|s| s.as_str()),
-        Some("ACTIVE")
-    );
+    let other = certificate(&iot, &aws_status(&other).unwrap().certificate_id).await;
+    assert_eq!(status_of(&other), Some("ACTIVE"));
 
     // Delete everything: the Devices' finalizers remove things,
     // certificates and policies; the Gateway's, after them, the CA.

@@ -21,7 +21,7 @@ use aws_sdk_iot::Client;
 use aws_sdk_iot::operation::register_certificate::RegisterCertificateError;
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 
-use super::{ArnBase, failed, not_found, same_document};
+use super::{ArnBase, done_if_gone, failed, not_found, same_document};
 use crate::Result;
 use crate::crd::device::DeviceAwsIot;
 
@@ -376,17 +376,15 @@ async fn retire(client: &Client, cert: &Principal) -> Result<()> {
             .map_err(|e| failed("UpdateCertificate", e))?;
     }
     for policy in &cert.policies {
-        match client
-            .detach_policy()
-            .policy_name(policy)
-            .target(&cert.arn)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(failed("DetachPolicy", e)),
-        }
+        done_if_gone(
+            "DetachPolicy",
+            client
+                .detach_policy()
+                .policy_name(policy)
+                .target(&cert.arn)
+                .send()
+                .await,
+        )?;
     }
     Ok(())
 }
@@ -396,38 +394,30 @@ pub async fn remove(client: &Client, thing: &str) -> Result<()> {
     let seen = observe(client, thing, thing).await?;
     for cert in &seen.principals {
         retire(client, cert).await?;
-        match client
-            .detach_thing_principal()
-            .thing_name(thing)
-            .principal(&cert.arn)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(failed("DetachThingPrincipal", e)),
-        }
-        match client
-            .delete_certificate()
-            .certificate_id(&cert.id)
-            .force_delete(true)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(failed("DeleteCertificate", e)),
-        }
+        done_if_gone(
+            "DetachThingPrincipal",
+            client
+                .detach_thing_principal()
+                .thing_name(thing)
+                .principal(&cert.arn)
+                .send()
+                .await,
+        )?;
+        done_if_gone(
+            "DeleteCertificate",
+            client
+                .delete_certificate()
+                .certificate_id(&cert.id)
+                .force_delete(true)
+                .send()
+                .await,
+        )?;
     }
     if seen.policy_document.is_some() {
         super::delete_policy(client, thing).await?;
     }
     if seen.thing_arn.is_some() {
-        match client.delete_thing().thing_name(thing).send().await {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(failed("DeleteThing", e)),
-        }
+        done_if_gone("DeleteThing", client.delete_thing().thing_name(thing).send().await)?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use aws_sdk_iot::operation::register_ca_certificate::RegisterCACertificateError;
 use aws_sdk_iot::operation::register_certificate::RegisterCertificateError;
 use aws_sdk_iot::types::{CaCertificateStatus, CertificateStatus};
 
-use super::{ArnBase, failed, not_found, same_document};
+use super::{ArnBase, done_if_gone, failed, not_found, same_document};
 use crate::Result;
 use crate::crd::gateway::GatewayAwsIot;
 use crate::pki::{CaBundle, LeafRequest, Usage};
@@ -200,11 +200,10 @@ async fn register_client(client: &Client, ca: &CaBundle, cert_pem: &str) -> Resu
 
 /// Detaches, revokes and deletes a workload certificate.
 async fn retire(client: &Client, policy: &str, id: &str, arn: &str) -> Result<()> {
-    match client.detach_policy().policy_name(policy).target(arn).send().await {
-        Ok(_) => {}
-        Err(e) if not_found(&e) => {}
-        Err(e) => return Err(failed("DetachPolicy", e)),
-    }
+    done_if_gone(
+        "DetachPolicy",
+        client.detach_policy().policy_name(policy).target(arn).send().await,
+    )?;
     client
         .update_certificate()
         .certificate_id(id)
@@ -212,17 +211,15 @@ async fn retire(client: &Client, policy: &str, id: &str, arn: &str) -> Result<()
         .send()
         .await
         .map_err(|e| failed("UpdateCertificate", e))?;
-    match client
-        .delete_certificate()
-        .certificate_id(id)
-        .force_delete(true)
-        .send()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if not_found(&e) => Ok(()),
-        Err(e) => Err(failed("DeleteCertificate", e)),
-    }
+    done_if_gone(
+        "DeleteCertificate",
+        client
+            .delete_certificate()
+            .certificate_id(id)
+            .force_delete(true)
+            .send()
+            .await,
+    )
 }
 
 async fn register(client: &Client, ca: &CaBundle) -> Result<RegisteredCa> {
@@ -300,9 +297,8 @@ pub async fn remove(client: &Client, id: &str, policy: Option<&str>) -> Result<(
             .await
             .map_err(|e| failed("UpdateCACertificate", e))?;
     }
-    match client.delete_ca_certificate().certificate_id(id).send().await {
-        Ok(_) => Ok(()),
-        Err(e) if not_found(&e) => Ok(()),
-        Err(e) => Err(failed("DeleteCACertificate", e)),
-    }
+    done_if_gone(
+        "DeleteCACertificate",
+        client.delete_ca_certificate().certificate_id(id).send().await,
+    )
 }

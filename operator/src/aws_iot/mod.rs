@@ -160,11 +160,7 @@ pub async fn replace_policy(client: &Client, name: &str, document: &str) -> crat
 /// policy that has any). Detach it from every target first.
 pub async fn delete_policy(client: &Client, name: &str) -> crate::Result<()> {
     delete_old_versions(client, name).await?;
-    match client.delete_policy().policy_name(name).send().await {
-        Ok(_) => Ok(()),
-        Err(e) if not_found(&e) => Ok(()),
-        Err(e) => Err(failed("DeletePolicy", e)),
-    }
+    done_if_gone("DeletePolicy", client.delete_policy().policy_name(name).send().await)
 }
 
 async fn delete_old_versions(client: &Client, name: &str) -> crate::Result<()> {
@@ -178,19 +174,31 @@ async fn delete_old_versions(client: &Client, name: &str) -> crate::Result<()> {
         if v.is_default_version() {
             continue;
         }
-        match client
-            .delete_policy_version()
-            .policy_name(name)
-            .policy_version_id(id)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(failed("DeletePolicyVersion", e)),
-        }
+        done_if_gone(
+            "DeletePolicyVersion",
+            client
+                .delete_policy_version()
+                .policy_name(name)
+                .policy_version_id(id)
+                .send()
+                .await,
+        )?;
     }
     Ok(())
+}
+
+/// The outcome of a call that detaches or deletes something: already gone
+/// counts as done.
+pub fn done_if_gone<T, E, R>(operation: &'static str, result: Result<T, SdkError<E, R>>) -> crate::Result<()>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if not_found(&e) => Ok(()),
+        Err(e) => Err(failed(operation, e)),
+    }
 }
 
 /// AWS's error code, when AWS answered.
