@@ -18,10 +18,9 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_iot::Client;
-use aws_sdk_iot::operation::register_certificate::RegisterCertificateError;
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 
-use super::{ArnBase, done_if_gone, failed, not_found, same_document};
+use super::{ArnBase, Registered, done_if_gone, failed, not_found, same_document};
 use crate::Result;
 use crate::crd::device::DeviceAwsIot;
 
@@ -82,6 +81,13 @@ pub struct Plan {
     pub retire: Vec<Principal>,
 }
 
+impl Observed {
+    /// The certificate of the thing with this serial.
+    fn holding(&self, serial: &str) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.serial.as_deref() == Some(serial))
+    }
+}
+
 impl Plan {
     pub fn is_empty(&self) -> bool {
         *self == Plan::default()
@@ -113,10 +119,7 @@ pub fn plan(want: &Desired<'_>, seen: &Observed, document: Option<&str>) -> Plan
         update_attributes: seen.thing_arn.is_some() && seen.attributes != want.attributes,
         ..Default::default()
     };
-    let current = seen
-        .principals
-        .iter()
-        .find(|p| p.serial.as_deref() == Some(want.serial));
+    let current = seen.holding(want.serial);
     if want.enabled {
         match current {
             None => plan.register = true,
@@ -228,11 +231,7 @@ pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
         thing_arn = made.thing_arn().map(str::to_string);
     }
     let thing_arn = thing_arn.unwrap_or_default();
-    let base = ArnBase::parse(&thing_arn).ok_or_else(|| crate::Error::AwsIot {
-        operation: "DescribeThing",
-        code: "UnexpectedAnswer".into(),
-        message: format!("thing ARN {thing_arn:?} is not an IoT ARN"),
-    })?;
+    let base = ArnBase::of("DescribeThing", &thing_arn)?;
     let document = policy_document(&base, thing, want.device);
     let plan = plan(want, &seen, Some(&document));
     if plan.update_attributes {
@@ -244,13 +243,13 @@ pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
             .await
             .map_err(|e| failed("UpdateThing", e))?;
     }
-    let mut current = seen
-        .principals
-        .iter()
-        .find(|p| p.serial.as_deref() == Some(want.serial))
-        .map(|p| (p.id.clone(), p.arn.clone(), p.status.clone()));
+    let mut current = seen.holding(want.serial).map(|p| Registered {
+        id: p.id.clone(),
+        arn: p.arn.clone(),
+        status: p.status.clone(),
+    });
     if plan.register {
-        current = Some(register(client, want).await?);
+        current = Some(super::register_certificate(client, want.cert_pem, want.ca_pem).await?);
     }
     if let Some(id) = &plan.activate {
         client
@@ -261,22 +260,13 @@ pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
             .await
             .map_err(|e| failed("UpdateCertificate", e))?;
         if let Some(c) = current.as_mut() {
-            c.2 = "ACTIVE".into();
+            c.status = "ACTIVE".into();
         }
     }
-    if plan.create_policy {
-        client
-            .create_policy()
-            .policy_name(thing)
-            .policy_document(&document)
-            .send()
-            .await
-            .map_err(|e| failed("CreatePolicy", e))?;
+    if plan.create_policy || plan.update_policy {
+        super::put_policy(client, thing, &document, plan.update_policy).await?;
     }
-    if plan.update_policy {
-        super::replace_policy(client, thing, &document).await?;
-    }
-    if let Some((_, arn, _)) = &current {
+    if let Some(Registered { arn, .. }) = &current {
         if plan.attach_policy {
             client
                 .attach_policy()
@@ -298,11 +288,15 @@ pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
     }
     for old in &plan.retire {
         retire(client, old).await?;
-        if current.as_ref().is_some_and(|c| c.0 == old.id) {
-            current.as_mut().expect("checked").2 = "REVOKED".into();
+        if let Some(c) = current.as_mut().filter(|c| c.id == old.id) {
+            c.status = "REVOKED".into();
         }
     }
-    let (certificate_id, _, certificate_status) = current.unwrap_or_default();
+    let Registered {
+        id: certificate_id,
+        status: certificate_status,
+        ..
+    } = current.unwrap_or_default();
     Ok(DeviceAwsIot {
         thing_name: thing.clone(),
         thing_arn,
@@ -310,58 +304,6 @@ pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
         certificate_status,
         policy_name: thing.clone(),
     })
-}
-
-/// Registers the device's certificate with its CA, ACTIVE; a certificate
-/// already registered (a crash after this call) is found by the answer.
-async fn register(client: &Client, want: &Desired<'_>) -> Result<(String, String, String)> {
-    let sent = client
-        .register_certificate()
-        .certificate_pem(want.cert_pem)
-        .ca_certificate_pem(want.ca_pem)
-        .status(CertificateStatus::Active)
-        .send()
-        .await;
-    match sent {
-        Ok(r) => Ok((
-            r.certificate_id().unwrap_or_default().to_string(),
-            r.certificate_arn().unwrap_or_default().to_string(),
-            "ACTIVE".into(),
-        )),
-        Err(e) => {
-            let exists = match e.as_service_error() {
-                Some(RegisterCertificateError::ResourceAlreadyExistsException(x)) => Some(x.clone()),
-                _ => None,
-            };
-            match exists {
-                Some(x) if x.resource_id().is_some() => {
-                    let id = x.resource_id().unwrap_or_default().to_string();
-                    let status = client
-                        .describe_certificate()
-                        .certificate_id(&id)
-                        .send()
-                        .await
-                        .map_err(|e| failed("DescribeCertificate", e))?
-                        .certificate_description()
-                        .and_then(|d| d.status())
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default();
-                    if status == "INACTIVE" {
-                        client
-                            .update_certificate()
-                            .certificate_id(&id)
-                            .new_status(CertificateStatus::Active)
-                            .send()
-                            .await
-                            .map_err(|e| failed("UpdateCertificate", e))?;
-                    }
-                    let arn = x.resource_arn().unwrap_or_default().to_string();
-                    Ok((id, arn, if status == "INACTIVE" { "ACTIVE".into() } else { status }))
-                }
-                _ => Err(failed("RegisterCertificate", e)),
-            }
-        }
-    }
 }
 
 /// Revokes a certificate and detaches its policies.

@@ -9,27 +9,18 @@
 
 use aws_sdk_iot::Client;
 use aws_sdk_iot::operation::register_ca_certificate::RegisterCACertificateError;
-use aws_sdk_iot::operation::register_certificate::RegisterCertificateError;
 use aws_sdk_iot::types::{CaCertificateStatus, CertificateStatus};
 
-use super::{ArnBase, done_if_gone, failed, not_found, same_document};
+use super::{ArnBase, Registered, done_if_gone, failed, not_found, same_document};
 use crate::Result;
 use crate::crd::gateway::GatewayAwsIot;
 use crate::pki::{CaBundle, LeafRequest, Usage};
 
-/// The registered CA, as IoT Core describes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RegisteredCa {
-    pub id: String,
-    pub arn: String,
-    pub status: String,
-}
-
 /// Reads the CA registration the status names (reads only).
-pub async fn observe(client: &Client, known_id: Option<&str>) -> Result<Option<RegisteredCa>> {
+pub async fn observe(client: &Client, known_id: Option<&str>) -> Result<Option<Registered>> {
     let Some(id) = known_id else { return Ok(None) };
     match client.describe_ca_certificate().certificate_id(id).send().await {
-        Ok(d) => Ok(d.certificate_description().map(|c| RegisteredCa {
+        Ok(d) => Ok(d.certificate_description().map(|c| Registered {
             id: c.certificate_id().unwrap_or(id).to_string(),
             arn: c.certificate_arn().unwrap_or_default().to_string(),
             status: c.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
@@ -99,11 +90,7 @@ pub async fn sync(
             .endpoint_address()
             .map(str::to_string),
     };
-    let base = ArnBase::parse(&registered.arn).ok_or_else(|| crate::Error::AwsIot {
-        operation: "DescribeCACertificate",
-        code: "UnexpectedAnswer".into(),
-        message: format!("CA ARN {:?} is not an IoT ARN", registered.arn),
-    })?;
+    let base = ArnBase::of("DescribeCACertificate", &registered.arn)?;
     let document = policy_document(&base, workload.client_id);
     let certificate_id = sync_workload(client, ca, workload, &document).await?;
     Ok(GatewayAwsIot {
@@ -119,16 +106,8 @@ pub async fn sync(
 async fn sync_workload(client: &Client, ca: &CaBundle, w: &Workload<'_>, document: &str) -> Result<String> {
     match client.get_policy().policy_name(w.policy).send().await {
         Ok(p) if p.policy_document().is_some_and(|d| same_document(d, document)) => {}
-        Ok(_) => super::replace_policy(client, w.policy, document).await?,
-        Err(e) if not_found(&e) => {
-            client
-                .create_policy()
-                .policy_name(w.policy)
-                .policy_document(document)
-                .send()
-                .await
-                .map_err(|e| failed("CreatePolicy", e))?;
-        }
+        Ok(_) => super::put_policy(client, w.policy, document, true).await?,
+        Err(e) if not_found(&e) => super::put_policy(client, w.policy, document, false).await?,
         Err(e) => return Err(failed("GetPolicy", e)),
     }
     let targets = client
@@ -158,7 +137,7 @@ async fn sync_workload(client: &Client, ca: &CaBundle, w: &Workload<'_>, documen
     let current = match current {
         Some(id) => id,
         None => {
-            let (id, arn) = register_client(client, ca, w.cert_pem).await?;
+            let Registered { id, arn, .. } = super::register_certificate(client, w.cert_pem, &ca.cert_pem).await?;
             client
                 .attach_policy()
                 .policy_name(w.policy)
@@ -173,29 +152,6 @@ async fn sync_workload(client: &Client, ca: &CaBundle, w: &Workload<'_>, documen
         retire(client, w.policy, &id, &arn).await?;
     }
     Ok(current)
-}
-
-async fn register_client(client: &Client, ca: &CaBundle, cert_pem: &str) -> Result<(String, String)> {
-    match client
-        .register_certificate()
-        .certificate_pem(cert_pem)
-        .ca_certificate_pem(&ca.cert_pem)
-        .status(CertificateStatus::Active)
-        .send()
-        .await
-    {
-        Ok(r) => Ok((
-            r.certificate_id().unwrap_or_default().to_string(),
-            r.certificate_arn().unwrap_or_default().to_string(),
-        )),
-        Err(e) => match e.as_service_error() {
-            Some(RegisterCertificateError::ResourceAlreadyExistsException(x)) if x.resource_id().is_some() => Ok((
-                x.resource_id().unwrap_or_default().to_string(),
-                x.resource_arn().unwrap_or_default().to_string(),
-            )),
-            _ => Err(failed("RegisterCertificate", e)),
-        },
-    }
 }
 
 /// Detaches, revokes and deletes a workload certificate.
@@ -222,7 +178,7 @@ async fn retire(client: &Client, policy: &str, id: &str, arn: &str) -> Result<()
     )
 }
 
-async fn register(client: &Client, ca: &CaBundle) -> Result<RegisteredCa> {
+async fn register(client: &Client, ca: &CaBundle) -> Result<Registered> {
     let code = client
         .get_registration_code()
         .send()
@@ -245,7 +201,7 @@ async fn register(client: &Client, ca: &CaBundle) -> Result<RegisteredCa> {
         .send()
         .await;
     match sent {
-        Ok(r) => Ok(RegisteredCa {
+        Ok(r) => Ok(Registered {
             id: r.certificate_id().unwrap_or_default().to_string(),
             arn: r.certificate_arn().unwrap_or_default().to_string(),
             status: "ACTIVE".into(),
@@ -257,7 +213,7 @@ async fn register(client: &Client, ca: &CaBundle) -> Result<RegisteredCa> {
                     x.resource_id().unwrap_or_default().to_string(),
                     x.resource_arn().unwrap_or_default().to_string(),
                 );
-                Ok(observe(client, Some(&id)).await?.unwrap_or(RegisteredCa {
+                Ok(observe(client, Some(&id)).await?.unwrap_or(Registered {
                     id,
                     arn,
                     status: "ACTIVE".into(),

@@ -30,6 +30,8 @@ use aws_sdk_iot::Client;
 use aws_sdk_iot::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_iot::config::{ConfigBag, Intercept, RuntimeComponents, SharedHttpClient};
 use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iot::operation::register_certificate::RegisterCertificateError;
+use aws_sdk_iot::types::CertificateStatus;
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
@@ -140,6 +142,82 @@ pub const MUTATING: &[&str] = &[
     "AttachThingPrincipal",
     "DetachThingPrincipal",
 ];
+
+/// A certificate (or CA) registered in IoT Core.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Registered {
+    pub id: String,
+    pub arn: String,
+    pub status: String,
+}
+
+/// Registers a certificate issued by `ca_pem`'s CA, ACTIVE. One registered
+/// before (a crash after this call, before its status was written) is
+/// found by IoT Core's answer, and activated if it was left INACTIVE.
+pub async fn register_certificate(client: &Client, cert_pem: &str, ca_pem: &str) -> crate::Result<Registered> {
+    let sent = client
+        .register_certificate()
+        .certificate_pem(cert_pem)
+        .ca_certificate_pem(ca_pem)
+        .status(CertificateStatus::Active)
+        .send()
+        .await;
+    let x = match sent {
+        Ok(r) => {
+            return Ok(Registered {
+                id: r.certificate_id().unwrap_or_default().to_string(),
+                arn: r.certificate_arn().unwrap_or_default().to_string(),
+                status: "ACTIVE".into(),
+            });
+        }
+        Err(e) => match e.as_service_error() {
+            Some(RegisterCertificateError::ResourceAlreadyExistsException(x)) if x.resource_id().is_some() => x.clone(),
+            _ => return Err(failed("RegisterCertificate", e)),
+        },
+    };
+    let id = x.resource_id().unwrap_or_default().to_string();
+    let mut status = client
+        .describe_certificate()
+        .certificate_id(&id)
+        .send()
+        .await
+        .map_err(|e| failed("DescribeCertificate", e))?
+        .certificate_description()
+        .and_then(|d| d.status())
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    if status == "INACTIVE" {
+        client
+            .update_certificate()
+            .certificate_id(&id)
+            .new_status(CertificateStatus::Active)
+            .send()
+            .await
+            .map_err(|e| failed("UpdateCertificate", e))?;
+        status = "ACTIVE".into();
+    }
+    Ok(Registered {
+        id,
+        arn: x.resource_arn().unwrap_or_default().to_string(),
+        status,
+    })
+}
+
+/// Writes policy `name` with `document`: created, or (`exists`) given a new
+/// default version.
+pub async fn put_policy(client: &Client, name: &str, document: &str, exists: bool) -> crate::Result<()> {
+    if exists {
+        return replace_policy(client, name, document).await;
+    }
+    client
+        .create_policy()
+        .policy_name(name)
+        .policy_document(document)
+        .send()
+        .await
+        .map_err(|e| failed("CreatePolicy", e))?;
+    Ok(())
+}
 
 /// Makes `document` the policy's default version. IoT Core keeps at most
 /// five versions, so the old non-default ones go first.
@@ -256,6 +334,16 @@ pub struct ArnBase {
 }
 
 impl ArnBase {
+    /// `parse`, or the error that IoT Core's answer to `operation` held no
+    /// IoT ARN.
+    pub fn of(operation: &'static str, arn: &str) -> crate::Result<Self> {
+        Self::parse(arn).ok_or_else(|| Error::AwsIot {
+            operation,
+            code: "UnexpectedAnswer".into(),
+            message: format!("{arn:?} is not an IoT ARN"),
+        })
+    }
+
     /// From any IoT ARN, e.g. a thing's `arn:aws:iot:eu-west-1:123:thing/x`.
     pub fn parse(arn: &str) -> Option<Self> {
         let mut parts = arn.splitn(6, ':');

@@ -25,7 +25,6 @@ use kube::{Api, Resource, ResourceExt};
 use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
 use super::{secret_str, tls_secret};
-use crate::conditions::{self, READY};
 use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
 use crate::crd::gateway::Provider;
 use crate::crd::{Device, Gateway};
@@ -367,18 +366,12 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
                 plan.status.aws_iot = Some(iot);
             }
             Err(e) => {
-                let generation = gw.metadata.generation;
-                if policy::is_news(&plan.status.conditions, READY, "AwsIotFailed") {
-                    plan.events
-                        .push(PlannedEvent::warning("AwsIotFailed", "SyncAwsIot", e.to_string()));
-                }
-                conditions::set(
+                policy::not_ready(
                     &mut plan.status.conditions,
-                    READY,
-                    false,
-                    "AwsIotFailed",
+                    &mut plan.events,
+                    ("AwsIotFailed", "SyncAwsIot"),
                     e.to_string(),
-                    generation,
+                    gw.metadata.generation,
                 );
                 policy::write_status(ctx, gw, gw.status.as_ref(), &plan.status).await?;
                 publish(gw, ctx, plan.events).await;

@@ -166,6 +166,21 @@ impl PlannedEvent {
     }
 }
 
+/// Ready=False with `reason` and `message`, and a warning event about it
+/// when the reason is new.
+pub fn not_ready(
+    conditions: &mut Vec<Condition>,
+    events: &mut Vec<PlannedEvent>,
+    (reason, action): (&'static str, &'static str),
+    message: String,
+    generation: Option<i64>,
+) {
+    if is_news(conditions, crate::conditions::READY, reason) {
+        events.push(PlannedEvent::warning(reason, action, message.clone()));
+    }
+    crate::conditions::set(conditions, crate::conditions::READY, false, reason, message, generation);
+}
+
 /// True when condition `type_` does not already carry `reason`: the
 /// moment to tell people (an event), as opposed to every retry.
 pub fn is_news(conditions: &[Condition], type_: &str, reason: &str) -> bool {

@@ -38,9 +38,8 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{GatewayView, Observed, RealMint};
-use super::policy::{self, PlannedEvent};
+use super::policy;
 use crate::aws_iot;
-use crate::conditions::{self, READY};
 use crate::context::{Context, MANAGED_BY, apply, labels, owner_ref};
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
@@ -348,12 +347,14 @@ async fn iot_sync(
 
 /// Ready=False with `reason`, an event when the reason is new.
 fn not_ready(plan: &mut plan::Plan, dev: &Device, reason: &'static str, message: String) {
-    if policy::is_news(&plan.status.conditions, READY, reason) {
-        plan.events
-            .push(PlannedEvent::warning(reason, "SyncAwsIot", message.clone()));
-    }
-    let generation = dev.meta().generation;
-    conditions::set(&mut plan.status.conditions, READY, false, reason, message, generation);
+    let (conditions, events) = (&mut plan.status.conditions, &mut plan.events);
+    policy::not_ready(
+        conditions,
+        events,
+        (reason, "SyncAwsIot"),
+        message,
+        dev.meta().generation,
+    );
     plan.ready = false;
 }
 
