@@ -14,6 +14,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+/// The `action` of a command that asks a meter for its reading now
+/// (`{"action": "read_meter"}`); the meter answers on its data topic with
+/// its register and `reply_to` = the command's message id.
+pub const READ_METER: &str = "read_meter";
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
@@ -101,6 +106,13 @@ const METER: &[Field] = &[
     num("kwh_total", 0.0, 1.0e12, true),
     num("voltage", 0.0, 500.0, false),
     num("power_w", 0.0, 1.0e6, false),
+    // Set on the reading that answers a `read_meter` command: the command's
+    // message id, so the billing run matches answers to its questions.
+    Field {
+        name: "reply_to",
+        kind: Kind::OneOf(&[]),
+        required: false,
+    },
 ];
 const ACK: &[Field] = &[
     Field {
@@ -173,6 +185,18 @@ impl Category {
             return check(&map, ACK);
         }
         check(&map, self.fields())
+    }
+
+    /// The reading a meter sends in answer to a `read_meter` command: its
+    /// register as it stands, with the command's id. Other categories have
+    /// no such answer.
+    pub fn answer_read(&self, state: &SampleState, command_id: &str) -> Option<Value> {
+        (*self == Self::ElectricityMeter).then(|| {
+            json!({
+                "kwh_total": (state.kwh_total * 1000.0).round() / 1000.0,
+                "reply_to": command_id,
+            })
+        })
     }
 
     /// A plausible reading; `state` carries cumulative values between calls.
@@ -320,6 +344,22 @@ mod tests {
             assert_eq!(Category::parse(c.as_str()), Some(c));
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
+    }
+
+    #[test]
+    fn a_meter_answers_a_read_with_its_register_and_the_command_id() {
+        let mut s = SampleState::default();
+        let taken = Category::ElectricityMeter.sample(&mut s)["kwh_total"].as_f64().unwrap();
+        let answer = Category::ElectricityMeter.answer_read(&s, "cmd-7").unwrap();
+        assert_eq!(answer["reply_to"], "cmd-7");
+        assert_eq!(answer["kwh_total"].as_f64().unwrap(), taken);
+        assert_eq!(Category::ElectricityMeter.validate(&answer.to_string()), Ok(()));
+        assert!(Category::SmartLock.answer_read(&s, "cmd-7").is_none());
+        assert!(
+            Category::ElectricityMeter
+                .validate(r#"{"kwh_total":1,"reply_to":""}"#)
+                .is_err()
+        );
     }
 
     #[test]

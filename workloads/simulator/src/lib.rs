@@ -19,6 +19,9 @@ use kube::{Api, Client};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
+/// The command action asking a meter for its reading now.
+pub use fleetward_protocol::category::READ_METER;
+
 #[derive(thiserror::Error, Debug)]
 pub enum SimError {
     #[error("credentials for {device}: {reason}")]
@@ -225,6 +228,17 @@ impl Device {
         self.category.sample(&mut self.state.lock().expect("sample lock"))
     }
 
+    /// The answer to `cmd` when it asks this device for a meter reading
+    /// (`{"action": "read_meter"}`) and the device is a meter.
+    fn answer_read(&self, cmd: &Command) -> Option<serde_json::Value> {
+        let payload: serde_json::Value = serde_json::from_str(cmd.payload.get()).ok()?;
+        if payload.get("action")?.as_str()? != READ_METER {
+            return None;
+        }
+        let state = self.state.lock().expect("sample lock");
+        self.category.answer_read(&state, &cmd.message_id)
+    }
+
     /// Publishes a signed reading; returns its message id.
     pub async fn send_reading(&self) -> Result<String, SimError> {
         let env = self.envelope(&self.reading());
@@ -277,10 +291,15 @@ async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<Dev
                         Ok(cmd) => {
                             let now = chrono::Utc::now().timestamp();
                             let verdict = device.verify_command(&cmd, now, opts.window_secs, &mut seen);
-                            if opts.auto_ack {
+                            // A verified `read_meter` is answered with the
+                            // reading itself (which says which command it
+                            // answers); anything else with an acknowledgement.
+                            let reading = verdict.is_ok().then(|| device.answer_read(&cmd)).flatten();
+                            if opts.auto_ack || reading.is_some() {
                                 let result = if verdict.is_ok() { "ok" } else { "rejected" };
-                                let ack = serde_json::json!({"ack": cmd.message_id, "result": result});
-                                let env = device.envelope(&ack);
+                                let answer = reading
+                                    .unwrap_or_else(|| serde_json::json!({"ack": cmd.message_id, "result": result}));
+                                let env = device.envelope(&answer);
                                 let _ = device.client.try_publish(
                                     data_topic(&device.id),
                                     QoS::AtLeastOnce,

@@ -1,0 +1,240 @@
+//! PostgreSQL: migrations, readings in and out, and the one query that
+//! turns a month of readings into each meter's consumption.
+//!
+//! How a month's readings are bounded (so consecutive months neither
+//! overlap nor leave a gap):
+//! - its **start point** is the previous month's fixed end reading (a
+//!   meter's answer to the run's read, `period_end_readings`) when there is
+//!   one, else the last reading at or before the month's start;
+//! - its **end point** is this month's fixed answer when there is one
+//!   (taken at the run, just after the month), else the last reading at or
+//!   before the month's end: the bill is then *estimated*;
+//! - consumption is the sum of the increases between successive points
+//!   from start to end (`bill::consumption`, done here in SQL).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::bill::Period;
+
+/// Billing's migrations, tracked in a table of their own (the database is
+/// shared with the other fleetward workloads and their migrators).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("./migrations");
+    m.dangerous_set_table_name("_fleetward_billing_migrations");
+    m
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+}
+
+/// One meter reading as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub namespace: String,
+    pub device_id: String,
+    pub message_id: String,
+    pub device_time: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub kwh: Decimal,
+    pub reply_to: Option<String>,
+}
+
+/// Stores readings; ones already stored (same namespace, device and
+/// message id) are left as they are. Returns how many were new.
+pub async fn insert_readings(pool: &PgPool, rows: &[Reading]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&Reading) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let done = sqlx::query(
+        "INSERT INTO fleetward_billing.readings \
+         (namespace, device_id, message_id, device_time, received_at, kwh, reply_to) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], \
+                              $6::numeric[], $7::text[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(col(|r| r.namespace.clone()))
+    .bind(col(|r| r.device_id.clone()))
+    .bind(col(|r| r.message_id.clone()))
+    .bind(rows.iter().map(|r| r.device_time).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kwh).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reply_to.clone()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// An answer to a read_meter command.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Answer {
+    pub device_id: String,
+    pub reply_to: String,
+    pub message_id: String,
+    pub device_time: DateTime<Utc>,
+    pub kwh: Decimal,
+}
+
+/// The stored answers to the commands `ids`.
+pub async fn answers(pool: &PgPool, ns: &str, ids: &[String]) -> Result<Vec<Answer>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT device_id, reply_to, message_id, device_time, kwh FROM fleetward_billing.readings \
+         WHERE namespace = $1 AND reply_to = ANY($2)",
+    )
+    .bind(ns)
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Fixes answered readings as their meters' end of `period` (a reading
+/// fixed earlier stays).
+pub async fn fix_period_end(
+    pool: &PgPool,
+    ns: &str,
+    period: Period,
+    run: uuid::Uuid,
+    answers: &[Answer],
+) -> Result<(), sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO fleetward_billing.period_end_readings \
+         (namespace, device_id, period, kwh, device_time, message_id, run_id) \
+         SELECT $1, d, $2, k, t, m, $3 FROM UNNEST($4::text[], $5::numeric[], $6::timestamptz[], $7::text[]) \
+           AS a(d, k, t, m) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(ns)
+    .bind(period.to_string())
+    .bind(run)
+    .bind(answers.iter().map(|a| a.device_id.clone()).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.kwh).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.device_time).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.message_id.clone()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Meters whose end of `period` is already fixed.
+pub async fn fixed_meters(pool: &PgPool, ns: &str, period: Period) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT device_id FROM fleetward_billing.period_end_readings WHERE namespace = $1 AND period = $2",
+    )
+    .bind(ns)
+    .bind(period.to_string())
+    .fetch_all(pool)
+    .await
+}
+
+/// The points of a month (see the module doc), as a SQL fragment over
+/// `$1` namespace, `$2` meters, `$3` previous period, `$4` period,
+/// `$5` start, `$6` end.
+const POINTS: &str = "
+WITH sel AS (SELECT DISTINCT unnest($2::text[]) AS device_id),
+prev_end AS (
+    SELECT device_id, device_time AS t, kwh FROM fleetward_billing.period_end_readings
+    WHERE namespace = $1 AND period = $3 AND device_id = ANY($2)),
+base_reading AS (
+    SELECT DISTINCT ON (r.device_id) r.device_id, r.device_time AS t, r.kwh
+    FROM fleetward_billing.readings r
+    WHERE r.namespace = $1 AND r.device_id = ANY($2) AND r.device_time <= $5
+    ORDER BY r.device_id, r.device_time DESC),
+fin AS (
+    SELECT device_id, device_time AS t, kwh FROM fleetward_billing.period_end_readings
+    WHERE namespace = $1 AND period = $4 AND device_id = ANY($2)),
+bounds AS (
+    SELECT s.device_id, coalesce(p.t, b.t) AS start_t, coalesce(p.kwh, b.kwh) AS start_kwh,
+           coalesce(f.t, $6) AS end_t, f.t IS NOT NULL AS answered
+    FROM sel s LEFT JOIN prev_end p USING (device_id) LEFT JOIN base_reading b USING (device_id)
+    LEFT JOIN fin f USING (device_id)),
+pts AS (
+    SELECT device_id, start_t AS t, start_kwh AS kwh FROM bounds WHERE start_t IS NOT NULL
+    UNION ALL
+    SELECT r.device_id, r.device_time, r.kwh
+    FROM fleetward_billing.readings r JOIN bounds b USING (device_id)
+    WHERE r.namespace = $1 AND r.device_id = ANY($2)
+      AND r.device_time > coalesce(b.start_t, '-infinity'::timestamptz) AND r.device_time <= b.end_t)
+";
+
+/// A meter's month.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct Usage {
+    pub device_id: String,
+    pub units: Decimal,
+    pub resets: i64,
+    pub start_kwh: Option<Decimal>,
+    pub end_kwh: Option<Decimal>,
+    pub points: i64,
+    pub answered: bool,
+}
+
+fn period_args<'q>(
+    q: sqlx::query::QueryAs<'q, sqlx::Postgres, Usage, sqlx::postgres::PgArguments>,
+    ns: &'q str,
+    meters: &'q [String],
+    period: Period,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Usage, sqlx::postgres::PgArguments> {
+    let prev = Period::previous(period.start());
+    q.bind(ns)
+        .bind(meters)
+        .bind(prev.to_string())
+        .bind(period.to_string())
+        .bind(period.start())
+        .bind(period.end())
+}
+
+/// Every meter's consumption over `period`, in one query (meters without
+/// any reading are absent).
+pub async fn usage(pool: &PgPool, ns: &str, meters: &[String], period: Period) -> Result<Vec<Usage>, sqlx::Error> {
+    let sql = format!(
+        "{POINTS},
+d AS (SELECT device_id, t, kwh, kwh - lag(kwh) OVER (PARTITION BY device_id ORDER BY t, kwh) AS delta FROM pts)
+SELECT d.device_id,
+       coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS units,
+       count(*) FILTER (WHERE delta < 0) AS resets,
+       (array_agg(kwh ORDER BY t, kwh))[1] AS start_kwh,
+       (array_agg(kwh ORDER BY t DESC, kwh DESC))[1] AS end_kwh,
+       count(*) AS points,
+       bool_or(b.answered) AS answered
+FROM d JOIN bounds b USING (device_id) GROUP BY d.device_id"
+    );
+    period_args(sqlx::query_as(sqlx::AssertSqlSafe(sql)), ns, meters, period)
+        .fetch_all(pool)
+        .await
+}
+
+/// A point of a meter's month.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct Point {
+    pub device_id: String,
+    pub t: DateTime<Utc>,
+    pub kwh: Decimal,
+}
+
+/// The points of `meters` over `period`, in time order per meter: for
+/// meters whose month is split between holders, and for the one-query-
+/// per-meter baseline of the benchmark.
+pub async fn points(pool: &PgPool, ns: &str, meters: &[String], period: Period) -> Result<Vec<Point>, sqlx::Error> {
+    let prev = Period::previous(period.start());
+    let sql = format!("{POINTS} SELECT device_id, t, kwh FROM pts ORDER BY device_id, t, kwh");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ns)
+        .bind(meters)
+        .bind(prev.to_string())
+        .bind(period.to_string())
+        .bind(period.start())
+        .bind(period.end())
+        .fetch_all(pool)
+        .await
+}

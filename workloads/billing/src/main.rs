@@ -1,0 +1,152 @@
+//! The billing binary: configuration from the environment the operator
+//! sets on the Tariff's Deployment (see `Args`), `/metrics` and `/health`
+//! on their own port, the API, the readings consumer and the scheduler;
+//! stops on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use fleetward_billing::api::{self, Api};
+use fleetward_billing::ingest;
+use fleetward_billing::metrics::Metrics;
+use fleetward_billing::read::Gateway;
+use fleetward_billing::service::Service;
+use kube::ResourceExt;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "fleetward billing: meter readings → monthly bills, payments and defaulters"
+)]
+struct Args {
+    #[arg(long, env = "FLEETWARD_NAMESPACE")]
+    namespace: String,
+    #[arg(long, env = "TARIFF_NAME")]
+    tariff: String,
+    /// `postgres://` URL (from a Secret). Never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: String,
+    /// The gateway's telemetry topic.
+    #[arg(long, env = "KAFKA_TOPIC")]
+    kafka_topic: String,
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "fleetward-billing")]
+    kafka_group_id: String,
+    /// The gateway's command API, `https://host:port`; without it runs
+    /// bill from telemetry alone (every bill estimated).
+    #[arg(long, env = "GATEWAY_URL")]
+    gateway_url: Option<String>,
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    gateway_api_key: Option<String>,
+    /// The Gateway's CA certificate (PEM).
+    #[arg(long, env = "GATEWAY_CA_FILE")]
+    gateway_ca_file: Option<std::path::PathBuf>,
+    /// Meters asked at once.
+    #[arg(long, env = "READ_CONCURRENCY", default_value_t = 64)]
+    read_concurrency: usize,
+    #[arg(long, env = "BILLING_API_KEY", hide_env_values = true)]
+    api_key: String,
+    #[arg(long, env = "API_RATE_PER_SECOND", default_value_t = 20)]
+    api_rate_per_second: u32,
+    #[arg(long, env = "API_BURST", default_value_t = 40)]
+    api_burst: u32,
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// How often the scheduler looks at the Tariff and the database.
+    #[arg(long, env = "TICK_SECONDS", default_value_t = 5)]
+    tick_seconds: u64,
+    #[arg(long, env = "LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "billing failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.api_key.len() < 32 {
+        anyhow::bail!("BILLING_API_KEY must be at least 32 characters");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let gateway = match (&args.gateway_url, &args.gateway_api_key, &args.gateway_ca_file) {
+        (Some(url), Some(key), Some(ca)) => {
+            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("reading {}: {e}", ca.display()))?;
+            Some(Gateway::new(url, key, &pem).map_err(anyhow::Error::msg)?)
+        }
+        (None, None, None) => None,
+        _ => anyhow::bail!("GATEWAY_URL, GATEWAY_API_KEY and GATEWAY_CA_FILE go together"),
+    };
+    // Lazy: a database down at start is reported, not a crash loop.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(&args.database_url)?;
+    let client = kube::Client::try_default().await?;
+    let tariffs: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        client.clone(),
+        &args.namespace,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("fleetward.io", "v1alpha1", "Tariff")),
+    );
+    let created = tariffs
+        .get(&args.tariff)
+        .await?
+        .creation_timestamp()
+        .map(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default())
+        .unwrap_or_else(chrono::Utc::now);
+    let service = Service::new(
+        pool.clone(),
+        client,
+        args.namespace.clone(),
+        args.tariff.clone(),
+        gateway,
+        metrics.clone(),
+        args.read_concurrency,
+    );
+    tracing::info!(tariff = %args.tariff, namespace = %args.namespace, topic = %args.kafka_topic,
+        on_demand_reads = service.gateway.is_some(), "billing starting");
+    let consumer = ingest::consumer(&args.kafka_brokers, &args.kafka_topic, &args.kafka_group_id)?;
+    let m = metrics.clone();
+    let health = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { m.gather() }));
+    let health_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let api = Api::new(service.clone(), &args.api_key, args.api_rate_per_second, args.api_burst);
+    tokio::select! {
+        r = axum::serve(health_listener, health) => r?,
+        r = api::serve(args.http_addr, api) => r?,
+        _ = ingest::run(consumer, pool, args.namespace.clone(), metrics) => {}
+        _ = service.clone().schedule(created, Duration::from_secs(args.tick_seconds.max(1))) => {}
+        _ = shutdown() => tracing::info!("billing stopping"),
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,735 @@
+//! Bills, runs, payments, accounts and tenancies in PostgreSQL.
+//!
+//! A bill is identified by (tariff, meter, holder, first day of the part)
+//! and has revisions: saving a bill identical to the current revision does
+//! nothing (re-running a period never duplicates), a different one becomes
+//! the next revision and the old one is kept, marked superseded. Payments
+//! count towards every revision of the bill they were made against.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::bill::{Line, Period, Tenancy};
+use crate::money;
+
+/// A bill as a run computes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewBill {
+    pub device_id: String,
+    pub property: String,
+    pub account_id: String,
+    pub part_from: NaiveDate,
+    pub part_to: NaiveDate,
+    pub units: Decimal,
+    pub lines: Vec<Line>,
+    pub total: Decimal,
+    pub estimated: bool,
+    pub resets: i64,
+    pub start_kwh: Option<Decimal>,
+    pub end_kwh: Option<Decimal>,
+}
+
+/// What saving a run's bills did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Saved {
+    /// New bills and new revisions.
+    pub written: i64,
+    pub unchanged: i64,
+    pub estimated: i64,
+    /// The sum of the run's current bills (written or unchanged).
+    pub total: Decimal,
+}
+
+#[derive(sqlx::FromRow)]
+struct Current {
+    id: Uuid,
+    device_id: String,
+    account_id: String,
+    part_from: NaiveDate,
+    part_to: NaiveDate,
+    revision: i32,
+    units: Decimal,
+    lines: sqlx::types::Json<Vec<Line>>,
+    total: Decimal,
+    estimated: bool,
+}
+
+/// Saves a run's bills in one transaction, serialised with any other run
+/// of the same tariff (an advisory lock).
+#[allow(clippy::too_many_arguments)]
+pub async fn save_bills(
+    pool: &PgPool,
+    ns: &str,
+    tariff: &str,
+    period: Period,
+    currency: &str,
+    due_date: NaiveDate,
+    run: Uuid,
+    bills: &[NewBill],
+) -> Result<Saved, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_tariff(&mut tx, ns, tariff).await?;
+    let current: Vec<Current> = sqlx::query_as(
+        "SELECT id, device_id, account_id, part_from, part_to, revision, units, lines, total, estimated \
+         FROM fleetward_billing.bills WHERE namespace = $1 AND tariff = $2 AND period = $3 AND NOT superseded",
+    )
+    .bind(ns)
+    .bind(tariff)
+    .bind(period.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    let current: HashMap<(&str, &str, NaiveDate), &Current> = current
+        .iter()
+        .map(|c| ((c.device_id.as_str(), c.account_id.as_str(), c.part_from), c))
+        .collect();
+    let mut saved = Saved::default();
+    let mut rows: Vec<(&NewBill, i32)> = Vec::new();
+    let mut superseded = Vec::new();
+    for b in bills {
+        saved.total += b.total;
+        saved.estimated += i64::from(b.estimated);
+        match current.get(&(b.device_id.as_str(), b.account_id.as_str(), b.part_from)) {
+            Some(c)
+                if c.units == b.units
+                    && c.total == b.total
+                    && c.estimated == b.estimated
+                    && c.part_to == b.part_to
+                    && c.lines.0 == b.lines =>
+            {
+                saved.unchanged += 1;
+            }
+            Some(c) => {
+                superseded.push(c.id);
+                rows.push((b, c.revision + 1));
+            }
+            None => rows.push((b, 1)),
+        }
+    }
+    sqlx::query("UPDATE fleetward_billing.bills SET superseded = true WHERE id = ANY($1)")
+        .bind(&superseded)
+        .execute(&mut *tx)
+        .await?;
+    saved.written = rows.len() as i64;
+    for chunk in rows.chunks(2000) {
+        let col = |f: fn(&NewBill) -> String| chunk.iter().map(|(b, _)| f(b)).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO fleetward_billing.bills (id, namespace, tariff, period, currency, due_date, run_id, \
+               device_id, property, account_id, part_from, part_to, revision, units, lines, total, estimated, \
+               resets, start_kwh, end_kwh) \
+             SELECT gen_random_uuid(), $1, $2, $3, $4, $5, $6, d, p, a, f, t, r, u, l, tot, e, rs, sk, ek \
+             FROM UNNEST($7::text[], $8::text[], $9::text[], $10::date[], $11::date[], $12::int[], \
+                         $13::numeric[], $14::jsonb[], $15::numeric[], $16::bool[], $17::bigint[], \
+                         $18::numeric[], $19::numeric[]) AS x(d, p, a, f, t, r, u, l, tot, e, rs, sk, ek)",
+        )
+        .bind(ns)
+        .bind(tariff)
+        .bind(period.to_string())
+        .bind(currency)
+        .bind(due_date)
+        .bind(run)
+        .bind(col(|b| b.device_id.clone()))
+        .bind(col(|b| b.property.clone()))
+        .bind(col(|b| b.account_id.clone()))
+        .bind(chunk.iter().map(|(b, _)| b.part_from).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(b, _)| b.part_to).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, r)| *r).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(b, _)| b.units).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|(b, _)| sqlx::types::Json(b.lines.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|(b, _)| b.total).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(b, _)| b.estimated).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(b, _)| b.resets).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(b, _)| b.start_kwh).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(b, _)| b.end_kwh).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(saved)
+}
+
+async fn lock_tariff(tx: &mut Transaction<'_, Postgres>, ns: &str, tariff: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+        .bind(format!("fleetward-billing/{ns}/{tariff}"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Tenancies of `properties` that overlap `period`.
+pub async fn tenancies(
+    pool: &PgPool,
+    ns: &str,
+    properties: &[String],
+    period: Period,
+) -> Result<HashMap<String, Vec<Tenancy>>, sqlx::Error> {
+    let rows: Vec<(String, String, NaiveDate, Option<NaiveDate>)> = sqlx::query_as(
+        "SELECT property, account_id, starts_on, ends_on FROM fleetward_billing.tenancies \
+         WHERE namespace = $1 AND property = ANY($2) AND starts_on < $4 AND (ends_on IS NULL OR ends_on > $3)",
+    )
+    .bind(ns)
+    .bind(properties)
+    .bind(period.first_day())
+    .bind(period.next_first_day())
+    .fetch_all(pool)
+    .await?;
+    let mut out: HashMap<String, Vec<Tenancy>> = HashMap::new();
+    for (property, account, starts_on, ends_on) in rows {
+        out.entry(property).or_default().push(Tenancy {
+            account,
+            starts_on,
+            ends_on,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn start_run(
+    pool: &PgPool,
+    ns: &str,
+    tariff: &str,
+    period: Period,
+    trigger: &str,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO fleetward_billing.runs (id, namespace, tariff, period, trigger, started_at) \
+         VALUES ($1, $2, $3, $4, $5, now())",
+    )
+    .bind(id)
+    .bind(ns)
+    .bind(tariff)
+    .bind(period.to_string())
+    .bind(trigger)
+    .execute(pool)
+    .await?;
+    Ok(id)
+}
+
+/// What a run did, as the API shows it.
+#[derive(Clone, Debug, Default, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub tariff: String,
+    pub period: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub meters: i32,
+    pub answered: i32,
+    pub estimated: i32,
+    pub bills: i32,
+    pub unchanged: i32,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub total: Option<Decimal>,
+    pub error: Option<String>,
+}
+
+pub async fn finish_run(pool: &PgPool, r: &RunRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE fleetward_billing.runs SET finished_at = now(), meters = $2, answered = $3, estimated = $4, \
+         bills = $5, unchanged = $6, total = $7, error = $8 WHERE id = $1",
+    )
+    .bind(r.id)
+    .bind(r.meters)
+    .bind(r.answered)
+    .bind(r.estimated)
+    .bind(r.bills)
+    .bind(r.unchanged)
+    .bind(r.total)
+    .bind(&r.error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn run(pool: &PgPool, ns: &str, id: Uuid) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, tariff, period, trigger, started_at, finished_at, meters, answered, estimated, bills, \
+         unchanged, total, error FROM fleetward_billing.runs WHERE namespace = $1 AND id = $2",
+    )
+    .bind(ns)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A bill as the API and the pages show it: amounts as decimal strings
+/// with the currency's minor unit.
+#[derive(Clone, Debug, Serialize)]
+pub struct BillView {
+    pub id: Uuid,
+    pub tariff: String,
+    pub device_id: String,
+    pub property: String,
+    pub account_id: String,
+    pub account_name: Option<String>,
+    pub period: String,
+    pub part_from: NaiveDate,
+    pub part_to: NaiveDate,
+    pub revision: i32,
+    pub superseded: bool,
+    pub currency: String,
+    pub units: String,
+    pub lines: Vec<LineView>,
+    pub total: String,
+    pub paid: String,
+    pub balance: String,
+    pub status: &'static str,
+    pub due_date: NaiveDate,
+    pub estimated: bool,
+    pub meter_resets: i32,
+    pub start_kwh: Option<String>,
+    pub end_kwh: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LineView {
+    pub kind: crate::bill::LineKind,
+    pub description: String,
+    pub quantity: Option<String>,
+    pub rate: Option<String>,
+    pub amount: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct BillRow {
+    id: Uuid,
+    tariff: String,
+    device_id: String,
+    property: String,
+    account_id: String,
+    account_name: Option<String>,
+    period: String,
+    part_from: NaiveDate,
+    part_to: NaiveDate,
+    revision: i32,
+    superseded: bool,
+    currency: String,
+    units: Decimal,
+    lines: sqlx::types::Json<Vec<Line>>,
+    total: Decimal,
+    paid: Decimal,
+    due_date: NaiveDate,
+    estimated: bool,
+    resets: i32,
+    start_kwh: Option<Decimal>,
+    end_kwh: Option<Decimal>,
+    created_at: DateTime<Utc>,
+}
+
+/// Paid in full, in part, not at all, or more than the total (the excess
+/// is shown as a negative balance: a credit).
+pub fn status(total: Decimal, paid: Decimal) -> &'static str {
+    if paid <= Decimal::ZERO && total > Decimal::ZERO {
+        "unpaid"
+    } else if paid < total {
+        "partially_paid"
+    } else if paid == total {
+        "paid"
+    } else {
+        "overpaid"
+    }
+}
+
+impl From<BillRow> for BillView {
+    fn from(b: BillRow) -> Self {
+        let exp = money::exponent(&b.currency).unwrap_or(2);
+        let f = |d: Decimal| money::format(d, exp);
+        BillView {
+            id: b.id,
+            tariff: b.tariff,
+            device_id: b.device_id,
+            property: b.property,
+            account_id: b.account_id,
+            account_name: b.account_name,
+            period: b.period,
+            part_from: b.part_from,
+            part_to: b.part_to,
+            revision: b.revision,
+            superseded: b.superseded,
+            units: b.units.normalize().to_string(),
+            lines: b
+                .lines
+                .0
+                .into_iter()
+                .map(|l| LineView {
+                    kind: l.kind,
+                    description: l.description,
+                    quantity: l.quantity.map(|q| q.normalize().to_string()),
+                    rate: l.rate.map(|r| r.normalize().to_string()),
+                    amount: f(l.amount),
+                })
+                .collect(),
+            total: f(b.total),
+            paid: f(b.paid),
+            balance: f(b.total - b.paid),
+            status: status(b.total, b.paid),
+            currency: b.currency,
+            due_date: b.due_date,
+            estimated: b.estimated,
+            meter_resets: b.resets,
+            start_kwh: b.start_kwh.map(|k| k.normalize().to_string()),
+            end_kwh: b.end_kwh.map(|k| k.normalize().to_string()),
+            created_at: b.created_at,
+        }
+    }
+}
+
+const BILL_SELECT: &str = "
+SELECT b.id, b.tariff, b.device_id, b.property, b.account_id, a.name AS account_name, b.period,
+       b.part_from, b.part_to, b.revision, b.superseded, b.currency, b.units, b.lines, b.total,
+       coalesce((SELECT sum(p.amount) FROM fleetward_billing.payments p
+                 JOIN fleetward_billing.bills o ON o.id = p.bill_id
+                 WHERE o.namespace = b.namespace AND o.tariff = b.tariff AND o.device_id = b.device_id
+                   AND o.account_id = b.account_id AND o.part_from = b.part_from), 0) AS paid,
+       b.due_date, b.estimated, b.resets, b.start_kwh, b.end_kwh, b.created_at
+FROM fleetward_billing.bills b
+LEFT JOIN fleetward_billing.accounts a ON a.namespace = b.namespace AND a.id = b.account_id";
+
+/// Filters of the bill list.
+#[derive(Clone, Debug, Default)]
+pub struct BillFilter {
+    pub tariff: Option<String>,
+    pub period: Option<Period>,
+    pub account: Option<String>,
+    pub device: Option<String>,
+    /// Superseded revisions too.
+    pub all_revisions: bool,
+}
+
+pub async fn bills(pool: &PgPool, ns: &str, f: &BillFilter) -> Result<Vec<BillView>, sqlx::Error> {
+    let sql = format!(
+        "{BILL_SELECT} WHERE b.namespace = $1 AND ($2::text IS NULL OR b.tariff = $2) \
+         AND ($3::text IS NULL OR b.period = $3) AND ($4::text IS NULL OR b.account_id = $4) \
+         AND ($5::text IS NULL OR b.device_id = $5) AND ($6 OR NOT b.superseded) \
+         ORDER BY b.period, b.account_id, b.device_id, b.part_from, b.revision"
+    );
+    let rows: Vec<BillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ns)
+        .bind(&f.tariff)
+        .bind(f.period.map(|p| p.to_string()))
+        .bind(&f.account)
+        .bind(&f.device)
+        .bind(f.all_revisions)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(BillView::from).collect())
+}
+
+pub async fn bill(pool: &PgPool, ns: &str, id: Uuid) -> Result<Option<BillView>, sqlx::Error> {
+    let sql = format!("{BILL_SELECT} WHERE b.namespace = $1 AND b.id = $2");
+    let row: Option<BillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ns)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(BillView::from))
+}
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Payment {
+    pub id: Uuid,
+    pub bill_id: Uuid,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub method: String,
+    pub reference: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Records a payment. A payment whose reference is already recorded is
+/// not recorded twice: `Ok(Err(existing))` gives the one recorded.
+pub async fn pay(
+    pool: &PgPool,
+    ns: &str,
+    bill: Uuid,
+    amount: Decimal,
+    method: &str,
+    reference: &str,
+) -> Result<Result<Payment, Payment>, sqlx::Error> {
+    let inserted: Option<Payment> = sqlx::query_as(
+        "INSERT INTO fleetward_billing.payments (id, namespace, bill_id, amount, method, reference) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (namespace, reference) DO NOTHING \
+         RETURNING id, bill_id, amount, method, reference, received_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(ns)
+    .bind(bill)
+    .bind(amount)
+    .bind(method)
+    .bind(reference)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(p) = inserted {
+        return Ok(Ok(p));
+    }
+    let existing: Payment = sqlx::query_as(
+        "SELECT id, bill_id, amount, method, reference, received_at FROM fleetward_billing.payments \
+         WHERE namespace = $1 AND reference = $2",
+    )
+    .bind(ns)
+    .bind(reference)
+    .fetch_one(pool)
+    .await?;
+    Ok(Err(existing))
+}
+
+pub async fn payments(pool: &PgPool, ns: &str, bill: Uuid) -> Result<Vec<Payment>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.id, p.bill_id, p.amount, p.method, p.reference, p.received_at \
+         FROM fleetward_billing.payments p JOIN fleetward_billing.bills o ON o.id = p.bill_id \
+         JOIN fleetward_billing.bills b ON b.namespace = o.namespace AND b.tariff = o.tariff \
+           AND b.device_id = o.device_id AND b.account_id = o.account_id AND b.part_from = o.part_from \
+         WHERE p.namespace = $1 AND b.id = $2 ORDER BY p.received_at",
+    )
+    .bind(ns)
+    .bind(bill)
+    .fetch_all(pool)
+    .await
+}
+
+/// An account with unpaid bills past their due date.
+#[derive(Clone, Debug, Serialize)]
+pub struct Defaulter {
+    pub account_id: String,
+    pub account_name: Option<String>,
+    pub currency: String,
+    pub amount_due: String,
+    pub bills: i64,
+    pub oldest_due_date: NaiveDate,
+    pub days_overdue: i64,
+}
+
+/// Accounts owing money on current bills due before `today`, the longest
+/// overdue first.
+pub async fn defaulters(pool: &PgPool, ns: &str, today: NaiveDate) -> Result<Vec<Defaulter>, sqlx::Error> {
+    let sql = format!(
+        "WITH cur AS ({BILL_SELECT} WHERE b.namespace = $1 AND NOT b.superseded AND b.due_date < $2) \
+         SELECT account_id, max(account_name) AS account_name, currency, sum(total - paid) AS due, count(*) AS n, \
+                min(due_date) AS oldest \
+         FROM cur WHERE total > paid GROUP BY account_id, currency ORDER BY min(due_date), account_id"
+    );
+    let rows: Vec<(String, Option<String>, String, Decimal, i64, NaiveDate)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ns)
+        .bind(today)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(account_id, account_name, currency, due, bills, oldest)| Defaulter {
+            amount_due: money::format(due, money::exponent(&currency).unwrap_or(2)),
+            account_id,
+            account_name,
+            currency,
+            bills,
+            oldest_due_date: oldest,
+            days_overdue: (today - oldest).num_days(),
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates an account; `Ok(false)` when the id is taken.
+pub async fn create_account(
+    pool: &PgPool,
+    ns: &str,
+    id: &str,
+    name: &str,
+    email: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO fleetward_billing.accounts (namespace, id, name, email) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(ns)
+    .bind(id)
+    .bind(name)
+    .bind(email)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn accounts(pool: &PgPool, ns: &str) -> Result<Vec<Account>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, email, created_at FROM fleetward_billing.accounts WHERE namespace = $1 ORDER BY id",
+    )
+    .bind(ns)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct TenancyRow {
+    pub id: i64,
+    pub property: String,
+    pub account_id: String,
+    pub starts_on: NaiveDate,
+    pub ends_on: Option<NaiveDate>,
+}
+
+/// Why a tenancy was not recorded.
+#[derive(Debug, PartialEq)]
+pub enum TenancyRefused {
+    UnknownAccount,
+    Overlaps(i64),
+    NotFound,
+}
+
+/// Adds a tenancy, refusing one that overlaps another of the property.
+pub async fn add_tenancy(
+    pool: &PgPool,
+    ns: &str,
+    property: &str,
+    account: &str,
+    starts_on: NaiveDate,
+    ends_on: Option<NaiveDate>,
+) -> Result<Result<TenancyRow, TenancyRefused>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_property(&mut tx, ns, property).await?;
+    let known: Option<String> =
+        sqlx::query_scalar("SELECT id FROM fleetward_billing.accounts WHERE namespace = $1 AND id = $2")
+            .bind(ns)
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if known.is_none() {
+        return Ok(Err(TenancyRefused::UnknownAccount));
+    }
+    if let Some(other) = overlapping(&mut tx, ns, property, starts_on, ends_on, None).await? {
+        return Ok(Err(TenancyRefused::Overlaps(other)));
+    }
+    let row: TenancyRow = sqlx::query_as(
+        "INSERT INTO fleetward_billing.tenancies (namespace, property, account_id, starts_on, ends_on) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id, property, account_id, starts_on, ends_on",
+    )
+    .bind(ns)
+    .bind(property)
+    .bind(account)
+    .bind(starts_on)
+    .bind(ends_on)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(row))
+}
+
+/// Ends a tenancy on `ends_on` (the tenant leaves, or is delisted).
+pub async fn end_tenancy(
+    pool: &PgPool,
+    ns: &str,
+    id: i64,
+    ends_on: NaiveDate,
+) -> Result<Result<TenancyRow, TenancyRefused>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let found: Option<TenancyRow> = sqlx::query_as(
+        "SELECT id, property, account_id, starts_on, ends_on FROM fleetward_billing.tenancies \
+         WHERE namespace = $1 AND id = $2",
+    )
+    .bind(ns)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(t) = found else {
+        return Ok(Err(TenancyRefused::NotFound));
+    };
+    lock_property(&mut tx, ns, &t.property).await?;
+    if let Some(other) = overlapping(&mut tx, ns, &t.property, t.starts_on, Some(ends_on), Some(id)).await? {
+        return Ok(Err(TenancyRefused::Overlaps(other)));
+    }
+    let row: TenancyRow = sqlx::query_as(
+        "UPDATE fleetward_billing.tenancies SET ends_on = $3 WHERE namespace = $1 AND id = $2 \
+         RETURNING id, property, account_id, starts_on, ends_on",
+    )
+    .bind(ns)
+    .bind(id)
+    .bind(ends_on)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(row))
+}
+
+async fn lock_property(tx: &mut Transaction<'_, Postgres>, ns: &str, property: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+        .bind(format!("fleetward-billing/{ns}/{property}"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn overlapping(
+    tx: &mut Transaction<'_, Postgres>,
+    ns: &str,
+    property: &str,
+    from: NaiveDate,
+    to: Option<NaiveDate>,
+    except: Option<i64>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM fleetward_billing.tenancies WHERE namespace = $1 AND property = $2 \
+         AND ($5::bigint IS NULL OR id <> $5) \
+         AND ($4::date IS NULL OR starts_on < $4) AND (ends_on IS NULL OR ends_on > $3) LIMIT 1",
+    )
+    .bind(ns)
+    .bind(property)
+    .bind(from)
+    .bind(to)
+    .bind(except)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn tenancy_list(pool: &PgPool, ns: &str, property: Option<&str>) -> Result<Vec<TenancyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, property, account_id, starts_on, ends_on FROM fleetward_billing.tenancies \
+         WHERE namespace = $1 AND ($2::text IS NULL OR property = $2) ORDER BY property, starts_on",
+    )
+    .bind(ns)
+    .bind(property)
+    .fetch_all(pool)
+    .await
+}
+
+/// When the last scheduled run of a tariff started.
+pub async fn last_scheduled(pool: &PgPool, ns: &str, tariff: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(started_at) FROM fleetward_billing.runs WHERE namespace = $1 AND tariff = $2 AND trigger = 'schedule'",
+    )
+    .bind(ns)
+    .bind(tariff)
+    .fetch_one(pool)
+    .await
+}
+
+/// Runs of a tariff, the latest first.
+pub async fn runs(pool: &PgPool, ns: &str, tariff: &str, period: Option<Period>) -> Result<Vec<RunRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, tariff, period, trigger, started_at, finished_at, meters, answered, estimated, bills, \
+         unchanged, total, error FROM fleetward_billing.runs \
+         WHERE namespace = $1 AND tariff = $2 AND ($3::text IS NULL OR period = $3) ORDER BY started_at DESC LIMIT 100",
+    )
+    .bind(ns)
+    .bind(tariff)
+    .bind(period.map(|p| p.to_string()))
+    .fetch_all(pool)
+    .await
+}
