@@ -40,6 +40,22 @@ async fn refused(ns: &TestNs, doc: serde_json::Value) -> String {
     }
 }
 
+/// Creates the Tariff `doc` and returns the API server's refusal (422).
+/// For a wrongly typed field: a server-side apply of it already fails
+/// while the server builds the typed patch (500, not a validation error),
+/// so the validation is shown on a create.
+async fn refused_create(ns: &TestNs, doc: serde_json::Value) -> String {
+    let dynamic = ns.dynamic("fleetward.io/v1alpha1", "Tariff");
+    let obj: kube::api::DynamicObject = serde_json::from_value(doc).unwrap();
+    match dynamic.create(&Default::default(), &obj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            e.message
+        }
+        other => panic!("accepted: {other:?}"),
+    }
+}
+
 fn device(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "fleetward.io/v1alpha1", "kind": "Device", "metadata": {"name": name}, "spec": spec})
 }
@@ -48,7 +64,8 @@ fn tariff(name: &str, patch: serde_json::Value) -> serde_json::Value {
     let mut spec = json!({
         "propertyType": "residential",
         "currency": "EUR",
-        "slabs": [{"upToUnits": 100, "pricePerUnit": 0.1}, {"upToUnits": 300, "pricePerUnit": 0.2}, {"pricePerUnit": 0.3}],
+        "gateway": "edge",
+        "slabs": [{"upToUnits": 100, "pricePerUnit": "0.1"}, {"upToUnits": 300, "pricePerUnit": "0.2"}, {"pricePerUnit": "0.3"}],
         "database": {"connectionSecretRef": {"name": "db", "key": "url"}},
     });
     for (k, v) in patch.as_object().unwrap() {
@@ -132,20 +149,36 @@ async fn invalid_devices_are_refused() {
 async fn invalid_tariffs_are_refused() {
     install_crds();
     let ns = TestNs::new("fw-val-tariff").await;
-    let msg = refused(
+    // Money is a decimal string: a YAML number (which a float would carry
+    // inexactly) and anything but digits are refused.
+    let msg = refused_create(
         &ns,
-        tariff("t1", json!({"slabs": [{"upToUnits": 100, "pricePerUnit": -0.5}]})),
+        tariff("t0", json!({"slabs": [{"upToUnits": 100, "pricePerUnit": 0.12}]})),
     )
     .await;
     assert!(
-        msg.contains("pricePerUnit") && msg.contains("greater than or equal to 0"),
+        msg.contains("pricePerUnit") && msg.contains("must be of type string"),
         "{msg}"
     );
+    for (i, bad) in ["abc", "-0.5", "1e3", ".5", "0.1234567", ""].iter().enumerate() {
+        let msg = refused(
+            &ns,
+            tariff(
+                &format!("t1-{i}"),
+                json!({"slabs": [{"upToUnits": 100, "pricePerUnit": bad}]}),
+            ),
+        )
+        .await;
+        assert!(
+            msg.contains("pricePerUnit") && msg.contains("should match"),
+            "{bad:?}: {msg}"
+        );
+    }
     let msg = refused(
         &ns,
         tariff(
             "t2",
-            json!({"slabs": [{"upToUnits": 300, "pricePerUnit": 0.1}, {"upToUnits": 100, "pricePerUnit": 0.2}]}),
+            json!({"slabs": [{"upToUnits": 300, "pricePerUnit": "0.1"}, {"upToUnits": 100, "pricePerUnit": "0.2"}]}),
         ),
     )
     .await;
@@ -154,7 +187,7 @@ async fn invalid_tariffs_are_refused() {
         &ns,
         tariff(
             "t3",
-            json!({"slabs": [{"upToUnits": 100, "pricePerUnit": 0.1}, {"upToUnits": 100, "pricePerUnit": 0.2}]}),
+            json!({"slabs": [{"upToUnits": 100, "pricePerUnit": "0.1"}, {"upToUnits": 100, "pricePerUnit": "0.2"}]}),
         ),
     )
     .await;
@@ -163,7 +196,7 @@ async fn invalid_tariffs_are_refused() {
         &ns,
         tariff(
             "t4",
-            json!({"slabs": [{"pricePerUnit": 0.1}, {"upToUnits": 100, "pricePerUnit": 0.2}]}),
+            json!({"slabs": [{"pricePerUnit": "0.1"}, {"upToUnits": 100, "pricePerUnit": "0.2"}]}),
         ),
     )
     .await;
@@ -172,26 +205,71 @@ async fn invalid_tariffs_are_refused() {
     assert!(msg.contains("spec.propertyType"), "{msg}");
     let msg = refused(&ns, tariff("t6", json!({"currency": "euro"}))).await;
     assert!(msg.contains("spec.currency"), "{msg}");
-    let msg = refused(&ns, tariff("t7", json!({"taxes": [{"name": "VAT", "percent": 120}]}))).await;
+    let msg = refused(&ns, tariff("t7", json!({"taxes": [{"name": "VAT", "percent": "120"}]}))).await;
     assert!(msg.contains("percent"), "{msg}");
+    let msg = refused_create(&ns, tariff("t7b", json!({"taxes": [{"name": "VAT", "percent": 13.5}]}))).await;
+    assert!(
+        msg.contains("percent") && msg.contains("must be of type string"),
+        "{msg}"
+    );
     let msg = refused(&ns, tariff("t8", json!({"slabs": []}))).await;
     assert!(msg.contains("spec.slabs"), "{msg}");
     let msg = refused(
         &ns,
-        tariff("t9", json!({"miscCharges": [{"name": "rent", "amount": -2}]})),
+        tariff("t9", json!({"miscCharges": [{"name": "rent", "amount": "-2"}]})),
     )
     .await;
     assert!(msg.contains("amount"), "{msg}");
     let msg = refused(&ns, tariff("t10", json!({"schedule": "sometimes"}))).await;
     assert!(msg.contains("spec.schedule"), "{msg}");
+    let mut no_gateway = tariff("t11", json!({}));
+    no_gateway["spec"].as_object_mut().unwrap().remove("gateway");
+    let msg = refused(&ns, no_gateway).await;
+    assert!(msg.contains("spec.gateway") && msg.contains("Required"), "{msg}");
+    let msg = refused(&ns, tariff("t12", json!({"gateway": "Edge_1"}))).await;
+    assert!(msg.contains("spec.gateway"), "{msg}");
+    let msg = refused(&ns, tariff("t13", json!({"meterReadTimeoutSeconds": 0}))).await;
+    assert!(msg.contains("spec.meterReadTimeoutSeconds"), "{msg}");
+    let msg = refused(&ns, tariff("t14", json!({"paymentDueDays": 91}))).await;
+    assert!(msg.contains("spec.paymentDueDays"), "{msg}");
+
+    let ok = tariff(
+        "ok",
+        json!({"slabs": [{"upToUnits": 100, "pricePerUnit": "0.12"}, {"pricePerUnit": "0"}],
+               "taxes": [{"name": "VAT", "percent": "13.5"}, {"name": "all", "percent": "100"}],
+               "miscCharges": [{"name": "meter rent", "amount": "2.50"}]}),
+    );
     ns.api::<Tariff>()
-        .patch(
-            "ok",
-            &PatchParams::apply("fleetward-tests"),
-            &Patch::Apply(tariff("ok", json!({}))),
-        )
+        .patch("ok", &PatchParams::apply("fleetward-tests"), &Patch::Apply(ok))
         .await
         .expect("a valid Tariff is accepted");
+    let t = ns.api::<Tariff>().get("ok").await.unwrap();
+    assert_eq!(t.spec.slabs[0].price_per_unit, "0.12", "kept exactly as written");
+    assert_eq!(t.spec.meter_read_timeout_seconds, 30);
+    assert_eq!(t.spec.payment_due_days, 15);
+    assert_eq!(t.spec.schedule, "@monthly");
+    ns.cleanup().await;
+}
+
+/// The billing examples are valid Tariffs, their money kept as written.
+#[tokio::test]
+async fn billing_examples_are_accepted() {
+    install_crds();
+    let ns = TestNs::new("fw-val-tariff-ex").await;
+    let dir = repo_root().join("examples/billing");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        ns.apply_yaml(&std::fs::read_to_string(&path).unwrap()).await;
+        let doc: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        names.push(doc["metadata"]["name"].as_str().unwrap().to_string());
+    }
+    names.sort();
+    assert_eq!(names, ["commercial-2026", "residential-2026"]);
+    let t = ns.api::<Tariff>().get("commercial-2026").await.unwrap();
+    assert_eq!(t.spec.gateway, "edge");
+    assert_eq!(t.spec.slabs[1].price_per_unit, "0.22");
+    assert_eq!(t.spec.misc_charges[0].amount, "12.00");
     ns.cleanup().await;
 }
 
