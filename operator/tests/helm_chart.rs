@@ -1,7 +1,8 @@
 //! The Helm chart renders, the API server accepts what it renders, and its
 //! RBAC is enough: an operator running with only the chart's ServiceAccount
 //! rights (via impersonation) makes a Gateway, a Device and a StationFeed
-//! Ready. (The whole chart installed on the node, with pods, is the
+//! Ready, and deploys a Tariff's billing workload (whose Role it can grant
+//! only if it holds those rights itself). (The whole chart installed on the node, with pods, is the
 //! end-to-end test in system-tests/.)
 
 mod common;
@@ -9,7 +10,8 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::*;
-use fleetward_operator::crd::{Device, Gateway, StationFeed};
+use fleetward_operator::crd::{Device, Gateway, StationFeed, Tariff};
+use k8s_openapi::api::rbac::v1::Role;
 
 fn helm() -> String {
     let cached = repo_root().join(".cache/bin/helm");
@@ -163,6 +165,31 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         feed_ready,
     )
     .await;
+    // The Tariff controller: API key Secret, the workload's Role (granting
+    // Device reads and its Tariff's status), Service, Deployment, status.
+    // The test namespace runs no pods, so it settles on Deploying.
+    ns.apply_yaml(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: billing-db}\nstringData: {url: postgres://x}\n---\n\
+         apiVersion: fleetward.io/v1alpha1\nkind: Gateway\nmetadata: {name: meters}\nspec: {kafka: {topic: m}}\n---\n\
+         apiVersion: fleetward.io/v1alpha1\nkind: Tariff\nmetadata: {name: t1}\nspec:\n  propertyType: residential\n  \
+         currency: EUR\n  gateway: meters\n  slabs: [{pricePerUnit: \"0.1\"}]\n  \
+         database: {connectionSecretRef: {name: billing-db, key: url}}\n",
+    )
+    .await;
+    let tariffs = ns.api::<Tariff>();
+    wait_for(
+        "Tariff deployed under chart RBAC",
+        60,
+        || get_opt(&tariffs, "t1"),
+        |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| ready_reason(&s.conditions))
+                .is_some_and(|(_, r)| r == "Deploying")
+        },
+    )
+    .await;
+    assert!(get_opt(&ns.api::<Role>(), "t1-billing").await.is_some());
     assert_eq!(
         op.metric("fleetward_operator_leader"),
         1.0,

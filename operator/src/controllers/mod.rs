@@ -7,6 +7,7 @@ pub mod objects;
 pub mod policy;
 pub mod stationfeed;
 pub mod stores;
+pub mod tariff;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,7 +31,8 @@ pub async fn run(ctx: std::sync::Arc<Context>) {
     tokio::join!(
         gateway::run(ctx.clone()),
         device::run(ctx.clone()),
-        stationfeed::run(ctx.clone())
+        stationfeed::run(ctx.clone()),
+        tariff::run(ctx.clone())
     );
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, Probe,
+    Capabilities, ConfigMapVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
     SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -112,6 +112,26 @@ pub fn secret_volume(volume: &str, secret: &str, mode: Option<i32>) -> Volume {
         }),
         ..Default::default()
     }
+}
+
+/// A Secret volume that projects only the keys named in `items`, each as
+/// `(key, file name)`: the Secret's other keys (a CA's private key beside
+/// its certificate) never reach the pod.
+pub fn secret_items_volume(volume: &str, secret: &str, items: &[(&str, &str)], mode: Option<i32>) -> Volume {
+    let mut v = secret_volume(volume, secret, mode);
+    if let Some(s) = v.secret.as_mut() {
+        s.items = Some(
+            items
+                .iter()
+                .map(|(key, path)| KeyToPath {
+                    key: key.to_string(),
+                    path: path.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+    }
+    v
 }
 
 pub fn configmap_volume(volume: &str, configmap: &str) -> Volume {

@@ -1,0 +1,218 @@
+//! Tariff reconciler: the billing workload of a Tariff — its API key
+//! Secret, ServiceAccount/Role/RoleBinding, Service and Deployment — and
+//! the Tariff's Ready condition.
+//!
+//! **observe** reads the referenced Gateway (its Kafka topic, command API
+//! and Secrets), whether the Secrets the pod reads exist (never their
+//! values), whether the API key Secret exists, and the Deployment's
+//! availability; **plan** (`plan.rs`, pure) decides the objects, status,
+//! events and next look; **apply** writes them with server-side apply, each
+//! owned by the Tariff.
+//!
+//! The workload reports its runs in `status.billing` with its own field
+//! manager; the operator never writes that field and compares only the
+//! fields it owns, so a new report does not make it rewrite status. A
+//! Tariff change needs no rollout: the workload reads its Tariff from the
+//! API before every run.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+
+use super::policy;
+use crate::context::{Context, MANAGED_BY, apply, controller_of, owner_ref, refuse_if_foreign};
+use crate::crd::{Gateway, Tariff};
+use crate::{Error, Result};
+
+pub mod plan;
+#[cfg(test)]
+mod plan_tests;
+pub mod workload;
+
+const KIND: &str = "tariff";
+/// Label on every object of a Tariff (value: the Tariff's name).
+pub const LABEL_TARIFF: &str = "fleetward.io/tariff";
+/// Where the billing pod finds the gateway's CA certificate (`ca.crt`).
+pub const GATEWAY_CA_DIR: &str = "/etc/fleetward/gateway-ca";
+
+/// One consumer group per Tariff: two Tariffs on one gateway's topic each
+/// see every reading.
+pub fn consumer_group(ns: &str, tariff: &str) -> String {
+    format!("fleetward.{ns}.{tariff}.billing")
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let wc = watcher::Config::default().labels(&format!("{}={},{LABEL_TARIFF}", MANAGED_BY.0, MANAGED_BY.1));
+    let controller = Controller::new(Api::<Tariff>::all(client.clone()), watcher::Config::default());
+    let tariffs = controller.store();
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        .owns(Api::<Secret>::all(client.clone()), wc)
+        // A Gateway appearing, going, or gaining or losing its Kafka topic:
+        // the Tariffs of its namespace that name it.
+        .watches(Api::<Gateway>::all(client), watcher::Config::default(), move |gw| {
+            let (ns, name) = (gw.namespace(), gw.name_any());
+            tariffs
+                .state()
+                .into_iter()
+                .filter(move |t| t.namespace() == ns && t.spec.gateway == name)
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "tariff reconcile loop");
+            }
+        })
+        .await;
+}
+
+fn error_policy(tariff: Arc<Tariff>, error: &Error, ctx: Arc<Context>) -> Action {
+    policy::on_error(tariff, error, ctx, KIND)
+}
+
+/// One reconciliation of a Tariff (public so tests can run it directly).
+#[tracing::instrument(skip_all, fields(tariff = %tariff.name_any(), namespace = tariff.namespace().as_deref().unwrap_or("")))]
+pub async fn reconcile(tariff: Arc<Tariff>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start(KIND);
+    let result = reconcile_tariff(&tariff, &ctx).await;
+    policy::finished(&ctx, tariff.as_ref(), result)
+}
+
+async fn reconcile_tariff(tariff: &Tariff, ctx: &Context) -> Result<Action> {
+    let ns = tariff
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let observed = observe(tariff, ctx, &ns).await?;
+    let plan = plan::plan(tariff, observed, &ctx.config, crate::pki::random_secret_hex)?;
+    apply_plan(tariff, ctx, &ns, plan).await
+}
+
+async fn observe(tariff: &Tariff, ctx: &Context, ns: &str) -> Result<plan::Observed> {
+    let name = tariff.name_any();
+    // Read, not taken from the shared store: this reconcile may have been
+    // woken by the Gateway's own change, which the store may not hold yet.
+    let gateway = Api::<Gateway>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&tariff.spec.gateway)
+        .await?;
+    // Whether each key is there; values are not looked at. Not cached:
+    // the database Secret is not the operator's.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut missing = Vec::new();
+    for (what, r) in plan::secret_refs(tariff, gateway.as_ref()) {
+        let present = secrets
+            .get_opt(&r.name)
+            .await?
+            .is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
+        if !present {
+            missing.push(format!("{what} (Secret {:?}, key {:?})", r.name, r.key));
+        }
+    }
+    let api_key = ctx
+        .stores
+        .secret(ns, &fleetward_tariff::api_secret_name(&name))
+        .is_some();
+    let available = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&fleetward_tariff::workload_name(&name))
+        .await?
+        .and_then(|d| d.status?.available_replicas)
+        .unwrap_or(0)
+        > 0;
+    Ok(plan::Observed {
+        gateway,
+        missing,
+        api_key,
+        available,
+    })
+}
+
+async fn apply_plan(tariff: &Tariff, ctx: &Context, ns: &str, plan: plan::Plan) -> Result<Action> {
+    let name = fleetward_tariff::workload_name(&tariff.name_any());
+    if let Some(secret) = &plan.api_secret {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let secret_name = fleetward_tariff::api_secret_name(&tariff.name_any());
+        match secrets.create(&PostParams::default(), secret).await {
+            Ok(created) => ctx.stores.wrote_secret(created),
+            // Made once and never replaced (clients hold the key); but a
+            // Secret someone else made under the name is not used as one.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                refuse_if_foreign(&secrets, &secret_name, secret, None).await?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (sa, role, binding) = &plan.rbac;
+    apply(
+        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns),
+        &name,
+        sa,
+        None,
+    )
+    .await?;
+    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, role, None).await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
+        &name,
+        binding,
+        None,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(ctx.client.clone(), ns),
+        &name,
+        &plan.service,
+        None,
+    )
+    .await?;
+    let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    match &plan.deployment {
+        Some(d) => {
+            apply(&deploys, &name, d, None).await?;
+        }
+        None => delete_own_deployment(tariff, &deploys, &name).await?,
+    }
+    let current = tariff.status.as_ref().map(|s| s.operator_owned());
+    policy::write_status(ctx, tariff, current.as_ref(), &plan.status).await?;
+    for ev in plan.events {
+        ctx.event(tariff, ev.warning, ev.reason, ev.action, ev.note).await;
+    }
+    Ok(Action::requeue(plan.requeue))
+}
+
+/// Removes the billing Deployment when the Gateway it read from is gone or
+/// lost its Kafka topic: only this Tariff's own, and only that very object
+/// (uid precondition), so one someone else made under the name stays.
+async fn delete_own_deployment(tariff: &Tariff, deploys: &Api<Deployment>, name: &str) -> Result<()> {
+    let owner = owner_ref(tariff)?;
+    let Some(existing) = deploys.get_opt(name).await? else {
+        return Ok(());
+    };
+    if controller_of(&existing).is_none_or(|r| r.uid != owner.uid) {
+        return Ok(());
+    }
+    let only_that = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.metadata.uid.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match deploys.delete(name, &only_that).await {
+        Ok(_) => {
+            tracing::info!(deployment = %name, "deleted the billing Deployment: its Gateway is gone or has no Kafka");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,212 @@
+//! What a Tariff's billing objects, status and events should be, as a pure
+//! function of the Tariff, what was observed (its Gateway, the Secrets the
+//! workload reads, whether its API key Secret and an available pod exist)
+//! and the operator's configuration.
+//!
+//! Ready, first reason that applies wins:
+//! 1. `GatewayNotFound`, 2. `GatewayHasNoKafka` — nothing to read meters
+//!    from: no Deployment (one left from before is removed);
+//! 3. `SecretMissing` — a Secret (or key) the pod needs is absent;
+//! 4. `DatabaseUnreachable`, 5. `GatewayUnreachable` — the workload's own
+//!    report in `status.billing`. These come before `Deploying`: a workload
+//!    that cannot reach its database may well not be available, and its
+//!    report says why where "no available pod" would not;
+//! 6. `Deploying` — no available pod yet; else `Ready`.
+//!
+//! The plan's status never carries `status.billing`: the workload owns it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+
+use super::workload::{self, CA_CERT_KEY, command_key_ref, gateway_url};
+use crate::Result;
+use crate::conditions::{self, READY};
+use crate::context::Config;
+use crate::controllers::gateway::ca_secret_name;
+use crate::controllers::policy::{PlannedEvent, not_ready};
+use crate::crd::tariff::TariffStatus;
+use crate::crd::{Gateway, SecretKeyRef, Tariff};
+
+pub struct Observed {
+    /// The Gateway `spec.gateway` names, when it exists.
+    pub gateway: Option<Gateway>,
+    /// Secrets (or keys) the workload reads that do not exist, described
+    /// by name and key (never by value).
+    pub missing: Vec<String>,
+    /// The billing API key Secret exists.
+    pub api_key: bool,
+    /// The billing Deployment has an available pod.
+    pub available: bool,
+}
+
+pub struct Plan {
+    /// The API key Secret, to create when it does not exist yet.
+    pub api_secret: Option<Secret>,
+    pub rbac: (ServiceAccount, Role, RoleBinding),
+    pub service: Service,
+    /// `None`: no Deployment is wanted, and one left from before goes.
+    pub deployment: Option<Deployment>,
+    /// Conditions and observedGeneration; `billing` is always `None`.
+    pub status: TariffStatus,
+    pub events: Vec<PlannedEvent>,
+    pub requeue: Duration,
+}
+
+/// Referenced Secrets are not watched: look again soon while one is missing.
+const MISSING_SECRET_RETRY: Duration = Duration::from_secs(10);
+/// The Deployment is watched; this is only a safety net.
+const DEPLOYING_RETRY: Duration = Duration::from_secs(30);
+/// Gateways, the Deployment and the Tariff (with its billing report) are
+/// watched, so a settled Tariff needs only an occasional look.
+const RESYNC: Duration = Duration::from_secs(3600);
+/// The longest workload-reported error copied into a condition message.
+const MAX_REPORTED: usize = 1024;
+
+/// The Secret keys the billing pod reads, with what each is for. The
+/// gateway's come only once the Gateway is known.
+pub fn secret_refs(tariff: &Tariff, gw: Option<&Gateway>) -> Vec<(&'static str, SecretKeyRef)> {
+    let mut refs = vec![(
+        "spec.database.connectionSecretRef",
+        tariff.spec.database.connection_secret_ref.clone(),
+    )];
+    if let Some(gw) = gw {
+        refs.push(("the gateway's command API key", command_key_ref(gw)));
+        refs.push((
+            "the gateway's CA certificate",
+            SecretKeyRef {
+                name: ca_secret_name(&gw.name_any()),
+                key: CA_CERT_KEY.into(),
+            },
+        ));
+    }
+    refs
+}
+
+/// `new_key` makes the billing API key when its Secret does not exist.
+pub fn plan(tariff: &Tariff, obs: Observed, config: &Config, new_key: impl FnOnce() -> String) -> Result<Plan> {
+    let generation = tariff.metadata.generation;
+    let name = tariff.name_any();
+    let gw_name = &tariff.spec.gateway;
+    let current = tariff.status.as_ref().map(TariffStatus::operator_owned);
+    let mut status = current.unwrap_or_default();
+    status.observed_generation = generation;
+    let mut events = Vec::new();
+
+    let deployment = match &obs.gateway {
+        Some(gw) => match &gw.spec.kafka {
+            Some(kafka) => Some(workload::deployment(tariff, gw, kafka, config)?),
+            None => None,
+        },
+        None => None,
+    };
+    let report = tariff.status.as_ref().and_then(|s| s.billing.as_ref());
+    let workload_name = fleetward_tariff::workload_name(&name);
+    let not_ready_because = match (&obs.gateway, report) {
+        (None, _) => Some((
+            ("GatewayNotFound", "Validate"),
+            format!(
+                "Gateway {gw_name} does not exist in this namespace: the billing workload reads the meters through \
+                 it; create it or correct spec.gateway"
+            ),
+            RESYNC,
+        )),
+        (Some(gw), _) if gw.spec.kafka.is_none() => Some((
+            ("GatewayHasNoKafka", "Validate"),
+            format!(
+                "Gateway {gw_name} has no spec.kafka: the billing workload reads the meters' telemetry from the \
+                 gateway's Kafka topic; set spec.kafka.topic on the Gateway"
+            ),
+            RESYNC,
+        )),
+        _ if !obs.missing.is_empty() => Some((
+            ("SecretMissing", "Validate"),
+            format!("missing: {}", obs.missing.join("; ")),
+            MISSING_SECRET_RETRY,
+        )),
+        (_, Some(r)) if r.database_error.is_some() => Some((
+            ("DatabaseUnreachable", "Observe"),
+            format!(
+                "the billing workload cannot reach its database: {}",
+                reported(r.database_error.as_deref().unwrap_or_default())
+            ),
+            RESYNC,
+        )),
+        (Some(gw), Some(r)) if r.gateway_error.is_some() => Some((
+            ("GatewayUnreachable", "Observe"),
+            format!(
+                "the billing workload cannot reach Gateway {gw_name}'s command API at {}: {}",
+                gateway_url(gw),
+                reported(r.gateway_error.as_deref().unwrap_or_default())
+            ),
+            RESYNC,
+        )),
+        _ if !obs.available => Some((
+            ("Deploying", "Deploy"),
+            format!("Deployment {workload_name} has no available pod yet"),
+            DEPLOYING_RETRY,
+        )),
+        _ => None,
+    };
+    let requeue = match not_ready_because {
+        Some((reason, message, requeue)) => {
+            not_ready(&mut status.conditions, &mut events, reason, message, generation);
+            requeue
+        }
+        None => {
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                true,
+                "Ready",
+                format!(
+                    "Deployment {workload_name} is available; it bills on schedule {:?} and reads the meters \
+                     through Gateway {gw_name}",
+                    tariff.spec.schedule
+                ),
+                generation,
+            );
+            RESYNC
+        }
+    };
+    Ok(Plan {
+        api_secret: (!obs.api_key)
+            .then(|| workload::api_secret(tariff, new_key()))
+            .transpose()?,
+        rbac: workload::rbac(tariff)?,
+        service: workload::service(tariff)?,
+        deployment,
+        status,
+        events,
+        requeue,
+    })
+}
+
+/// An error the workload reported, fit for a condition: a connection URL's
+/// credentials masked (in case one slipped into the text), and bounded.
+pub(super) fn reported(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..authority].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    if out.chars().count() > MAX_REPORTED {
+        out = out.chars().take(MAX_REPORTED).collect::<String>() + "…";
+    }
+    out
+}

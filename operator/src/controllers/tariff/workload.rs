@@ -1,0 +1,221 @@
+//! The billing workload's objects for one Tariff, as pure builders: its
+//! API key Secret, ServiceAccount/Role/RoleBinding, Service and
+//! Deployment. `plan` decides which are wanted; the reconciler writes them.
+
+use std::collections::BTreeMap;
+
+use fleetward_tariff::{API_KEY, HTTP_PORT, api_secret_name, workload_name};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{ContainerPort, Secret, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+
+use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
+use crate::Result;
+use crate::context::{Config, labels, owner_ref};
+use crate::controllers::gateway::{api_service_name, ca_secret_name, command_secret_name};
+use crate::controllers::objects::{self, env, env_from_secret, mount};
+use crate::controllers::{METRICS_PORT, data_workload};
+use crate::crd::gateway::KafkaSinkSpec;
+use crate::crd::{Gateway, SecretKeyRef, Tariff};
+
+/// The key of a gateway's CA Secret that holds the CA certificate (its
+/// private key sits beside it under `tls.key` and is never mounted).
+pub const CA_CERT_KEY: &str = "tls.crt";
+/// Name of the CA certificate in `GATEWAY_CA_DIR`.
+pub const CA_FILE: &str = "ca.crt";
+
+pub fn child_meta(tariff: &Tariff, name: String) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        labels: Some(labels(&[(LABEL_TARIFF, &tariff.name_any())])),
+        owner_references: Some(vec![owner_ref(tariff)?]),
+        ..Default::default()
+    })
+}
+
+fn selector(tariff: &str) -> BTreeMap<String, String> {
+    objects::map(&[("app.kubernetes.io/name", "fleetward-billing"), (LABEL_TARIFF, tariff)])
+}
+
+/// The Secret and key of a gateway's command API key: the one its spec
+/// names, or the one the operator generates for it.
+pub fn command_key_ref(gw: &Gateway) -> SecretKeyRef {
+    gw.spec
+        .command_api
+        .api_key_secret_ref
+        .clone()
+        .unwrap_or_else(|| SecretKeyRef {
+            name: command_secret_name(&gw.name_any()),
+            key: "api-key".into(),
+        })
+}
+
+/// Where the billing workload reaches the gateway's command API: its
+/// ClusterIP Service, whose DNS names the API's certificate carries.
+pub fn gateway_url(gw: &Gateway) -> String {
+    format!(
+        "https://{}.{}.svc:{}",
+        api_service_name(&gw.name_any()),
+        gw.namespace().unwrap_or_default(),
+        gw.spec.command_api.port
+    )
+}
+
+/// The billing API's key Secret, holding `key` (made once, never replaced).
+pub fn api_secret(tariff: &Tariff, key: String) -> Result<Secret> {
+    Ok(Secret {
+        metadata: child_meta(tariff, api_secret_name(&tariff.name_any()))?,
+        type_: Some("Opaque".into()),
+        string_data: Some([(API_KEY.to_string(), key)].into()),
+        ..Default::default()
+    })
+}
+
+/// The workload's identity: it reads Devices (its meters, chosen by label,
+/// which RBAC cannot narrow), reads its own Tariff and applies its own
+/// Tariff's `status.billing`. No Secrets: its keys come as environment.
+pub fn rbac(tariff: &Tariff) -> Result<(ServiceAccount, Role, RoleBinding)> {
+    let tariff_name = tariff.name_any();
+    let name = workload_name(&tariff_name);
+    let meta = child_meta(tariff, name.clone())?;
+    let rule = |resources: &str, names: Option<Vec<String>>, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![crate::crd::GROUP.into()]),
+        resources: Some(vec![resources.into()]),
+        resource_names: names,
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![
+            rule("devices", None, &["get", "list", "watch"]),
+            // Its own Tariff only: a list or watch must select it by
+            // `metadata.name` (RBAC's rule for resourceNames).
+            rule("tariffs", Some(vec![tariff_name.clone()]), &["get", "list", "watch"]),
+            rule("tariffs/status", Some(vec![tariff_name]), &["patch"]),
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: meta.clone(),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: tariff.namespace(),
+            ..Default::default()
+        }]),
+    };
+    let sa = ServiceAccount {
+        metadata: meta,
+        ..Default::default()
+    };
+    Ok((sa, role, binding))
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
+    }
+}
+
+/// The billing API (bills, payments, accounts) and metrics, in-cluster only.
+pub fn service(tariff: &Tariff) -> Result<Service> {
+    let name = tariff.name_any();
+    Ok(Service {
+        metadata: child_meta(tariff, workload_name(&name))?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(&name)),
+            ports: Some(vec![
+                service_port("http", i32::from(HTTP_PORT)),
+                service_port("metrics", METRICS_PORT),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The billing Deployment: one scheduler per Tariff, reading the gateway's
+/// Kafka topic (`kafka`) and calling its command API.
+pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: &Config) -> Result<Deployment> {
+    let name = tariff.name_any();
+    let ns = tariff.namespace().unwrap_or_default();
+    let spec = &tariff.spec;
+    let image = spec
+        .images
+        .as_ref()
+        .and_then(|i| i.billing.clone())
+        .unwrap_or_else(|| config.billing_image.clone());
+    let brokers = kafka
+        .bootstrap_servers
+        .clone()
+        .unwrap_or_else(|| config.kafka_bootstrap.clone());
+    let db = &spec.database.connection_secret_ref;
+    let command_key = command_key_ref(gw);
+    let vars = vec![
+        env("FLEETWARD_NAMESPACE", ns.as_str()),
+        env("TARIFF_NAME", name.as_str()),
+        env_from_secret("DATABASE_URL", &db.name, &db.key),
+        env("KAFKA_BROKERS", brokers),
+        env("KAFKA_TOPIC", kafka.topic.as_str()),
+        env("KAFKA_GROUP_ID", consumer_group(&ns, &name)),
+        env("GATEWAY_URL", gateway_url(gw)),
+        env_from_secret("GATEWAY_API_KEY", &command_key.name, &command_key.key),
+        env("GATEWAY_CA_FILE", format!("{GATEWAY_CA_DIR}/{CA_FILE}")),
+        env_from_secret("BILLING_API_KEY", &api_secret_name(&name), API_KEY),
+        env("HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
+        env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
+        env("LOG_JSON", "true"),
+    ];
+    // Only the CA certificate: the CA Secret also holds the gateway CA's
+    // private key, which signs device certificates.
+    let volumes = vec![objects::secret_items_volume(
+        "gateway-ca",
+        &ca_secret_name(&gw.name_any()),
+        &[(CA_CERT_KEY, CA_FILE)],
+        Some(0o440),
+    )];
+    let mounts = vec![mount("gateway-ca", GATEWAY_CA_DIR, true)];
+    let mut deployment = data_workload(
+        child_meta(tariff, workload_name(&name))?,
+        selector(&name),
+        "fleetward-billing",
+        image,
+        vars,
+        mounts,
+        volumes,
+    );
+    if let Some(spec) = deployment.spec.as_mut() {
+        // One scheduler per Tariff, never two during a rollout: two would
+        // both run the month's billing.
+        spec.strategy = Some(DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            ..Default::default()
+        });
+        if let Some(pod) = spec.template.spec.as_mut() {
+            // Unlike the other data workloads it talks to the API server
+            // (its Tariff, its meters, status.billing), as its own account.
+            pod.service_account_name = Some(workload_name(&name));
+            pod.automount_service_account_token = Some(true);
+            if let Some(ports) = pod.containers[0].ports.as_mut() {
+                ports.push(ContainerPort {
+                    name: Some("http".into()),
+                    container_port: i32::from(HTTP_PORT),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(deployment)
+}
