@@ -87,6 +87,8 @@ prereqs() {
   need mosquitto_pub mosquitto-clients
   need curl curl
   need python3 python3
+  # The billing test renders a bill and screenshots it headless.
+  need chromium chromium
   pg_bin >/dev/null || need /usr/lib/postgresql/15/bin/initdb postgresql
   # librdkafka is compiled from source by rdkafka-sys (cmake). Its 2.12
   # sources include <curl/curl.h> under an #ifdef that is always true in a

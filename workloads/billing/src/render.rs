@@ -2,6 +2,7 @@
 //! no external resource), and the CSV of a period's bills. Every value that
 //! came from outside (names, ids, descriptions) is escaped.
 
+use crate::bill::LineKind;
 use crate::store::{BillView, Payment};
 
 fn esc(s: &str) -> String {
@@ -27,7 +28,11 @@ pub fn html(b: &BillView, payments: &[Payment]) -> String {
             "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>\n",
             esc(&l.description),
             esc(l.quantity.as_deref().unwrap_or("")),
-            esc(l.rate.as_deref().unwrap_or("")),
+            esc(&match (&l.kind, &l.rate) {
+                (LineKind::Tax, Some(r)) => format!("{r}%"),
+                (_, Some(r)) => r.clone(),
+                (_, None) => String::new(),
+            }),
             esc(&l.amount)
         ));
     }
@@ -72,7 +77,7 @@ td,th{{border-bottom:1px solid #ccc;padding:.35em .5em;text-align:left}}
 </style></head><body>
 <h1>Electricity bill {period}{revision}</h1>
 <p><b>{holder}</b> (account {account})<br>Property {property}, meter {meter}<br>
-Period {from} to {to} (exclusive) · Tariff {tariff}</p>
+Period {from} to {to} · Tariff {tariff}</p>
 <p>Meter: {start} → {end} kWh · <b>{units} kWh</b> billed</p>
 {estimated}{resets}
 <table><tr><th>Item</th><th class=n>kWh</th><th class=n>Rate</th><th class=n>Amount ({currency})</th></tr>
@@ -89,7 +94,8 @@ Period {from} to {to} (exclusive) · Tariff {tariff}</p>
         property = esc(&b.property),
         meter = esc(&b.device_id),
         from = b.part_from,
-        to = b.part_to,
+        // The last day held (part_to is the first day after).
+        to = b.part_to.pred_opt().unwrap_or(b.part_to),
         tariff = esc(&b.tariff),
         start = esc(b.start_kwh.as_deref().unwrap_or("—")),
         end = esc(b.end_kwh.as_deref().unwrap_or("—")),

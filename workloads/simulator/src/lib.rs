@@ -168,6 +168,8 @@ pub struct Device {
     creds: Arc<RwLock<Credentials>>,
     pub client: AsyncClient,
     state: std::sync::Mutex<SampleState>,
+    /// Set by `stop`: the event loop ends instead of reconnecting.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Device {
@@ -194,10 +196,18 @@ impl Device {
             creds: Arc::new(RwLock::new(creds)),
             client,
             state: Default::default(),
+            stopped: Default::default(),
         });
         let (tx, rx) = mpsc::channel(10_000);
         tokio::spawn(run(device.clone(), eventloop, tx, opts.clone()));
         Ok((device, rx))
+    }
+
+    /// Disconnects for good, as a switched-off device would: no reconnect,
+    /// nothing answered. Its session stays at the broker.
+    pub async fn stop(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.client.disconnect().await;
     }
 
     /// Installs new credentials (after a rotation); the old HMAC secret is
@@ -275,6 +285,10 @@ async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<Dev
     let mut seen = ReplayWindow::new();
     let mut backoff = Duration::from_millis(200);
     loop {
+        if device.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tx.try_send(DeviceEvent::Disconnected("stopped".into()));
+            return;
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::debug!(device = %device.id, session_present = ack.session_present, "connected");
