@@ -47,7 +47,7 @@ pub async fn run(job: Job<'_>) -> Result<Outcome, sqlx::Error> {
     let id = store::start_run(job.pool, ns, job.tariff, job.period, job.trigger).await?;
     let result = bill_period(&job, id).await;
     let mut row = match &result {
-        Ok((row, _, _)) => row.clone(),
+        Ok((row, ..)) => row.clone(),
         Err(e) => RunRow {
             error: Some(e.to_string()),
             ..Default::default()
@@ -59,7 +59,7 @@ pub async fn run(job: Job<'_>) -> Result<Outcome, sqlx::Error> {
     let ok = if result.is_ok() { "ok" } else { "failed" };
     job.metrics.runs.with_label_values(&[job.tariff, ok]).inc();
     job.metrics.run_duration.observe(started.elapsed().as_secs_f64());
-    let (row, gateway_error, read_took) = result?;
+    let (row, gateway_error, read_took, billed_change) = result?;
     job.metrics
         .bills
         .with_label_values(&[job.tariff])
@@ -68,15 +68,12 @@ pub async fn run(job: Job<'_>) -> Result<Outcome, sqlx::Error> {
         .unchanged
         .with_label_values(&[job.tariff])
         .inc_by(row.unchanged as u64);
-    if row.bills > 0 {
-        // What the written bills add up to would need a diff per revision;
-        // the counter counts each run's current total once per change.
-        let total: f64 = row.total.unwrap_or_default().try_into().unwrap_or(0.0);
-        job.metrics
-            .billed
-            .with_label_values(&[&job.rates.currency])
-            .inc_by(total.max(0.0));
-    }
+    // Corrections downwards are not subtracted (a counter only grows).
+    let billed: f64 = billed_change.try_into().unwrap_or(0.0);
+    job.metrics
+        .billed
+        .with_label_values(&[&job.rates.currency])
+        .inc_by(billed.max(0.0));
     Ok(Outcome {
         row,
         gateway_error,
@@ -84,7 +81,11 @@ pub async fn run(job: Job<'_>) -> Result<Outcome, sqlx::Error> {
     })
 }
 
-async fn bill_period(job: &Job<'_>, id: uuid::Uuid) -> Result<(RunRow, Option<String>, Option<Duration>), sqlx::Error> {
+/// The run's row, the gateway's error, how long the reads took, and what
+/// the run added to the amounts billed.
+type Billed = (RunRow, Option<String>, Option<Duration>, Decimal);
+
+async fn bill_period(job: &Job<'_>, id: uuid::Uuid) -> Result<Billed, sqlx::Error> {
     let ns = job.namespace;
     let all: Vec<String> = job.meters.iter().map(|m| m.device_id.clone()).collect();
     let mut answered = 0;
@@ -176,7 +177,7 @@ async fn bill_period(job: &Job<'_>, id: uuid::Uuid) -> Result<(RunRow, Option<St
         total: Some(saved.total),
         ..Default::default()
     };
-    Ok((row, gateway_error, read_took))
+    Ok((row, gateway_error, read_took, saved.billed_change))
 }
 
 /// The bills of a month: one per meter and holder (`bill::parts`). A meter

@@ -43,6 +43,9 @@ pub struct Saved {
     pub estimated: i64,
     /// The sum of the run's current bills (written or unchanged).
     pub total: Decimal,
+    /// What the written bills add to what was billed before: a new bill's
+    /// total, a revision's difference from the one it supersedes.
+    pub billed_change: Decimal,
 }
 
 #[derive(sqlx::FromRow)]
@@ -105,9 +108,13 @@ pub async fn save_bills(
             }
             Some(c) => {
                 superseded.push(c.id);
+                saved.billed_change += b.total - c.total;
                 rows.push((b, c.revision + 1));
             }
-            None => rows.push((b, 1)),
+            None => {
+                saved.billed_change += b.total;
+                rows.push((b, 1));
+            }
         }
     }
     sqlx::query("UPDATE fleetward_billing.bills SET superseded = true WHERE id = ANY($1)")
