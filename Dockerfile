@@ -5,6 +5,7 @@
 #   docker build --target gateway   -t ghcr.io/fleetward/gateway:0.1.0 .
 #   docker build --target ingestor  -t ghcr.io/fleetward/ingestor:0.1.0 .
 #   docker build --target encryptor -t ghcr.io/fleetward/encryptor:0.1.0 .
+#   docker build --target billing   -t ghcr.io/fleetward/billing:0.1.0 .
 #
 # One build stage compiles the whole workspace once (with cache mounts for
 # the crate registry and target/), and each image copies its binaries onto
@@ -24,9 +25,11 @@ RUN --mount=type=cache,id=fleetward-cargo-registry,target=/usr/local/cargo/regis
     --mount=type=cache,id=fleetward-target,target=/src/target \
     cargo build --release --locked --bins \
       -p fleetward-operator -p fleetward-gateway -p fleetward-ingestor -p fleetward-encryptor \
+      -p fleetward-billing \
  && mkdir -p /out \
  && cp target/release/fleetward-operator target/release/crdgen target/release/fleetward-gateway \
-       target/release/fleetward-ingestor target/release/fleetward-encryptor target/release/fleetward-stations /out/
+       target/release/fleetward-ingestor target/release/fleetward-encryptor target/release/fleetward-stations \
+       target/release/fleetward-billing /out/
 
 FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
@@ -53,3 +56,9 @@ FROM runtime AS encryptor
 COPY --from=build /out/fleetward-encryptor /out/fleetward-stations /usr/local/bin/
 EXPOSE 9090
 ENTRYPOINT ["fleetward-encryptor"]
+
+# A Tariff's billing workload: the API on 8080, /health and /metrics on 9090.
+FROM runtime AS billing
+COPY --from=build /out/fleetward-billing /usr/local/bin/
+EXPOSE 8080 9090
+ENTRYPOINT ["fleetward-billing"]

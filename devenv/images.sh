@@ -30,7 +30,7 @@ PROMETHEUS_VERSION=3.16.0
 PROMETHEUS_MODULE=github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
 
 # The project's images: name -> how to build them.
-PRODUCT_IMAGES=(operator gateway ingestor encryptor mosquitto)
+PRODUCT_IMAGES=(operator gateway ingestor encryptor billing mosquitto)
 # The local stack's images (tag -> build directory under devenv/images).
 LOCAL_IMAGES=(postgres:15 kafka:4.1.1 "prometheus:$PROMETHEUS_VERSION" station-api:0.1.0)
 
@@ -167,7 +167,7 @@ build_product_images() {
   rm -rf "$ctx"
   local rustup_home=${RUSTUP_HOME:-$HOME/.rustup} cargo_bin target
   cargo_bin=$(dirname "$(command -v cargo)")
-  for target in operator gateway ingestor encryptor; do
+  for target in operator gateway ingestor encryptor billing; do
     build_image "$IMAGE_REGISTRY/$target:$FLEETWARD_VERSION" "$ROOT" -f "$ROOT/Dockerfile" --target "$target" \
       --build-arg "RUST_IMAGE=$RUST_BUILDER_IMAGE" \
       --volume "$rustup_home:/usr/local/rustup:ro" --volume "$cargo_bin:/usr/local/cargo/bin:ro"

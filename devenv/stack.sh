@@ -126,7 +126,7 @@ minikube_up() {
   build_helm
   minikube status >/dev/null 2>&1 || minikube start || die "minikube start failed"
   local v=$FLEETWARD_VERSION target
-  for target in operator gateway ingestor encryptor; do
+  for target in operator gateway ingestor encryptor billing; do
     log "building $IMAGE_REGISTRY/$target:$v in minikube"
     minikube image build -t "$IMAGE_REGISTRY/$target:$v" -f Dockerfile --build-opt="target=$target" "$ROOT" ||
       die "building $target in minikube failed"
