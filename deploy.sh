@@ -76,7 +76,7 @@ case "$cmd" in
     status=0
     cargo test --workspace --no-fail-fast "$@" || status=$?
     if [ -f .dev/e2e-figures.txt ]; then
-      echo "== end-to-end figures (system-tests/tests/stack.rs)"
+      echo "== end-to-end figures (system-tests/tests/stack/)"
       cat .dev/e2e-figures.txt
     fi
     exit "$status"

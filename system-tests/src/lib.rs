@@ -1,6 +1,7 @@
 //! What the end-to-end tests use to drive a cluster the way a user does:
 //! `helm`, `kubectl` (apply, exec, port-forward-free Service addresses),
-//! PostgreSQL through `kubectl exec … psql`, and Prometheus's HTTP API.
+//! PostgreSQL through `kubectl exec … psql`, Prometheus's HTTP API, and
+//! plain HTTP to other Service addresses (the host routes them to the node).
 //! Every call that fails panics with the command's own output.
 
 use std::io::Write;
@@ -90,17 +91,30 @@ pub fn examples_in(namespace: &str) -> String {
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
+    files
+        .iter()
+        .map(|f| manifest_in(f, namespace))
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// One file under `examples/` (e.g. `billing/tariff.yaml`), moved to
+/// `namespace` as `examples_in` moves the others.
+pub fn example_in(file: &str, namespace: &str) -> String {
+    manifest_in(&repo_root().join("examples").join(file), namespace)
+}
+
+fn manifest_in(file: &std::path::Path, namespace: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let mut docs = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).expect("read example");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
-            if value.is_null() || value["kind"] == "Namespace" {
-                continue;
-            }
-            value["metadata"]["namespace"] = namespace.into();
-            docs.push(serde_yaml::to_string(&value).expect("YAML"));
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+        if value.is_null() || value["kind"] == "Namespace" {
+            continue;
         }
+        value["metadata"]["namespace"] = namespace.into();
+        docs.push(serde_yaml::to_string(&value).expect("YAML"));
     }
     docs.join("---\n")
 }
@@ -140,6 +154,27 @@ pub fn prometheus(base: &str, path: &str, query: Option<&str>) -> serde_json::Va
     let (ok, out, err) = run(cmd, None);
     assert!(ok, "Prometheus {path} {query:?}: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("Prometheus answer is not JSON ({e}): {out}"))
+}
+
+/// An HTTP GET from the host to an in-cluster address (a Service's, as
+/// for Prometheus), with a bearer key when given: (status, body). The key
+/// goes to curl on stdin, never on its command line.
+pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    let header = bearer.map(|key| format!("Authorization: Bearer {key}\n"));
+    if header.is_some() {
+        cmd.args(["-H", "@-"]);
+    }
+    cmd.arg(url);
+    let (ok, out, err) = run(cmd, header.as_deref());
+    assert!(ok, "GET {url}: {err}");
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+    let code = code
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("GET {url}: no status in {out:?}"));
+    (code, body.to_string())
 }
 
 /// An instant query's result vector.

@@ -9,14 +9,16 @@
 //!    host publish signed telemetry through the broker pod and the gateway
 //!    pod to Kafka and into PostgreSQL; latency publish → row stored.
 //! 4. A forged and a replayed message are refused and audited.
-//! 5. The StationFeed's rows are in PostgreSQL, encrypted; the export CLI
+//! 5. The example residential Tariff: its billing pod bills meter-001 for
+//!    the month on request, reading it through the gateway pod (`billing.rs`).
+//! 6. The StationFeed's rows are in PostgreSQL, encrypted; the export CLI
 //!    in the encryptor's image decrypts them.
-//! 6. Prometheus scrapes every workload with non-zero counters, and every
+//! 7. Prometheus scrapes every workload with non-zero counters, and every
 //!    Grafana panel's query returns data.
-//! 7. The gateway pod is deleted while devices publish at QoS 1: it comes
+//! 8. The gateway pod is deleted while devices publish at QoS 1: it comes
 //!    back and no message is lost.
-//! 8. The leader operator pod is deleted: the standby takes over.
-//! 9. The examples are deleted and `helm uninstall` leaves no pod behind.
+//! 9. The leader operator pod is deleted: the standby takes over.
+//! 10. The examples are deleted and `helm uninstall` leaves no pod behind.
 //!
 //! It prints its timings (install → Ready, latency percentiles, wall time).
 
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fleetward_simulator::attack::{self, Attack, AttackOptions};
 use fleetward_simulator::{ConnectOptions, Credentials, Device};
 use fleetward_system_tests::*;
+
+mod billing;
 
 const RELEASE: &str = "fleetward";
 const DEVICES: [&str; 3] = ["weather-001", "thermo-001", "meter-001"];
@@ -44,7 +48,7 @@ impl Drop for Teardown {
             "-n",
             ns,
             "delete",
-            "gateways,devices,stationfeeds",
+            "tariffs,gateways,devices,stationfeeds",
             "--all",
             "--wait=false",
         ]);
@@ -295,7 +299,8 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     let devices = connect_devices(&ns, &node, node_port).await;
 
     // Latency over 1,002 messages: publish → row stored in PostgreSQL.
-    let sent = publish(&devices, 334, Duration::from_millis(125)).await;
+    let per_device = 334;
+    let sent = publish(&devices, per_device, Duration::from_millis(125)).await;
     let rows = wait_stored(&ns, &sent, 120);
     let mut latencies: Vec<f64> = sent.iter().map(|(id, at)| rows[id] - at).collect();
     latencies.sort_by(f64::total_cmp);
@@ -370,7 +375,10 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     );
     assert_eq!(replay_rows.trim(), "1", "the original of a replay is stored once");
 
-    // 5. Stations: encrypted rows, decrypted by the export CLI shipped in the
+    // 5. Billing: meter-001 (DEVICES) has published `per_device` readings.
+    billing::bill_the_month(&ns, per_device, &mut figures);
+
+    // 6. Stations: encrypted rows, decrypted by the export CLI shipped in the
     //    encryptor image, with the keyring the pod mounts.
     wait_until(
         "114 Dublin stations stored",
@@ -414,7 +422,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "the export decrypts station 42's address: {exported}"
     );
 
-    // 6. Prometheus: every workload is a target that is up, with counters.
+    // 7. Prometheus: every workload is a target that is up, with counters.
     let prom = format!(
         "http://{}:9090",
         jsonpath(&ns, &["service", &format!("{RELEASE}-prometheus")], "{.spec.clusterIP}")
@@ -424,6 +432,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "fleetward-gateway",
         "fleetward-ingestor",
         "fleetward-encryptor",
+        "fleetward-billing",
     ];
     wait_until(
         "every fleetward workload scraped and up",
@@ -463,6 +472,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         ("fleetward_gateway_mqtt_messages_total", "", "MQTT messages received"),
         ("fleetward_encryptor_db_inserts_total", "", "rows inserted"),
         ("fleetward_ingestor_stations_produced_total", "", "stations produced"),
+        ("fleetward_billing_bills_generated_total", "", "bills generated"),
         ("fleetward_reconciles_total", "", "reconciles"),
         ("fleetward_devices_ready", "", "devices ready"),
     ] {
@@ -496,7 +506,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     assert!(checked >= 10, "the dashboards have their queries ({checked})");
     figures.add(format!("{checked} dashboard queries return data"));
 
-    // 7. The gateway pod is deleted while devices publish at QoS 1. (Its
+    // 8. The gateway pod is deleted while devices publish at QoS 1. (Its
     //    replacement keeps the name: it is a StatefulSet's pod.)
     let gateway_uid = || {
         kubectl_try(&[
@@ -551,7 +561,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         during.len()
     ));
 
-    // 8. Leader failover: the leader's process is killed outright (SIGKILL
+    // 9. Leader failover: the leader's process is killed outright (SIGKILL
     //    through the node's containerd: no chance to release its lease), and
     //    the standby takes over once the lease runs out.
     let old_leader = leader(&ns);
@@ -593,14 +603,14 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     ));
     ready(&ns, "devices");
 
-    // 9. Down: the examples go (the operator cleans up after them), then the
+    // 10. Down: the examples go (the operator cleans up after them), then the
     //    release; no pod stays behind.
     drop(devices);
     kubectl(&[
         "-n",
         &ns,
         "delete",
-        "stationfeeds,devices,gateways",
+        "tariffs,stationfeeds,devices,gateways",
         "--all",
         "--timeout=120s",
     ]);
