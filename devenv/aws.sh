@@ -61,7 +61,7 @@ DB_SECRET=$RELEASE-database
 PLATFORM=${FLEETWARD_AWS_PLATFORM:-linux/amd64}
 # Image name -> ECR repository key (terraform output ecr_repository_urls);
 # the Rust images are targets of ./Dockerfile, Mosquitto has its own.
-IMAGES=(operator gateway ingestor encryptor mosquitto)
+IMAGES=(operator gateway ingestor encryptor billing mosquitto)
 
 # shellcheck source=devenv/common.sh
 . "$ROOT/devenv/common.sh"
@@ -371,7 +371,7 @@ fleetward runs on EKS ($REGION):
   cluster         $CLUSTER   (export KUBECONFIG=$KUBECONFIG_FILE)
   release         $RELEASE in namespace $NAMESPACE: kubectl -n $NAMESPACE get pods
   database        $db_host (RDS PostgreSQL, TLS), URL in Secret $NAMESPACE/$DB_SECRET
-  images          ${IMAGE_REFS[operator]} (and gateway, ingestor, encryptor, mosquitto)
+  images          ${IMAGE_REFS[operator]} (and gateway, ingestor, encryptor, billing, mosquitto)
   AWS IoT Core    $endpoint:8883 (MQTT, mutual TLS)
   operator        IAM role $operator_role (IRSA, ServiceAccount $NAMESPACE/$RELEASE-operator)
   gateways        no IAM role: each connects with its own certificate, allowed what

@@ -278,7 +278,7 @@ variable "deletion_protection" {
 variable "images" {
   description = "The project's images, one ECR repository each (<name>/<image>): the list devenv/images.sh builds and devenv/aws.sh pushes."
   type        = list(string)
-  default     = ["operator", "gateway", "ingestor", "encryptor", "mosquitto"]
+  default     = ["operator", "gateway", "ingestor", "encryptor", "billing", "mosquitto"]
 
   validation {
     condition     = length(var.images) > 0 && alltrue([for i in var.images : can(regex("^[a-z0-9]+([._-][a-z0-9]+)*$", i))])

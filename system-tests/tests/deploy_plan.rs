@@ -36,7 +36,7 @@ use sandbox::{Sandbox, Tools};
 use trace::{commands, fills, position, trace, words};
 
 const REGION: &str = "eu-central-1";
-const IMAGES: [&str; 5] = ["operator", "gateway", "ingestor", "encryptor", "mosquitto"];
+const IMAGES: [&str; 6] = ["operator", "gateway", "ingestor", "encryptor", "billing", "mosquitto"];
 const PASSWORD: &str = "S3cr:t@/#pw";
 const ECR: &str = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/fleetward";
 /// The plan's StorageClass command: its manifest on one line, piped to kubectl.
@@ -84,7 +84,7 @@ fn aws_up_plan_lists_every_step_in_order_and_runs_nothing() {
             "steps out of order {order:?}:\n{plan}"
         );
         // Five images, each built then pushed, all before the chart.
-        for image in ["operator", "gateway", "ingestor", "encryptor", "mosquitto"] {
+        for image in ["operator", "gateway", "ingestor", "encryptor", "billing", "mosquitto"] {
             let tag = format!("<ecr_repository_urls.{image}>:");
             let b = cmds
                 .iter()

@@ -460,7 +460,10 @@ async fn meters_are_read_through_the_gateway_billed_and_paid() {
     assert!(metric_in(&m, "fleetward_billing_meter_reads_total{result=\"timeout\"}") >= 2.0);
     let billed = metric_in(&m, "fleetward_billing_billed_amount_total{currency=\"EUR\"}");
     let want: f64 = expected_total.parse().unwrap();
-    assert!((billed - want).abs() < 0.005, "billed {billed} vs the bills' {want}: a re-run adds nothing");
+    assert!(
+        (billed - want).abs() < 0.005,
+        "billed {billed} vs the bills' {want}: a re-run adds nothing"
+    );
     let log = billing.process.log_text();
     assert!(
         log.contains("a meter answered a read addressed to another; ignored") && log.contains("meter-22"),

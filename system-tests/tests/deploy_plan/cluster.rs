@@ -81,7 +81,7 @@ pub fn chart_accepts_the_plans_values(helm_line: &str) {
             let mut w = w
                 .replace("<operator_role_arn>", role)
                 .replace("<commit>", "0123456789ab");
-            for image in ["operator", "gateway", "ingestor", "encryptor", "mosquitto"] {
+            for image in ["operator", "gateway", "ingestor", "encryptor", "billing", "mosquitto"] {
                 w = w.replace(&format!("<ecr_repository_urls.{image}>"), &format!("{ecr}/{image}"));
             }
             assert!(!w.contains('<'), "an output left unfilled: {w}");
@@ -108,7 +108,7 @@ pub fn chart_accepts_the_plans_values(helm_line: &str) {
         rendered.contains(&format!("- name: AWS_REGION\n              value: \"{REGION}\"")),
         "the operator's AWS_REGION"
     );
-    for image in ["operator", "gateway", "ingestor", "encryptor", "mosquitto"] {
+    for image in ["operator", "gateway", "ingestor", "encryptor", "billing", "mosquitto"] {
         assert!(rendered.contains(&format!("\"{ecr}/{image}:")), "{image} from ECR");
     }
     assert!(
