@@ -167,6 +167,18 @@ pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// A Service port that targets the container port of the same name.
+pub fn service_port(name: &str, port: i32) -> k8s_openapi::api::core::v1::ServicePort {
+    k8s_openapi::api::core::v1::ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+            name.into(),
+        )),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

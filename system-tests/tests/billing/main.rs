@@ -37,40 +37,26 @@ struct Billing {
 }
 
 impl Billing {
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn text(&self, path: &str) -> (StatusCode, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
+    /// Sends `req` with the bearer key: the status and the body's text.
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, String) {
+        let r = req.bearer_auth(&self.key).send().await.unwrap();
         (r.status(), r.text().await.unwrap())
     }
 
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        self.send(self.http.get(format!("{}{path}", self.api))).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, text) = self.text(path).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let (status, text) = self
+            .send(self.http.post(format!("{}{path}", self.api)).json(&body))
+            .await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
 

@@ -20,43 +20,7 @@ use fleetward_billing::fleet::Meter;
 use fleetward_billing::metrics::Metrics;
 use fleetward_billing::run::{self, Job};
 use fleetward_billing::store::{self, NewBill};
-use fleetward_tariff::{BillingSpec, MiscCharge, PropertyType, Slab, Tax};
 use sqlx::PgPool;
-
-fn rates() -> Rates {
-    Rates::from_spec(&BillingSpec {
-        property_type: PropertyType::Residential,
-        currency: "EUR".into(),
-        slabs: vec![
-            Slab {
-                up_to_units: Some(100),
-                price_per_unit: "0.12".into(),
-            },
-            Slab {
-                up_to_units: Some(300),
-                price_per_unit: "0.18".into(),
-            },
-            Slab {
-                up_to_units: None,
-                price_per_unit: "0.25".into(),
-            },
-        ],
-        taxes: vec![Tax {
-            name: "VAT".into(),
-            percent: "13.5".into(),
-        }],
-        misc_charges: vec![MiscCharge {
-            name: "meter rent".into(),
-            amount: "2.50".into(),
-        }],
-        schedule: "@monthly".into(),
-        meter_selector: Default::default(),
-        gateway: "edge".into(),
-        meter_read_timeout_seconds: 30,
-        payment_due_days: 15,
-    })
-    .unwrap()
-}
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -155,7 +119,7 @@ async fn main() {
     let tag = std::process::id();
     let (fast_ns, naive_ns) = (format!("bench-fast-{tag}"), format!("bench-naive-{tag}"));
     let period = Period::parse("2026-10").unwrap();
-    let rates = rates();
+    let rates = bill::examples::residential();
     let meters: Vec<Meter> = (0..meters_n)
         .map(|m| Meter {
             device_id: format!("m{m:05}"),

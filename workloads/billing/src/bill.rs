@@ -360,5 +360,75 @@ pub fn parts(period: Period, owner: &str, tenancies: &[Tenancy]) -> Vec<Part> {
     out
 }
 
+/// The rates of the example Tariffs (`examples/billing/`), for tests and
+/// benchmarks: residential (slabs 0.12 / 0.18 / 0.25 at 100 and 300 kWh,
+/// VAT 13.5%, meter rent 2.50) and commercial (0.15 / 0.22 at 500 kWh,
+/// VAT 13.5% and electricity duty 5%, fixed charge 12.00), both in EUR.
+pub mod examples {
+    use super::Rates;
+    use fleetward_tariff::{BillingSpec, MiscCharge, PropertyType, Slab, Tax};
+
+    fn spec(
+        property_type: PropertyType,
+        slabs: &[(Option<i64>, &str)],
+        taxes: &[(&str, &str)],
+        charges: &[(&str, &str)],
+    ) -> BillingSpec {
+        BillingSpec {
+            property_type,
+            currency: "EUR".into(),
+            slabs: slabs
+                .iter()
+                .map(|(b, p)| Slab {
+                    up_to_units: *b,
+                    price_per_unit: p.to_string(),
+                })
+                .collect(),
+            taxes: taxes
+                .iter()
+                .map(|(n, p)| Tax {
+                    name: n.to_string(),
+                    percent: p.to_string(),
+                })
+                .collect(),
+            misc_charges: charges
+                .iter()
+                .map(|(n, a)| MiscCharge {
+                    name: n.to_string(),
+                    amount: a.to_string(),
+                })
+                .collect(),
+            schedule: "@monthly".into(),
+            meter_selector: Default::default(),
+            gateway: "edge".into(),
+            meter_read_timeout_seconds: 30,
+            payment_due_days: 15,
+        }
+    }
+
+    pub fn residential_spec() -> BillingSpec {
+        spec(
+            PropertyType::Residential,
+            &[(Some(100), "0.12"), (Some(300), "0.18"), (None, "0.25")],
+            &[("VAT", "13.5")],
+            &[("meter rent", "2.50")],
+        )
+    }
+
+    pub fn residential() -> Rates {
+        Rates::from_spec(&residential_spec()).expect("valid example rates")
+    }
+
+    pub fn commercial() -> Rates {
+        Rates::from_spec(&spec(
+            PropertyType::Commercial,
+            &[(Some(500), "0.15"), (None, "0.22")],
+            &[("VAT", "13.5"), ("electricity duty", "5")],
+            &[("fixed charge", "12.00")],
+        ))
+        .expect("valid example rates")
+    }
+}
+
 #[cfg(test)]
 mod tests;

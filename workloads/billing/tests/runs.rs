@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use fleetward_billing::bill::{Period, Rates};
+use fleetward_billing::bill::Period;
 use fleetward_billing::db::{self, Reading};
 use fleetward_billing::fleet::Meter;
 use fleetward_billing::metrics::Metrics;
 use fleetward_billing::run::{self, Job};
 use fleetward_billing::store::{self, BillFilter};
-use fleetward_tariff::{BillingSpec, MiscCharge, PropertyType, Slab, Tax};
 use fleetward_testkit::{env, unique};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -25,42 +24,6 @@ async fn pool() -> PgPool {
     let pool = db::connect(&env("DATABASE_URL"), 4).await.expect("the dev PostgreSQL");
     db::migrator().run(&pool).await.unwrap();
     pool
-}
-
-/// examples/billing/tariff.yaml's rates.
-fn residential() -> Rates {
-    Rates::from_spec(&BillingSpec {
-        property_type: PropertyType::Residential,
-        currency: "EUR".into(),
-        slabs: vec![
-            Slab {
-                up_to_units: Some(100),
-                price_per_unit: "0.12".into(),
-            },
-            Slab {
-                up_to_units: Some(300),
-                price_per_unit: "0.18".into(),
-            },
-            Slab {
-                up_to_units: None,
-                price_per_unit: "0.25".into(),
-            },
-        ],
-        taxes: vec![Tax {
-            name: "VAT".into(),
-            percent: "13.5".into(),
-        }],
-        misc_charges: vec![MiscCharge {
-            name: "meter rent".into(),
-            amount: "2.50".into(),
-        }],
-        schedule: "@monthly".into(),
-        meter_selector: Default::default(),
-        gateway: "edge".into(),
-        meter_read_timeout_seconds: 5,
-        payment_due_days: 15,
-    })
-    .unwrap()
 }
 
 const NOV: &str = "2026-11";
@@ -90,7 +53,7 @@ fn meter(id: &str, property: &str, owner: &str) -> Meter {
 }
 
 async fn bill_nov(pool: &PgPool, ns: &str, meters: &[Meter], metrics: &Metrics) -> store::RunRow {
-    let rates = residential();
+    let rates = fleetward_billing::bill::examples::residential();
     run::run(Job {
         pool,
         namespace: ns,

@@ -14,12 +14,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, Service, ServiceAccount, ServiceSpec, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, ResourceExt};
 
@@ -29,7 +28,7 @@ use super::{
 };
 use crate::context::{Config, Context, apply, owner_ref};
 use crate::controllers::METRICS_PORT;
-use crate::controllers::objects::{self, env, env_from_secret, mount};
+use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::crd::Gateway;
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
@@ -315,15 +314,6 @@ pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
     Ok(())
 }
 
-fn service_port(name: &str, port: i32) -> ServicePort {
-    ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        ..Default::default()
-    }
-}
-
 /// The broker's Service, of `spec.serviceType` (devices reach it, perhaps
 /// from outside the cluster as a LoadBalancer): MQTT over TLS only.
 pub fn service(gw: &Gateway) -> Result<Service> {
@@ -408,6 +398,7 @@ pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use serde_json::json;
 
     fn gateway(spec: serde_json::Value) -> Gateway {

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 
 use fleetward_tariff::{API_KEY, HTTP_PORT, api_secret_name, workload_name};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
-use k8s_openapi::api::core::v1::{ContainerPort, Secret, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ContainerPort, Secret, Service, ServiceAccount, ServiceSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
@@ -16,7 +15,7 @@ use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
 use crate::Result;
 use crate::context::{Config, labels, owner_ref};
 use crate::controllers::gateway::{api_service_name, ca_secret_name, command_secret_name};
-use crate::controllers::objects::{self, env, env_from_secret, mount};
+use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::controllers::{METRICS_PORT, data_workload};
 use crate::crd::gateway::KafkaSinkSpec;
 use crate::crd::{Gateway, SecretKeyRef, Tariff};
@@ -117,15 +116,6 @@ pub fn rbac(tariff: &Tariff) -> Result<(ServiceAccount, Role, RoleBinding)> {
         ..Default::default()
     };
     Ok((sa, role, binding))
-}
-
-fn service_port(name: &str, port: i32) -> ServicePort {
-    ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        ..Default::default()
-    }
 }
 
 /// The billing API (bills, payments, accounts) and metrics, in-cluster only.

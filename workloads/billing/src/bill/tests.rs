@@ -1,70 +1,25 @@
 //! Golden bills, computed by hand (the arithmetic is in the comments).
 
 use super::*;
-use fleetward_tariff::{MiscCharge, Slab, Tax};
+use fleetward_tariff::Slab;
 
 fn d(s: &str) -> Decimal {
     s.parse().unwrap()
 }
 
-fn spec(
-    property_type: PropertyType,
-    slabs: &[(Option<i64>, &str)],
-    taxes: &[(&str, &str)],
-    charges: &[(&str, &str)],
-) -> BillingSpec {
-    BillingSpec {
-        property_type,
-        currency: "EUR".into(),
-        slabs: slabs
-            .iter()
-            .map(|(b, p)| Slab {
-                up_to_units: *b,
-                price_per_unit: p.to_string(),
-            })
-            .collect(),
-        taxes: taxes
-            .iter()
-            .map(|(n, p)| Tax {
-                name: n.to_string(),
-                percent: p.to_string(),
-            })
-            .collect(),
-        misc_charges: charges
-            .iter()
-            .map(|(n, a)| MiscCharge {
-                name: n.to_string(),
-                amount: a.to_string(),
-            })
-            .collect(),
-        schedule: "@monthly".into(),
-        meter_selector: Default::default(),
-        gateway: "edge".into(),
-        meter_read_timeout_seconds: 30,
-        payment_due_days: 15,
-    }
-}
+use super::examples::{commercial, residential};
 
-/// examples/billing/tariff.yaml
-pub fn residential() -> Rates {
-    Rates::from_spec(&spec(
-        PropertyType::Residential,
-        &[(Some(100), "0.12"), (Some(300), "0.18"), (None, "0.25")],
-        &[("VAT", "13.5")],
-        &[("meter rent", "2.50")],
-    ))
-    .unwrap()
-}
-
-/// examples/billing/tariff-commercial.yaml
-pub fn commercial() -> Rates {
-    Rates::from_spec(&spec(
-        PropertyType::Commercial,
-        &[(Some(500), "0.15"), (None, "0.22")],
-        &[("VAT", "13.5"), ("electricity duty", "5")],
-        &[("fixed charge", "12.00")],
-    ))
-    .unwrap()
+fn spec(property_type: PropertyType, slabs: &[(Option<i64>, &str)]) -> BillingSpec {
+    let mut s = super::examples::residential_spec();
+    s.property_type = property_type;
+    s.slabs = slabs
+        .iter()
+        .map(|(b, p)| Slab {
+            up_to_units: *b,
+            price_per_unit: p.to_string(),
+        })
+        .collect();
+    s
 }
 
 fn amounts(lines: &[Line]) -> Vec<(String, String)> {
@@ -168,14 +123,14 @@ fn totals_are_the_sum_of_rounded_lines() {
 
 #[test]
 fn bad_rates_are_refused_with_the_field_named() {
-    let mut s = spec(PropertyType::Residential, &[(Some(100), "0.12")], &[], &[]);
+    let mut s = spec(PropertyType::Residential, &[(Some(100), "0.12")]);
     s.slabs[0].price_per_unit = "0,12".into();
     assert!(Rates::from_spec(&s).unwrap_err().contains("slabs[0].pricePerUnit"));
-    let mut s = spec(PropertyType::Residential, &[(None, "0.1"), (Some(5), "0.2")], &[], &[]);
+    let mut s = spec(PropertyType::Residential, &[(None, "0.1"), (Some(5), "0.2")]);
     assert!(Rates::from_spec(&s).unwrap_err().contains("not the last"));
     s.slabs.clear();
     assert!(Rates::from_spec(&s).is_err());
-    let mut s = spec(PropertyType::Residential, &[(None, "0.1")], &[], &[]);
+    let mut s = spec(PropertyType::Residential, &[(None, "0.1")]);
     s.currency = "EURO".into();
     assert!(Rates::from_spec(&s).unwrap_err().contains("ISO 4217"));
 }
