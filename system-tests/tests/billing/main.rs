@@ -63,6 +63,11 @@ impl Billing {
 /// Starts the billing binary with the environment the operator put into
 /// the Tariff's Deployment (addresses moved to this machine).
 async fn start_billing(h: &Harness, tariff: &str) -> Billing {
+    start_billing_with(h, tariff, &[]).await
+}
+
+/// `start_billing`, with some variables set otherwise.
+async fn start_billing_with(h: &Harness, tariff: &str, overrides: &[(&str, String)]) -> Billing {
     let deploy = wait_for(
         "the Tariff's billing Deployment",
         60,
@@ -102,6 +107,9 @@ async fn start_billing(h: &Harness, tariff: &str) -> Billing {
     env_map.insert("TICK_SECONDS".into(), "1".into());
     env_map.insert("LOG_JSON".into(), "false".into());
     env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
+    for (k, v) in overrides {
+        env_map.insert(k.to_string(), v.clone());
+    }
     let mut cmd = Command::new(workspace_binary("fleetward-billing"));
     cmd.env_clear()
         .envs(&env_map)
@@ -511,4 +519,82 @@ fn screenshot(h: &Harness, html: &str) {
     if let Some(path) = keep {
         std::fs::copy(&png, path).unwrap();
     }
+}
+
+/// What the billing workload cannot reach shows in the Tariff: its report
+/// (`status.billing`) names the database or the gateway, and the operator
+/// turns it into Ready=False with that reason. The database password never
+/// appears in the status or the log.
+#[tokio::test]
+async fn an_unreachable_database_or_gateway_shows_in_the_tariffs_condition() {
+    let names = [meter(0)];
+    let specs: Vec<(&str, &str, &str)> = names.iter().map(|n| (n.as_str(), "electricityMeter", "")).collect();
+    let h = Harness::start(Setup {
+        prefix: "billing-down",
+        devices: &specs,
+        security: "",
+        backend: false,
+    })
+    .await;
+    let labels = json!({"metadata": {"labels": {
+        "fleetward.io/property": "home-00",
+        "fleetward.io/account": "acct-00",
+        "fleetward.io/property-type": "residential",
+    }}});
+    h.ns.api::<Device>()
+        .patch(&meter(0), &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .unwrap();
+    h.ns.apply_yaml(&tariff_yaml("home")).await;
+    let ready_reason = |s: &Value| {
+        s["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["reason"].as_str().map(str::to_string))
+    };
+
+    // A database nobody listens on, with a password in its URL.
+    let password = "pw-never-shown-7d1c";
+    let mut down = start_billing_with(
+        &h,
+        "home",
+        &[(
+            "DATABASE_URL",
+            format!("postgres://fleetward:{password}@127.0.0.1:{}/fleetward", free_port()),
+        )],
+    )
+    .await;
+    let status = wait_for(
+        "DatabaseUnreachable on the Tariff",
+        60,
+        || async { Some(tariff_status(&h, "home").await) },
+        |s| ready_reason(s).as_deref() == Some("DatabaseUnreachable"),
+    )
+    .await;
+    let error = status["billing"]["databaseError"].as_str().unwrap();
+    assert!(error.contains("cannot reach the billing database"), "{error}");
+    assert!(!status.to_string().contains(password), "{status}");
+    assert!(!down.process.log_text().contains(password));
+    down.process.kill9();
+
+    // The database back, the gateway's API address closed: a run reports
+    // the gateway, and the bill is estimated from telemetry.
+    let billing = start_billing_with(
+        &h,
+        "home",
+        &[("GATEWAY_URL", format!("https://127.0.0.1:{}", free_port()))],
+    )
+    .await;
+    let (code, _) = billing.post("/api/v1/runs", json!({"period": "2026-11"})).await;
+    assert!(code.is_success(), "{code}");
+    let status = wait_for(
+        "GatewayUnreachable on the Tariff",
+        60,
+        || async { Some(tariff_status(&h, "home").await) },
+        |s| ready_reason(s).as_deref() == Some("GatewayUnreachable"),
+    )
+    .await;
+    let error = status["billing"]["gatewayError"].as_str().unwrap();
+    assert!(error.contains("cannot reach the gateway's command API"), "{error}");
+    assert!(status["billing"].get("databaseError").is_none(), "{status}");
 }

@@ -37,13 +37,16 @@ fn bash() -> PathBuf {
 }
 
 /// A stand-in for `tool`: appends its arguments (separated by \x1f) to
-/// calls.log, keeps what it gets on stdin where the real one would use it,
+/// calls.log in one write, keeps what it gets on stdin where the real one would use it,
 /// and answers the questions aws-up and aws-down ask.
 fn stub(tool: &str, dir: &Path) -> String {
     format!(
         r#"#!{bash}
 dir='{dir}'
-{{ printf '%s' {tool}; printf '\x1f%s' "$@"; printf '\n'; }} >>"$dir/calls.log"
+# One write per call: the stages of a pipeline run at once, and three
+# printfs each would interleave their lines in the log.
+call=$(printf '%s' {tool}; printf '\x1f%s' "$@")
+printf '%s\n' "$call" >>"$dir/calls.log"
 case "{tool} $*" in
   "terraform "*" output -json") printf '%s\n' "$(<"$dir/outputs.json")" ;;
   "terraform "*" show -json")
