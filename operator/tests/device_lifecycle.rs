@@ -712,26 +712,6 @@ async fn as_gateway_account(ns: &TestNs, gateway: &str) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-/// Lists and starts watching one Secret by name, as the registry does:
-/// `Ok` once the initial listing is through.
-async fn watch_lists(api: &Api<Secret>, name: &str) -> Result<(), String> {
-    use kube::runtime::watcher;
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(api.clone(), config));
-    loop {
-        let next = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            futures::StreamExt::next(&mut events),
-        );
-        match next.await {
-            Ok(Some(Ok(watcher::Event::InitDone))) => return Ok(()),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) | Err(_) => return Err("no answer".into()),
-        }
-    }
-}
-
 fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
     matches!(r, Err(kube::Error::Api(e)) if e.code == 403)
 }

@@ -303,26 +303,6 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
     matches!(r, Err(kube::Error::Api(e)) if e.code == 403)
 }
 
-/// Lists and starts watching one Tariff by name: `Ok` once the initial
-/// listing is through.
-async fn watch_lists(api: &kube::Api<Tariff>, name: &str) -> Result<(), String> {
-    use kube::runtime::watcher;
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(api.clone(), config));
-    loop {
-        let next = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            futures::StreamExt::next(&mut events),
-        );
-        match next.await {
-            Ok(Some(Ok(watcher::Event::InitDone))) => return Ok(()),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) | Err(_) => return Err("no answer".into()),
-        }
-    }
-}
-
 /// What the Role grants, tried as the workload's account: Devices, its own
 /// Tariff (get, and list/watch by name) and that Tariff's status; not
 /// another Tariff, not the spec, not a Secret.

@@ -320,3 +320,24 @@ pub fn is_ready(obj: &DynamicObject) -> bool {
         .as_array()
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
+
+/// Lists and starts watching one object by name (a `metadata.name` field
+/// selector, as RBAC's `resourceNames` requires): `Ok` once the initial
+/// listing is through, the API's refusal otherwise.
+pub async fn watch_lists<K>(api: &Api<K>, name: &str) -> Result<(), String>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::watcher;
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api.clone(), config));
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut events));
+        match next.await {
+            Ok(Some(Ok(watcher::Event::InitDone))) => return Ok(()),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) | Err(_) => return Err("no answer".into()),
+        }
+    }
+}

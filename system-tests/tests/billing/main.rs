@@ -80,18 +80,7 @@ async fn start_billing_with(h: &Harness, tariff: &str, overrides: &[(&str, Strin
     let dir = h.tmp.path().join("billing");
     std::fs::create_dir_all(&dir).unwrap();
     let ca = write(&dir, "gateway-ca.crt", &h.ns.secret_value("gw-ca", "tls.crt").await);
-    let mut env_map = HashMap::new();
-    for e in container.env.unwrap_or_default() {
-        let value = match (e.value, e.value_from) {
-            (Some(v), _) => v,
-            (None, Some(from)) => {
-                let r = from.secret_key_ref.expect("only secretKeyRef is used");
-                h.ns.secret_value(&r.name, &r.key).await
-            }
-            _ => panic!("env {} has no value", e.name),
-        };
-        env_map.insert(e.name, value);
-    }
+    let mut env_map = container_env(&h.ns, container.env.unwrap_or_default(), |v| v).await;
     assert!(
         env_map["GATEWAY_URL"].starts_with("https://gw-"),
         "the operator points billing at the gateway's API Service: {}",
@@ -110,17 +99,7 @@ async fn start_billing_with(h: &Harness, tariff: &str, overrides: &[(&str, Strin
     for (k, v) in overrides {
         env_map.insert(k.to_string(), v.clone());
     }
-    let mut cmd = Command::new(workspace_binary("fleetward-billing"));
-    cmd.env_clear()
-        .envs(&env_map)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    let process = Workload::spawn(
-        cmd,
-        format!("http://127.0.0.1:{metrics_port}"),
-        dir.join("billing.log"),
-        "/health",
-        60,
-    );
+    let process = spawn_with_env("fleetward-billing", &env_map, metrics_port, dir.join("billing.log"));
     Billing {
         process,
         api: format!("http://127.0.0.1:{http_port}"),

@@ -9,7 +9,7 @@ pub use fleetward_testkit::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -304,20 +304,11 @@ pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -
         );
     }
     let broker_dir = broker.dir.display().to_string();
-    let mut env_map = HashMap::new();
-    for e in container.env.unwrap_or_default() {
-        let value = match (e.value, e.value_from) {
-            (Some(v), _) => v
-                .replace("/etc/fleetward/client", &client_dir.display().to_string())
-                .replace("/mosquitto/", &format!("{broker_dir}/")),
-            (None, Some(from)) => {
-                let r = from.secret_key_ref.expect("only secretKeyRef is used");
-                ns.secret_value(&r.name, &r.key).await
-            }
-            _ => panic!("env {} has no value", e.name),
-        };
-        env_map.insert(e.name, value);
-    }
+    let mut env_map = container_env(ns, container.env.unwrap_or_default(), |v| {
+        v.replace("/etc/fleetward/client", &client_dir.display().to_string())
+            .replace("/mosquitto/", &format!("{broker_dir}/"))
+    })
+    .await;
     // What differs on this machine: the broker's port, free ports for the
     // gateway's own listeners, the broker's pid, and API access.
     let metrics_port = free_port();
@@ -329,22 +320,45 @@ pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -
     env_map.insert("MOSQUITTO_PID".into(), broker.pid().to_string());
     env_map.insert("KUBECONFIG".into(), env("KUBECONFIG"));
     env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
-    let mut cmd = Command::new(workspace_binary("fleetward-gateway"));
-    cmd.env_clear()
-        .envs(&env_map)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    let process = Workload::spawn(
-        cmd,
-        format!("http://127.0.0.1:{metrics_port}"),
-        tmp.join("gateway.log"),
-        "/health",
-        60,
-    );
+    let process = spawn_with_env("fleetward-gateway", &env_map, metrics_port, tmp.join("gateway.log"));
     GatewayProc {
         process,
         env: env_map,
         api_url: format!("https://localhost:{api_port}"),
     }
+}
+
+/// A container's environment as the kubelet would give it: literal values
+/// through `literal` (which moves paths to this machine), `secretKeyRef`
+/// values read from their Secrets.
+pub async fn container_env(
+    ns: &TestNs,
+    vars: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    literal: impl Fn(String) -> String,
+) -> HashMap<String, String> {
+    let mut env_map = HashMap::new();
+    for e in vars {
+        let value = match (e.value, e.value_from) {
+            (Some(v), _) => literal(v),
+            (None, Some(from)) => {
+                let r = from.secret_key_ref.expect("only secretKeyRef is used");
+                ns.secret_value(&r.name, &r.key).await
+            }
+            _ => panic!("env {} has no value", e.name),
+        };
+        env_map.insert(e.name, value);
+    }
+    env_map
+}
+
+/// Starts a workspace binary with exactly `env` (and PATH), its output in
+/// `log`, and waits for `/health` on its metrics port.
+pub fn spawn_with_env(binary: &str, env: &HashMap<String, String>, metrics_port: u16, log: PathBuf) -> Workload {
+    let mut cmd = Command::new(workspace_binary(binary));
+    cmd.env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    Workload::spawn(cmd, format!("http://127.0.0.1:{metrics_port}"), log, "/health", 60)
 }
 
 pub fn socket(url: &str) -> SocketAddr {
