@@ -18,6 +18,7 @@
 #[path = "../tests/gateway/common.rs"]
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -254,6 +255,166 @@ async fn kafka_drain(c: &StreamConsumer, n: usize, idle: Duration, gw: &GatewayP
     (times, lat)
 }
 
+/// Where the machine's CPU time went during a measured stretch: user +
+/// system time of each process on the data path, read from /proc (a
+/// process's figure covers all its threads), and the machine's busy and
+/// idle time from /proc/stat.
+struct CpuParts {
+    parts: Vec<(&'static str, Vec<u32>)>,
+}
+
+struct CpuSnapshot {
+    /// Per part: ticks per pid (PostgreSQL's backends included).
+    parts: Vec<HashMap<u32, u64>>,
+    busy: u64,
+    idle: u64,
+}
+
+/// The fields of /proc/<pid>/stat after the command name (which may hold spaces).
+fn stat_fields(pid: u32) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect()
+}
+
+/// The pids whose parent is `parent` (PostgreSQL's backends).
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| stat_fields(*pid).get(1) == Some(&(parent as u64)))
+        .collect()
+}
+
+/// A pid from the local services' pid files (`./deploy.sh dev-up`).
+fn service_pid(name: &str) -> Option<u32> {
+    let path = format!("{}/../.dev/pids/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl CpuParts {
+    fn new(mosquitto: u32, gateway: Option<u32>) -> CpuParts {
+        let mut parts = vec![("mosquitto", vec![mosquitto])];
+        parts.extend(gateway.map(|g| ("gateway", vec![g])));
+        parts.push(("kafka", service_pid("kafka").into_iter().collect()));
+        parts.push(("postgresql", service_pid("postgres").into_iter().collect()));
+        let control = [
+            "apiserver",
+            "controller-manager",
+            "scheduler",
+            "kubelet",
+            "proxy",
+            "provisioner",
+            "containerd",
+        ];
+        parts.push(("control plane", control.iter().filter_map(|n| service_pid(n)).collect()));
+        parts.push(("this bench", vec![std::process::id()]));
+        CpuParts { parts }
+    }
+
+    fn snapshot(&self) -> CpuSnapshot {
+        let parts = self
+            .parts
+            .iter()
+            .map(|(name, pids)| {
+                let mut all = pids.clone();
+                if *name == "postgresql" {
+                    all.extend(pids.iter().flat_map(|p| children(*p)));
+                }
+                all.into_iter()
+                    .map(|p| {
+                        let f = stat_fields(p);
+                        (p, f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0))
+                    })
+                    .collect()
+            })
+            .collect();
+        let total = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<u64> = total
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let idle = cpu.get(3).unwrap_or(&0) + cpu.get(4).unwrap_or(&0);
+        CpuSnapshot {
+            parts,
+            busy: cpu.iter().sum::<u64>() - idle,
+            idle,
+        }
+    }
+
+    /// Prints each part's CPU time since `before`, per message.
+    fn report(&self, title: &str, before: &CpuSnapshot, messages: usize) {
+        let after = self.snapshot();
+        let us_per_msg = 1_000_000.0 / clock_ticks_per_second() / messages as f64;
+        println!("CPU during {title}, µs per message ({messages} messages; 2 cores give 2 s per s):");
+        let mut named = 0;
+        for ((name, _), (b, a)) in self.parts.iter().zip(before.parts.iter().zip(&after.parts)) {
+            // A backend that started meanwhile counts from zero; one that ended is lost.
+            let t: u64 = a.iter().map(|(p, t)| t.saturating_sub(*b.get(p).unwrap_or(&0))).sum();
+            named += t;
+            println!("  {name:<22} {:>8.2}", t as f64 * us_per_msg);
+        }
+        let busy = after.busy - before.busy;
+        println!(
+            "  {:<22} {:>8.2}",
+            "other (kernel, rest)",
+            busy.saturating_sub(named) as f64 * us_per_msg
+        );
+        println!("  {:<22} {:>8.2}", "machine busy", busy as f64 * us_per_msg);
+        println!(
+            "  {:<22} {:>8.2}",
+            "machine idle",
+            (after.idle - before.idle) as f64 * us_per_msg
+        );
+    }
+}
+
+/// A Prometheus histogram's cumulative buckets (upper bound, count) from
+/// a metrics page; `series` is the name with any labels, e.g.
+/// `x_seconds_bucket{sink="kafka",` (le comes last in the text encoder).
+fn buckets(page: &str, series: &str) -> Vec<(f64, f64)> {
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = le.strip_prefix("le=\"")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound under which fraction `q` of the observations made
+/// between two metrics pages fell (an upper bound on that quantile).
+fn bucket_quantile(before: &str, after: &str, series: &str, q: f64) -> f64 {
+    let b = buckets(before, series);
+    let a = buckets(after, series);
+    let diff: Vec<(f64, f64)> = a
+        .iter()
+        .map(|(le, n)| (*le, n - b.iter().find(|(l, _)| l == le).map(|(_, m)| *m).unwrap_or(0.0)))
+        .collect();
+    let total = diff.last().map(|(_, n)| *n).unwrap_or(0.0);
+    diff.iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|(le, _)| *le)
+        .unwrap_or(f64::NAN)
+}
+
 fn rate(times: &[Instant]) -> f64 {
     times.len() as f64 / times.last().unwrap().duration_since(times[0]).as_secs_f64()
 }
@@ -295,7 +456,10 @@ async fn main() {
     let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
     burst(&pubs, per_device).await;
     let (c, el) = raw_subscriber(&h, "bench-raw", true).await;
+    let raw_parts = CpuParts::new(h.broker.pid(), None);
+    let before = raw_parts.snapshot();
     let (raw_times, _) = raw_drain(c.clone(), el, n, Duration::from_secs(30)).await;
+    raw_parts.report("the raw drain", &before, n);
     assert_eq!(raw_times.len(), n, "raw subscriber got every message");
     let raw_rate = rate(&raw_times);
     c.disconnect().await.ok();
@@ -314,7 +478,10 @@ async fn main() {
     burst(&pubs, per_device).await;
     let queued = n;
     h.gateway = start_gateway(&h.ns, "gw", &h.broker, &h.tmp.path().join("restart")).await;
+    let gw_parts = CpuParts::new(h.broker.pid(), Some(h.gateway.pid()));
+    let before = gw_parts.snapshot();
     let (gw_times, _) = kafka_drain(&consumer, queued, Duration::from_secs(60), &h.gateway).await;
+    gw_parts.report("the gateway drain", &before, queued);
     let gw_rate = rate(&gw_times);
     eprintln!("gateway drained {queued} at {gw_rate:.0} msg/s");
     let rejected: f64 = fleetward_protocol::Rejection::ALL_REASONS
@@ -324,11 +491,22 @@ async fn main() {
 
     // 2. Latency at the offered rate: through the gateway to Kafka...
     // (records are read while the load runs, so receive times are real)
+    let page_before = h.gateway.metrics();
     let (sent_gw, (gw_recv, mut gw_lat)) = tokio::join!(
         steady(&pubs, offered, seconds),
         kafka_drain(&consumer, usize::MAX, Duration::from_secs(5), &h.gateway)
     );
     assert_eq!(gw_recv.len() as u64, sent_gw, "every message of the load reached Kafka");
+    let page_after = h.gateway.metrics();
+    let inside = |series: &str| {
+        (
+            bucket_quantile(&page_before, &page_after, series, 0.50) * 1e6,
+            bucket_quantile(&page_before, &page_after, series, 0.99) * 1e6,
+        )
+    };
+    let handoff = inside("fleetward_gateway_handoff_seconds_bucket{");
+    let to_kafka = inside("fleetward_gateway_forward_latency_seconds_bucket{sink=\"kafka\",");
+    let replay_write = inside("fleetward_gateway_replay_write_seconds_bucket{");
     // ...and straight to a live subscriber, with the gateway out of the way.
     h.gateway.signal("-KILL");
     let (c, mut el) = raw_subscriber(&h, "bench-raw-live", false).await;
@@ -359,6 +537,19 @@ async fn main() {
         "  added by the gateway  p50 {:>9.0}   p99 {:>9.0}",
         g50 - r50,
         g99 - r99
+    );
+    println!("gateway's own histograms during the gateway run (bucket upper bounds), µs:");
+    println!(
+        "  receipt -> handed to the sinks   p50 <= {:>7.0}   p99 <= {:>7.0}",
+        handoff.0, handoff.1
+    );
+    println!(
+        "  receipt -> Kafka acknowledged    p50 <= {:>7.0}   p99 <= {:>7.0}",
+        to_kafka.0, to_kafka.1
+    );
+    println!(
+        "  replay ids' group commit         p50 <= {:>7.0}   p99 <= {:>7.0}",
+        replay_write.0, replay_write.1
     );
     h.ns.cleanup().await;
 }

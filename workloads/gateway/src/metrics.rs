@@ -1,7 +1,12 @@
 //! Prometheus metrics of the gateway.
 
 use fleetward_protocol::Rejection;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Buckets from 50 µs to 5 s, for the gateway's own sub-millisecond times.
+const FINE_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -11,6 +16,11 @@ pub struct Metrics {
     /// Every MQTT message received on `device/+/data` (seed 004's counter).
     pub mqtt_messages: IntCounter,
     pub forward_latency: HistogramVec,
+    /// From receipt to the hand-off to the sinks: the gateway's own time
+    /// (queueing for the checks included).
+    pub handoff: Histogram,
+    /// One group commit of the replay window's ids.
+    pub replay_write: Histogram,
     pub replay_cache: IntGauge,
     pub backend_errors: IntCounter,
     pub kafka_errors: IntCounter,
@@ -56,6 +66,22 @@ impl Default for Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ]),
                 &["sink"],
+            )
+            .expect("metric"),
+            handoff: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fleetward_gateway_handoff_seconds",
+                    "From receipt to the hand-off to the sinks (the gateway's own time)",
+                )
+                .buckets(FINE_BUCKETS.to_vec()),
+            )
+            .expect("metric"),
+            replay_write: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fleetward_gateway_replay_write_seconds",
+                    "One group commit of accepted message ids to the database",
+                )
+                .buckets(FINE_BUCKETS.to_vec()),
             )
             .expect("metric"),
             replay_cache: IntGauge::new(
@@ -107,6 +133,8 @@ impl Default for Metrics {
             Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.mqtt_messages.clone()),
             Box::new(m.forward_latency.clone()),
+            Box::new(m.handoff.clone()),
+            Box::new(m.replay_write.clone()),
             Box::new(m.replay_cache.clone()),
             Box::new(m.backend_errors.clone()),
             Box::new(m.kafka_errors.clone()),

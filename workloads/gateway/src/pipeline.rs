@@ -86,6 +86,7 @@ impl Pipeline {
                 async move {
                     // Refusals were handled above; they are only acknowledged.
                     if let (Ok(msg), Some(durable)) = (verdict, durable) {
+                        metrics.handoff.observe(received.elapsed().as_secs_f64());
                         let (forwarded, ()) = tokio::join!(sinks.forward(&msg, received), durable);
                         match forwarded {
                             Ok(()) => metrics.messages.with_label_values(&["accepted", "ok"]).inc(),

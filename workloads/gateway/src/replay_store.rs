@@ -1,5 +1,5 @@
 //! The replay window, kept across restarts: the id of every forwarded
-//! message is written to PostgreSQL (`gateway_replay`) before the message is
+//! message is written to PostgreSQL (`gateway_replay_batches`) before the message is
 //! acknowledged to the broker, and a starting gateway loads the ids whose
 //! timestamps are still in the window. So a message redelivered after a
 //! crash, or replayed by someone who recorded it, is refused as a replay
@@ -7,13 +7,17 @@
 //!
 //! Writes are batched by one task (group commit: ids that arrive while a
 //! batch is being written go in the next), and a message waits for its
-//! batch, not for a write of its own. While the database is down, writes are
+//! batch, not for a write of its own. A batch is one row of parallel
+//! arrays: PostgreSQL's work per id is then an array element, not a tuple
+//! with two index entries. An id may be stored twice (a redelivered
+//! message accepted again after a restart); loading puts both into one set. While the database is down, writes are
 //! retried and acknowledgements wait: the broker holds the messages (an
 //! outage delays them, as a sink outage does) rather than the gateway
 //! acknowledging messages it could not remember.
 
 use std::time::Duration;
 
+use prometheus::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
@@ -53,16 +57,18 @@ impl ReplayStore {
     }
 
     /// Loads the ids still inside the window (`expires_at >= now`) and starts
-    /// the writer.
+    /// the writer, which times each group commit into `write_seconds`.
     pub async fn open(
         pool: PgPool,
         namespace: &str,
         gateway: &str,
         now: i64,
+        write_seconds: Histogram,
     ) -> Result<(Self, Vec<Remembered>), sqlx::Error> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT device_id, message_id, expires_at FROM gateway_replay \
-             WHERE namespace = $1 AND gateway = $2 AND expires_at >= $3",
+            "SELECT t.d, t.m, t.e FROM gateway_replay_batches b, \
+             UNNEST(b.device_ids, b.message_ids, b.expires_at) AS t(d, m, e) \
+             WHERE b.namespace = $1 AND b.gateway = $2 AND b.last_expires >= $3 AND t.e >= $3",
         )
         .bind(namespace)
         .bind(gateway)
@@ -79,7 +85,14 @@ impl ReplayStore {
             .collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let (durable_tx, durable) = watch::channel(0);
-        tokio::spawn(writer(pool, rx, durable_tx, namespace.to_string(), gateway.to_string()));
+        tokio::spawn(writer(
+            pool,
+            rx,
+            durable_tx,
+            namespace.to_string(),
+            gateway.to_string(),
+            write_seconds,
+        ));
         Ok((
             Self {
                 inner: Some(Writer { tx, durable, next: 0 }),
@@ -122,6 +135,7 @@ async fn writer(
     durable: watch::Sender<u64>,
     namespace: String,
     gateway: String,
+    write_seconds: Histogram,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_purge = tokio::time::Instant::now();
@@ -130,12 +144,14 @@ async fn writer(
             return;
         }
         let mut delay = Duration::from_millis(100);
+        let timer = write_seconds.start_timer();
         while let Err(e) = insert(&pool, &batch, &namespace, &gateway).await {
             tracing::warn!(error = %e, ids = batch.len(), retry_in_ms = delay.as_millis() as u64,
                 "could not record forwarded message ids; their acknowledgements wait");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        timer.observe_duration();
         // Entries arrive in sequence order, so the last is the highest.
         let seq = batch.last().map(|e| e.seq).unwrap_or_default();
         durable.send_replace(seq);
@@ -153,28 +169,30 @@ async fn insert(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) 
     let devices: Vec<&str> = batch.iter().map(|e| e.device_id.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|e| e.message_id.as_str()).collect();
     let expires: Vec<i64> = batch.iter().map(|e| e.expires).collect();
+    let last = expires.iter().copied().max().unwrap_or_default();
     sqlx::query(
-        "INSERT INTO gateway_replay (namespace, gateway, device_id, message_id, expires_at) \
-         SELECT $1, $2, d, m, e FROM UNNEST($3::text[], $4::text[], $5::bigint[]) AS t(d, m, e) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO gateway_replay_batches (namespace, gateway, device_ids, message_ids, expires_at, last_expires) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(namespace)
     .bind(gateway)
     .bind(&devices)
     .bind(&ids)
     .bind(&expires)
+    .bind(last)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Deletes the rows whose timestamps left the window before `now`.
+/// Deletes the batches whose every id left the window before `now`.
 pub async fn purge(pool: &PgPool, namespace: &str, gateway: &str, now: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM gateway_replay WHERE namespace = $1 AND gateway = $2 AND expires_at < $3")
-        .bind(namespace)
-        .bind(gateway)
-        .bind(now)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM gateway_replay_batches WHERE namespace = $1 AND gateway = $2 AND last_expires < $3")
+            .bind(namespace)
+            .bind(gateway)
+            .bind(now)
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected())
 }
