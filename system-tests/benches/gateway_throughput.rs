@@ -9,11 +9,17 @@
 //!    queued at Mosquitto for an offline persistent session; then
 //!    (a) a plain subscriber with no checks drains them (acking each), and
 //!    (b) the gateway drains them, checking each one and producing it to
-//!    Kafka; (b) is measured at a Kafka consumer. Reported: (b)/(a).
+//!    Kafka; (b) is measured at a Kafka consumer; and (c) `mosquitto_sub`
+//!    drains them (the reference the issue quotes). Reported: (b)/(a),
+//!    (b)/(c), and for (a) and (b) the CPU time per message of each
+//!    process on the path (Mosquitto, gateway, Kafka, PostgreSQL, the
+//!    local control plane, this bench), read from /proc: on this machine
+//!    they all share two cores, so their sum per message bounds the rate.
 //! 2. Latency: devices offer RATE msg/s for SECONDS; the send time rides in
 //!    each message id. p50/p99 of publish→raw-subscriber and of
 //!    publish→Kafka-record-through-the-gateway; the difference is what the
-//!    gateway adds.
+//!    gateway adds; and from the gateway's own histograms, receipt →
+//!    hand-off to the sinks and receipt → Kafka acknowledgement.
 
 #[path = "../tests/gateway/common.rs"]
 mod common;
@@ -218,6 +224,56 @@ async fn raw_drain(
         let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
     }
     (times, lat)
+}
+
+/// The issue's reference drain: Mosquitto's own `mosquitto_sub`, with the
+/// gateway's certificate, taking a persistent session's queued messages
+/// (`-c`, QoS 1, acked by the client library) and printing them to a pipe
+/// this bench reads. `subscribe_only` creates the session and leaves.
+async fn mosquitto_sub(h: &Harness, client_id: &str, n: usize, subscribe_only: bool) -> Vec<Instant> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = h.tmp.path().join("mosquitto_sub");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(dir.join(k), h.ns.secret_value("gw-gateway-client", k).await).unwrap();
+    }
+    let mut cmd = tokio::process::Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "localhost",
+        "-p",
+        &h.broker.port.to_string(),
+        "-i",
+        client_id,
+        "-c",
+        "-q",
+        "1",
+    ])
+    .args(["-t", "device/+/data"])
+    .arg("--cafile")
+    .arg(dir.join("ca.crt"))
+    .arg("--cert")
+    .arg(dir.join("tls.crt"))
+    .arg("--key")
+    .arg(dir.join("tls.key"))
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    if subscribe_only {
+        cmd.arg("-E");
+    } else {
+        cmd.args(["-C", &n.to_string()]);
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("mosquitto_sub (mosquitto-clients) is installed by dev-up");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut times = Vec::with_capacity(n);
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await {
+        times.push(Instant::now());
+    }
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "mosquitto_sub exited with {status}");
+    times
 }
 
 /// Reads telemetry records until `n` arrived, or `idle` passed with none
@@ -465,6 +521,20 @@ async fn main() {
     c.disconnect().await.ok();
     eprintln!("raw subscriber drained {n} at {raw_rate:.0} msg/s");
 
+    // 1a'. The same drain by mosquitto_sub, the reference the issue quotes.
+    for persistent in [false, true] {
+        let (c, mut el) = raw_subscriber(&h, "bench-raw", persistent).await;
+        subscribed(&c, &mut el).await;
+        c.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    }
+    mosquitto_sub(&h, "bench-raw", 0, true).await;
+    burst(&pubs, per_device).await;
+    let sub_times = mosquitto_sub(&h, "bench-raw", n, false).await;
+    assert_eq!(sub_times.len(), n, "mosquitto_sub got every message");
+    let sub_rate = rate(&sub_times);
+    eprintln!("mosquitto_sub drained {n} at {sub_rate:.0} msg/s");
+
     // 1b. Gateway drain of a burst of the same size. First a clean start
     // drops whatever the raw subscriber left unacknowledged in the shared
     // session, then a fresh persistent session subscribes and leaves.
@@ -524,7 +594,9 @@ async fn main() {
     println!(
         "(b) gateway, checked + produced to Kafka: {gw_rate:>9.0} msg/s  ({queued} messages, {rejected} rejected)"
     );
+    println!("(c) mosquitto_sub, no checks:             {sub_rate:>9.0} msg/s  ({n} messages; the issue's reference)");
     println!("(b)/(a):                                  {:>9.2}", gw_rate / raw_rate);
+    println!("(b)/(c):                                  {:>9.2}", gw_rate / sub_rate);
     println!(
         "latency, {:.0} msg/s offered for {seconds}s (achieved: gateway run {:.0}, raw run {:.0} msg/s), µs:",
         offered,
