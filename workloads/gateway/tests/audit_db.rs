@@ -4,29 +4,21 @@
 //! exited with a duplicate key in pg_namespace).
 
 use fleetward_gateway::audit::{SCHEMA, connect_pool};
-use fleetward_testkit::{env, rand_u32};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection};
+
+mod common;
+use common::{drop_db, scratch_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_starting_at_once_on_a_new_database_all_migrate() {
-    let url = env("DATABASE_URL");
-    let admin_opts: PgConnectOptions = url.parse().expect("DATABASE_URL");
-    let mut admin = admin_opts
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL is not reachable ({e}); run `./deploy.sh dev-up`"));
-    let db = format!("fw_audit_race_{:08x}", rand_u32());
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .expect("create a scratch database");
-    let db_url = admin_opts.clone().database(&db).to_url_lossy().to_string();
+    let (admin, db, db_url) = scratch_db("fw_audit_race").await;
+    let db_opts: PgConnectOptions = db_url.parse().unwrap();
 
     // Hold back every schema creation (inserts into pg_namespace wait; reads
     // do not) until all the gateways are past their "does it exist?" check,
     // so they really do start at once rather than by luck of timing.
-    let mut holder = admin_opts.clone().database(&db).connect().await.unwrap();
+    let mut holder = db_opts.connect().await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
     sqlx::query("LOCK TABLE pg_catalog.pg_namespace IN EXCLUSIVE MODE")
         .execute(&mut holder)
@@ -73,9 +65,5 @@ async fn gateways_starting_at_once_on_a_new_database_all_migrate() {
     for pool in pools {
         pool.close().await;
     }
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .expect("drop the scratch database");
-    admin.close().await.ok();
+    drop_db(admin, &db).await;
 }

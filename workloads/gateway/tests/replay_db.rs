@@ -5,33 +5,10 @@
 
 use fleetward_gateway::audit::{SCHEMA, connect_pool};
 use fleetward_gateway::replay_store::{ReplayStore, purge};
-use fleetward_testkit::{env, rand_u32};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection};
 
-/// A database of its own, dropped by `drop_db`.
-async fn scratch_db(prefix: &str) -> (PgConnection, String, String) {
-    let admin_opts: PgConnectOptions = env("DATABASE_URL").parse().expect("DATABASE_URL");
-    let mut admin = admin_opts
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL is not reachable ({e}); run `./deploy.sh dev-up`"));
-    let db = format!("{prefix}_{:08x}", rand_u32());
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .expect("create a scratch database");
-    let url = admin_opts.database(&db).to_url_lossy().to_string();
-    (admin, db, url)
-}
-
-async fn drop_db(mut admin: PgConnection, db: &str) {
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .expect("drop the scratch database");
-    admin.close().await.ok();
-}
+mod common;
+use common::{drop_db, scratch_db};
 
 fn histogram() -> prometheus::Histogram {
     prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
