@@ -175,6 +175,22 @@ async fn subscribed(client: &AsyncClient, el: &mut rumqttc::EventLoop) {
     }
 }
 
+/// Connects to the gateway's session (a clean start unless `persistent`),
+/// subscribes, and leaves: a persistent session then queues what follows.
+async fn subscribe_and_leave(h: &Harness, persistent: bool) {
+    let (c, mut el) = raw_subscriber(h, "bench-raw", persistent).await;
+    subscribed(&c, &mut el).await;
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+}
+
+/// A clean start drops whatever the last drain left unacknowledged in the
+/// shared session; then a fresh persistent session subscribes and leaves.
+async fn fresh_session(h: &Harness) {
+    subscribe_and_leave(h, false).await;
+    subscribe_and_leave(h, true).await;
+}
+
 /// Drives a subscriber until `n` messages arrived, or `idle` passed with
 /// none after the first; returns receive instants and send→receive
 /// latencies (µs). Acks go out from their own task, as in the gateway (an
@@ -506,10 +522,7 @@ async fn main() {
     // makes the client id the identity: it is the gateway's session, so
     // the gateway stops first (else the two would take it from each other).
     h.gateway.signal("-KILL");
-    let (c, mut el) = raw_subscriber(&h, "bench-raw", true).await;
-    subscribed(&c, &mut el).await;
-    c.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    subscribe_and_leave(&h, true).await;
     burst(&pubs, per_device).await;
     let (c, el) = raw_subscriber(&h, "bench-raw", true).await;
     let raw_parts = CpuParts::new(h.broker.pid(), None);
@@ -522,12 +535,7 @@ async fn main() {
     eprintln!("raw subscriber drained {n} at {raw_rate:.0} msg/s");
 
     // 1a'. The same drain by mosquitto_sub, the reference the issue quotes.
-    for persistent in [false, true] {
-        let (c, mut el) = raw_subscriber(&h, "bench-raw", persistent).await;
-        subscribed(&c, &mut el).await;
-        c.disconnect().await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
-    }
+    fresh_session(&h).await;
     mosquitto_sub(&h, "bench-raw", 0, true).await;
     burst(&pubs, per_device).await;
     let sub_times = mosquitto_sub(&h, "bench-raw", n, false).await;
@@ -535,15 +543,8 @@ async fn main() {
     let sub_rate = rate(&sub_times);
     eprintln!("mosquitto_sub drained {n} at {sub_rate:.0} msg/s");
 
-    // 1b. Gateway drain of a burst of the same size. First a clean start
-    // drops whatever the raw subscriber left unacknowledged in the shared
-    // session, then a fresh persistent session subscribes and leaves.
-    for persistent in [false, true] {
-        let (c, mut el) = raw_subscriber(&h, "bench-raw", persistent).await;
-        subscribed(&c, &mut el).await;
-        c.disconnect().await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
-    }
+    // 1b. Gateway drain of a burst of the same size, from a fresh session.
+    fresh_session(&h).await;
     let consumer = h.consumer();
     burst(&pubs, per_device).await;
     let queued = n;

@@ -1,19 +1,20 @@
 //! The replay window, kept across restarts: the id of every forwarded
-//! message is written to PostgreSQL (`gateway_replay_batches`) before the message is
-//! acknowledged to the broker, and a starting gateway loads the ids whose
-//! timestamps are still in the window. So a message redelivered after a
-//! crash, or replayed by someone who recorded it, is refused as a replay
-//! after a restart as before it.
+//! message is written to PostgreSQL (`gateway_replay_batches`) before the
+//! message is acknowledged to the broker, and a starting gateway loads the
+//! ids whose timestamps are still in the window. So a message redelivered
+//! after a crash, or replayed by someone who recorded it, is refused as a
+//! replay after a restart as before it.
 //!
 //! Writes are batched by one task (group commit: ids that arrive while a
 //! batch is being written go in the next), and a message waits for its
 //! batch, not for a write of its own. A batch is one row of parallel
 //! arrays: PostgreSQL's work per id is then an array element, not a tuple
 //! with two index entries. An id may be stored twice (a redelivered
-//! message accepted again after a restart); loading puts both into one set. While the database is down, writes are
-//! retried and acknowledgements wait: the broker holds the messages (an
-//! outage delays them, as a sink outage does) rather than the gateway
-//! acknowledging messages it could not remember.
+//! message accepted again after a restart); loading puts both into one
+//! set. While the database is down, writes are retried and
+//! acknowledgements wait: the broker holds the messages (an outage delays
+//! them, as a sink outage does) rather than the gateway acknowledging
+//! messages it could not remember.
 
 use std::time::Duration;
 
