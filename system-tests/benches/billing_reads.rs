@@ -11,17 +11,15 @@
 //! Prints the time until all answered with 64 requests in flight, beside
 //! the same read one request at a time, in the same run.
 
-#[path = "../tests/gateway/common.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use fleetward_billing::bill::Period;
 use fleetward_billing::metrics::Metrics;
 use fleetward_billing::read::{self, Ask, Gateway};
 use fleetward_billing::{db, ingest};
+use fleetward_system_tests::gateway::*;
+use fleetward_testkit::*;
 
 #[tokio::main]
 async fn main() {

@@ -15,16 +15,14 @@
 //! the gateway's peak RSS, the flooder's audit rows and the gateway's log
 //! lines during the flood, and what was refused how.
 
-#[path = "../tests/gateway/common.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use fleetward_protocol::{Envelope, data_topic, raw};
+use fleetward_system_tests::gateway::*;
+use fleetward_testkit::*;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use rumqttc::QoS;

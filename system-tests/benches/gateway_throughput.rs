@@ -21,16 +21,14 @@
 //!    gateway adds; and from the gateway's own histograms, receipt →
 //!    hand-off to the sinks and receipt → Kafka acknowledgement.
 
-#[path = "../tests/gateway/common.rs"]
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use fleetward_protocol::{Envelope, data_topic, raw};
+use fleetward_system_tests::gateway::*;
+use fleetward_testkit::*;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};

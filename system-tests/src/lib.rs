@@ -4,6 +4,8 @@
 //! plain HTTP to other Service addresses (the host routes them to the node).
 //! Every call that fails panics with the command's own output.
 
+pub mod gateway;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -8,15 +8,13 @@
 //! defaulters, CSV, bad input, authentication, rate limit, and the HTML
 //! bill screenshotted by headless Chromium.
 
-#[path = "../gateway/common.rs"]
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use fleetward_operator::crd::Device;
+use fleetward_system_tests::gateway::*;
+use fleetward_testkit::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use reqwest::StatusCode;

@@ -1,15 +1,14 @@
 //! The gateway end to end: real Mosquitto (TLS, operator-generated config),
 //! real Kafka, real PostgreSQL (audit), the real operator's credentials.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::*;
 use fleetward_operator::crd::Device;
 use fleetward_simulator::attack::{self, Attack, AttackOptions};
 use fleetward_simulator::{Credentials, DeviceEvent};
+use fleetward_system_tests::gateway::*;
+use fleetward_testkit::*;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
