@@ -63,9 +63,15 @@ case "$cmd" in
   dev-status) "$DEV" status ;;
   images) "$DEV" images node ;;
   test)
+    # Each stage's time is printed at the end (CI's log reads them).
+    t0=$SECONDS
     "$DEV" up --no-stack
+    t1=$SECONDS
     # The end-to-end test installs the chart itself; it needs every image.
-    "$DEV" images node
+    # One release build of the workspace serves both: the images take its
+    # binaries (devenv/images.sh), and it compiles every test as well.
+    FLEETWARD_BUILD_TESTS=1 "$DEV" images node
+    t2=$SECONDS
     # The tests run their own operators from this build; the dev stack's
     # operator reconciling the same kinds would race with them.
     "$DEV" pause-stack-operator
@@ -74,11 +80,12 @@ case "$cmd" in
     cd "$ROOT"
     rm -f .dev/e2e-figures.txt
     status=0
-    cargo test --workspace --no-fail-fast "$@" || status=$?
+    cargo test --workspace --release --no-fail-fast "$@" || status=$?
     if [ -f .dev/e2e-figures.txt ]; then
       echo "== end-to-end figures (system-tests/tests/stack/)"
       cat .dev/e2e-figures.txt
     fi
+    echo "== stages: services and node $((t1 - t0)) s, release build and images $((t2 - t1)) s, tests $((SECONDS - t2)) s"
     exit "$status"
     ;;
   bench-devices)

@@ -117,8 +117,10 @@ build_prometheus() {
   touch "$CACHE/bin/.prometheus-$PROMETHEUS_VERSION"
 }
 
-# The local stack's stand-ins for public images.
+# The local stack's stand-ins for public images (once per run: the
+# prebuilt path below makes them while the workspace compiles).
 build_local_images() {
+  [ -z "${LOCAL_IMAGES_BUILT:-}" ] || return 0
   build_base_image
   local ctx=$IMAGE_DIR/context item name
   for item in "${LOCAL_IMAGES[@]}"; do
@@ -146,33 +148,122 @@ build_local_images() {
       *) build_image "localhost/fleetward/$item" "$ROOT/devenv/images/$name" ;;
     esac
   done
+  LOCAL_IMAGES_BUILT=1
 }
 
 # The project's images, from the same Dockerfiles a user builds with
-# `docker build`. The Dockerfile's build stage compiles the workspace once
-# (release) in a stand-in for the public Rust image, with this machine's
-# toolchain mounted; its cache mounts keep target/ and the crate registry
-# under $CACHE, so later builds only recompile what changed.
+# `docker build`. Their binaries come from one of two places
+# (FLEETWARD_IMAGE_BINARIES):
+#   prebuilt  (the default on a host whose glibc the images' Debian
+#             bookworm base has, 2.36 or older): `cargo build --release` on
+#             this machine, its binaries copied into a small build context
+#             (out/) and the Dockerfile built with BINARIES=prebuilt, which
+#             skips its build stage. With FLEETWARD_BUILD_TESTS=1 the same
+#             release build compiles every test too (`./deploy.sh test`
+#             then runs them without compiling the workspace again).
+#   build     the Dockerfile's build stage compiles the workspace in
+#             release inside the build (as release.yml and minikube do), in
+#             a stand-in for the public Rust image with this machine's
+#             toolchain mounted; its cache mounts keep target/ and the crate
+#             registry under $CACHE.
 RUST_BUILDER_IMAGE=localhost/fleetward/rust-builder:bookworm
 # The build stage fetches crates over HTTPS with this machine's trust store,
 # which may hold a CA (e.g. a proxy's) that Debian's bundle lacks; only the
 # builder stand-in gets it, never an image that ships.
 HOST_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
-build_product_images() {
-  build_base_image
-  local ctx=$IMAGE_DIR/context
-  rm -rf "$ctx" && mkdir -p "$ctx"
-  cp "$ROOT/devenv/images/rust-builder/Dockerfile" "$HOST_CA_BUNDLE" "$ctx/"
-  build_image "$RUST_BUILDER_IMAGE" "$ctx" --build-arg "CA_BUNDLE=$(basename "$HOST_CA_BUNDLE")"
-  rm -rf "$ctx"
-  local rustup_home=${RUSTUP_HOME:-$HOME/.rustup} cargo_bin target
-  cargo_bin=$(dirname "$(command -v cargo)")
-  for target in operator gateway ingestor encryptor billing; do
-    build_image "$IMAGE_REGISTRY/$target:$FLEETWARD_VERSION" "$ROOT" -f "$ROOT/Dockerfile" --target "$target" \
-      --build-arg "RUST_IMAGE=$RUST_BUILDER_IMAGE" \
-      --volume "$rustup_home:/usr/local/rustup:ro" --volume "$cargo_bin:/usr/local/cargo/bin:ro"
+# The Dockerfile's targets, the packages that make their binaries, and the
+# binaries (as in the Dockerfile's build stage).
+RUST_IMAGES=(operator gateway ingestor encryptor billing)
+RUST_PACKAGES=(fleetward-operator fleetward-gateway fleetward-ingestor fleetward-encryptor fleetward-billing)
+RUST_BINARIES=(fleetward-operator crdgen fleetward-gateway fleetward-ingestor fleetward-encryptor fleetward-stations
+  fleetward-billing)
+# The newest glibc the images' base (Debian bookworm) has: a binary linked
+# against a newer one would not start in the image.
+BASE_GLIBC=2.36
+
+# version_le A B: A <= B for dotted versions.
+version_le() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$1" ]; }
+
+# image_binaries_mode: prebuilt or build (see above), in IMAGE_BINARIES.
+image_binaries_mode() {
+  local glibc
+  IMAGE_BINARIES=${FLEETWARD_IMAGE_BINARIES:-}
+  case $IMAGE_BINARIES in
+    prebuilt | build) return 0 ;;
+    "") ;;
+    *) die "FLEETWARD_IMAGE_BINARIES=$IMAGE_BINARIES: use prebuilt or build" ;;
+  esac
+  glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | sed -n 's/^glibc //p')
+  if [ -n "$glibc" ] && version_le "$glibc" "$BASE_GLIBC"; then
+    IMAGE_BINARIES=prebuilt
+  else
+    log "this host's glibc (${glibc:-unknown}) is newer than the images' ($BASE_GLIBC): they compile their own binaries"
+    IMAGE_BINARIES=build
+  fi
+}
+
+# host_release_build <dir>: the release binaries, compiled here, copied to
+# <dir>/out/; refuses a binary that needs a newer glibc than the base's.
+host_release_build() {
+  local out=$1/out target_dir=${CARGO_TARGET_DIR:-$ROOT/target} pkgs=() p b need
+  for p in "${RUST_PACKAGES[@]}"; do pkgs+=(-p "$p"); done
+  if [ "${FLEETWARD_BUILD_TESTS:-0}" = 1 ]; then
+    log "compiling the workspace in release, its tests included (the images' binaries and the test suite)"
+    (cd "$ROOT" && cargo test --workspace --release --locked --no-run) || die "the release build failed"
+  fi
+  # Without FLEETWARD_BUILD_TESTS the binaries alone; with it, nothing left to do.
+  log "release binaries for the images (cargo build --release ${pkgs[*]})"
+  (cd "$ROOT" && cargo build --release --locked --bins "${pkgs[@]}") || die "the release build failed"
+  mkdir -p "$out"
+  for b in "${RUST_BINARIES[@]}"; do
+    need=$(objdump -T "$target_dir/release/$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+    version_le "${need:-0}" "$BASE_GLIBC" ||
+      die "$b needs glibc $need, newer than the images' base ($BASE_GLIBC): build with FLEETWARD_IMAGE_BINARIES=build"
+    cp "$target_dir/release/$b" "$out/$b"
   done
-  build_image "$IMAGE_REGISTRY/mosquitto:$FLEETWARD_VERSION" "$ROOT/workloads/mosquitto"
+}
+
+build_product_images() {
+  local ctx=$IMAGE_DIR/product target
+  image_binaries_mode
+  if [ "$IMAGE_BINARIES" = prebuilt ]; then
+    # The release build runs in the background while the images that need
+    # no Rust binary are made: those wait mostly on the network (mmdebstrap,
+    # apt-get in their Dockerfiles), the build on the CPU.
+    local build_log=$STATE/logs/release-build.log build_pid
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    log "compiling the workspace in release (log: $build_log) while the other images are made"
+    host_release_build "$ctx" >"$build_log" 2>&1 &
+    build_pid=$!
+    build_base_image
+    build_image "$IMAGE_REGISTRY/mosquitto:$FLEETWARD_VERSION" "$ROOT/workloads/mosquitto"
+    build_local_images
+    if ! wait "$build_pid"; then
+      tail -n 60 "$build_log" >&2
+      die "the release build failed (its whole log: $build_log)"
+    fi
+    cat "$build_log" >&2
+    for target in "${RUST_IMAGES[@]}"; do
+      build_image "$IMAGE_REGISTRY/$target:$FLEETWARD_VERSION" "$ctx" -f "$ROOT/Dockerfile" --target "$target" \
+        --build-arg BINARIES=prebuilt
+    done
+    rm -rf "$ctx"
+  else
+    build_base_image
+    ctx=$IMAGE_DIR/context
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    cp "$ROOT/devenv/images/rust-builder/Dockerfile" "$HOST_CA_BUNDLE" "$ctx/"
+    build_image "$RUST_BUILDER_IMAGE" "$ctx" --build-arg "CA_BUNDLE=$(basename "$HOST_CA_BUNDLE")"
+    rm -rf "$ctx"
+    local rustup_home=${RUSTUP_HOME:-$HOME/.rustup} cargo_bin
+    cargo_bin=$(dirname "$(command -v cargo)")
+    for target in "${RUST_IMAGES[@]}"; do
+      build_image "$IMAGE_REGISTRY/$target:$FLEETWARD_VERSION" "$ROOT" -f "$ROOT/Dockerfile" --target "$target" \
+        --build-arg "RUST_IMAGE=$RUST_BUILDER_IMAGE" \
+        --volume "$rustup_home:/usr/local/rustup:ro" --volume "$cargo_bin:/usr/local/cargo/bin:ro"
+    done
+    build_image "$IMAGE_REGISTRY/mosquitto:$FLEETWARD_VERSION" "$ROOT/workloads/mosquitto"
+  fi
 }
 
 # all_images: what the chart needs, for the node (or minikube).
