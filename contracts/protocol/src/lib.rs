@@ -29,6 +29,7 @@
 
 pub mod category;
 pub mod replay;
+pub mod station;
 pub mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fleetward_encryptor::db::{self, TableName};
 use fleetward_encryptor::metrics::Metrics;
 use fleetward_encryptor::pipeline::{self, Settings, SharedKeyring};
-use fleetward_encryptor::record::{Sensitive, Station};
+use fleetward_encryptor::record::{CheckedStation, Sensitive};
 use fleetward_keyring::Keyring;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -162,7 +162,7 @@ async fn bench_row_at_a_time(topic: &str, n: usize, pool: &PgPool, ring: &Keyrin
     let db = db::connect(&env("DATABASE_URL"), 1).await.unwrap();
     for _ in 0..n {
         let m = c.recv().await.unwrap();
-        let r = Station::parse(m.payload()).unwrap().seal(ring, &sensitive);
+        let r = CheckedStation::parse(m.payload()).unwrap().seal(ring, &sensitive);
         sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(r.contract_index)
             .bind(r.number)
@@ -198,7 +198,7 @@ async fn bench_copy(topic: &str, n: usize, pool: &PgPool) -> (Duration, TableNam
     let mut buf = db::CopyBuf::new();
     for _ in 0..n {
         let m = c.recv().await.unwrap();
-        let mut r = Station::parse(m.payload()).unwrap().seal(&ring, &none);
+        let mut r = CheckedStation::parse(m.payload()).unwrap().seal(&ring, &none);
         r.contract_index = r.contract_name.clone();
         buf.station("", &[], &r);
     }

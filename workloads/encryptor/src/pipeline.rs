@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use crate::db::{self, RecordKind, TableName};
 use crate::dead_letter::{self, DeadLetter};
 use crate::metrics::Metrics;
-use crate::record::{Invalid, Row, Sensitive, Station};
+use crate::record::{CheckedStation, Invalid, Row, Sensitive};
 use crate::telemetry::{self, TelemetryRow};
 
 #[derive(Clone, Debug)]
@@ -293,7 +293,7 @@ impl Pipeline {
         );
         let (rows, refused) = tokio::task::spawn_blocking(move || match kind {
             RecordKind::Stations => {
-                let (rows, refused) = seal_all(&msgs, |p| Station::parse(p).map(|s| s.seal(&ring, &sensitive)));
+                let (rows, refused) = seal_all(&msgs, |p| CheckedStation::parse(p).map(|s| s.seal(&ring, &sensitive)));
                 (Rows::Stations(rows), refused)
             }
             RecordKind::Telemetry => {

@@ -1,5 +1,6 @@
-//! Station records as they arrive from Kafka (JCDecaux v1 field names, as
-//! the ingestor produces them), and the row stored for each: sensitive
+//! Station records as they arrive from Kafka (the protocol's station record,
+//! `fleetward_protocol::station`, as the ingestor produces it), checked
+//! against what the table holds, and the row stored for each: sensitive
 //! fields as Fernet tokens, the rest readable.
 
 use std::collections::BTreeSet;
@@ -7,7 +8,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use fleetward_keyring::Keyring;
-use serde::{Deserialize, Serialize};
+pub use fleetward_protocol::station::Position;
+use fleetward_protocol::station::{FIELDS, Station};
 use serde_json::Value;
 
 /// Fields that may be stored encrypted (the StationFeed's `sensitiveFields`).
@@ -67,44 +69,10 @@ impl Sensitive {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Position {
-    pub lat: f64,
-    pub lng: f64,
-}
-
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(untagged)]
-enum Number {
-    Int(u64),
-    Text(String),
-}
-
-/// A station record; fields beyond these are ignored.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-struct Incoming {
-    number: Number,
-    contract_name: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    position: Option<Position>,
-    #[serde(default)]
-    banking: bool,
-    #[serde(default)]
-    bonus: bool,
-    bike_stands: u32,
-    available_bike_stands: u32,
-    available_bikes: u32,
-    status: String,
-    last_update: i64,
-}
-
-/// A parsed record, before encryption.
+/// A station record that passed the checks, in the table's column types,
+/// before encryption.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Station {
+pub struct CheckedStation {
     pub number: String,
     pub contract_name: String,
     pub name: String,
@@ -205,49 +173,25 @@ impl Invalid {
     }
 }
 
-/// Field names of a station record (`Incoming` and `Position`): the only
-/// names a reason may give.
-const SCHEMA: [&str; 14] = [
-    "number",
-    "contract_name",
-    "name",
-    "address",
-    "position",
-    "banking",
-    "bonus",
-    "bike_stands",
-    "available_bike_stands",
-    "available_bikes",
-    "status",
-    "last_update",
-    "lat",
-    "lng",
-];
-
-impl Station {
+impl CheckedStation {
     pub fn parse(payload: Option<&[u8]>) -> Result<Self, Invalid> {
         let bytes = payload.filter(|p| !p.is_empty()).ok_or(Invalid::Empty)?;
         // One pass for a valid record; a refused one is parsed again in two
         // steps, so that a syntax error anywhere wins over a field's error
         // (the reason must not depend on which came first).
-        let r: Incoming = match serde_json::from_slice(bytes) {
+        let r: Station = match serde_json::from_slice(bytes) {
             Ok(r) => r,
             Err(_) => {
-                let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::from_json(&e, &SCHEMA))?;
-                serde_json::from_value(value).map_err(|e| Invalid::from_json(&e, &SCHEMA))?
+                let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid::from_json(&e, &FIELDS))?;
+                serde_json::from_value(value).map_err(|e| Invalid::from_json(&e, &FIELDS))?
             }
         };
-        let number = match r.number {
-            Number::Int(n) => n.to_string(),
-            Number::Text(s) => s,
-        };
+        let number = r.number.to_string();
         if number.is_empty() || number.len() > 64 {
             return Err(Invalid::Number);
         }
         let int = |v: u32, what| i32::try_from(v).map_err(|_| Invalid::TooLarge(what));
-        const Y2000_MS: i64 = 946_684_800_000;
-        const Y2200_MS: i64 = 7_258_118_400_000;
-        if !(Y2000_MS..Y2200_MS).contains(&r.last_update) {
+        if !r.has_plausible_time() {
             return Err(Invalid::Time("last_update"));
         }
         if [&r.contract_name, &r.name, &r.address, &r.status]
@@ -256,7 +200,7 @@ impl Station {
         {
             return Err(Invalid::TooLong);
         }
-        Ok(Station {
+        Ok(CheckedStation {
             number,
             contract_name: r.contract_name,
             name: r.name,
@@ -343,7 +287,7 @@ mod tests {
     #[test]
     fn seals_only_the_sensitive_fields() {
         let ring = Keyring::generate();
-        let st = Station::parse(Some(record().to_string().as_bytes())).unwrap();
+        let st = CheckedStation::parse(Some(record().to_string().as_bytes())).unwrap();
         let row = st.seal(&ring, &"address,contract_name".parse().unwrap());
         let id = ring.primary_id();
         assert_eq!(ring.decrypt(id, &row.address).unwrap(), b"Smithfield North");
@@ -354,7 +298,7 @@ mod tests {
         assert_eq!(row.last_update.timestamp_millis(), 1770418469000);
         assert_eq!(row.contract_index, contract_index(&ring, "Dublin"));
 
-        let st = Station::parse(Some(record().to_string().as_bytes())).unwrap();
+        let st = CheckedStation::parse(Some(record().to_string().as_bytes())).unwrap();
         let row = st.seal(&ring, &"position".parse().unwrap());
         assert_eq!(row.address, "Smithfield North");
         let pos: Position =
@@ -366,6 +310,61 @@ mod tests {
                 lng: -6.278198
             }
         );
+    }
+
+    /// What the ingestor writes is what the encryptor reads: every Dublin
+    /// station and a GBFS one, through the ingestor's own parsing and
+    /// Kafka encoding, come out of `parse` with every field unchanged.
+    #[test]
+    fn reads_every_field_the_ingestor_writes() {
+        use fleetward_ingestor::station::{StationNumber, from_gbfs, from_jcdecaux, kafka_record};
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/stations/jcdecaux-v1-dublin.json"
+        );
+        let dublin: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut written: Vec<_> = dublin
+            .into_iter()
+            .map(|v| from_jcdecaux(v, "Dublin").unwrap())
+            .collect();
+        assert_eq!(written.len(), 114);
+        let card_only = json!({"number": 900, "contract_name": "dublin", "name": "CARD ONLY", "address": "Quay",
+            "position": {"lat": 53.3, "lng": -6.2}, "banking": true, "bonus": true, "bike_stands": 10,
+            "available_bike_stands": 0, "available_bikes": 10, "status": "CLOSED", "last_update": 1770418469000_i64});
+        written.push(from_jcdecaux(card_only, "Dublin").unwrap());
+        let info = json!({"data": {"stations": [{"station_id": "hub-a", "name": "Hub A", "capacity": 9}]}});
+        let status = json!({"data": {"stations": [{"station_id": "hub-a", "num_bikes_available": 4,
+            "num_docks_available": 5, "is_renting": false, "last_reported": 1770418469}]}});
+        let (gbfs, skipped) = from_gbfs(&info, &status, "Quayside");
+        assert_eq!((gbfs.len(), skipped.len()), (1, 0));
+        assert_eq!(gbfs[0].number, StationNumber::Text("hub-a".into()));
+        written.extend(gbfs);
+        for w in &written {
+            let (key, value) = kafka_record(w);
+            let r = CheckedStation::parse(Some(&value)).unwrap_or_else(|e| panic!("station {key}: {e}"));
+            assert_eq!(r.number, key);
+            assert_eq!(r.number, w.number.to_string());
+            assert_eq!(
+                (&r.contract_name, &r.name, &r.address, &r.status),
+                (&w.contract_name, &w.name, &w.address, &w.status)
+            );
+            assert_eq!(r.position, w.position);
+            assert_eq!((r.banking, r.bonus), (w.banking, w.bonus));
+            assert_eq!(
+                (r.bike_stands, r.available_bike_stands, r.available_bikes),
+                (
+                    w.bike_stands as i32,
+                    w.available_bike_stands as i32,
+                    w.available_bikes as i32
+                )
+            );
+            assert_eq!(r.last_update.timestamp_millis(), w.last_update);
+        }
+        assert!(
+            written.iter().any(|w| w.position.is_none()),
+            "a station without position is covered"
+        );
+        assert!(written.iter().any(|w| w.banking && w.bonus), "true flags are covered");
     }
 
     #[test]
@@ -380,16 +379,16 @@ mod tests {
 
     #[test]
     fn malformed_records_are_rejected_without_quoting_values() {
-        let parse = |v: Value| Station::parse(Some(v.to_string().as_bytes()));
+        let parse = |v: Value| CheckedStation::parse(Some(v.to_string().as_bytes()));
         assert_eq!(
-            Station::parse(Some(b"{\"address\": \"Secret Lane\", x}")),
+            CheckedStation::parse(Some(b"{\"address\": \"Secret Lane\", x}")),
             Err(Invalid::NotJson { line: 1, column: 28 })
         );
         assert!(matches!(
-            Station::parse(Some(b"{\"address\": \"Secret Lane")),
+            CheckedStation::parse(Some(b"{\"address\": \"Secret Lane")),
             Err(Invalid::NotJson { .. })
         ));
-        assert_eq!(Station::parse(None), Err(Invalid::Empty));
+        assert_eq!(CheckedStation::parse(None), Err(Invalid::Empty));
         let mut r = record();
         r.as_object_mut().unwrap().remove("number");
         assert_eq!(parse(r), Err(Invalid::MissingField(Some("number"))));

@@ -303,7 +303,7 @@ async fn after_rotation_old_and_new_rows_decrypt() {
 mod cli {
     use super::*;
     use fleetward_encryptor::db::{self, TableName};
-    use fleetward_encryptor::record::Station;
+    use fleetward_encryptor::record::CheckedStation;
     use k8s_openapi::api::core::v1::{Namespace, Secret};
     use kube::api::{DeleteParams, ObjectMeta, PostParams};
 
@@ -316,7 +316,7 @@ mod cli {
         let rows: Vec<_> = stations
             .iter()
             .map(|s| {
-                Station::parse(Some(s.to_string().as_bytes()))
+                CheckedStation::parse(Some(s.to_string().as_bytes()))
                     .unwrap()
                     .seal(ring, &sensitive)
             })

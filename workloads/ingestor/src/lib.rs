@@ -229,8 +229,7 @@ pub async fn poll_once(fetcher: &Fetcher, producer: &FutureProducer, topic: &str
     metrics.skipped.inc_by(poll.skipped.len() as u64);
 
     let sends = poll.stations.iter().map(|s| async move {
-        let key = s.number.to_string();
-        let payload = serde_json::to_vec(s).expect("station serializes");
+        let (key, payload) = station::kafka_record(s);
         let record = FutureRecord::to(topic).key(&key).payload(&payload);
         producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)
     });

@@ -1,64 +1,10 @@
-//! The station record the ingestor produces: JCDecaux VLS v1 field names
-//! (seed 000's table), whatever the source. GBFS stations are mapped onto
-//! the same names so the encryptor handles one format.
+//! Station records from each source, as the protocol's station record
+//! (`fleetward_protocol::station`, JCDecaux VLS v1 field names): a
+//! JCDecaux station is read as it is, GBFS stations are mapped onto the
+//! same names, so the encryptor handles one format.
 
-use serde::{Deserialize, Serialize};
+pub use fleetward_protocol::station::{Position, Station, StationNumber};
 use serde_json::Value;
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Position {
-    pub lat: f64,
-    pub lng: f64,
-}
-
-/// A station id: JCDecaux numbers are integers; GBFS ids are strings
-/// (numeric ones are kept as numbers so both sources key alike).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
-#[serde(untagged)]
-pub enum StationNumber {
-    Number(u64),
-    Text(String),
-}
-
-impl StationNumber {
-    pub fn from_id(id: &str) -> Self {
-        match id.parse::<u64>() {
-            Ok(n) if n.to_string() == id => Self::Number(n),
-            _ => Self::Text(id.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for StationNumber {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Number(n) => write!(f, "{n}"),
-            Self::Text(s) => f.write_str(s),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Station {
-    pub number: StationNumber,
-    pub contract_name: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub address: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub position: Option<Position>,
-    #[serde(default)]
-    pub banking: bool,
-    #[serde(default)]
-    pub bonus: bool,
-    pub bike_stands: u32,
-    pub available_bike_stands: u32,
-    pub available_bikes: u32,
-    pub status: String,
-    /// Milliseconds since the Unix epoch (JCDecaux's unit).
-    pub last_update: i64,
-}
 
 /// Why one station of a response was skipped (counted, never fatal).
 #[derive(thiserror::Error, Debug, PartialEq)]
@@ -87,12 +33,16 @@ pub fn from_jcdecaux(mut v: Value, contract: &str) -> Result<Station, Malformed>
     check_time(s)
 }
 
-/// Plausible = between 2000 and 2200: catches seconds-vs-milliseconds and
-/// garbage before it becomes a natural key.
+/// The Kafka key (the station number) and value (the record's JSON) the
+/// ingestor produces for one station.
+pub fn kafka_record(s: &Station) -> (String, Vec<u8>) {
+    (s.number.to_string(), serde_json::to_vec(s).expect("station serializes"))
+}
+
+/// A station whose time is not plausible (see the protocol's
+/// `PLAUSIBLE_LAST_UPDATE_MS`) is skipped.
 fn check_time(s: Station) -> Result<Station, Malformed> {
-    const Y2000_MS: i64 = 946_684_800_000;
-    const Y2200_MS: i64 = 7_258_118_400_000;
-    if (Y2000_MS..Y2200_MS).contains(&s.last_update) {
+    if s.has_plausible_time() {
         Ok(s)
     } else {
         Err(Malformed::Time(s.last_update))
