@@ -10,13 +10,14 @@ use fleetward_operator::controllers;
 use fleetward_operator::crd::{Device, Gateway};
 use fleetward_operator::leader::{LeaderConfig, run_as_leader};
 use fleetward_operator::metrics::Metrics;
+use fleetward_service::{logging, shutdown};
 use kube::Api;
 use kube::api::ListParams;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Kubernetes operator for a secure IoT fleet")]
 struct Args {
-    /// Address for /metrics and /healthz.
+    /// Address for /metrics and /health.
     #[arg(long, env = "FLEETWARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
     /// Log as JSON lines (for log collectors) instead of text.
@@ -59,13 +60,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube_runtime=warn".into());
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    logging::init(logging::Format::json_if(args.log_json), "info,kube_runtime=warn");
 
     let mut config = Config::default();
     let set = |slot: &mut String, v: Option<String>| {
@@ -121,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
                 identity: identity(args.pod_name.as_deref()),
                 lease_duration: Duration::from_secs(args.lease_duration_seconds),
             };
-            run_as_leader(client, &leader, &metrics, shutdown_signal(), controllers::run(ctx)).await
+            run_as_leader(client, &leader, &metrics, shutdown::signal(), controllers::run(ctx)).await
         } else {
             metrics.leader.set(1);
             controllers::run(ctx).await;
@@ -138,15 +133,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// This process's identity in the Lease: the pod name (so `kubectl get

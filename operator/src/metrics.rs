@@ -134,12 +134,6 @@ impl Metrics {
         self.device_ready(namespace, name, false);
         let _ = self.cert_expiry.remove_label_values(&[namespace, name, "device"]);
     }
-
-    pub fn gather(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
-    }
 }
 
 pub struct ReconcileTimer<'a> {

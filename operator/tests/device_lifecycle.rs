@@ -589,7 +589,7 @@ async fn secrets_stay_out_of_status_events_and_logs() {
     ns.cleanup().await;
 }
 
-/// /metrics exposes readiness and certificate expiry; /healthz answers.
+/// /metrics exposes readiness and certificate expiry; /health answers.
 #[tokio::test]
 async fn metrics_report_ready_devices_and_expiry() {
     let op = operator();
@@ -606,7 +606,7 @@ async fn metrics_report_ready_devices_and_expiry() {
     assert!(op.metric("fleetward_devices_ready") >= 1.0);
     assert!(op.metric("fleetward_reconciles_total{kind=\"device\"}") >= 1.0);
     assert!(op.metrics().contains("fleetward_reconcile_duration_seconds_bucket"));
-    assert_eq!(http_get(&format!("{}/healthz", op.base_url)).as_deref(), Some("ok"));
+    assert_eq!(http_get(&format!("{}/health", op.base_url)).as_deref(), Some("ok"));
     ns.cleanup().await;
 }
 

@@ -120,7 +120,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         cmd,
         format!("http://127.0.0.1:{port}"),
         dir.path().join("operator.log"),
-        "/healthz",
+        "/health",
         30,
     );
 

@@ -8,7 +8,8 @@
 //!
 //! By what it starts: `cluster` (API server, namespaces, waiting),
 //! `kafka`, `mosquitto`, `fixtures` (test data, manifests), `workload`
-//! (a process under test), and with the `operator` feature `operator`.
+//! (a process under test), `stats` (percentiles for the benches), and with
+//! the `operator` feature `operator`.
 
 mod cluster;
 mod fixtures;
@@ -16,6 +17,7 @@ mod kafka;
 mod mosquitto;
 #[cfg(feature = "operator")]
 mod operator;
+mod stats;
 mod workload;
 
 pub use cluster::*;
@@ -24,4 +26,5 @@ pub use kafka::*;
 pub use mosquitto::*;
 #[cfg(feature = "operator")]
 pub use operator::*;
+pub use stats::percentile;
 pub use workload::{Workload, metric_in, workspace_binary};

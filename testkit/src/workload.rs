@@ -99,6 +99,11 @@ impl Workload {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
     }
+
+    /// How it ended, once it has (without waiting).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
 }
 
 impl Drop for Workload {

@@ -8,16 +8,11 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal as unix_signal};
 use tokio::sync::watch;
 
-/// Resolves on the first SIGTERM or SIGINT this process receives after the
-/// call. Panics if the handlers cannot be installed (only at start-up, when
-/// the process has no signal support at all).
+/// Resolves on the first SIGTERM or SIGINT this process receives after it
+/// is first polled. Panics if the handlers cannot be installed (a process
+/// without signal support at all).
 pub async fn signal() {
-    let mut term = unix_signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = unix_signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-    }
+    Shutdown::on_signal().triggered().await
 }
 
 /// A stop request that any number of tasks can wait for; clones share it.

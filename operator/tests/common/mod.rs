@@ -25,7 +25,7 @@ pub fn spawn_operator_with_env(args: &[&str], log_name: &str, vars: &[(&str, &st
         .env("FLEETWARD_KAFKA_BOOTSTRAP", env("KAFKA_BROKERS"))
         .env("RUST_LOG", "info,kube_runtime=warn")
         .envs(vars.iter().copied());
-    Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/healthz", 30)
+    Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/health", 30)
 }
 
 /// Starts (once per test binary) the operator built from this tree.

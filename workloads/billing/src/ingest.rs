@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleetward_protocol::telemetry::TelemetryRecord;
+use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -136,14 +137,13 @@ pub async fn run(consumer: StreamConsumer, pool: PgPool, ns: String, metrics: Ar
             }
             last.push((m.topic().to_string(), m.partition(), m.offset()));
         }
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::standard();
         let stored = loop {
             match db::insert_readings(&pool, &batch).await {
                 Ok(n) => break n,
                 Err(e) => {
                     tracing::warn!(error = %e, rows = batch.len(), "storing readings failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff.wait().await;
                 }
             }
         };

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use clap::Parser;
 use fleetward_billing::api::{self, Api};
 use fleetward_billing::ingest;
 use fleetward_billing::metrics::Metrics;
 use fleetward_billing::read::Gateway;
 use fleetward_billing::service::Service;
+use fleetward_service::http::MetricsServer;
+use fleetward_service::{logging, shutdown};
 use kube::ResourceExt;
 
 #[derive(Parser, Debug)]
@@ -69,12 +69,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    logging::init(logging::Format::json_if(args.log_json), "info");
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -127,26 +122,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(tariff = %args.tariff, namespace = %args.namespace, topic = %args.kafka_topic,
         on_demand_reads = service.gateway.is_some(), "billing starting");
     let consumer = ingest::consumer(&args.kafka_brokers, &args.kafka_topic, &args.kafka_group_id)?;
-    let m = metrics.clone();
-    let health = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { m.gather() }));
-    let health_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let health = MetricsServer::new(metrics.registry.clone(), "fleetward-billing", env!("CARGO_PKG_VERSION"));
     let api = Api::new(service.clone(), &args.api_key, args.api_rate_per_second, args.api_burst);
     tokio::select! {
-        r = axum::serve(health_listener, health) => r?,
+        r = health.serve(args.metrics_addr) => r?,
         r = api::serve(args.http_addr, api) => r?,
         _ = ingest::run(consumer, pool, args.namespace.clone(), metrics) => {}
         _ = service.clone().schedule(created, Duration::from_secs(args.tick_seconds.max(1))) => {}
-        _ = shutdown() => tracing::info!("billing stopping"),
+        _ = shutdown::signal() => tracing::info!("billing stopping"),
     }
     Ok(())
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

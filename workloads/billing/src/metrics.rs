@@ -1,6 +1,6 @@
 //! Prometheus metrics served on `/metrics`.
 
-use prometheus::{CounterVec, Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -92,15 +92,5 @@ impl Default for Metrics {
             readings,
             api,
         }
-    }
-}
-
-impl Metrics {
-    pub fn gather(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("metrics encode");
-        String::from_utf8(out).expect("metrics are UTF-8")
     }
 }

@@ -20,9 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use clap::Parser;
+use fleetward_service::http::MetricsServer;
 
 use crate::db::{RecordKind, TableName};
 use crate::metrics::Metrics;
@@ -107,9 +106,11 @@ impl Args {
 }
 
 pub async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { metrics.gather() }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    MetricsServer::new(
+        metrics.registry.clone(),
+        "fleetward-encryptor",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .serve(addr)
+    .await
 }

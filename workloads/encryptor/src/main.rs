@@ -10,16 +10,12 @@ use clap::Parser;
 use fleetward_encryptor::metrics::Metrics;
 use fleetward_encryptor::pipeline::{self, SharedKeyring};
 use fleetward_encryptor::{Args, keys, serve_http};
+use fleetward_service::{logging, shutdown};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    logging::init(logging::Format::json_if(args.log_json), "info");
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -55,15 +51,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         res = http => {
             res??;
         }
-        _ = shutdown() => tracing::info!("encryptor stopping"),
+        _ = shutdown::signal() => tracing::info!("encryptor stopping"),
     }
     Ok(())
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

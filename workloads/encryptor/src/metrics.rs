@@ -95,12 +95,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn gather(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
-    }
-
     pub fn set_primary(&self, key_id: &str) {
         self.primary_key.reset();
         self.primary_key.with_label_values(&[key_id]).set(1);

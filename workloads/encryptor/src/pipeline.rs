@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use fleetward_keyring::Keyring;
+use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -307,11 +308,11 @@ impl Pipeline {
             let m = &batch[*i];
             // Sealed once, so a retry sends the same token.
             let letter = dead_letter::seal(&keyring, m, why);
-            let mut attempt = 0;
+            let mut backoff = Backoff::standard();
             while let Err(e) = self.dead_letter(&letter).await {
                 tracing::warn!(error = %e, "dead-letter topic refused a record; retrying");
                 self.metrics.errors.with_label_values(&["dlq"]).inc();
-                backoff(&mut attempt).await;
+                backoff.wait().await;
             }
             // `Invalid` holds no text of the record: safe to log.
             tracing::warn!(
@@ -342,14 +343,14 @@ impl Pipeline {
         let fields = self.settings.sensitive.names();
         let metrics = self.metrics.clone();
         let handle = tokio::spawn(async move {
-            let mut attempt = 0;
+            let mut backoff = Backoff::standard();
             loop {
                 match insert(&pool, &table, &staged.key_id, &fields, &staged.rows).await {
                     Ok(n) => return n,
                     Err(e) => {
                         tracing::warn!(error = %e, rows = staged.rows.len(), "storing batch failed; retrying");
                         metrics.errors.with_label_values(&["db"]).inc();
-                        backoff(&mut attempt).await;
+                        backoff.wait().await;
                     }
                 }
             }
@@ -502,12 +503,6 @@ async fn insert(
     };
     tx.commit().await?;
     Ok(n)
-}
-
-async fn backoff(attempt: &mut u32) {
-    let ms = (200u64 << (*attempt).min(6)).min(10_000);
-    *attempt += 1;
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// Connects, migrates, prepares the table and builds the pipeline.

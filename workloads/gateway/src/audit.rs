@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use fleetward_service::backoff::Backoff;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
@@ -253,14 +254,13 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<AuditEvent>, namespace: Str
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::standard();
         loop {
             match insert(&pool, &batch, &namespace, &gateway).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, rows = batch.len(), "audit insert failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    backoff.wait().await;
                 }
             }
         }

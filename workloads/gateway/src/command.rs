@@ -15,11 +15,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use fleetward_protocol::{Command, RawValue, command_topic, new_message_id};
+use fleetward_service::bearer::{self, BearerKey};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::audit::{Audit, AuditEvent};
 use crate::bucket::Bucket;
@@ -73,9 +72,7 @@ impl Failures {
 
 #[derive(Clone)]
 pub struct ApiState {
-    /// SHA-256 of the bearer key: comparing digests makes the check
-    /// constant-time regardless of the presented key's length.
-    key_digest: [u8; 32],
+    key: BearerKey,
     registry: Arc<Registry>,
     mqtt: AsyncClient,
     audit: Audit,
@@ -86,23 +83,13 @@ pub struct ApiState {
 impl ApiState {
     pub fn new(api_key: &str, registry: Arc<Registry>, mqtt: AsyncClient, audit: Audit, metrics: Arc<Metrics>) -> Self {
         Self {
-            key_digest: Sha256::digest(api_key.as_bytes()).into(),
+            key: BearerKey::new(api_key),
             registry,
             mqtt,
             audit,
             metrics,
             failures: Arc::default(),
         }
-    }
-
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        !presented.is_empty() && bool::from(digest.ct_eq(&self.key_digest))
     }
 }
 
@@ -134,7 +121,7 @@ async fn send_command(
             .insert(header::RETRY_AFTER, "1".parse().expect("static header"));
         return r;
     }
-    if !st.authorized(&headers) {
+    if !st.key.admits(&headers) {
         st.failures.failed(peer.ip());
         st.metrics.commands.with_label_values(&["unauthorized"]).inc();
         let shown: String = device_id.chars().take(AUDIT_ID_CHARS).collect();
@@ -143,13 +130,7 @@ async fn send_command(
                 .device(&shown)
                 .detail(format!("from {}", peer.ip())),
         );
-        let mut r = reply(
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "missing or wrong bearer key"}),
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
-        return r;
+        return bearer::refusal();
     }
     let refuse = |status: StatusCode, reason: &str, msg: &str| {
         st.metrics.commands.with_label_values(&[reason]).inc();

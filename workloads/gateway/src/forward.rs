@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fleetward_protocol::response_topic;
 use fleetward_protocol::telemetry::TelemetryRecord;
+use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::v5::AsyncClient;
@@ -19,13 +20,10 @@ use crate::metrics::Metrics;
 
 /// Largest backend answer relayed to a device.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// Waits between attempts at a failing sink: from the first to the cap,
-/// doubling. A message is retried until its sinks take it (it stays
-/// unacknowledged meanwhile, so the broker keeps it and, once its window of
-/// unacknowledged messages is full, holds back the rest): a sink outage
-/// delays messages, it does not lose them.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(5);
+// A message is retried, with the shared backoff, until its sinks take it
+// (it stays unacknowledged meanwhile, so the broker keeps it and, once its
+// window of unacknowledged messages is full, holds back the rest): a sink
+// outage delays messages, it does not lose them.
 
 #[derive(thiserror::Error, Debug)]
 pub enum ForwardError {
@@ -100,7 +98,7 @@ impl Sinks {
             namespace: Cow::Borrowed(&self.namespace),
         };
         let body = record.to_json();
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::standard();
         loop {
             let res = producer
                 .send(
@@ -120,10 +118,10 @@ impl Sinks {
                     self.metrics.kafka_errors.inc();
                     // One line per retry of one message, the waits doubling:
                     // bounded log volume whatever the outage's length.
+                    let delay = backoff.next_delay();
                     tracing::warn!(device = %msg.device_id, message_id = %msg.envelope.message_id, error = %e,
                         retry_in_ms = delay.as_millis() as u64, "kafka delivery failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_CAP);
                 }
             }
         }
@@ -134,8 +132,9 @@ impl Sinks {
             return Ok(());
         };
         let url = format!("{base}/device/{}/data", msg.device_id);
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::standard();
         loop {
+            let delay = backoff.next_delay();
             let res = client
                 .post(&url)
                 .header("content-type", "application/json")
@@ -179,7 +178,6 @@ impl Sinks {
                 }
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RETRY_CAP);
         }
     }
 }

@@ -1,46 +1,32 @@
-//! `/metrics` and `/health` (plain HTTP, for Prometheus and probes).
+//! `/metrics` and `/health` (plain HTTP, for Prometheus and probes), served
+//! by the shared server; the gateway's own part is its health check.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use fleetward_service::http::MetricsServer;
 use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
-#[derive(Clone)]
-struct HealthState {
-    metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
-}
-
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, registry: Arc<Registry>) -> std::io::Result<()> {
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(s): State<HealthState>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    s.metrics.gather(),
-                )
-            }),
-        )
-        .route("/health", get(health))
-        .with_state(HealthState { metrics, registry });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics and /health");
-    axum::serve(listener, app).await
+    MetricsServer::new(metrics.registry.clone(), "fleetward-gateway", env!("CARGO_PKG_VERSION"))
+        .health(get(move || {
+            let (metrics, registry) = (metrics.clone(), registry.clone());
+            async move { health(&metrics, &registry) }
+        }))
+        .serve(addr)
+        .await
 }
 
 /// Healthy once the device registry is loaded and the broker connected.
-async fn health(State(s): State<HealthState>) -> impl IntoResponse {
-    let connected = s.metrics.mqtt_connected.get() == 1;
-    let synced = s.registry.synced();
+fn health(metrics: &Metrics, registry: &Registry) -> impl IntoResponse + use<> {
+    let connected = metrics.mqtt_connected.get() == 1;
+    let synced = registry.synced();
     let status = if connected && synced {
         StatusCode::OK
     } else {
@@ -48,6 +34,6 @@ async fn health(State(s): State<HealthState>) -> impl IntoResponse {
     };
     (
         status,
-        axum::Json(json!({"mqtt_connected": connected, "registry_synced": synced, "devices": s.registry.len()})),
+        axum::Json(json!({"mqtt_connected": connected, "registry_synced": synced, "devices": registry.len()})),
     )
 }

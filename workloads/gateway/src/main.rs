@@ -13,6 +13,8 @@ use fleetward_gateway::pipeline::Pipeline;
 use fleetward_gateway::registry::Registry;
 use fleetward_gateway::replay_store::ReplayStore;
 use fleetward_gateway::{crl, http, mqtt};
+use fleetward_service::logging;
+use fleetward_service::shutdown::Shutdown;
 use rumqttc::v5::AsyncClient;
 
 /// Every message allocates its envelope, record and futures: glibc's
@@ -24,12 +26,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if cfg.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    logging::init(logging::Format::json_if(cfg.log_json), "info");
+    // From the start: a SIGTERM during start-up still ends in a clean stop.
+    let stop = Shutdown::on_signal();
     anyhow::ensure!(
         cfg.command_api_key.trim().len() >= fleetward_gateway::command::MIN_KEY_LEN,
         "COMMAND_API_KEY is shorter than {} characters; use a long random key (the operator generates one \
@@ -157,14 +156,22 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         mqtt: client.clone(),
     };
-    tokio::spawn(pipeline.run(rx, waiting.clone()));
+    let pipeline = tokio::spawn(pipeline.run(rx, waiting.clone()));
     tracing::info!(gateway = %cfg.gateway, namespace = %cfg.namespace, "gateway starting");
-    tokio::select! {
-        _ = mqtt::run(eventloop, client.clone(), mqtt::Handoff { tx, waiting }, metrics, connections) => {}
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("shutting down");
-            let _ = client.disconnect().await;
-        }
-    }
+    let stop = mqtt::Stop {
+        requested: stop,
+        pipeline,
+        drain: Duration::from_secs(cfg.shutdown_drain_seconds),
+    };
+    mqtt::run(
+        eventloop,
+        client,
+        mqtt::Handoff { tx, waiting },
+        metrics,
+        connections,
+        stop,
+    )
+    .await;
+    tracing::info!("gateway stopped");
     Ok(())
 }

@@ -152,11 +152,3 @@ impl Default for Metrics {
         m
     }
 }
-
-impl Metrics {
-    pub fn gather(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
-    }
-}

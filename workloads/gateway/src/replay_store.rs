@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use fleetward_service::backoff::Backoff;
 use prometheus::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
@@ -144,13 +145,13 @@ async fn writer(
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::standard();
         let timer = write_seconds.start_timer();
         while let Err(e) = insert(&pool, &batch, &namespace, &gateway).await {
+            let delay = backoff.next_delay();
             tracing::warn!(error = %e, ids = batch.len(), retry_in_ms = delay.as_millis() as u64,
                 "could not record forwarded message ids; their acknowledgements wait");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
         timer.observe_duration();
         // Entries arrive in sequence order, so the last is the highest.

@@ -14,9 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
 use clap::{Parser, ValueEnum};
+use fleetward_service::http::MetricsServer;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -150,15 +149,14 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
 }
 
 pub async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), Error> {
-    let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { metrics.gather() }));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Serve { addr, source })?;
-    axum::serve(listener, app)
-        .await
-        .map_err(|source| Error::Serve { addr, source })
+    MetricsServer::new(
+        metrics.registry.clone(),
+        "fleetward-ingestor",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .serve(addr)
+    .await
+    .map_err(|source| Error::Serve { addr, source })
 }
 
 /// Polls until `shutdown` resolves (or `max_polls` is reached).

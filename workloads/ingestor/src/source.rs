@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use fleetward_service::backoff::Backoff;
 use serde_json::Value;
 
 use crate::metrics::Metrics;
@@ -119,12 +119,10 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Exponential backoff with full jitter: spreads retries of many
-    /// ingestors hitting the same recovering API.
+    /// The shared backoff from `base` to `max`, jittered: spreads retries
+    /// of many ingestors hitting the same recovering API.
     pub fn delay(&self, retry: u32) -> Duration {
-        let cap = self.base.saturating_mul(1u32 << retry.min(16)).min(self.max);
-        let ms = rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);
-        Duration::from_millis(ms)
+        Backoff::new(self.base, self.max).delay(retry)
     }
 }
 

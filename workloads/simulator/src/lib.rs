@@ -14,6 +14,7 @@ use fleetward_protocol::{
     Category, Command, Envelope, Rejection, ReplayWindow, command_topic, data_topic, new_message_id, raw,
     response_topic,
 };
+use fleetward_service::backoff::Backoff;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -283,7 +284,7 @@ impl Device {
 
 async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<DeviceEvent>, opts: ConnectOptions) {
     let mut seen = ReplayWindow::new();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::standard();
     loop {
         if device.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = tx.try_send(DeviceEvent::Disconnected("stopped".into()));
@@ -292,7 +293,7 @@ async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<Dev
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::debug!(device = %device.id, session_present = ack.session_present, "connected");
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 let _ = device.client.try_subscribe(command_topic(&device.id), QoS::AtLeastOnce);
                 let _ = device
                     .client
@@ -339,8 +340,7 @@ async fn run(device: Arc<Device>, mut eventloop: EventLoop, tx: mpsc::Sender<Dev
             Ok(_) => {}
             Err(e) => {
                 let _ = tx.try_send(DeviceEvent::Disconnected(e.to_string()));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff.wait().await;
             }
         }
     }

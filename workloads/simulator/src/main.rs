@@ -82,9 +82,7 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    fleetward_service::logging::init(fleetward_service::logging::Format::Text, "info");
     let args = Args::parse();
     let opts = ConnectOptions::new(&args.host, args.port);
     match &args.cmd {
