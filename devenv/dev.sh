@@ -96,7 +96,9 @@ prereqs() {
   need cmake cmake
   need c++ g++
   header_present curl/curl.h || need_pkg libcurl4-openssl-dev "the curl/curl.h header"
-  # The broker's fleetward_revoke plugin is C against Mosquitto's plugin API.
+  # The broker's fleetward_broker plugin is C against Mosquitto's plugin API,
+  # built by make.
+  need make make
   header_present mosquitto_broker.h || need_pkg mosquitto-dev "Mosquitto's plugin headers"
   header_present mosquitto.h || need_pkg libmosquitto-dev "the mosquitto.h header"
   header_present openssl/x509.h || need_pkg libssl-dev "OpenSSL's headers"
@@ -281,15 +283,11 @@ stop_pid() { # stop_pid <name>
   rm -f "$f"
 }
 
-# The broker plugin for the tests' host Mosquitto (the image builds its own),
-# rebuilt when its source changes.
+# The broker plugin for the tests' host Mosquitto, by the Makefile the image
+# builds it with (make rebuilds it when a source changes).
 build_mosquitto_plugin() {
-  local src=$ROOT/workloads/mosquitto/plugin/fleetward_revoke.c out=$CACHE/mosquitto/fleetward_revoke.so
-  [ -f "$out" ] && [ "$out" -nt "$src" ] && return 0
-  log "building the Mosquitto plugin fleetward_revoke"
-  mkdir -p "$(dirname "$out")"
-  gcc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O2 -fPIC -shared -o "$out.tmp" "$src" -lcrypto
-  mv "$out.tmp" "$out"
+  log "building the Mosquitto plugin fleetward_broker"
+  make -s -C "$ROOT/workloads/mosquitto/plugin" OUT="$CACHE/mosquitto"
 }
 
 write_env() {
@@ -304,7 +302,7 @@ export FLEETWARD_NODE_IP=$NODE_IP
 export FLEETWARD_CONTAINERD_SOCK=$CONTAINERD_SOCK
 export FLEETWARD_KAFKA_LIBS=$CACHE/kafka/libs
 export FLEETWARD_PYTHON=$CACHE/venv/bin/python
-export FLEETWARD_MOSQUITTO_PLUGIN=$CACHE/mosquitto/fleetward_revoke.so
+export FLEETWARD_MOSQUITTO_PLUGIN=$CACHE/mosquitto/fleetward_broker.so
 export FLEETWARD_IMAGE_VERSION=$FLEETWARD_VERSION
 # The AWS SDK's credential chain must never reach for the EC2 metadata
 # address from here: the tests' AWS is moto on loopback.

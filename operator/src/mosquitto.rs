@@ -18,15 +18,16 @@ pub const DATA_DIR: &str = "/mosquitto/data";
 /// issued this identity.
 pub const GATEWAY_IDENTITY: &str = "fleetward:gateway";
 
-/// The fleetward_revoke plugin in the Mosquitto image: it closes the
-/// sessions of certificates the gateway reports revoked, at once, and
-/// refuses them everything until the CRL refuses their TLS handshake. It
-/// also stamps each message with the time the broker received it (the
-/// gateway judges freshness by it) and refuses wills on device data topics
-/// (the broker cannot stamp those).
-pub const REVOKE_PLUGIN: &str = "/usr/lib/fleetward/fleetward_revoke.so";
-/// Where the gateway publishes revoked serials for the plugin.
-pub use fleetward_protocol::REVOKE_TOPIC;
+/// The fleetward_broker plugin in the Mosquitto image
+/// (`workloads/mosquitto/plugin`): it closes the sessions of certificates
+/// the gateway reports revoked, at once, and refuses them everything until
+/// the CRL refuses their TLS handshake. It also stamps each message with
+/// the time the broker received it (the gateway judges freshness by it) and
+/// refuses wills on device data topics (the broker cannot stamp those).
+pub const BROKER_PLUGIN: &str = "/usr/lib/fleetward/fleetward_broker.so";
+/// Where the gateway publishes revoked serials for the plugin, and the
+/// plugin's option naming who may.
+pub use fleetward_protocol::broker::{CONTROLLER_OPTION, REVOKE_TOPIC};
 
 /// `max_message_bytes` is the gateway's limit: the broker accepts packets
 /// up to twice that, so oversized messages still reach the gateway and are
@@ -72,8 +73,8 @@ use_username_as_clientid true
 crlfile {CRL_DIR}/crl.pem
 
 acl_file {CONFIG_DIR}/acl
-plugin {REVOKE_PLUGIN}
-plugin_opt_controller {GATEWAY_IDENTITY}
+plugin {BROKER_PLUGIN}
+plugin_opt_{CONTROLLER_OPTION} {GATEWAY_IDENTITY}
 "
     )
 }
@@ -91,7 +92,7 @@ user {GATEWAY_IDENTITY}
 topic read device/+/data
 topic write device/+/command
 topic write device/+/response
-# Revoked certificate serials, for the fleetward_revoke plugin.
+# Revoked certificate serials, for the fleetward_broker plugin.
 topic write {REVOKE_TOPIC}
 "
     )
@@ -113,7 +114,7 @@ mod tests {
             "retain_available false",
             "crlfile /mosquitto/crl/crl.pem",
             "acl_file /mosquitto/config/acl",
-            "plugin /usr/lib/fleetward/fleetward_revoke.so",
+            "plugin /usr/lib/fleetward/fleetward_broker.so",
             "plugin_opt_controller fleetward:gateway",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?}");

@@ -60,7 +60,7 @@ impl Broker {
             .replace("/mosquitto/", &prefix)
             .replace(&listener, &format!("listener {port} 127.0.0.1"))
             .replace(
-                "/usr/lib/fleetward/fleetward_revoke.so",
+                "/usr/lib/fleetward/fleetward_broker.so",
                 &crate::cluster::env("FLEETWARD_MOSQUITTO_PLUGIN"),
             );
         write(&dir.join("config"), "mosquitto.conf", &conf);

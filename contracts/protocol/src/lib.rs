@@ -29,10 +29,12 @@
 //!
 //! One module per concern: [`envelope`](Envelope) (data) and
 //! [`command`](Command) messages, the [`signature`](sign_hex) they carry,
-//! the [`Rejection`] reasons, the device [topics](data_topic), the device
+//! the [`Rejection`] reasons, the device [topics](data_topic), what the
+//! [`broker`]'s plugin shares with the gateway, the device
 //! [`category`] schemas, the [`replay`] window, the [`telemetry`] record the
 //! gateway forwards and the [`station`] record of a StationFeed.
 
+pub mod broker;
 pub mod category;
 mod command;
 mod envelope;
@@ -48,6 +50,7 @@ mod topics;
 
 pub use serde_json::value::RawValue;
 
+pub use broker::REVOKE_TOPIC;
 pub use category::Category;
 pub use command::Command;
 pub use envelope::{Envelope, MAX_DEVICE_ID_LEN, MAX_MESSAGE_ID_LEN, VERSION};
@@ -55,7 +58,9 @@ pub use json::refuse_duplicate_keys;
 pub use rejection::Rejection;
 pub use replay::ReplayWindow;
 pub use signature::{Domain, check_timestamp, sign_hex, signing_input, verify_hex};
-pub use topics::{REVOKE_TOPIC, command_topic, data_topic, device_from_data_topic, response_topic};
+pub use topics::{
+    DATA_TOPIC_SUFFIX, DEVICE_TOPIC_PREFIX, command_topic, data_topic, device_from_data_topic, response_topic,
+};
 
 /// A fresh random message id (UUID v4, as seed 003 describes).
 pub fn new_message_id() -> String {

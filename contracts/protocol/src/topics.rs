@@ -1,24 +1,27 @@
-//! The topics: where a device publishes data and reads commands and
-//! responses, and the broker's control topic.
+//! The device topics: where a device publishes data and reads commands and
+//! responses.
 
-/// The broker's control topic for revoked certificate serials (the
-/// fleetward_revoke plugin reads it; only the gateway identity may write it).
-pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
+/// Every device topic is `device/{id}/...`.
+pub const DEVICE_TOPIC_PREFIX: &str = "device/";
+/// ... and a data topic is `device/{id}/data`.
+pub const DATA_TOPIC_SUFFIX: &str = "/data";
 
 /// `device/{id}/data` → `id`.
 pub fn device_from_data_topic(topic: &str) -> Option<&str> {
-    let id = topic.strip_prefix("device/")?.strip_suffix("/data")?;
+    let id = topic
+        .strip_prefix(DEVICE_TOPIC_PREFIX)?
+        .strip_suffix(DATA_TOPIC_SUFFIX)?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
 pub fn data_topic(device_id: &str) -> String {
-    format!("device/{device_id}/data")
+    format!("{DEVICE_TOPIC_PREFIX}{device_id}{DATA_TOPIC_SUFFIX}")
 }
 pub fn command_topic(device_id: &str) -> String {
-    format!("device/{device_id}/command")
+    format!("{DEVICE_TOPIC_PREFIX}{device_id}/command")
 }
 pub fn response_topic(device_id: &str) -> String {
-    format!("device/{device_id}/response")
+    format!("{DEVICE_TOPIC_PREFIX}{device_id}/response")
 }
 
 #[cfg(test)]
@@ -31,5 +34,8 @@ mod tests {
         assert_eq!(device_from_data_topic("device/d1/command"), None);
         assert_eq!(device_from_data_topic("device//data"), None);
         assert_eq!(device_from_data_topic("device/a/b/data"), None);
+        assert_eq!(device_from_data_topic(&data_topic("d1")), Some("d1"));
+        assert_eq!(command_topic("d1"), "device/d1/command");
+        assert_eq!(response_topic("d1"), "device/d1/response");
     }
 }

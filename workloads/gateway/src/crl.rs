@@ -2,7 +2,7 @@
 //!
 //! - `revocations`: the CRL ConfigMap, watched through the API, is parsed on
 //!   every change and its serials are published to the broker's
-//!   fleetward_revoke plugin (`$CONTROL/fleetward/v1/revoke`), again on
+//!   fleetward_broker plugin (`$CONTROL/fleetward/v1/revoke`), again on
 //!   every reconnect. The plugin closes the sessions of those certificates
 //!   at once and refuses them everything from then on: revocation takes
 //!   effect in about a second, not when the kubelet next syncs the volume.

@@ -1,0 +1,22 @@
+/* Generated from the fleetward-protocol crate (contracts/protocol/src/broker.rs)
+ * by `cargo run -p fleetward-protocol --bin fleetward-c-header`: do not edit.
+ * A test of that crate fails when this file differs from what it generates. */
+#ifndef FLEETWARD_PROTOCOL_H
+#define FLEETWARD_PROTOCOL_H
+
+/* The control topic for revoked certificate serials. */
+#define FLEETWARD_REVOKE_TOPIC "$CONTROL/fleetward/v1/revoke"
+
+/* The user property stamped with the receipt time (Unix milliseconds). */
+#define FLEETWARD_RECEIVED_PROPERTY "fleetward-received-ms"
+
+/* The plugin option naming the identity that may revoke. */
+#define FLEETWARD_CONTROLLER_OPTION "controller"
+
+/* Every device topic starts so: <prefix><device id>/... */
+#define FLEETWARD_DEVICE_TOPIC_PREFIX "device/"
+
+/* A device data topic is <prefix><device id><suffix>. */
+#define FLEETWARD_DATA_TOPIC_SUFFIX "/data"
+
+#endif

@@ -1,0 +1,149 @@
+/*
+ * fleetward_broker: the Mosquitto 2 plugin in every Gateway's broker. It
+ * does two things, each in its own file:
+ *
+ *  - Revocation (serials.c, sessions.c). Mosquitto checks a client
+ *    certificate against its CRL only when the client connects, and reloads
+ *    the CRL file only on SIGHUP (after the kubelet has updated the mounted
+ *    ConfigMap, which can take a minute). So a revoked device stayed
+ *    connected, and could reconnect until then. The gateway (the one
+ *    identity named by `plugin_opt_controller`) publishes revoked
+ *    certificate serials, hex, separated by whitespace, to the control
+ *    topic FLEETWARD_REVOKE_TOPIC as soon as the operator revokes them. The
+ *    plugin remembers them and disconnects every session whose certificate
+ *    carries one. A session whose certificate is revoked is refused every
+ *    publish, subscription and delivery (ACL check), and disconnected at
+ *    the next tick: a reconnect before the CRL reload achieves nothing.
+ *  - Receipt time (receipt.c). Every message is stamped with the time the
+ *    broker received it; a will on a device data topic, which cannot be
+ *    stamped, is refused.
+ *
+ * This file holds the broker's entry points and callbacks only. Topic,
+ * property and option names come from fleetward_protocol.h, generated from
+ * the protocol crate.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "fleetward_protocol.h"
+#include "receipt.h"
+#include "serials.h"
+#include "sessions.h"
+
+static mosquitto_plugin_id_t *plugin_id;
+static char *controller;
+static struct serial_set revoked;
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)userdata;
+	struct mosquitto_evt_acl_check *ev = event_data;
+	struct session *s = session_of(ev->client, &revoked);
+	if(s && s->revoked){
+		session_kick_later(s);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if(!s && ev->access == MOSQ_ACL_WRITE && receipt_is_device_data_topic(ev->topic)){
+		/* A will (the connection is gone): it cannot be stamped. */
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	/* Not ours to allow: the ACL file decides. */
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)userdata;
+	struct mosquitto_evt_message *ev = event_data;
+	return receipt_stamp(&ev->properties, receipt_now_ms());
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)userdata;
+	struct mosquitto_evt_disconnect *ev = event_data;
+	session_forget(ev->client);
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	sessions_kick_queued();
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_control(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)userdata;
+	struct mosquitto_evt_control *ev = event_data;
+	const char *who = mosquitto_client_username(ev->client);
+	if(!who || strcmp(who, controller) != 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "fleetward_broker: ignored revocations from a client that is not the gateway");
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	size_t added;
+	bool fitted = serial_set_add_all(&revoked, ev->payload, (size_t)ev->payloadlen, &added);
+	if(added == 0) return fitted ? MOSQ_ERR_SUCCESS : MOSQ_ERR_NOMEM;
+	size_t closed = sessions_revoke(&revoked);
+	/* Now rather than at the next tick: the sessions to close are others'. */
+	sessions_kick_queued();
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "fleetward_broker: %zu serials revoked, %zu sessions closed", added, closed);
+	/* What did fit is in force. */
+	return fitted ? MOSQ_ERR_SUCCESS : MOSQ_ERR_NOMEM;
+}
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for(int i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5) return 5;
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, struct mosquitto_opt *opts, int opt_count)
+{
+	(void)userdata;
+	plugin_id = identifier;
+	for(int i = 0; i < opt_count; i++){
+		if(!strcmp(opts[i].key, FLEETWARD_CONTROLLER_OPTION)) controller = strdup(opts[i].value);
+	}
+	if(!controller){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+			"fleetward_broker: plugin_opt_" FLEETWARD_CONTROLLER_OPTION " (the gateway's identity) is required");
+		return MOSQ_ERR_INVAL;
+	}
+	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, FLEETWARD_REVOKE_TOPIC, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	return rc;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count)
+{
+	(void)userdata;
+	(void)opts;
+	(void)opt_count;
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_control, FLEETWARD_REVOKE_TOPIC);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	sessions_free();
+	serial_set_free(&revoked);
+	free(controller);
+	controller = NULL;
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,163 @@
+/*
+ * The plugin's own logic, without a broker: the revoked-serial set
+ * (serials.c) and receipt stamping (receipt.c), built with AddressSanitizer
+ * and UndefinedBehaviorSanitizer by `make test`. The broker glue
+ * (sessions.c, plugin.c) is exercised against a real Mosquitto by the
+ * gateway's tests.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mqtt_protocol.h>
+
+#include "../fleetward_protocol.h"
+#include "../receipt.h"
+#include "../serials.h"
+
+static int failures;
+
+#define CHECK(cond) \
+	do{ \
+		if(!(cond)){ \
+			fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); \
+			failures++; \
+		} \
+	}while(0)
+
+static void normalising_serials(void)
+{
+	char out[SERIAL_MAX];
+	CHECK(serial_normalise("00ab12", 6, out) && !strcmp(out, "AB12"));
+	CHECK(serial_normalise("7F", 2, out) && !strcmp(out, "7F"));
+	/* Only the first `len` bytes count. */
+	CHECK(serial_normalise("0a zz", 2, out) && !strcmp(out, "A"));
+	CHECK(!serial_normalise("", 0, out));
+	CHECK(!serial_normalise("0000", 4, out));
+	CHECK(!serial_normalise("12g4", 4, out));
+	CHECK(!serial_normalise("-1", 2, out));
+	char longest[SERIAL_MAX], too_long[SERIAL_MAX + 1];
+	memset(longest, 'f', SERIAL_MAX - 1);
+	memset(too_long, 'f', SERIAL_MAX);
+	CHECK(serial_normalise(longest, SERIAL_MAX - 1, out) && strlen(out) == SERIAL_MAX - 1);
+	CHECK(!serial_normalise(too_long, SERIAL_MAX, out));
+	/* Leading zeros do not count towards the length. */
+	char padded[SERIAL_MAX + 10];
+	memset(padded, '0', 11);
+	memset(padded + 11, 'a', SERIAL_MAX - 2);
+	CHECK(serial_normalise(padded, SERIAL_MAX + 9, out) && strlen(out) == SERIAL_MAX - 2);
+}
+
+static bool add(struct serial_set *set, const char *payload, size_t *added)
+{
+	return serial_set_add_all(set, payload, strlen(payload), added);
+}
+
+static void growing_the_revoked_set(void)
+{
+	struct serial_set set = {0};
+	size_t added = 99;
+	CHECK(!serial_set_contains(&set, "AB"));
+	CHECK(add(&set, "", &added) && added == 0 && set.len == 0);
+	/* Whitespace of any kind separates; case and leading zeros do not
+	 * matter; what is not a serial is skipped; repeats count once. */
+	CHECK(add(&set, " 0ab\n\tcd  not-hex 0000 AB ab\r\n", &added) && added == 2 && set.len == 2);
+	CHECK(serial_set_contains(&set, "AB") && serial_set_contains(&set, "CD"));
+	CHECK(!serial_set_contains(&set, "ab"));
+	CHECK(!serial_set_contains(&set, ""));
+	/* The whole list again, plus one: only the new one is added. */
+	CHECK(add(&set, "ab cd 01", &added) && added == 1 && set.len == 3);
+	CHECK(add(&set, "ab cd 01", &added) && added == 0 && set.len == 3);
+	/* Sorted and distinct, past the first growth of the array. */
+	char payload[64 * 300];
+	size_t at = 0;
+	for(int i = 299; i >= 0; i--) at += (size_t)sprintf(payload + at, "%x ", 0x1000 + i);
+	CHECK(serial_set_add_all(&set, payload, at, &added) && added == 300 && set.len == 303);
+	for(size_t i = 1; i < set.len; i++) CHECK(strcmp(set.items[i - 1], set.items[i]) < 0);
+	CHECK(serial_set_contains(&set, "1000") && serial_set_contains(&set, "112B"));
+	CHECK(!serial_set_contains(&set, "112C"));
+	/* The payload need not end in a NUL: the length bounds it. */
+	const char unterminated[] = {'e', 'e', ' ', 'f', 'f'};
+	CHECK(serial_set_add_all(&set, unterminated, 3, &added) && added == 1);
+	CHECK(serial_set_contains(&set, "EE"));
+	CHECK(!serial_set_contains(&set, "F") && !serial_set_contains(&set, "FF"));
+	serial_set_free(&set);
+	CHECK(set.len == 0 && set.items == NULL && !serial_set_contains(&set, "AB"));
+}
+
+/* The value of the last user property named `name`, or NULL. */
+static char *last_user_property(const mosquitto_property *props, const char *name)
+{
+	char *found = NULL;
+	bool skip_first = false;
+	for(;;){
+		char *key = NULL, *value = NULL;
+		const mosquitto_property *p =
+			mosquitto_property_read_string_pair(props, MQTT_PROP_USER_PROPERTY, &key, &value, skip_first);
+		if(!p) break;
+		if(!strcmp(key, name)){
+			free(found);
+			found = value;
+		}else{
+			free(value);
+		}
+		free(key);
+		props = p;
+		skip_first = true;
+	}
+	return found;
+}
+
+static void stamping_the_receipt_time(void)
+{
+	long long before = receipt_now_ms();
+	CHECK(before > 1700000000000LL); /* milliseconds, not seconds */
+	/* Without properties: the stamp is the first one. */
+	mosquitto_property *props = NULL;
+	CHECK(receipt_stamp(&props, 1770418469123LL) == MOSQ_ERR_SUCCESS);
+	char *v = last_user_property(props, FLEETWARD_RECEIVED_PROPERTY);
+	CHECK(v && !strcmp(v, "1770418469123"));
+	free(v);
+	mosquitto_property_free_all(&props);
+	/* After the publisher's own, including a forged stamp: the broker's
+	 * comes last, so it is the one the gateway reads. */
+	CHECK(mosquitto_property_add_string(&props, MQTT_PROP_CONTENT_TYPE, "application/json") == MOSQ_ERR_SUCCESS);
+	CHECK(mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, FLEETWARD_RECEIVED_PROPERTY, "1") ==
+		MOSQ_ERR_SUCCESS);
+	long long now = receipt_now_ms();
+	CHECK(receipt_stamp(&props, now) == MOSQ_ERR_SUCCESS);
+	v = last_user_property(props, FLEETWARD_RECEIVED_PROPERTY);
+	char expected[24];
+	snprintf(expected, sizeof(expected), "%lld", now);
+	CHECK(v && !strcmp(v, expected));
+	free(v);
+	CHECK(now >= before && now - before < 60000);
+	mosquitto_property_free_all(&props);
+}
+
+static void recognising_device_data_topics(void)
+{
+	CHECK(receipt_is_device_data_topic("device/d1/data"));
+	CHECK(receipt_is_device_data_topic(FLEETWARD_DEVICE_TOPIC_PREFIX "sensor-7" FLEETWARD_DATA_TOPIC_SUFFIX));
+	CHECK(!receipt_is_device_data_topic("device//data"));
+	CHECK(!receipt_is_device_data_topic("device/d1/command"));
+	CHECK(!receipt_is_device_data_topic("device/a/b/data"));
+	CHECK(!receipt_is_device_data_topic("device/d1/data/x"));
+	CHECK(!receipt_is_device_data_topic("devices/d1/data"));
+	CHECK(!receipt_is_device_data_topic(FLEETWARD_REVOKE_TOPIC));
+	CHECK(!receipt_is_device_data_topic(NULL));
+}
+
+int main(void)
+{
+	normalising_serials();
+	growing_the_revoked_set();
+	stamping_the_receipt_time();
+	recognising_device_data_topics();
+	if(failures){
+		fprintf(stderr, "%d checks failed\n", failures);
+		return 1;
+	}
+	printf("fleetward_broker: all checks passed\n");
+	return 0;
+}
