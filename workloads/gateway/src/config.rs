@@ -89,6 +89,12 @@ pub struct Config {
 
     #[arg(long, env = "LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_json: bool,
+    /// On SIGTERM: how long the messages already received may take to be
+    /// forwarded and acknowledged before the gateway disconnects anyway
+    /// (what is left unacknowledged the broker redelivers to the next
+    /// gateway). Keep it below the pod's termination grace period.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 20)]
+    pub shutdown_drain_seconds: u64,
 }
 
 impl Config {

@@ -2,7 +2,8 @@
 //! certificate, a persistent session (the broker queues QoS 1 messages while
 //! the gateway is away), manual acknowledgements (a message is acked only
 //! after it was checked and forwarded, so a crash loses nothing), and
-//! reconnection with exponential backoff.
+//! reconnection with the shared backoff, and a clean DISCONNECT on SIGTERM
+//! once every message received is forwarded and acknowledged (see `run`).
 //!
 //! MQTT 5, for one property: the broker's plugin stamps each message with
 //! the time it received it (`fleetward-received-ms`), and the checks judge
@@ -12,11 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use fleetward_service::backoff::Backoff;
+use fleetward_service::shutdown::Shutdown;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -65,8 +69,23 @@ pub fn broker_received_ms(p: &Publish) -> Option<i64> {
     value.parse().ok()
 }
 
-/// Drives the connection forever: hands each device message to the
-/// pipeline, subscribes on every (re)connect, backs off on errors.
+/// How the connection ends on a stop request (SIGTERM): see [`run`].
+pub struct Stop {
+    pub requested: Shutdown,
+    /// The pipeline task: it ends once the hand-off queue is closed and
+    /// every message it took is forwarded and its acknowledgement queued.
+    pub pipeline: JoinHandle<()>,
+    /// How long the pipeline may take to finish after the stop request.
+    pub drain: Duration,
+}
+
+/// How long the broker may take to close the connection after our
+/// DISCONNECT (it does so as soon as it has read it).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Drives the connection until a stop request has been carried out: hands
+/// each device message to the pipeline, subscribes on every (re)connect,
+/// backs off on errors.
 ///
 /// The hand-off never blocks: acknowledgements travel back through this
 /// same event loop, so waiting here for the pipeline while the pipeline
@@ -74,20 +93,80 @@ pub fn broker_received_ms(p: &Publish) -> Option<i64> {
 /// by the broker (it sends at most `max_inflight_messages` unacknowledged),
 /// QoS 0 ones here, dropped unread once `QOS0_QUEUE_BYTES` wait (QoS 0
 /// promises no delivery; a device flooding with it must not grow memory).
+///
+/// On a stop request, in this order:
+/// 1. the hand-off queue closes: messages arriving from then on stay
+///    unacknowledged, and the broker redelivers them to the next gateway
+///    (the session outlives the connection);
+/// 2. the event loop keeps running while the pipeline forwards what it took
+///    and queues its acknowledgements (at most `stop.drain`; after that the
+///    pipeline is aborted, so no acknowledgement can follow the DISCONNECT);
+/// 3. DISCONNECT is queued. Requests leave the event loop's one channel in
+///    order, each written and flushed before the next is taken, so every
+///    acknowledgement is on the wire before it;
+/// 4. the event loop is polled until the broker closes the connection (or
+///    `CLOSE_WAIT`): closing first could reset the connection while the
+///    broker still has our last packets unread.
+///
+/// The event loop's `poll` is never dropped half-way (it may be writing a
+/// packet): a stop request is noticed beside the pending poll, which is
+/// then awaited to its end.
 pub async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
     tx: Handoff,
     metrics: Arc<Metrics>,
     connections: tokio::sync::watch::Sender<u64>,
+    mut stop: Stop,
 ) {
-    const FIRST: Duration = Duration::from_millis(250);
-    let mut backoff = FIRST;
+    let mut handoff = Some(tx);
+    let mut backoff = Backoff::standard();
+    let mut drain_deadline = None;
+    let mut disconnect_queued = false;
+    let mut close_deadline = None;
     loop {
-        match eventloop.poll().await {
+        let event = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                // The stop's steps first: under a steady stream of messages
+                // the poll is nearly always ready and would starve them.
+                tokio::select! {
+                    biased;
+                    _ = stop.requested.triggered(), if handoff.is_some() => {
+                        tracing::info!(deadline_s = stop.drain.as_secs(),
+                            "no more messages taken; forwarding and acknowledging those received");
+                        handoff = None;
+                        drain_deadline = Some(tokio::time::Instant::now() + stop.drain);
+                    }
+                    res = &mut stop.pipeline, if drain_deadline.is_some() && !disconnect_queued => {
+                        if let Err(e) = res {
+                            tracing::error!(error = %e, "the pipeline ended abnormally");
+                        }
+                        queue_disconnect(&client, "every message received was forwarded and acknowledged");
+                        disconnect_queued = true;
+                        close_deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                    }
+                    _ = sleep_until_some(drain_deadline), if !disconnect_queued => {
+                        stop.pipeline.abort();
+                        // Aborted: no acknowledgement can be queued after the DISCONNECT.
+                        let _ = (&mut stop.pipeline).await;
+                        queue_disconnect(&client, "drain deadline passed; the broker redelivers what is unacknowledged");
+                        disconnect_queued = true;
+                        close_deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                    }
+                    _ = sleep_until_some(close_deadline) => {
+                        tracing::warn!("the connection did not end within {CLOSE_WAIT:?} of the DISCONNECT request");
+                        return;
+                    }
+                    event = &mut poll => break event,
+                }
+            }
+        };
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 metrics.mqtt_connected.set(1);
-                backoff = FIRST;
+                backoff.reset();
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 if let Err(e) = client.try_subscribe(DATA_FILTER, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "could not subscribe");
@@ -96,6 +175,8 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
+                // Stopping: left unacknowledged for the broker to redeliver.
+                let Some(tx) = &handoff else { continue };
                 if p.qos == QoS::AtMostOnce && tx.waiting.load(Ordering::Relaxed) >= QOS0_QUEUE_BYTES {
                     metrics.qos0_dropped.inc();
                     continue;
@@ -105,13 +186,42 @@ pub async fn run(
                     return;
                 }
             }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                tracing::info!("DISCONNECT sent; waiting for the broker to close the connection");
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+            }
             Ok(_) => {}
+            // After DISCONNECT: the broker closing is the end. Before it was
+            // sent: no reconnecting to send it; the session keeps what is
+            // unacknowledged.
+            Err(e) if disconnect_queued => {
+                metrics.mqtt_connected.set(0);
+                tracing::info!(detail = %e, "disconnected from the broker");
+                return;
+            }
             Err(e) => {
                 metrics.mqtt_connected.set(0);
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
+                tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+fn queue_disconnect(client: &AsyncClient, why: &str) {
+    tracing::info!(why, "disconnecting from the broker");
+    // The request channel has room for an ack of every in-flight message
+    // and more; full, the connection cannot be served anyway.
+    if let Err(e) = client.try_disconnect() {
+        tracing::warn!(error = %e, "could not queue DISCONNECT");
+    }
+}
+
+/// Never resolves for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
