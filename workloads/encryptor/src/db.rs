@@ -66,7 +66,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 }
 
 /// Runs the migrations, then creates `table` (of the given kind) if needed.
-pub async fn prepare(pool: &PgPool, kind: RecordKind, table: &TableName) -> Result<(), crate::pipeline::Error> {
+pub async fn prepare(pool: &PgPool, kind: RecordKind, table: &TableName) -> Result<(), crate::error::Error> {
     migrator().run(pool).await?;
     let ensure = match kind {
         RecordKind::Stations => "SELECT fleetward_ensure_station_table($1)",

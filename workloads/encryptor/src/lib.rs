@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod dead_letter;
+pub mod error;
 pub mod export;
 pub mod keys;
 pub mod metrics;

@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 use crate::record::{CheckedStation, Invalid, Row, Sensitive};
 use crate::telemetry::{self, TelemetryRow};
 
+pub use crate::error::Error;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub brokers: String,
@@ -43,16 +45,6 @@ pub struct Settings {
     pub sensitive: Sensitive,
     pub batch_size: usize,
     pub batch_timeout: Duration,
-}
-
-#[derive(thiserror::Error, Debug)]
-pub enum Error {
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("PostgreSQL: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// The keyring in use; replaced when its file changes (rotation).

@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use crate::bucket::Bucket;
-use crate::checks::Refused;
 use crate::metrics::Metrics;
+use crate::refusal::Refused;
 
 /// Postgres schema of the gateway's tables (and its own migration history,
 /// so it never mixes with another workload's migrations).

@@ -38,6 +38,7 @@ use std::time::Instant;
 use fleetward_protocol::{Category, Envelope, Rejection, ReplayWindow, check_timestamp, device_from_data_topic};
 
 use crate::bucket::Bucket;
+pub use crate::refusal::Refused;
 use crate::registry::DeviceEntry;
 
 #[derive(Clone, Debug)]
@@ -61,15 +62,6 @@ pub struct Accepted {
     /// Until when (Unix seconds) a replay of this message must be refused:
     /// its id's expiry in the replay window.
     pub replay_expires: i64,
-}
-
-/// A refused message, with what is known about it for the audit trail.
-#[derive(Debug)]
-pub struct Refused {
-    pub rejection: Rejection,
-    /// The TLS identity (from the topic), when the topic had one.
-    pub device_id: Option<String>,
-    pub message_id: Option<String>,
 }
 
 /// What the broker delivered: topic, body and its retain flag.

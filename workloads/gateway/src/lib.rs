@@ -14,5 +14,6 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod refusal;
 pub mod registry;
 pub mod replay_store;
