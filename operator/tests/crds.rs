@@ -23,3 +23,53 @@ fn committed_crds_match_the_rust_types() {
     expected.sort();
     assert_eq!(present, expected, "crds/ holds files crdgen does not generate");
 }
+
+/// The book's CRD reference (`docs/src/reference/<kind>.md`) is what crdgen
+/// renders from the same types: run it into a scratch directory and compare.
+#[test]
+fn committed_crd_reference_matches_the_rust_types() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let committed = root.join("docs/src/reference");
+    let scratch = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_crdgen"))
+        .arg(scratch.path().join("crds"))
+        .arg("--docs-dir")
+        .arg(scratch.path().join("reference"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "crdgen failed: {status}");
+    let mut generated: Vec<String> = std::fs::read_dir(scratch.path().join("reference"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    generated.sort();
+    assert_eq!(generated.len(), crd::all().len(), "one reference page per kind");
+    for page in &generated {
+        let want = std::fs::read_to_string(scratch.path().join("reference").join(page)).unwrap();
+        let have = std::fs::read_to_string(committed.join(page)).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/src/reference/{page} differs from the Rust types; regenerate with `cargo run -p fleetward-operator --bin crdgen`"
+        );
+    }
+    // A page crdgen once generated for a kind that is gone is stale too.
+    let header = want_header(&generated, &scratch.path().join("reference"));
+    let mut marked: Vec<String> = std::fs::read_dir(&committed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.starts_with(&header)))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    marked.sort();
+    assert_eq!(
+        marked, generated,
+        "docs/src/reference holds generated pages crdgen no longer generates"
+    );
+}
+
+/// The generated pages' first line, as crdgen writes it.
+fn want_header(pages: &[String], dir: &std::path::Path) -> String {
+    let first = std::fs::read_to_string(dir.join(&pages[0])).unwrap();
+    first.lines().next().unwrap().to_string()
+}
