@@ -37,14 +37,6 @@ fn now_nanos() -> u128 {
         .as_nanos()
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Valid traffic at `rate` msg/s over the steady devices for `secs`.
 async fn steady(keys: &[(String, Vec<u8>)], clients: &[rumqttc::AsyncClient], rate: f64, secs: u64) -> u64 {
     let per = rate / keys.len() as f64;
@@ -171,7 +163,12 @@ async fn main() {
     println!("  phase                   sent  received      p50      p99      max");
     for (name, sent, v) in [("baseline", sent_base, base), ("during the flood", sent_flood, during)] {
         let max = v.iter().cloned().fold(0.0, f64::max);
-        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        // A phase that received nothing has no percentiles.
+        let (p50, p99) = if v.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (percentile(v, 50.0), percentile(v, 99.0))
+        };
         println!("  {name:<18} {sent:>9} {:>9} {p50:>8.1} {p99:>8.1} {max:>8.1}", v.len());
     }
     println!();

@@ -489,11 +489,6 @@ fn rate(times: &[Instant]) -> f64 {
     times.len() as f64 / times.last().unwrap().duration_since(times[0]).as_secs_f64()
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -585,8 +580,8 @@ async fn main() {
     let (raw_live, mut raw_lat) = counter.await.unwrap();
     assert_eq!(raw_live.len() as u64, sent_raw, "live raw subscriber got every message");
 
-    let (g50, g99) = (pct(&mut gw_lat, 0.50), pct(&mut gw_lat, 0.99));
-    let (r50, r99) = (pct(&mut raw_lat, 0.50), pct(&mut raw_lat, 0.99));
+    let (g50, g99) = (percentile(&mut gw_lat, 50.0), percentile(&mut gw_lat, 99.0));
+    let (r50, r99) = (percentile(&mut raw_lat, 50.0), percentile(&mut raw_lat, 99.0));
     println!();
     println!("gateway benchmark ({DEVICES} devices, same machine, same Mosquitto)");
     println!("(a) raw subscriber, no checks:            {raw_rate:>9.0} msg/s  ({n} messages)");

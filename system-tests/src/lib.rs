@@ -227,24 +227,3 @@ pub fn all_pods_ready(namespace: &str) -> bool {
             .lines()
             .all(|l| l.starts_with("Running ") && !l.split_whitespace().skip(1).any(|r| r != "true"))
 }
-
-/// Percentile of sorted values (nearest rank).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    assert!(!sorted.is_empty(), "no samples");
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-    }
-}
