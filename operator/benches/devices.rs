@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fleetward_operator::crd::Device;
 use fleetward_testkit::Workload;
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -144,6 +144,35 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The gateway pod (Mosquitto and the gateway, which watches its keys
+    // shards) runs on the node during the whole run: each shard write is
+    // also sent to it.
+    let pod_name = format!(
+        "{}-0",
+        fleetward_operator::controllers::gateway::workload_name("bench-gw")
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let pod = pods.get_opt(&pod_name).await?;
+        let ready = pod.as_ref().and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "gateway pod {pod_name} not Ready after 180 s (are the images loaded? ./deploy.sh bench-devices loads them): {:?}",
+            pod.and_then(|p| p.status).map(|s| s.container_statuses)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("  gateway pod {pod_name} Ready");
+
     // Baseline: N Secrets, same client, same concurrency.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let t = Instant::now();
@@ -169,6 +198,7 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
 
     // N Devices: time from the first create until every one is Ready.
     let requests_before = operator.metric("fleetward_kube_api_requests_total");
+    let by_kind_before = requests_by_kind(operator);
     let devices: Api<Device> = Api::namespaced(client.clone(), ns);
     let watch = watcher(devices.clone(), watcher::Config::default()).applied_objects();
     let t = Instant::now();
@@ -211,6 +241,7 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     let errors = operator.metric("fleetward_reconcile_errors_total");
     let reconciles = operator.metric("fleetward_reconciles_total{kind=\"device\"}");
     let requests = operator.metric("fleetward_kube_api_requests_total") - requests_before;
+    let by_kind = requests_by_kind(operator);
     let rss = peak_rss_mib(operator.pid());
 
     // Up to 1,000 Devices disabled at once: time until the Gateway's CRL
@@ -291,6 +322,12 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     // from one of those writes.
     println!("device reconciles per Device              {:.2}", reconciles / n as f64);
     println!("API requests per Device (operator)        {:.2}", requests / n as f64);
+    for (kind, count) in &by_kind {
+        let per_device = (count - by_kind_before.get(kind).unwrap_or(&0.0)) / n as f64;
+        if per_device >= 0.0005 {
+            println!("  {kind:<38}  {per_device:.3}");
+        }
+    }
     println!(
         "disable {revoked_n} Devices -> all in the CRL      {:.2} s  (CRL number {crl_number})",
         revoke.as_secs_f64()
@@ -303,7 +340,39 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
         "operator peak RSS (VmHWM) overall         {:.1} MiB",
         peak_rss_mib(operator.pid())
     );
+    let restarts: i32 = pods
+        .get_opt(&pod_name)
+        .await?
+        .and_then(|p| p.status?.container_statuses)
+        .iter()
+        .flatten()
+        .map(|c| c.restart_count)
+        .sum();
+    println!("gateway pod container restarts during the run  {restarts}");
     Ok(())
+}
+
+/// The operator's API requests so far, by "verb resource".
+fn requests_by_kind(operator: &Workload) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in operator.metrics().lines() {
+        let Some(rest) = line.strip_prefix("fleetward_kube_api_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let key = format!("{} {}", label("verb"), label("resource"));
+        *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
 }
 
 /// The bench's own reads and writes, retried when the connection drops

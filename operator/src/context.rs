@@ -60,6 +60,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Revocations, written per gateway in batches.
     pub crl: crl::Batcher,
+    /// Device-key entries, written per keys shard in batches.
+    pub keys: Arc<crate::controllers::device::keys::Batcher>,
     /// AWS IoT Core clients, for Gateways with `provider: awsIot`.
     pub iot: crate::aws_iot::Clients,
 }
@@ -76,6 +78,7 @@ impl Context {
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             crl: crl::Batcher::new(client.clone()),
+            keys: Arc::default(),
             iot: crate::aws_iot::Clients::new(metrics.aws_requests.clone()),
             stores,
             backoff: Backoff::default(),
@@ -214,15 +217,122 @@ pub fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// A client that counts every request it sends in
-/// `fleetward_kube_api_requests_total` (how many API calls a Device costs
-/// is a figure the benchmark reports).
+/// `fleetward_kube_api_requests_total`, by verb and resource (how many API
+/// calls a Device costs, and which, is a figure the benchmark reports).
 pub fn counted_client(config: kube::Config, metrics: &Arc<Metrics>) -> anyhow::Result<Client> {
     let counter = metrics.api_requests.clone();
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        counter.with_label_values(&[req.method().as_str()]).inc();
+        let (verb, resource) = verb_and_resource(&req);
+        counter.with_label_values(&[verb, &resource]).inc();
         req
     });
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
         .build())
+}
+
+/// The Kubernetes verb and resource of a request, from its method, path
+/// and query (`/api/v1/namespaces/ns/secrets/name` → update secrets).
+fn verb_and_resource<B>(req: &http::Request<B>) -> (&'static str, String) {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let mut parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Drop the group and version prefix: api/v1 or apis/<group>/<version>.
+    let skip = if parts.first() == Some(&"apis") { 3 } else { 2 };
+    parts.drain(..skip.min(parts.len()));
+    if parts.first() == Some(&"namespaces") && parts.len() > 2 {
+        parts.drain(..2);
+    }
+    let named = parts.len() > 1;
+    let resource = match parts.as_slice() {
+        [kind, _, sub, ..] => format!("{kind}/{sub}"),
+        [kind, ..] => kind.to_string(),
+        [] => String::new(),
+    };
+    let apply = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/apply-patch"));
+    let verb = match *req.method() {
+        http::Method::GET if query.contains("watch=true") => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH if apply => "apply",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE if named => "delete",
+        http::Method::DELETE => "deletecollection",
+        _ => "other",
+    };
+    (verb, resource)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verb_and_resource;
+
+    fn request(method: &str, uri: &str, content_type: Option<&str>) -> http::Request<()> {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        if let Some(t) = content_type {
+            b = b.header("content-type", t);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_are_named_by_verb_and_resource() {
+        let cases = [
+            ("GET", "/api/v1/namespaces/ns/secrets/s1", None, ("get", "secrets")),
+            ("GET", "/api/v1/secrets?labelSelector=x", None, ("list", "secrets")),
+            (
+                "GET",
+                "/api/v1/secrets?watch=true&resourceVersion=1",
+                None,
+                ("watch", "secrets"),
+            ),
+            ("POST", "/api/v1/namespaces/ns/secrets", None, ("create", "secrets")),
+            (
+                "PUT",
+                "/api/v1/namespaces/ns/configmaps/gw-crl",
+                None,
+                ("update", "configmaps"),
+            ),
+            (
+                "PATCH",
+                "/apis/fleetward.io/v1alpha1/namespaces/ns/devices/d1/status?fieldManager=m&force=true",
+                Some("application/apply-patch+yaml"),
+                ("apply", "devices/status"),
+            ),
+            (
+                "PATCH",
+                "/apis/fleetward.io/v1alpha1/namespaces/ns/devices/d1",
+                Some("application/merge-patch+json"),
+                ("patch", "devices"),
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                None,
+                ("create", "events"),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/ns/secrets/s1",
+                None,
+                ("delete", "secrets"),
+            ),
+            (
+                "GET",
+                "/apis/fleetward.io/v1alpha1/gateways",
+                None,
+                ("list", "gateways"),
+            ),
+            ("GET", "/api/v1/namespaces/ns", None, ("get", "namespaces")),
+        ];
+        for (method, uri, content_type, (verb, resource)) in cases {
+            let got = verb_and_resource(&request(method, uri, content_type));
+            assert_eq!(got, (verb, resource.to_string()), "{method} {uri}");
+        }
+    }
 }

@@ -41,11 +41,25 @@ pub struct CrlState {
     pub entries: Vec<Revocation>,
     pub number: u64,
     pub next_update: Timestamp,
+    /// The entries' serials, for `contains`: every Device reconcile asks
+    /// about its own serials, and a scan of a 10,000-entry list per ask
+    /// made a burst's cost grow with the square of the fleet.
+    serials: std::collections::HashSet<String>,
 }
 
 impl CrlState {
+    pub fn new(entries: Vec<Revocation>, number: u64, next_update: Timestamp) -> Self {
+        let serials = entries.iter().map(|e| e.serial.clone()).collect();
+        Self {
+            entries,
+            number,
+            next_update,
+            serials,
+        }
+    }
+
     pub fn contains(&self, serial: &str) -> bool {
-        self.entries.iter().any(|e| e.serial == serial)
+        self.serials.contains(serial)
     }
 
     /// When the CRL should be re-signed.
@@ -55,30 +69,26 @@ impl CrlState {
 
     /// A new gateway's CRL, signed at `now`.
     pub fn empty(now: Timestamp) -> Self {
-        Self {
-            entries: Vec::new(),
-            number: 1,
-            next_update: now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
-        }
+        Self::new(Vec::new(), 1, now + SignedDuration::from_hours(24 * VALIDITY_DAYS))
     }
 
     /// A lost CRL made again from `entries`, numbered after the last one
     /// known (`previous`), signed at `now`.
     pub fn rebuilt(entries: Vec<Revocation>, previous: u64, now: Timestamp) -> Self {
-        Self {
+        Self::new(
             entries,
-            number: previous + 1,
-            next_update: now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
-        }
+            previous + 1,
+            now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
+        )
     }
 
     /// This CRL re-signed at `now`: same entries, the next number.
     pub fn resigned(&self, now: Timestamp) -> Self {
-        Self {
-            entries: self.entries.clone(),
-            number: self.number + 1,
-            next_update: now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
-        }
+        Self::new(
+            self.entries.clone(),
+            self.number + 1,
+            now + SignedDuration::from_hours(24 * VALIDITY_DAYS),
+        )
     }
 }
 
@@ -105,11 +115,7 @@ pub fn parse(cm: &ConfigMap) -> Result<CrlState> {
         .map(|t| t.parse().map_err(|_| bad(format!("bad {NEXT_UPDATE_ANNOTATION}"))))
         .transpose()?
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    Ok(CrlState {
-        entries,
-        number,
-        next_update,
-    })
+    Ok(CrlState::new(entries, number, next_update))
 }
 
 /// Writes `state` (re-signed with the next CRL number) into `cm`.
@@ -123,11 +129,7 @@ fn render(cm: &mut ConfigMap, ca: &CaBundle, entries: Vec<Revocation>, number: u
     let ann = cm.metadata.annotations.get_or_insert_with(BTreeMap::new);
     ann.insert(NUMBER_ANNOTATION.into(), number.to_string());
     ann.insert(NEXT_UPDATE_ANNOTATION.into(), next_update.to_string());
-    Ok(CrlState {
-        entries,
-        number,
-        next_update,
-    })
+    Ok(CrlState::new(entries, number, next_update))
 }
 
 pub async fn load(api: &Api<ConfigMap>, gateway: &str) -> Result<Option<CrlState>> {

@@ -23,6 +23,9 @@ pub enum Error {
     #[error("could not update the CRL of Gateway {gateway}: {reason}")]
     CrlWrite { gateway: String, reason: String },
 
+    #[error("could not write the device-keys Secret {shard}: {reason}")]
+    KeysWrite { shard: String, reason: String },
+
     #[error("the operator's caches are not ready: {0}")]
     Stores(#[from] crate::controllers::stores::StoresError),
 
@@ -62,6 +65,7 @@ impl Error {
             Error::InvalidCrl { .. } => "invalid_crl",
             Error::Conflict { .. } => "conflict",
             Error::CrlWrite { .. } => "crl_write",
+            Error::KeysWrite { .. } => "keys_write",
             Error::Stores(_) => "stores",
             Error::NameConflict { .. } => "name_conflict",
             Error::MissingObjectKey(_) => "missing_object_key",

@@ -63,9 +63,11 @@ impl Default for Metrics {
         let api_requests = IntCounterVec::new(
             Opts::new(
                 "fleetward_kube_api_requests_total",
-                "Requests this operator sent to the Kubernetes API server, by HTTP method (watches count once, when opened)",
+                "Requests this operator sent to the Kubernetes API server, by verb (get, list, watch, create, update, \
+                 apply, patch, delete, deletecollection) and resource (with its subresource: devices/status); watches \
+                 count once, when opened",
             ),
-            &["method"],
+            &["verb", "resource"],
         )
         .expect("valid metric");
         let aws_requests = IntCounterVec::new(

@@ -24,6 +24,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
+use super::stores::SecretChange;
 use super::{secret_str, tls_secret};
 use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
 use crate::crd::gateway::Provider;
@@ -88,8 +89,14 @@ pub fn ca_from_secret(secret: &Secret) -> Result<CaBundle> {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=fleetward-operator");
+    // Secrets come from the operator's one Secrets watch (see `stores`).
+    let mut shards = ShardShapes::default();
+    let secrets = ctx
+        .stores
+        .secret_changes()
+        .filter_map(move |change| std::future::ready(shards.gateway_woken_by(&change)));
     Controller::new(Api::<Gateway>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        .reconcile_on(secrets)
         .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
@@ -97,13 +104,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
         .owns(Api::<Role>::all(client.clone()), wc.clone())
         .owns(Api::<RoleBinding>::all(client.clone()), wc.clone())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), wc.clone())
-        // The telemetry keyring has no owner reference (it outlives the
-        // Gateway): map it back by label, so deleting it wakes the Gateway.
-        .watches(Api::<Secret>::all(client.clone()), wc, |s| {
-            let gateway = s.labels().get(telemetry::LABEL_TELEMETRY_OF)?.clone();
-            Some(ObjectRef::<Gateway>::new(&gateway).within(&s.namespace()?))
-        })
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), wc)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -112,6 +113,51 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// The shape of each keys shard last seen (uid, labels, owners): a shard
+/// wakes its Gateway when it appears, goes, or changes shape, not when its
+/// Devices write their entries (thousands of writes under a burst, none of
+/// them the Gateway's business).
+#[derive(Default)]
+struct ShardShapes(std::collections::HashMap<ObjectRef<Secret>, u64>);
+
+impl ShardShapes {
+    /// The Gateway a Secret change concerns: its own Secrets (owner
+    /// reference) and its telemetry keyring, which has no owner reference
+    /// (it outlives the Gateway) and is mapped back by label.
+    fn gateway_woken_by(&mut self, change: &SecretChange) -> Option<ObjectRef<Gateway>> {
+        use std::hash::{Hash, Hasher};
+        let s = change.secret();
+        let ns = s.namespace()?;
+        if let Some(gateway) = s.labels().get(telemetry::LABEL_TELEMETRY_OF) {
+            return Some(ObjectRef::new(gateway).within(&ns));
+        }
+        let owner = s
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Gateway")?;
+        let gateway = Some(ObjectRef::new(&owner.name).within(&ns));
+        if !s.labels().contains_key(LABEL_DEVICE_KEYS) {
+            return gateway;
+        }
+        let key = ObjectRef::from_obj(s);
+        match change {
+            SecretChange::Deleted(_) => {
+                self.0.remove(&key);
+                gateway
+            }
+            SecretChange::Applied(_) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (s.uid(), s.labels()).hash(&mut h);
+                for o in s.owner_references() {
+                    (&o.uid, &o.kind, &o.name, o.controller).hash(&mut h);
+                }
+                let shape = h.finish();
+                (self.0.insert(key, shape) != Some(shape)).then_some(gateway).flatten()
+            }
+        }
+    }
 }
 
 fn error_policy(gw: Arc<Gateway>, error: &Error, ctx: Arc<Context>) -> Action {

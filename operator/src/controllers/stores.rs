@@ -7,17 +7,23 @@
 //! mistake its own write for something missing (it would issue a second
 //! certificate), so `OwnWrites` keeps every Secret this operator wrote until
 //! the store has caught up, and `secret` returns whichever is newer.
+//!
+//! The Secrets watch is the only one in the operator: the controllers that
+//! react to Secret changes subscribe to it (`secret_changes`) instead of
+//! opening watches of their own, so every Secret event (a credentials
+//! Secret, a keys shard of hundreds of entries) crosses the wire and is
+//! decoded once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::ByteString;
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use sha2::{Digest, Sha256};
 
 use crate::context::MANAGED_BY;
 use crate::crd::Gateway;
@@ -26,12 +32,30 @@ use crate::crl::{self, CrlState};
 /// A CRL and the ConfigMap resourceVersion it was parsed from.
 type ParsedCrl = (String, Arc<CrlState>);
 
+/// A change to a managed Secret, as the one Secrets watch saw it.
+#[derive(Clone, Debug)]
+pub enum SecretChange {
+    Applied(Arc<Secret>),
+    Deleted(Arc<Secret>),
+}
+
+impl SecretChange {
+    pub fn secret(&self) -> &Secret {
+        match self {
+            Self::Applied(s) | Self::Deleted(s) => s,
+        }
+    }
+}
+
+type Subscribers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<SecretChange>>>>;
+
 #[derive(Clone)]
 pub struct Stores {
     pub gateways: Store<Gateway>,
     pub secrets: Store<Secret>,
     pub configmaps: Store<ConfigMap>,
     own: Arc<OwnWrites>,
+    subscribers: Subscribers,
     /// Parsed CRLs by ConfigMap, with the resourceVersion they were parsed
     /// from.
     crls: Arc<Mutex<HashMap<ObjectRef<ConfigMap>, ParsedCrl>>>,
@@ -44,9 +68,16 @@ impl Stores {
     /// Starts one reflector per kind and waits until each has listed.
     pub async fn start(client: Client) -> Result<Self, StoresError> {
         let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+        let own: Arc<OwnWrites> = Arc::default();
+        let subscribers: Subscribers = Arc::default();
         let gateways = reflect(Api::<Gateway>::all(client.clone()), watcher::Config::default());
-        let secrets = reflect(Api::<Secret>::all(client.clone()), managed.clone());
-        let configmaps = reflect(Api::<ConfigMap>::all(client), managed);
+        let secrets = reflect_secrets(
+            Api::<Secret>::all(client.clone()),
+            managed.clone(),
+            subscribers.clone(),
+            own.clone(),
+        );
+        let configmaps = reflect(Api::<ConfigMap>::all(client.clone()), managed);
         for (what, ready) in [
             ("Gateways", gateways.wait_until_ready().boxed()),
             ("Secrets", secrets.wait_until_ready().boxed()),
@@ -57,7 +88,6 @@ impl Stores {
                 .map_err(|_| StoresError::NotSynced(what))?
                 .map_err(|_| StoresError::NotSynced(what))?;
         }
-        let own: Arc<OwnWrites> = Arc::default();
         // Drop own writes the store has caught up with, so they do not
         // stay in memory until their object's next reconcile.
         let (sweep_own, sweep_store) = (Arc::downgrade(&own), secrets.clone());
@@ -74,8 +104,17 @@ impl Stores {
             secrets,
             configmaps,
             own,
+            subscribers,
             crls: Arc::default(),
         })
+    }
+
+    /// Every change to a managed Secret from now on (creations, updates and
+    /// deletions, in the watch's order), for a controller's triggers.
+    pub fn secret_changes(&self) -> impl Stream<Item = SecretChange> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.subscribers.lock().expect("subscribers").push(tx);
+        tokio_stream_from(rx)
     }
 
     pub fn gateway(&self, ns: &str, name: &str) -> Option<Arc<Gateway>> {
@@ -131,9 +170,31 @@ impl Stores {
         self.own.record(secret);
     }
 
-    /// Forgets a Secret this operator deleted.
-    pub fn deleted_secret(&self, ns: &str, name: &str) {
-        self.own.forget(&ObjectRef::new(name).within(ns));
+    /// Records the answer to a patch whose result was not known in advance
+    /// (a keys shard): the store's copy is replaced by it until the watch
+    /// catches up, and its watch event carries no news.
+    pub fn wrote_patched_secret(&self, secret: Secret) {
+        let ns = secret.metadata.namespace.clone().unwrap_or_default();
+        self.own.intend(&secret, &ns);
+        self.own.record(secret);
+    }
+
+    /// Records a Secret this operator is about to delete: its deletion is
+    /// no news either (see `is_own_delete`).
+    pub fn deleting_secret(&self, ns: &str, name: &str) {
+        let key = ObjectRef::new(name).within(ns);
+        self.own.forget(&key);
+        self.own.deleting.lock().expect("own writes").insert(key);
+    }
+
+    /// True when the deletion of `secret` (a watch event) is one this
+    /// operator made; asks once per deletion.
+    pub fn is_own_delete(&self, secret: &Secret) -> bool {
+        self.own
+            .deleting
+            .lock()
+            .expect("own writes")
+            .remove(&ObjectRef::from_obj(secret))
     }
 
     /// True when `secret` (a watch event: created or changed, not deleted)
@@ -170,6 +231,50 @@ where
     reader
 }
 
+/// The Secrets reflector, which also hands every change to the subscribers
+/// of `secret_changes` (a subscriber that went away is dropped).
+fn reflect_secrets(
+    api: Api<Secret>,
+    config: watcher::Config,
+    subscribers: Subscribers,
+    own: Arc<OwnWrites>,
+) -> Store<Secret> {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .for_each(move |ev| {
+            let change = match ev {
+                Ok(watcher::Event::Apply(s)) => Some(SecretChange::Applied(Arc::new(s))),
+                Ok(watcher::Event::Delete(s)) => {
+                    own.forget(&ObjectRef::from_obj(&s));
+                    Some(SecretChange::Deleted(Arc::new(s)))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, kind = "Secret", "store watch");
+                    None
+                }
+            };
+            if let Some(change) = change {
+                subscribers
+                    .lock()
+                    .expect("subscribers")
+                    .retain(|tx| tx.send(change.clone()).is_ok());
+            }
+            std::future::ready(())
+        });
+    tokio::spawn(stream);
+    reader
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Drops what no reconciler reads from a cached object: managedFields
 /// (often larger than the object) and kubectl's last-applied copy.
 pub fn slim<K: Resource>(obj: &mut K) {
@@ -185,11 +290,26 @@ fn revision(s: &Secret) -> Option<u64> {
     s.metadata.resource_version.as_deref()?.parse().ok()
 }
 
-/// What makes a Secret's content: its data and annotations.
-type Content = (Option<BTreeMap<String, ByteString>>, BTreeMap<String, String>);
+/// What makes a Secret's content: a digest of its data and annotations
+/// (32 bytes kept per write, not a copy of the Secret).
+type Content = [u8; 32];
 
 fn content(s: &Secret) -> Content {
-    (s.data.clone(), s.metadata.annotations.clone().unwrap_or_default())
+    let mut h = Sha256::new();
+    for (k, v) in s.data.iter().flatten() {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.0.len() as u64).to_le_bytes());
+        h.update(&v.0);
+    }
+    h.update([0xff]);
+    for (k, v) in s.metadata.annotations.iter().flatten() {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().into()
 }
 
 #[derive(Default)]
@@ -198,15 +318,19 @@ struct OwnWrites {
     secrets: Mutex<HashMap<ObjectRef<Secret>, Arc<Secret>>>,
     /// What we last sent per Secret, until the store holds that content.
     intended: Mutex<HashMap<ObjectRef<Secret>, Content>>,
+    /// Secrets we are deleting, until their deletion event has been seen.
+    deleting: Mutex<std::collections::HashSet<ObjectRef<Secret>>>,
 }
 
 impl OwnWrites {
     fn intend(&self, secret: &Secret, namespace: &str) {
+        let sent = content(secret);
         let key = ObjectRef::new(&secret.metadata.name.clone().unwrap_or_default()).within(namespace);
-        self.intended.lock().expect("own writes").insert(key, content(secret));
+        self.intended.lock().expect("own writes").insert(key, sent);
     }
 
-    fn record(&self, secret: Secret) {
+    fn record(&self, mut secret: Secret) {
+        slim(&mut secret);
         let key = ObjectRef::from_obj(&secret);
         self.secrets.lock().expect("own writes").insert(key, Arc::new(secret));
     }
@@ -240,6 +364,10 @@ impl OwnWrites {
             .lock()
             .expect("own writes")
             .retain(|key, sent| store.get(key).is_none_or(|s| content(&s) != *sent));
+        self.deleting
+            .lock()
+            .expect("own writes")
+            .retain(|key| store.get(key).is_some());
     }
 
     /// Compared by content, not resourceVersion: the watch event of a write
@@ -257,6 +385,7 @@ impl OwnWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::ByteString;
     use kube::api::ObjectMeta;
 
     fn secret(rv: &str, value: &str) -> Secret {
@@ -344,6 +473,7 @@ mod tests {
             secrets,
             configmaps,
             own: Arc::default(),
+            subscribers: Arc::default(),
             crls: Arc::default(),
         };
         assert!(stores.crl("ns", "gw").is_none(), "no CRL yet");

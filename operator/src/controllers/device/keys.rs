@@ -4,10 +4,21 @@
 //! credentials Secret. The gateway's ServiceAccount may read those shard
 //! Secrets and no other Secret.
 //!
-//! Each Device writes only its own data key, by a JSON merge patch: devices
-//! of one shard never conflict, and no resourceVersion round trip is
-//! needed. The shards themselves are the Gateway's (created by its
-//! reconciler, owned by it); a Device writes into one only when that is so.
+//! Entries are written by a JSON merge patch of their data keys only, so
+//! writers never conflict and no resourceVersion round trip is needed. The
+//! `Batcher` writes the entries of many Devices in one patch per shard: one
+//! write at a time per shard, and what arrives meanwhile goes into the next
+//! one. Under a burst (10,000 Devices applied at once) a shard is written a
+//! few hundred times instead of once per Device, and every write's watch
+//! event (the whole shard) is sent to the gateway pod and the operator as
+//! many times less. `project` returns once its entry is stored, so a
+//! Device is Ready only when its gateway can check it.
+//!
+//! The shards themselves are the Gateway's (created by its reconciler,
+//! owned by it); a Device writes into one only when that is so.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use fleetward_credentials::{Credentials, keys_secret_name, keys_shard};
 use k8s_openapi::ByteString;
@@ -15,8 +26,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use crate::context::{MANAGER, refuse_unless_owned};
+use crate::controllers::stores::Stores;
 use crate::crd::Device;
 use crate::{Error, Result};
 
@@ -44,15 +57,110 @@ pub async fn project(dev: &Device, ctx: &crate::context::Context, ns: &str, cred
     if have == want.as_ref() {
         return Ok(());
     }
-    let patch = json!({"data": {name: want.map(ByteString)}});
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let params = PatchParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    match secrets.patch(&shard, &params, &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 && creds.is_none() => Ok(()),
-        Err(e) => Err(e.into()),
+    ctx.keys.write(&ctx.client, &ctx.stores, ns, &shard, name, want).await
+}
+
+/// The entries waiting for one shard's next write, and who waits for them.
+#[derive(Default)]
+struct Shard {
+    /// Device → its entry (`None`: remove it). A later entry for the same
+    /// device replaces an earlier one not yet written.
+    next: BTreeMap<String, Option<Vec<u8>>>,
+    waiters: Vec<oneshot::Sender<std::result::Result<(), String>>>,
+    /// Devices in the write under way.
+    writing: HashSet<String>,
+    busy: bool,
+}
+
+/// Batches device-key entries per shard (see the module documentation).
+#[derive(Default)]
+pub struct Batcher {
+    shards: Mutex<HashMap<(String, String), Shard>>,
+}
+
+impl Batcher {
+    /// True while `device`'s entry in `shard` is queued or being written:
+    /// a shard that lacks it has not lost it.
+    pub fn pending(&self, ns: &str, shard: &str, device: &str) -> bool {
+        let shards = self.shards.lock().expect("keys batcher");
+        shards
+            .get(&(ns.to_string(), shard.to_string()))
+            .is_some_and(|s| s.next.contains_key(device) || s.writing.contains(device))
+    }
+
+    async fn write(
+        self: &Arc<Self>,
+        client: &kube::Client,
+        stores: &Stores,
+        ns: &str,
+        shard: &str,
+        device: String,
+        entry: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        let key = (ns.to_string(), shard.to_string());
+        let start = {
+            let mut shards = self.shards.lock().expect("keys batcher");
+            let s = shards.entry(key.clone()).or_default();
+            s.next.insert(device, entry);
+            s.waiters.push(done);
+            !std::mem::replace(&mut s.busy, true)
+        };
+        if start {
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            tokio::spawn(self.clone().writer(api, stores.clone(), key));
+        }
+        let failed = |reason: String| Error::KeysWrite {
+            shard: shard.to_string(),
+            reason,
+        };
+        answer
+            .await
+            .map_err(|_| failed("the writer stopped".into()))?
+            .map_err(failed)
+    }
+
+    /// Writes the shard's queued entries, one patch at a time, until none
+    /// are left.
+    async fn writer(self: Arc<Self>, api: Api<Secret>, stores: Stores, key: (String, String)) {
+        let shard = &key.1;
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        loop {
+            let (entries, waiters) = {
+                let mut shards = self.shards.lock().expect("keys batcher");
+                let s = shards.get_mut(&key).expect("a busy shard is kept");
+                if s.next.is_empty() {
+                    shards.remove(&key);
+                    return;
+                }
+                let entries = std::mem::take(&mut s.next);
+                s.writing = entries.keys().cloned().collect();
+                (entries, std::mem::take(&mut s.waiters))
+            };
+            let only_removals = entries.values().all(Option::is_none);
+            let data: serde_json::Map<String, serde_json::Value> = entries
+                .into_iter()
+                .map(|(device, entry)| (device, json!(entry.map(ByteString))))
+                .collect();
+            let result = match api.patch(shard, &params, &Patch::Merge(json!({"data": data}))).await {
+                Ok(written) => {
+                    stores.wrote_patched_secret(written);
+                    Ok(())
+                }
+                // Removals from a shard that is gone: nothing left to remove.
+                Err(kube::Error::Api(e)) if e.code == 404 && only_removals => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            tracing::debug!(shard, entries = data.len(), ok = result.is_ok(), "keys shard written");
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+            if let Some(s) = self.shards.lock().expect("keys batcher").get_mut(&key) {
+                s.writing.clear();
+            }
+        }
     }
 }

@@ -15,8 +15,9 @@
 //!
 //! What wakes a Device: its creation, a spec change or its deletion (not its
 //! own status or finalizer writes), a change to its Secret made by someone
-//! else (not the operator's own writes), and its Gateway's CA or readiness
-//! changing. One reconcile per Device in the common case.
+//! else (not the operator's own writes), its keys shard losing its entry,
+//! and its Gateway's CA or readiness changing. One reconcile per Device in
+//! the common case.
 //!
 //! The Secret `<device>-credentials` (its layout: `fleetward_credentials`)
 //! is the record of what was issued; the Device status mirrors it.
@@ -39,8 +40,9 @@ use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{GatewayView, Observed, RealMint};
 use super::policy;
+use super::stores::SecretChange;
 use crate::aws_iot;
-use crate::context::{Context, MANAGED_BY, apply, labels, owner_ref};
+use crate::context::{Context, apply, labels, owner_ref};
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
 use crate::crd::{Device, Gateway};
@@ -54,9 +56,10 @@ pub const FINALIZER: &str = "fleetward.io/revoke-credentials";
 pub use fleetward_credentials::secret_name;
 
 /// Devices reconciled at once. Each reconcile is a few milliseconds of
-/// signing plus three API writes, so the API server, not the CPU, sets the
-/// pace; 64 keeps it busy without queueing requests for long.
-pub const CONCURRENCY: u16 = 64;
+/// signing plus a few API writes, so the API server, not the CPU, sets the
+/// pace; most of a reconcile's time is spent waiting for a batched keys
+/// shard or CRL write, so many run at once (each is a small future).
+pub const CONCURRENCY: u16 = 256;
 
 /// A Device needs a new plan when its spec changes (generation) or it is
 /// being deleted; its own status and finalizer writes do not count.
@@ -89,62 +92,20 @@ pub async fn run(ctx: Arc<Context>) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_deletion, Default::default());
-    let gateways = watcher(Api::<Gateway>::all(client.clone()), watcher::Config::default())
+    let gateways = watcher(Api::<Gateway>::all(client), watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .predicate_filter(gateway_readiness, Default::default());
-    let credentials = watcher::Config::default().labels(&format!("{}={},{LABEL_DEVICE}", MANAGED_BY.0, MANAGED_BY.1));
-    // Someone else changed or deleted a device's Secret: repair it. Its
-    // changes that are the operator's own writes carry no news.
-    let own = ctx.clone();
-    let credentials = watcher(Api::<Secret>::all(client), credentials)
-        .default_backoff()
-        .filter_map(move |ev| {
-            let changed = match ev {
-                Ok(watcher::Event::Apply(s)) => (!own.stores.is_own_write(&s)).then_some(Ok(s)),
-                Ok(watcher::Event::Delete(s)) => Some(Ok(s)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            std::future::ready(changed)
-        });
-    // A keys shard that lost entries (deleted and recreated empty, or
-    // edited by someone): the devices whose entry is missing write it again.
-    let shards = watcher(
-        Api::<Secret>::all(ctx.client.clone()),
-        watcher::Config::default().labels(LABEL_DEVICE_KEYS),
-    )
-    .default_backoff()
-    .applied_objects();
-    let (in_shard, repair) = (reader.clone(), ctx.clone());
+    // Secrets, from the operator's one Secrets watch (see `stores`).
+    let (store, mapper) = (reader.clone(), ctx.clone());
+    let secrets = ctx
+        .stores
+        .secret_changes()
+        .flat_map(move |change| futures::stream::iter(woken_by(&change, &mapper, &store)));
     let by_gateway = reader.clone();
     Controller::for_stream(devices, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .watches_stream(credentials, |s| {
-            let owner = s.owner_references().iter().find(|o| o.kind == "Device")?;
-            Some(ObjectRef::<Device>::new(&owner.name).within(&s.namespace()?))
-        })
-        .watches_stream(shards, move |shard| {
-            let (ns, name) = (shard.namespace(), shard.name_any());
-            let gateway = shard.labels().get(LABEL_DEVICE_KEYS).cloned().unwrap_or_default();
-            let entries = shard.data.as_ref();
-            let missing: Vec<ObjectRef<Device>> = in_shard
-                .state()
-                .into_iter()
-                .filter(|d| d.namespace() == ns && d.spec.gateway_ref == gateway)
-                .filter(|d| {
-                    let device = d.name_any();
-                    keys_secret_name(&gateway, keys_shard(&device)) == name
-                        && !entries.is_some_and(|m| m.contains_key(&device))
-                        && repair
-                            .stores
-                            .secret(ns.as_deref().unwrap_or_default(), &secret_name(&device))
-                            .is_some()
-                })
-                .map(|d| ObjectRef::from_obj(d.as_ref()))
-                .collect();
-            missing
-        })
+        .reconcile_on(secrets)
         // A Gateway appearing, getting its CA or a new one: its devices.
         .watches_stream(gateways, move |gw| {
             let (ns, name) = (gw.namespace(), gw.name_any());
@@ -162,6 +123,51 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// The Devices a Secret change concerns:
+/// - someone else changed or deleted a device's credentials Secret: that
+///   device repairs it (the operator's own writes and deletions carry no
+///   news);
+/// - a keys shard lost entries (deleted and recreated empty, or edited by
+///   someone): the devices whose entry is missing, and not merely still
+///   being written, write it again.
+fn woken_by(change: &SecretChange, ctx: &Context, devices: &reflector::Store<Device>) -> Vec<ObjectRef<Device>> {
+    let s = change.secret();
+    let labels = s.labels();
+    let Some(ns) = s.namespace() else { return vec![] };
+    if labels.contains_key(LABEL_DEVICE) {
+        let news = match change {
+            SecretChange::Applied(s) => !ctx.stores.is_own_write(s),
+            SecretChange::Deleted(s) => !ctx.stores.is_own_delete(s),
+        };
+        let owner = s.owner_references().iter().find(|o| o.kind == "Device");
+        return match owner {
+            Some(o) if news => vec![ObjectRef::new(&o.name).within(&ns)],
+            _ => vec![],
+        };
+    }
+    let (Some(gateway), SecretChange::Applied(shard)) = (labels.get(LABEL_DEVICE_KEYS), change) else {
+        return vec![];
+    };
+    if ctx.stores.is_own_write(shard) {
+        return vec![];
+    }
+    let name = shard.name_any();
+    let entries = shard.data.as_ref();
+    devices
+        .state()
+        .into_iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()) && d.spec.gateway_ref == *gateway)
+        .filter(|d| {
+            let device = d.name_any();
+            keys_secret_name(gateway, keys_shard(&device)) == name
+                && !entries.is_some_and(|m| m.contains_key(&device))
+                && !ctx.keys.pending(&ns, &name, &device)
+                && ctx.stores.secret(&ns, &secret_name(&device)).is_some()
+        })
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 fn error_policy(dev: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -395,12 +401,12 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
     }
     keys::project(dev, ctx, ns, None).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.stores.deleting_secret(ns, &secret_name(&name));
     match secrets.delete(&secret_name(&name), &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.stores.deleted_secret(ns, &secret_name(&name));
     ctx.metrics.forget_device(ns, &name);
     Ok(())
 }

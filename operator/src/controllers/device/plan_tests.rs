@@ -41,8 +41,8 @@ fn ca() -> CaBundle {
 }
 
 fn crl(serials: &[&str]) -> CrlState {
-    CrlState {
-        entries: serials
+    CrlState::new(
+        serials
             .iter()
             .map(|s| Revocation {
                 serial: s.to_string(),
@@ -51,9 +51,9 @@ fn crl(serials: &[&str]) -> CrlState {
                 reason: "test".into(),
             })
             .collect(),
-        number: 1,
-        next_update: Timestamp::now() + SignedDuration::from_hours(24 * 30),
-    }
+        1,
+        Timestamp::now() + SignedDuration::from_hours(24 * 30),
+    )
 }
 
 fn observed<'a>(ca: &'a CaBundle, crl: &'a CrlState, current: Option<Credentials>) -> Observed<'a> {
