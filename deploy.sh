@@ -101,6 +101,9 @@ case "$cmd" in
     ;;
   bench-devices)
     "$DEV" up --no-stack
+    # The bench's Gateway runs its pod (Mosquitto and the gateway watching
+    # its keys shards) on the node: it needs the images.
+    "$DEV" images node
     "$DEV" pause-stack-operator
     # shellcheck disable=SC1090
     . "$("$DEV" env)"

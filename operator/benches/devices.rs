@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         .env("KUBECONFIG", &path)
         .env("RUST_LOG", "warn");
     let log = std::env::temp_dir().join(format!("{ns_name}-operator.log"));
-    let operator = Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/healthz", 30);
+    let operator = Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/health", 30);
     let result = run(&client, &ns_name, n, &operator).await;
     if result.is_err() {
         eprintln!("operator log:\n{}", operator.log_text());

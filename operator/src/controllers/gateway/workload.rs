@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSpec, PodTemplateSpec, Service, ServiceAccount, ServiceSpec, Volume, VolumeResourceRequirements,
+    Container, ContainerPort, ExecAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceAccount,
+    ServiceSpec, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -32,6 +33,15 @@ use crate::controllers::objects::{self, env, env_from_secret, mount, service_por
 use crate::crd::Gateway;
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
+
+/// The gateway's drain on SIGTERM (at most 20 s, SHUTDOWN_DRAIN_SECONDS),
+/// its wait for the broker to close (at most 5 s), then Mosquitto's own
+/// stop.
+const TERMINATION_GRACE_SECONDS: i64 = 45;
+
+/// Mosquitto's preStop: wait while the gateway process runs (`comm` holds
+/// the first 15 characters of its name).
+const WAIT_FOR_GATEWAY: &str = "while grep -qsx fleetward-gatew /proc/[0-9]*/comm; do sleep 1; done";
 
 /// Both containers run as this user: the gateway signals Mosquitto (SIGHUP
 /// on a new CRL) through the shared process namespace, which needs the
@@ -151,6 +161,18 @@ pub fn statefulset(
         ]),
         ports: Some(vec![port("mqtts", gw.spec.mqtt_port)]),
         readiness_probe: Some(objects::tcp_probe(gw.spec.mqtt_port, 10)),
+        // On pod deletion both containers get SIGTERM at once; the broker
+        // stays until the gateway has drained (its acks and its DISCONNECT
+        // reach the broker), which the shared process namespace shows.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["/bin/sh".into(), "-c".into(), WAIT_FOR_GATEWAY.into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         security_context: Some(objects::locked_down()),
         volume_mounts: Some(vec![
             mount("config", mosquitto::CONFIG_DIR, true),
@@ -217,6 +239,7 @@ pub fn statefulset(
                 spec: Some(PodSpec {
                     // The gateway sends SIGHUP to Mosquitto when the CRL changes.
                     share_process_namespace: Some(aws_endpoint.is_none()),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     // It watches its devices' credential Secrets (the Role below).
                     service_account_name: Some(workload_name(&name)),
                     security_context: Some(objects::pod_security(POD_USER)),
@@ -448,6 +471,12 @@ mod tests {
         assert_eq!(by_name("data")["persistentVolumeClaim"]["claimName"], "gw-broker-data");
         assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
         assert_eq!(pod.share_process_namespace, Some(true));
+        // The broker outlives the gateway's drain on pod deletion.
+        assert_eq!(pod.termination_grace_period_seconds, Some(45));
+        let broker = pod.containers.iter().find(|c| c.name == "mosquitto").unwrap();
+        let pre_stop = broker.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).unwrap();
+        let command = pre_stop.exec.as_ref().and_then(|e| e.command.clone()).unwrap();
+        assert!(command[2].contains("fleetward-gatew"), "{command:?}");
         assert_eq!(pod.service_account_name.as_deref(), Some("gw-gateway"));
     }
 
