@@ -386,10 +386,10 @@ where
     let mut attempt = 0;
     loop {
         match call().await {
-            Err(kube::Error::Service(e)) if attempt < 5 => {
+            Err(kube::Error::Service(e)) if attempt < 30 => {
                 attempt += 1;
                 eprintln!("\n  (client: {e}; retrying)");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             other => return other,
         }

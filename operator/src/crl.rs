@@ -92,6 +92,11 @@ impl CrlState {
     }
 }
 
+/// The number of a CRL ConfigMap, from its annotation.
+pub fn number(cm: &ConfigMap) -> Option<u64> {
+    cm.annotations().get(NUMBER_ANNOTATION)?.parse().ok()
+}
+
 /// Reads a CRL ConfigMap.
 pub fn parse(cm: &ConfigMap) -> Result<CrlState> {
     let bad = |reason: String| Error::InvalidCrl {

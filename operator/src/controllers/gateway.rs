@@ -258,6 +258,7 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         command_key: stores.secret(ns, &command_secret_name(&name)).is_some(),
         crl,
         revoked_by_devices,
+        last_crl_number: stores.last_crl_number(ns, &name),
         broker_available,
     })
 }

@@ -32,6 +32,9 @@ use crate::crl::{self, CrlState};
 /// A CRL and the ConfigMap resourceVersion it was parsed from.
 type ParsedCrl = (String, Arc<CrlState>);
 
+/// The highest CRL number seen per CRL ConfigMap.
+type CrlNumbers = Arc<Mutex<HashMap<ObjectRef<ConfigMap>, u64>>>;
+
 /// A change to a managed Secret, as the one Secrets watch saw it.
 #[derive(Clone, Debug)]
 pub enum SecretChange {
@@ -59,6 +62,10 @@ pub struct Stores {
     /// Parsed CRLs by ConfigMap, with the resourceVersion they were parsed
     /// from.
     crls: Arc<Mutex<HashMap<ObjectRef<ConfigMap>, ParsedCrl>>>,
+    /// The highest number of each CRL the watch has shown, kept after the
+    /// ConfigMap is gone: a lost CRL is rebuilt with a higher number, even
+    /// when the Gateway's status has not caught up with the last one.
+    crl_numbers: CrlNumbers,
 }
 
 /// How long `start` waits for the first listing of every store.
@@ -70,14 +77,22 @@ impl Stores {
         let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
         let own: Arc<OwnWrites> = Arc::default();
         let subscribers: Subscribers = Arc::default();
-        let gateways = reflect(Api::<Gateway>::all(client.clone()), watcher::Config::default());
+        let gateways = reflect(Api::<Gateway>::all(client.clone()), watcher::Config::default(), |_| {});
         let secrets = reflect_secrets(
             Api::<Secret>::all(client.clone()),
             managed.clone(),
             subscribers.clone(),
             own.clone(),
         );
-        let configmaps = reflect(Api::<ConfigMap>::all(client.clone()), managed);
+        let crl_numbers: CrlNumbers = Arc::default();
+        let seen = crl_numbers.clone();
+        let configmaps = reflect(Api::<ConfigMap>::all(client), managed, move |cm: &ConfigMap| {
+            if let Some(number) = crl::number(cm) {
+                let mut seen = seen.lock().expect("crl numbers");
+                let highest = seen.entry(ObjectRef::from_obj(cm)).or_default();
+                *highest = (*highest).max(number);
+            }
+        });
         for (what, ready) in [
             ("Gateways", gateways.wait_until_ready().boxed()),
             ("Secrets", secrets.wait_until_ready().boxed()),
@@ -106,7 +121,14 @@ impl Stores {
             own,
             subscribers,
             crls: Arc::default(),
+            crl_numbers,
         })
+    }
+
+    /// The highest number the watch has shown for a gateway's CRL.
+    pub fn last_crl_number(&self, ns: &str, gateway: &str) -> Option<u64> {
+        let key = ObjectRef::new(&crl::name(gateway)).within(ns);
+        self.crl_numbers.lock().expect("crl numbers").get(&key).copied()
     }
 
     /// Every change to a managed Secret from now on (creations, updates and
@@ -213,7 +235,7 @@ pub enum StoresError {
 
 /// A reflector that runs until the process ends; its watch retries with
 /// backoff on its own.
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+fn reflect<K>(api: Api<K>, config: watcher::Config, on_apply: impl Fn(&K) + Send + 'static) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
@@ -222,10 +244,13 @@ where
         .default_backoff()
         .modify(slim)
         .reflect(writer)
-        .for_each(|ev| async move {
-            if let Err(e) = ev {
-                tracing::debug!(error = %e, kind = K::kind(&()).as_ref(), "store watch");
+        .for_each(move |ev| {
+            match ev {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_apply(&obj),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, kind = K::kind(&()).as_ref(), "store watch"),
             }
+            std::future::ready(())
         });
     tokio::spawn(stream);
     reader
@@ -475,6 +500,7 @@ mod tests {
             own: Arc::default(),
             subscribers: Arc::default(),
             crls: Arc::default(),
+            crl_numbers: Arc::default(),
         };
         assert!(stores.crl("ns", "gw").is_none(), "no CRL yet");
         let ca = crate::pki::generate_ca("test CA", 30).unwrap();

@@ -7,8 +7,8 @@
 //! Entries are written by a JSON merge patch of their data keys only, so
 //! writers never conflict and no resourceVersion round trip is needed. The
 //! `Batcher` writes the entries of many Devices in one patch per shard: one
-//! write at a time per shard, and what arrives meanwhile goes into the next
-//! one. Under a burst (10,000 Devices applied at once) a shard is written a
+//! write at a time per shard, at most one a second, and what arrives
+//! meanwhile goes into the next one. Under a burst (10,000 Devices applied at once) a shard is written a
 //! few hundred times instead of once per Device, and every write's watch
 //! event (the whole shard) is sent to the gateway pod and the operator as
 //! many times less. `project` returns once its entry is stored, so a
@@ -59,6 +59,14 @@ pub async fn project(dev: &Device, ctx: &crate::context::Context, ns: &str, cred
     }
     ctx.keys.write(&ctx.client, &ctx.stores, ns, &shard, name, want).await
 }
+
+/// Least time between two writes of one shard. A shard's first write goes
+/// at once; under a burst the entries of the next interval go together.
+/// Without a floor the batch size follows the API server's latency: a busy
+/// server answered in tens of milliseconds, batches held one or two
+/// entries, and each of some 10,000 writes stored (and sent to every
+/// watcher) the whole shard again, which made the server busier still.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The entries waiting for one shard's next write, and who waits for them.
 #[derive(Default)]
@@ -128,7 +136,11 @@ impl Batcher {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(last) = last_write {
+                tokio::time::sleep_until(last + MIN_INTERVAL).await;
+            }
             let (entries, waiters) = {
                 let mut shards = self.shards.lock().expect("keys batcher");
                 let s = shards.get_mut(&key).expect("a busy shard is kept");
@@ -140,6 +152,7 @@ impl Batcher {
                 s.writing = entries.keys().cloned().collect();
                 (entries, std::mem::take(&mut s.waiters))
             };
+            last_write = Some(tokio::time::Instant::now());
             let only_removals = entries.values().all(Option::is_none);
             let data: serde_json::Map<String, serde_json::Value> = entries
                 .into_iter()

@@ -51,6 +51,9 @@ pub struct Observed {
     /// When the CRL is missing although the Gateway had one (its status
     /// has a CRL number): the revocations its Devices' status remember.
     pub revoked_by_devices: Option<Vec<Revocation>>,
+    /// The highest number this operator has seen the CRL carry (the
+    /// Gateway's status may lag behind it).
+    pub last_crl_number: Option<u64>,
     pub broker_available: bool,
 }
 
@@ -238,7 +241,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     let command_key = (gw.spec.command_api.api_key_secret_ref.is_none() && !obs.command_key).then(|| mint.api_key());
 
     // The CRL as it will be once the step is applied.
-    let previous_number = status.crl_number.map(|n| n as u64);
+    let previous_number = status.crl_number.map(|n| n as u64).max(obs.last_crl_number);
     let (crl_step, crl) = match (obs.crl, obs.revoked_by_devices, previous_number) {
         (None, Some(entries), Some(number)) => {
             events.push(PlannedEvent::warning(

@@ -61,6 +61,7 @@ fn settled(first: &Plan, crl: CrlState) -> Observed {
         command_key: true,
         crl: Some(crl),
         revoked_by_devices: None,
+        last_crl_number: None,
         broker_available: true,
     }
 }
@@ -73,6 +74,7 @@ fn new_gateway() -> Observed {
         command_key: false,
         crl: None,
         revoked_by_devices: None,
+        last_crl_number: None,
         broker_available: false,
     }
 }
@@ -309,6 +311,16 @@ fn a_lost_crl_is_rebuilt_from_the_devices_with_the_next_number() {
     assert_eq!(p.status.crl_number, Some(2), "numbered after the lost one");
     assert_eq!(p.status.revoked_certificates, Some(2));
     assert!(p.events.iter().any(|e| e.reason == "CrlRebuilt"));
+
+    // Revocations wrote CRLs up to number 5 before the status caught up:
+    // the rebuilt one comes after the last one seen, not the status's.
+    let mut obs = settled(&first, CrlState::empty(now));
+    obs.crl = None;
+    obs.revoked_by_devices = Some(vec![entry("0A")]);
+    obs.last_crl_number = Some(5);
+    let p = plan(&gw, obs, now + day(2), &mut RealMint).unwrap();
+    assert_eq!(p.crl, CrlStep::Rebuild);
+    assert_eq!(p.status.crl_number, Some(6), "numbered after the last one seen");
 
     // A gateway that never had a CRL gets an empty one.
     let mut obs = new_gateway();
