@@ -78,18 +78,19 @@ impl Stores {
         let own: Arc<OwnWrites> = Arc::default();
         let subscribers: Subscribers = Arc::default();
         let gateways = reflect(Api::<Gateway>::all(client.clone()), watcher::Config::default(), |_| {});
-        let secrets = reflect_secrets(
-            Api::<Secret>::all(client.clone()),
-            managed.clone(),
-            subscribers.clone(),
-            own.clone(),
-        );
+        let (to, seen_by) = (subscribers.clone(), own.clone());
+        let secrets = reflect(Api::<Secret>::all(client.clone()), managed.clone(), move |ev| {
+            publish_secret_change(ev, &to, &seen_by)
+        });
         let crl_numbers: CrlNumbers = Arc::default();
         let seen = crl_numbers.clone();
-        let configmaps = reflect(Api::<ConfigMap>::all(client), managed, move |cm: &ConfigMap| {
-            if let Some(number) = crl::number(cm) {
+        let configmaps = reflect(Api::<ConfigMap>::all(client), managed, move |ev| {
+            let (watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) = ev else {
+                return;
+            };
+            if let Some(number) = crl::number(&cm) {
                 let mut seen = seen.lock().expect("crl numbers");
-                let highest = seen.entry(ObjectRef::from_obj(cm)).or_default();
+                let highest = seen.entry(ObjectRef::from_obj(&cm)).or_default();
                 *highest = (*highest).max(number);
             }
         });
@@ -234,8 +235,9 @@ pub enum StoresError {
 }
 
 /// A reflector that runs until the process ends; its watch retries with
-/// backoff on its own.
-fn reflect<K>(api: Api<K>, config: watcher::Config, on_apply: impl Fn(&K) + Send + 'static) -> Store<K>
+/// backoff on its own. `on_event` sees every event after the store has
+/// applied it.
+fn reflect<K>(api: Api<K>, config: watcher::Config, on_event: impl Fn(watcher::Event<K>) + Send + 'static) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
@@ -246,8 +248,7 @@ where
         .reflect(writer)
         .for_each(move |ev| {
             match ev {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_apply(&obj),
-                Ok(_) => {}
+                Ok(ev) => on_event(ev),
                 Err(e) => tracing::debug!(error = %e, kind = K::kind(&()).as_ref(), "store watch"),
             }
             std::future::ready(())
@@ -256,42 +257,22 @@ where
     reader
 }
 
-/// The Secrets reflector, which also hands every change to the subscribers
-/// of `secret_changes` (a subscriber that went away is dropped).
-fn reflect_secrets(
-    api: Api<Secret>,
-    config: watcher::Config,
-    subscribers: Subscribers,
-    own: Arc<OwnWrites>,
-) -> Store<Secret> {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(slim)
-        .reflect(writer)
-        .for_each(move |ev| {
-            let change = match ev {
-                Ok(watcher::Event::Apply(s)) => Some(SecretChange::Applied(Arc::new(s))),
-                Ok(watcher::Event::Delete(s)) => {
-                    own.forget(&ObjectRef::from_obj(&s));
-                    Some(SecretChange::Deleted(Arc::new(s)))
-                }
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::debug!(error = %e, kind = "Secret", "store watch");
-                    None
-                }
-            };
-            if let Some(change) = change {
-                subscribers
-                    .lock()
-                    .expect("subscribers")
-                    .retain(|tx| tx.send(change.clone()).is_ok());
-            }
-            std::future::ready(())
-        });
-    tokio::spawn(stream);
-    reader
+/// What the Secrets reflector does with each event: hands the change to
+/// the subscribers of `secret_changes` (a subscriber that went away is
+/// dropped).
+fn publish_secret_change(ev: watcher::Event<Secret>, subscribers: &Subscribers, own: &OwnWrites) {
+    let change = match ev {
+        watcher::Event::Apply(s) => SecretChange::Applied(Arc::new(s)),
+        watcher::Event::Delete(s) => {
+            own.forget(&ObjectRef::from_obj(&s));
+            SecretChange::Deleted(Arc::new(s))
+        }
+        _ => return,
+    };
+    subscribers
+        .lock()
+        .expect("subscribers")
+        .retain(|tx| tx.send(change.clone()).is_ok());
 }
 
 fn tokio_stream_from<T: Send + 'static>(
