@@ -208,14 +208,21 @@ host_release_build() {
   local out=$1/out target_dir=${CARGO_TARGET_DIR:-$ROOT/target} pkgs=() p b need
   for p in "${RUST_PACKAGES[@]}"; do pkgs+=(-p "$p"); done
   if [ "${FLEETWARD_BUILD_TESTS:-0}" = 1 ]; then
+    # The binaries are this build's own: cargo builds every binary of a
+    # package that has integration tests (they run them) and links it into
+    # target/release/. A `cargo build --bins -p …` after it would compile
+    # the workspace a second time: without the tests' dev-dependencies its
+    # crates resolve other features, so nothing it needs is cached (8 of a
+    # CI run's minutes went there).
     log "compiling the workspace in release, its tests included (the images' binaries and the test suite)"
     (cd "$ROOT" && cargo test --workspace --release --locked --no-run) || die "the release build failed"
+  else
+    log "release binaries for the images (cargo build --release ${pkgs[*]})"
+    (cd "$ROOT" && cargo build --release --locked --bins "${pkgs[@]}") || die "the release build failed"
   fi
-  # Without FLEETWARD_BUILD_TESTS the binaries alone; with it, nothing left to do.
-  log "release binaries for the images (cargo build --release ${pkgs[*]})"
-  (cd "$ROOT" && cargo build --release --locked --bins "${pkgs[@]}") || die "the release build failed"
   mkdir -p "$out"
   for b in "${RUST_BINARIES[@]}"; do
+    [ -x "$target_dir/release/$b" ] || die "the release build made no $target_dir/release/$b"
     need=$(objdump -T "$target_dir/release/$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
     version_le "${need:-0}" "$BASE_GLIBC" ||
       die "$b needs glibc $need, newer than the images' base ($BASE_GLIBC): build with FLEETWARD_IMAGE_BINARIES=build"
