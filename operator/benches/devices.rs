@@ -199,6 +199,7 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     // N Devices: time from the first create until every one is Ready.
     let requests_before = operator.metric("fleetward_kube_api_requests_total");
     let by_kind_before = requests_by_kind(operator);
+    let wakeups_before = by_labels(operator, "fleetward_reconcile_wakeups_total", &["kind", "cause"]);
     let devices: Api<Device> = Api::namespaced(client.clone(), ns);
     let watch = watcher(devices.clone(), watcher::Config::default()).applied_objects();
     let t = Instant::now();
@@ -240,8 +241,10 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     let total = t.elapsed();
     let errors = operator.metric("fleetward_reconcile_errors_total");
     let reconciles = operator.metric("fleetward_reconciles_total{kind=\"device\"}");
+    let reconcile_seconds = operator.metric("fleetward_reconcile_duration_seconds_sum{kind=\"device\"}");
     let requests = operator.metric("fleetward_kube_api_requests_total") - requests_before;
     let by_kind = requests_by_kind(operator);
+    let wakeups = by_labels(operator, "fleetward_reconcile_wakeups_total", &["kind", "cause"]);
     let rss = peak_rss_mib(operator.pid());
 
     // Up to 1,000 Devices disabled at once: time until the Gateway's CRL
@@ -321,6 +324,17 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     // status) and an event; every reconcile beyond the first is a wake-up
     // from one of those writes.
     println!("device reconciles per Device              {:.2}", reconciles / n as f64);
+    println!(
+        "  mean time of a device reconcile         {:.0} ms",
+        1000.0 * reconcile_seconds / reconciles.max(1.0)
+    );
+    for (key, count) in &wakeups {
+        let Some(cause) = key.strip_prefix("device ") else {
+            continue;
+        };
+        let per_device = (count - wakeups_before.get(key).unwrap_or(&0.0)) / n as f64;
+        println!("  woken by {cause:<29}  {per_device:.3}");
+    }
     println!("API requests per Device (operator)        {:.2}", requests / n as f64);
     for (kind, count) in &by_kind {
         let per_device = (count - by_kind_before.get(kind).unwrap_or(&0.0)) / n as f64;
@@ -354,9 +368,15 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
 
 /// The operator's API requests so far, by "verb resource".
 fn requests_by_kind(operator: &Workload) -> std::collections::BTreeMap<String, f64> {
+    by_labels(operator, "fleetward_kube_api_requests_total", &["verb", "resource"])
+}
+
+/// A counter's values so far, summed by the values of `names` (joined by a space).
+fn by_labels(operator: &Workload, metric: &str, names: &[&str]) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
+    let prefix = format!("{metric}{{");
     for line in operator.metrics().lines() {
-        let Some(rest) = line.strip_prefix("fleetward_kube_api_requests_total{") else {
+        let Some(rest) = line.strip_prefix(&prefix) else {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once("} ") else {
@@ -369,7 +389,7 @@ fn requests_by_kind(operator: &Workload) -> std::collections::BTreeMap<String, f
                 .map(|v| v.trim_end_matches('"').to_string())
                 .unwrap_or_default()
         };
-        let key = format!("{} {}", label("verb"), label("resource"));
+        let key = names.iter().map(|n| label(n)).collect::<Vec<_>>().join(" ");
         *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
     out

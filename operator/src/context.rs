@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -133,6 +133,27 @@ where
     Ok(api
         .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
         .await?)
+}
+
+/// `apply` for an object the caller's store does not have (yet): one
+/// create, instead of the read that `apply` needs to be sure no one
+/// else's object has the name. A create cannot take anything over; when
+/// the name is taken (409: someone else's object, or ours that the store
+/// has not shown yet) it is `apply` with that read. Only for objects
+/// whose later applies always carry every field of the first (what a
+/// create's field manager owns is then taken over by the applies).
+pub async fn create_or_apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, obj).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => apply(api, name, obj, None).await,
+        other => Ok(other?),
+    }
 }
 
 /// `Ok` unless an object named `name` exists that is not controlled by the

@@ -9,6 +9,9 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: IntCounterVec,
+    /// What asked for a reconcile (before the controller merges requests
+    /// for one object that arrive while it is queued or running).
+    pub wakeups: IntCounterVec,
     pub failures: IntCounterVec,
     pub duration: HistogramVec,
     pub devices_ready: IntGauge,
@@ -26,6 +29,15 @@ impl Default for Metrics {
         let reconciles = IntCounterVec::new(
             Opts::new("fleetward_reconciles_total", "Reconciliations started, by kind"),
             &["kind"],
+        )
+        .expect("valid metric");
+        let wakeups = IntCounterVec::new(
+            Opts::new(
+                "fleetward_reconcile_wakeups_total",
+                "Requests for a reconcile, by kind and cause (spec: the object itself changed; gateway, secret, \
+                 keys-shard: a related object changed); retries and scheduled requeues are not counted",
+            ),
+            &["kind", "cause"],
         )
         .expect("valid metric");
         let failures = IntCounterVec::new(
@@ -80,6 +92,7 @@ impl Default for Metrics {
         .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(wakeups.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(devices_ready.clone()),
@@ -93,6 +106,7 @@ impl Default for Metrics {
         Self {
             registry,
             reconciles,
+            wakeups,
             failures,
             duration,
             devices_ready,
@@ -113,6 +127,13 @@ impl Metrics {
             metrics: self,
             kind,
             start: Instant::now(),
+        }
+    }
+
+    /// Counts `n` reconcile requests of `kind` for `cause`.
+    pub fn woken(&self, kind: &str, cause: &str, n: usize) {
+        if n > 0 {
+            self.wakeups.with_label_values(&[kind, cause]).inc_by(n as u64);
         }
     }
 

@@ -29,7 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use fleetward_credentials::{ANN_VERSION, Credentials, LABEL_DEVICE, LABEL_DEVICE_KEYS, keys_secret_name, keys_shard};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
@@ -42,7 +42,7 @@ use self::plan::{GatewayView, Observed, RealMint};
 use super::policy;
 use super::stores::SecretChange;
 use crate::aws_iot;
-use crate::context::{Context, apply, labels, owner_ref};
+use crate::context::{Context, apply, create_or_apply, labels, owner_ref};
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
 use crate::crd::{Device, Gateway};
@@ -86,34 +86,41 @@ fn gateway_readiness(gw: &Gateway) -> Option<u64> {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let (reader, writer) = reflector::store();
+    let metrics = ctx.metrics.clone();
     let devices = watcher(Api::<Device>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(super::stores::slim)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(spec_or_deletion, Default::default());
+        .predicate_filter(spec_or_deletion, Default::default())
+        .inspect_ok(move |_| metrics.woken(KIND, "spec", 1));
     let gateways = watcher(Api::<Gateway>::all(client), watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .predicate_filter(gateway_readiness, Default::default());
     // Secrets, from the operator's one Secrets watch (see `stores`).
     let (store, mapper) = (reader.clone(), ctx.clone());
-    let secrets = ctx
-        .stores
-        .secret_changes()
-        .flat_map(move |change| futures::stream::iter(woken_by(&change, &mapper, &store)));
+    let secrets = ctx.stores.secret_changes().flat_map(move |change| {
+        let (cause, devices) = woken_by(&change, &mapper, &store);
+        mapper.metrics.woken(KIND, cause, devices.len());
+        futures::stream::iter(devices)
+    });
     let by_gateway = reader.clone();
+    let gateway_metrics = ctx.metrics.clone();
     Controller::for_stream(devices, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(secrets)
         // A Gateway appearing, getting its CA or a new one: its devices.
         .watches_stream(gateways, move |gw| {
             let (ns, name) = (gw.namespace(), gw.name_any());
-            by_gateway
+            let devices: Vec<_> = by_gateway
                 .state()
                 .into_iter()
                 .filter(move |d| d.namespace() == ns && d.spec.gateway_ref == name)
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect();
+            gateway_metrics.woken(KIND, "gateway", devices.len());
+            devices
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -132,10 +139,16 @@ pub async fn run(ctx: Arc<Context>) {
 /// - a keys shard lost entries (deleted and recreated empty, or edited by
 ///   someone): the devices whose entry is missing, and not merely still
 ///   being written, write it again.
-fn woken_by(change: &SecretChange, ctx: &Context, devices: &reflector::Store<Device>) -> Vec<ObjectRef<Device>> {
+fn woken_by(
+    change: &SecretChange,
+    ctx: &Context,
+    devices: &reflector::Store<Device>,
+) -> (&'static str, Vec<ObjectRef<Device>>) {
     let s = change.secret();
     let labels = s.labels();
-    let Some(ns) = s.namespace() else { return vec![] };
+    let Some(ns) = s.namespace() else {
+        return ("secret", vec![]);
+    };
     if labels.contains_key(LABEL_DEVICE) {
         let news = match change {
             SecretChange::Applied(s) => !ctx.stores.is_own_write(s),
@@ -143,19 +156,19 @@ fn woken_by(change: &SecretChange, ctx: &Context, devices: &reflector::Store<Dev
         };
         let owner = s.owner_references().iter().find(|o| o.kind == "Device");
         return match owner {
-            Some(o) if news => vec![ObjectRef::new(&o.name).within(&ns)],
-            _ => vec![],
+            Some(o) if news => ("secret", vec![ObjectRef::new(&o.name).within(&ns)]),
+            _ => ("secret", vec![]),
         };
     }
     let (Some(gateway), SecretChange::Applied(shard)) = (labels.get(LABEL_DEVICE_KEYS), change) else {
-        return vec![];
+        return ("secret", vec![]);
     };
     if ctx.stores.is_own_write(shard) {
-        return vec![];
+        return ("keys-shard", vec![]);
     }
     let name = shard.name_any();
     let entries = shard.data.as_ref();
-    devices
+    let woken = devices
         .state()
         .into_iter()
         .filter(|d| d.namespace().as_deref() == Some(ns.as_str()) && d.spec.gateway_ref == *gateway)
@@ -167,7 +180,8 @@ fn woken_by(change: &SecretChange, ctx: &Context, devices: &reflector::Store<Dev
                 && ctx.stores.secret(&ns, &secret_name(&device)).is_some()
         })
         .map(|d| ObjectRef::from_obj(d.as_ref()))
-        .collect()
+        .collect();
+    ("keys-shard", woken)
 }
 
 fn error_policy(dev: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -263,7 +277,12 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan,
         let secret = creds.to_secret(labels(&[]), Some(owner_ref(dev)?));
         ctx.stores.writing_secret(&secret, ns);
         let known = ctx.stores.secret(ns, &secret_name(&name));
-        let written = apply(&secrets, &secret_name(&name), &secret, known.as_deref()).await?;
+        // A new device's Secret is created (one request, no read first);
+        // every later write carries the same fields and more.
+        let written = match known.as_deref() {
+            Some(known) => apply(&secrets, &secret_name(&name), &secret, Some(known)).await?,
+            None => create_or_apply(&secrets, &secret_name(&name), &secret).await?,
+        };
         ctx.stores.wrote_secret(written);
     }
     // The gateway's copy of what it needs, once the device's own Secret
