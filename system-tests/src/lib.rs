@@ -1,15 +1,15 @@
 //! What the end-to-end tests use to drive a cluster the way a user does:
 //! `helm`, `kubectl` (apply, exec, port-forward-free Service addresses),
-//! PostgreSQL through `kubectl exec … psql`, Prometheus's HTTP API, and
-//! plain HTTP to other Service addresses (the host routes them to the node).
-//! Every call that fails panics with the command's own output.
+//! PostgreSQL through `kubectl exec … psql`, and Prometheus's HTTP API
+//! through its Service address (the host routes Service addresses to the
+//! node; plain GETs to others are testkit's `http_status`). Every call that
+//! fails panics with the command's own output.
 
 pub mod gateway;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub use fleetward_testkit::{env, repo_root};
 
@@ -158,27 +158,6 @@ pub fn prometheus(base: &str, path: &str, query: Option<&str>) -> serde_json::Va
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("Prometheus answer is not JSON ({e}): {out}"))
 }
 
-/// An HTTP GET from the host to an in-cluster address (a Service's, as
-/// for Prometheus), with a bearer key when given: (status, body). The key
-/// goes to curl on stdin, never on its command line.
-pub fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
-    let header = bearer.map(|key| format!("Authorization: Bearer {key}\n"));
-    if header.is_some() {
-        cmd.args(["-H", "@-"]);
-    }
-    cmd.arg(url);
-    let (ok, out, err) = run(cmd, header.as_deref());
-    assert!(ok, "GET {url}: {err}");
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
-    let code = code
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("GET {url}: no status in {out:?}"));
-    (code, body.to_string())
-}
-
 /// An instant query's result vector.
 pub fn prom_query(base: &str, query: &str) -> Vec<serde_json::Value> {
     let answer = prometheus(base, "/api/v1/query", Some(query));
@@ -192,18 +171,6 @@ pub fn prom_sum(base: &str, query: &str) -> f64 {
         .iter()
         .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Polls `check` every second until it returns true; panics with the last
-/// `describe()` after `secs`.
-pub fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool, describe: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        if Instant::now() > deadline {
-            panic!("timed out after {secs}s waiting for {what}; last seen:\n{}", describe());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 /// Pods of a namespace as `name phase ready/total`, for messages.

@@ -17,6 +17,7 @@ use fleetward_operator::mosquitto::GATEWAY_IDENTITY;
 use fleetward_protocol::{Category, Envelope, data_topic, new_message_id, raw};
 use fleetward_simulator::Credentials;
 use fleetward_system_tests::gateway::*;
+use fleetward_testkit::wait_until;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 
 const DEVICES: [&str; 4] = ["sd1", "sd2", "sd3", "sd4"];
@@ -152,14 +153,6 @@ impl Publisher {
 
     fn lost(&self) -> Option<String> {
         self.lost.lock().unwrap().clone()
-    }
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -15,6 +15,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde::de::DeserializeOwned;
 
+use crate::wait::wait_for;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
@@ -92,32 +94,6 @@ pub fn install_crds() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-}
-
-pub fn http_get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_port(port: u16, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port} after {secs}s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A namespace for one test, deleted by `cleanup` at the end.
@@ -251,47 +227,11 @@ impl TestNs {
     }
 }
 
-/// Polls `check` every 100 ms until it returns true; panics after `secs`.
-pub async fn wait_until<F, Fut>(what: &str, secs: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 pub fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos() ^ std::process::id() as u128);
     h.finish() as u32
-}
-
-/// Polls `get` until `ok` holds, or panics after `secs` with the last value.
-pub async fn wait_for<K, F, Fut>(what: &str, secs: u64, mut get: F, ok: impl Fn(&K) -> bool) -> K
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<K>>,
-    K: std::fmt::Debug,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = None;
-    loop {
-        if let Some(v) = get().await {
-            if ok(&v) {
-                return v;
-            }
-            last = Some(v);
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {secs}s waiting for {what}; last seen: {last:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 pub async fn get_opt<K>(api: &Api<K>, name: &str) -> Option<K>

@@ -6,25 +6,31 @@
 //! A missing service is an error, never a skip: a test that silently does
 //! nothing would pass without testing anything.
 //!
-//! By what it starts: `cluster` (API server, namespaces, waiting),
-//! `kafka`, `mosquitto`, `fixtures` (test data, manifests), `workload`
-//! (a process under test), `stats` (percentiles for the benches), and with
-//! the `operator` feature `operator`.
+//! By what it starts: `cluster` (API server, namespaces), `kafka`,
+//! `mosquitto`, `fixtures` (test data, manifests), `workload` (a process
+//! under test), `stats` (percentiles for the benches), and with the
+//! `operator` feature `operator`. The helpers every test uses, once for
+//! the whole workspace: `net` (ports, HTTP GETs) and `wait` (polling with a
+//! deadline).
 
 mod cluster;
 mod fixtures;
 mod kafka;
 mod mosquitto;
+mod net;
 #[cfg(feature = "operator")]
 mod operator;
 mod stats;
+mod wait;
 mod workload;
 
 pub use cluster::*;
 pub use fixtures::*;
 pub use kafka::*;
 pub use mosquitto::*;
+pub use net::*;
 #[cfg(feature = "operator")]
 pub use operator::*;
 pub use stats::percentile;
+pub use wait::*;
 pub use workload::{Workload, metric_in, workspace_binary};

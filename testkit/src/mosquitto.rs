@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use crate::cluster::{TestNs, free_port, get_opt, is_ready, wait_for, wait_port};
+use crate::cluster::{TestNs, get_opt, is_ready};
 use crate::fixtures::write;
+use crate::net::{free_port, wait_port};
+use crate::wait::wait_for;
 
 /// Makes a path readable by the `mosquitto` user, which Mosquitto drops to
 /// when started as root.

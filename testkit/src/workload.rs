@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::http_get;
+use crate::net::http_get;
 
 /// A running binary whose stdout and stderr go to one log file and which
 /// serves HTTP (metrics, health) under `base_url`. Killed when dropped.

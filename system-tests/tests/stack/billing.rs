@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use fleetward_system_tests::*;
+use fleetward_testkit::{http_status, wait_until_blocking};
 
 use crate::{Figures, RELEASE, jsonpath, ready};
 
@@ -46,7 +47,7 @@ pub fn bill_the_month(ns: &str, meter_readings: usize, figures: &mut Figures) {
         .parse::<usize>()
         .unwrap_or(0)
     };
-    wait_until(
+    wait_until_blocking(
         "meter-001's readings stored by the billing workload",
         120,
         || stored() >= meter_readings,
@@ -66,7 +67,7 @@ pub fn bill_the_month(ns: &str, meter_readings: usize, figures: &mut Figures) {
     ]);
     let report = |field: &str| jsonpath(ns, &["tariff", TARIFF], &format!("{{.status.billing.{field}}}"));
     // The example Tariff waits up to 30 s for a meter's answer.
-    wait_until(
+    wait_until_blocking(
         "the requested run reported in status.billing",
         120,
         || report("lastRunPeriod") == period,
@@ -103,9 +104,9 @@ pub fn bill_the_month(ns: &str, meter_readings: usize, figures: &mut Figures) {
         r#"go-template={{index .data "api-key" | base64decode}}"#,
     ]);
     let url = format!("http://{address}:8080/api/v1/bills?period={period}");
-    let (code, _) = http_get(&url, None);
+    let (code, _) = http_status(&url, None);
     assert_eq!(code, 401, "the billing API refuses a request without its key");
-    let (code, body) = http_get(&url, Some(key.trim()));
+    let (code, body) = http_status(&url, Some(key.trim()));
     assert_eq!(code, 200, "GET {url}: {body}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON array of bills");
     let bill = listed
@@ -124,7 +125,7 @@ pub fn bill_the_month(ns: &str, meter_readings: usize, figures: &mut Figures) {
 
     // The pod's own /metrics counts the bill (Prometheus is checked later
     // with every other workload).
-    let (code, metrics) = http_get(&format!("http://{address}:9090/metrics"), None);
+    let (code, metrics) = http_status(&format!("http://{address}:9090/metrics"), None);
     assert_eq!(code, 200);
     let generated: f64 = metrics
         .lines()

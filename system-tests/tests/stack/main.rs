@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fleetward_simulator::attack::{self, Attack, AttackOptions};
 use fleetward_simulator::{ConnectOptions, Credentials, Device};
 use fleetward_system_tests::*;
-use fleetward_testkit::percentile;
+use fleetward_testkit::{percentile, wait_until_blocking};
 
 mod billing;
 
@@ -238,7 +238,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "--timeout",
         "10m",
     ]);
-    wait_until(
+    wait_until_blocking(
         "every pod of the release Ready",
         300,
         || all_pods_ready(&ns),
@@ -246,7 +246,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     );
     let install_secs = t.elapsed().as_secs_f64();
     figures.add(format!("helm install -> all pods Ready: {install_secs:.1} s"));
-    wait_until("an operator leader", 60, || !leader(&ns).is_empty(), || pods(&ns));
+    wait_until_blocking("an operator leader", 60, || !leader(&ns).is_empty(), || pods(&ns));
 
     // 2. The examples, as they are.
     let t = Instant::now();
@@ -254,7 +254,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     for kind in ["gateways", "devices", "stationfeeds"] {
         ready(&ns, kind);
     }
-    wait_until("the examples' pods", 300, || all_pods_ready(&ns), || pods(&ns));
+    wait_until_blocking("the examples' pods", 300, || all_pods_ready(&ns), || pods(&ns));
     figures.add(format!(
         "examples applied -> Ready with pods running: {:.1} s",
         t.elapsed().as_secs_f64()
@@ -274,7 +274,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "-p",
         &format!(r#"{{"spec":{{"serviceType":"NodePort","extraIpAddresses":["{node}"]}}}}"#),
     ]);
-    wait_until(
+    wait_until_blocking(
         "a broker certificate naming the node's address",
         60,
         || jsonpath(&ns, &["gateway", "edge"], "{.status.serverCertificateSerial}") != serial_before,
@@ -289,7 +289,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "statefulset/edge-gateway",
         "--timeout=180s",
     ]);
-    wait_until("the gateway pod rolled out", 180, || all_pods_ready(&ns), || pods(&ns));
+    wait_until_blocking("the gateway pod rolled out", 180, || all_pods_ready(&ns), || pods(&ns));
     let node_port: u16 = jsonpath(
         &ns,
         &["service", "edge"],
@@ -346,7 +346,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         .trim()
             == "1"
     };
-    wait_until(
+    wait_until_blocking(
         "the forged and the replayed message audited",
         60,
         || audited("bad_signature", &forged.malicious[0]) && audited("replay", &replayed.malicious[0]),
@@ -382,7 +382,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
 
     // 6. Stations: encrypted rows, decrypted by the export CLI shipped in the
     //    encryptor image, with the keyring the pod mounts.
-    wait_until(
+    wait_until_blocking(
         "114 Dublin stations stored",
         180,
         || psql(&ns, RELEASE, "SELECT count(DISTINCT number) FROM stations").trim() == "114",
@@ -436,7 +436,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "fleetward-encryptor",
         "fleetward-billing",
     ];
-    wait_until(
+    wait_until_blocking(
         "every fleetward workload scraped and up",
         120,
         || {
@@ -479,7 +479,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         ("fleetward_devices_ready", "", "devices ready"),
     ] {
         let q = format!(r#"sum({metric}{{namespace="{ns}"{labels}}})"#);
-        wait_until(
+        wait_until_blocking(
             &format!("{what} > 0 in Prometheus"),
             60,
             || prom_sum(&prom, &q) > 0.0,
@@ -495,7 +495,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         for panel in dashboard["panels"].as_array().expect("panels") {
             for target in panel["targets"].as_array().expect("targets") {
                 let expr = target["expr"].as_str().expect("expr");
-                wait_until(
+                wait_until_blocking(
                     &format!("panel {:?} to have data", panel["title"]),
                     60,
                     || !prom_query(&prom, expr).is_empty(),
@@ -535,7 +535,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     kubectl(&["-n", &ns, "delete", "pod", "edge-gateway-0", "--wait=false"]);
     let during = publishing.await.expect("publisher");
-    wait_until(
+    wait_until_blocking(
         "a new gateway pod",
         180,
         || gateway_uid() != old_uid && all_pods_ready(&ns),
@@ -584,7 +584,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "ctr task kill: {}",
         String::from_utf8_lossy(&killed.stderr)
     );
-    wait_until(
+    wait_until_blocking(
         "the standby operator to take the lease",
         60,
         || {
@@ -617,7 +617,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "--timeout=120s",
     ]);
     helm(&["uninstall", RELEASE, "-n", &ns, "--wait", "--timeout", "5m"]);
-    wait_until(
+    wait_until_blocking(
         "no pod left after helm uninstall",
         180,
         || kubectl(&["-n", &ns, "get", "pods", "-o", "name"]).trim().is_empty(),

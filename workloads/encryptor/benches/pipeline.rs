@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetward_encryptor::db::{self, TableName};
+use fleetward_encryptor::keys::SharedKeyring;
 use fleetward_encryptor::metrics::Metrics;
-use fleetward_encryptor::pipeline::{self, Settings, SharedKeyring};
+use fleetward_encryptor::pipeline::{self, Settings};
 use fleetward_encryptor::record::{CheckedStation, Sensitive};
 use fleetward_keyring::Keyring;
 use rdkafka::ClientConfig;

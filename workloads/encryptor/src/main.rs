@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use fleetward_encryptor::keys::{self, SharedKeyring};
 use fleetward_encryptor::metrics::Metrics;
-use fleetward_encryptor::pipeline::{self, SharedKeyring};
-use fleetward_encryptor::{Args, keys, serve_http};
+use fleetward_encryptor::pipeline;
+use fleetward_encryptor::{Args, serve_http};
 use fleetward_service::{logging, shutdown};
 
 #[tokio::main]
@@ -39,7 +40,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "encryptor starting"
     );
     let http = tokio::spawn(serve_http(args.metrics_addr, metrics.clone()));
-    tokio::spawn(pipeline::watch_keyring_file(
+    tokio::spawn(keys::watch_keyring_file(
         args.keyring_file.clone(),
         keyring.clone(),
         Duration::from_secs(args.keyring_reload_seconds.max(1)),

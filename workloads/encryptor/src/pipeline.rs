@@ -9,10 +9,9 @@
 //! the pipeline is simply dropping its future, at any point.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetward_keyring::Keyring;
 use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
 use rdkafka::config::ClientConfig;
@@ -26,6 +25,7 @@ use sqlx::PgPool;
 
 use crate::db::{self, RecordKind, TableName};
 use crate::dead_letter::{self, DeadLetter};
+use crate::keys::SharedKeyring;
 use crate::metrics::Metrics;
 use crate::record::{CheckedStation, Invalid, Row, Sensitive};
 use crate::telemetry::{self, TelemetryRow};
@@ -45,74 +45,6 @@ pub struct Settings {
     pub sensitive: Sensitive,
     pub batch_size: usize,
     pub batch_timeout: Duration,
-}
-
-/// The keyring in use; replaced when its file changes (rotation).
-#[derive(Clone)]
-pub struct SharedKeyring(Arc<RwLock<Arc<Keyring>>>);
-
-impl SharedKeyring {
-    pub fn new(k: Keyring) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(k))))
-    }
-    pub fn current(&self) -> Arc<Keyring> {
-        self.0.read().expect("keyring lock").clone()
-    }
-    pub fn replace(&self, k: Keyring) {
-        *self.0.write().expect("keyring lock") = Arc::new(k);
-    }
-}
-
-/// Re-reads the keyring file every `every`. A Kubernetes Secret volume is
-/// updated in place by the kubelet, so a rotation reaches a running
-/// encryptor without a restart. An unreadable or invalid file keeps the
-/// keyring in use (and is counted): better stale than stopped.
-pub async fn watch_keyring_file(
-    path: std::path::PathBuf,
-    keyring: SharedKeyring,
-    every: Duration,
-    metrics: Arc<Metrics>,
-) {
-    let mut last = std::fs::read_to_string(&path).ok();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read keyring; keeping the loaded one");
-                metrics.errors.with_label_values(&["keyring"]).inc();
-                continue;
-            }
-        };
-        if last.as_ref() == Some(&text) {
-            continue;
-        }
-        match Keyring::from_json(&text) {
-            Ok(k) => {
-                let old = keyring.current();
-                // A keyring that dropped the key in use would strand rows
-                // being written; still take it (the operator never does this,
-                // a person may have), but say so.
-                if k.fernet_key(old.primary_id()).is_none() {
-                    tracing::warn!(
-                        old = old.primary_id(),
-                        "new keyring no longer contains the previous primary key"
-                    );
-                }
-                tracing::info!(primary = k.primary_id(), keys = k.key_ids().len(), "keyring reloaded");
-                metrics.set_primary(k.primary_id());
-                metrics.keyring_reloads.inc();
-                keyring.replace(k);
-                last = Some(text);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "changed keyring is invalid; keeping the loaded one");
-                metrics.errors.with_label_values(&["keyring"]).inc();
-            }
-        }
-    }
 }
 
 /// Batches being stored at once: PostgreSQL runs each transaction on one
