@@ -1,10 +1,10 @@
 //! What every reconciler gets: the client, configuration, metrics and an
-//! event recorder, plus small helpers they share.
+//! event recorder, plus the writes they share (apply that never adopts,
+//! status apply). The pure helpers for labels and ownership are in
+//! `crate::ownership`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -14,14 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::controllers::policy::Backoff;
 use crate::controllers::stores::Stores;
 use crate::metrics::Metrics;
+use crate::ownership::{MANAGER, controller_of, refuse_unless_owned};
 use crate::{Result, crl};
-
-/// Field manager for every server-side apply the operator makes.
-pub const MANAGER: &str = "fleetward-operator";
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fleetward-operator");
-/// On every pod the operator deploys: the chart's PodMonitor and
-/// NetworkPolicies select fleetward workloads by it.
-pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "fleetward");
 
 /// Operator-wide settings (flags / environment of the operator binary).
 #[derive(Clone, Debug)]
@@ -159,28 +153,6 @@ where
     }
 }
 
-/// The controller owner reference of an object, if it has one.
-pub fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
-    obj.meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-}
-
-/// `Ok` when `existing` is controlled by `owner` (same uid), else the
-/// name-conflict error that names both.
-pub fn refuse_unless_owned<K: Resource<DynamicType = ()>>(existing: &K, owner: &OwnerReference) -> Result<()> {
-    if controller_of(existing).is_some_and(|r| r.uid == owner.uid) {
-        return Ok(());
-    }
-    Err(crate::Error::NameConflict {
-        kind: K::kind(&()).to_string(),
-        name: existing.meta().name.clone().unwrap_or_default(),
-        owner: format!("{} {}", owner.kind, owner.name),
-    })
-}
-
 /// Server-side applies the status of `obj`.
 pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
 where
@@ -199,21 +171,6 @@ where
     )
     .await?;
     Ok(())
-}
-
-/// Owner reference making `owner` the controller of a child object, so the
-/// garbage collector removes the child with its owner.
-pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Result<OwnerReference> {
-    owner
-        .controller_owner_ref(&())
-        .ok_or(crate::Error::MissingObjectKey("metadata.uid"))
-}
-
-pub fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
-    std::iter::once(MANAGED_BY)
-        .chain(extra.iter().copied())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// A client that counts every request it sends in

@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
-use crate::context::{labels, owner_ref};
 use crate::crd::Gateway;
+use crate::ownership::{controller_of, labels, owner_ref, refuse_unless_owned};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result};
 
@@ -171,7 +171,7 @@ pub async fn write(
                     .get_opt(&cm_name)
                     .await?
                     .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"))?;
-                crate::context::refuse_unless_owned(&theirs, &owner_ref(gw)?)?;
+                refuse_unless_owned(&theirs, &owner_ref(gw)?)?;
                 return parse(&theirs);
             }
             Err(e) => return Err(e.into()),
@@ -293,7 +293,7 @@ async fn writer(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sync::mp
 /// A CRL ConfigMap is only ever rewritten when it is this Gateway's (a
 /// ConfigMap someone else made under the name is never taken over).
 fn refuse_unless_gateways(cm: &ConfigMap, gateway: &str) -> Result<()> {
-    let ours = crate::context::controller_of(cm).is_some_and(|r| r.kind == "Gateway" && r.name == gateway);
+    let ours = controller_of(cm).is_some_and(|r| r.kind == "Gateway" && r.name == gateway);
     if ours {
         return Ok(());
     }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod mosquitto;
+pub mod ownership;
 pub mod pki;
 
 pub use error::{Error, Result};

@@ -26,9 +26,10 @@ use self::plan::{CaView, CrlStep};
 use super::policy::{self, PlannedEvent};
 use super::stores::SecretChange;
 use super::{secret_str, tls_secret};
-use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
+use crate::context::{Context, apply, refuse_if_foreign};
 use crate::crd::gateway::Provider;
 use crate::crd::{Device, Gateway};
+use crate::ownership::{labels, owner_ref, refuse_unless_owned};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result, aws_iot, crl};
 

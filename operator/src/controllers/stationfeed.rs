@@ -34,9 +34,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use crate::context::{Config, Context, MANAGED_BY, apply, labels, owner_ref};
+use crate::context::{Config, Context, apply};
 use crate::crd::StationFeed;
 use crate::crd::stationfeed::StationField;
+use crate::ownership::{MANAGED_BY, labels, owner_ref};
 use crate::{Error, Result};
 
 pub mod plan;

@@ -25,9 +25,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use sha2::{Digest, Sha256};
 
-use crate::context::MANAGED_BY;
 use crate::crd::Gateway;
 use crate::crl::{self, CrlState};
+use crate::ownership::MANAGED_BY;
 
 /// A CRL and the ConfigMap resourceVersion it was parsed from.
 type ParsedCrl = (String, Arc<CrlState>);

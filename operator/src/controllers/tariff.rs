@@ -28,8 +28,9 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::policy;
-use crate::context::{Context, MANAGED_BY, apply, controller_of, owner_ref, refuse_if_foreign};
+use crate::context::{Context, apply, refuse_if_foreign};
 use crate::crd::{Gateway, Tariff};
+use crate::ownership::{MANAGED_BY, controller_of, owner_ref};
 use crate::{Error, Result};
 
 pub mod plan;

@@ -28,9 +28,9 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::context::{MANAGER, refuse_unless_owned};
 use crate::controllers::stores::Stores;
 use crate::crd::Device;
+use crate::ownership::{MANAGER, owner_ref, refuse_unless_owned};
 use crate::{Error, Result};
 
 /// Writes (`Some`) or removes (`None`) the device's entry; no request when
@@ -49,7 +49,7 @@ pub async fn project(dev: &Device, ctx: &crate::context::Context, ns: &str, cred
         };
     };
     match ctx.stores.gateway(ns, gateway) {
-        Some(gw) => refuse_unless_owned(known.as_ref(), &crate::context::owner_ref(gw.as_ref())?)?,
+        Some(gw) => refuse_unless_owned(known.as_ref(), &owner_ref(gw.as_ref())?)?,
         None if want.is_none() => return Ok(()),
         None => return Err(Error::NotYet(format!("Gateway {gateway}"))),
     }

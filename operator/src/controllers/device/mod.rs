@@ -42,11 +42,12 @@ use self::plan::{GatewayView, Observed, RealMint};
 use super::policy;
 use super::stores::SecretChange;
 use crate::aws_iot;
-use crate::context::{Context, apply, labels, owner_ref};
+use crate::context::{Context, apply};
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
 use crate::crd::{Device, Gateway};
 use crate::crl::CrlState;
+use crate::ownership::{labels, owner_ref};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result};
 
