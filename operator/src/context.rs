@@ -11,7 +11,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::controllers::policy::Backoff;
+use crate::controllers::backoff::Backoff;
 use crate::controllers::stores::Stores;
 use crate::metrics::Metrics;
 use crate::ownership::{MANAGER, controller_of, refuse_unless_owned};
@@ -50,7 +50,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// What the reconcilers observe (see `controllers::stores`).
     pub stores: Stores,
-    /// Per-object failure counts (see `controllers::policy`).
+    /// Per-object failure counts (see `controllers::backoff`).
     pub backoff: Backoff,
     /// Revocations, written per gateway in batches.
     pub crl: crl::Batcher,
