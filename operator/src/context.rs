@@ -72,7 +72,7 @@ impl Context {
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             crl: crl::Batcher::new(client.clone()),
-            keys: Arc::default(),
+            keys: crate::controllers::device::keys::Batcher::new(client.clone(), stores.clone()),
             iot: crate::aws_iot::Clients::new(metrics.aws_requests.clone()),
             stores,
             backoff: Backoff::default(),

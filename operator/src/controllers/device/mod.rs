@@ -271,7 +271,7 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan,
     // holds it (so a device never sees a key its gateway does not know
     // ... nor the other way round for longer than this reconcile).
     if let Some(creds) = plan.store.as_ref().or(observed.current.as_ref()) {
-        keys::project(dev, ctx, ns, Some(creds)).await?;
+        ctx.keys.project(dev, ns, Some(creds)).await?;
     }
     if !plan.revoke.is_empty() {
         let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
@@ -400,7 +400,7 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
         let client = ctx.iot.get(&aws).await;
         aws_iot::device::remove(&client, &aws_iot::device::thing_name(ns, &name)).await?;
     }
-    keys::project(dev, ctx, ns, None).await?;
+    ctx.keys.project(dev, ns, None).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     ctx.stores.deleting_secret(ns, &secret_name(&name));
     match secrets.delete(&secret_name(&name), &DeleteParams::default()).await {
