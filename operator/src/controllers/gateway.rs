@@ -23,7 +23,8 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
-use super::policy::{self, PlannedEvent};
+use super::events::PlannedEvent;
+use super::policy;
 use super::stores::SecretChange;
 use super::{secret_str, tls_secret};
 use crate::context::{Context, apply, refuse_if_foreign};
@@ -414,7 +415,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
                 plan.status.aws_iot = Some(iot);
             }
             Err(e) => {
-                policy::not_ready(
+                super::events::not_ready(
                     &mut plan.status.conditions,
                     &mut plan.events,
                     ("AwsIotFailed", "SyncAwsIot"),

@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod device;
+pub mod events;
 pub mod gateway;
 pub mod keyring;
 pub mod objects;

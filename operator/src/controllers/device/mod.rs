@@ -355,7 +355,7 @@ async fn iot_sync(
 /// Ready=False with `reason`, an event when the reason is new.
 fn not_ready(plan: &mut plan::Plan, dev: &Device, reason: &'static str, message: String) {
     let (conditions, events) = (&mut plan.status.conditions, &mut plan.events);
-    policy::not_ready(
+    super::events::not_ready(
         conditions,
         events,
         (reason, "SyncAwsIot"),
