@@ -3,6 +3,7 @@
 
 pub mod aws_iot;
 pub mod conditions;
+pub mod config;
 pub mod context;
 pub mod controllers;
 pub mod crd;

@@ -34,7 +34,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use crate::context::{Config, Context, apply};
+use crate::config::Config;
+use crate::context::{Context, apply};
 use crate::crd::StationFeed;
 use crate::crd::stationfeed::StationField;
 use crate::ownership::{MANAGED_BY, labels, owner_ref};

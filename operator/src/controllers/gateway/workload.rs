@@ -27,7 +27,8 @@ use super::{
     api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name,
     mosquitto_configmap_name, workload_name,
 };
-use crate::context::{Config, Context, apply};
+use crate::config::Config;
+use crate::context::{Context, apply};
 use crate::controllers::METRICS_PORT;
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::crd::Gateway;

@@ -13,7 +13,7 @@ use kube::api::ObjectMeta;
 
 use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
 use crate::Result;
-use crate::context::Config;
+use crate::config::Config;
 use crate::controllers::gateway::{api_service_name, ca_secret_name, command_secret_name};
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::controllers::{METRICS_PORT, data_workload};
