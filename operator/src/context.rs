@@ -31,7 +31,7 @@ pub struct Context {
     /// Per-object failure counts (see `controllers::backoff`).
     pub backoff: Backoff,
     /// Revocations, written per gateway in batches.
-    pub crl: crl::Batcher,
+    pub crl: crl::writer::Batcher,
     /// Device-key entries, written per keys shard in batches.
     pub keys: Arc<crate::controllers::device::keys::Batcher>,
     /// AWS IoT Core clients, for Gateways with `provider: awsIot`.
@@ -49,7 +49,7 @@ impl Context {
         let stores = Stores::start(client.clone()).await?;
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            crl: crl::Batcher::new(client.clone()),
+            crl: crl::writer::Batcher::new(client.clone()),
             keys: crate::controllers::device::keys::Batcher::new(client.clone(), stores.clone()),
             iot: crate::aws_iot::Clients::new(metrics.aws_requests.clone()),
             stores,

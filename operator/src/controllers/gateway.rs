@@ -369,7 +369,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             )),
             CrlStep::Keep | CrlStep::Resign => None,
         };
-        let state = crl::write(&cms, gw, &ca, create).await?;
+        let state = crl::writer::write(&cms, gw, &ca, create).await?;
         // What was written wins over the plan's forecast (a revocation
         // may have landed in between).
         plan.status.revoked_certificates = Some(state.entries.len() as i64);
