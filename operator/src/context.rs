@@ -1,21 +1,18 @@
 //! What every reconciler gets: the client, configuration, metrics and an
-//! event recorder, plus the writes they share (apply that never adopts,
-//! status apply). The pure helpers for labels and ownership are in
+//! event recorder. The writes they share, with the ownership rules, are in
+//! `controllers::applier`; the pure helpers for labels and ownership in
 //! `crate::ownership`.
 
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Client, Resource};
 
 use crate::controllers::backoff::Backoff;
 use crate::controllers::stores::Stores;
+use crate::crl;
 use crate::metrics::Metrics;
-use crate::ownership::{MANAGER, controller_of, refuse_unless_owned};
-use crate::{Result, crl};
+use crate::ownership::MANAGER;
 
 /// The operator's settings are `crate::config`'s; the integration tests
 /// take them from here.
@@ -86,69 +83,6 @@ impl Context {
             Err(e) => tracing::warn!(error = %e, reason, "could not publish event"),
         }
     }
-}
-
-/// Server-side applies `obj` (a complete desired state) as our field
-/// manager, but never onto an object someone else made. When `obj` names a
-/// controller owner, an existing object of that name must already carry
-/// that owner's reference: a forced apply would otherwise take over (and
-/// garbage-collect with its owner) whatever happens to share the name, say
-/// the `postgres` Service for a Gateway named `postgres`.
-///
-/// `known` is the object as the caller already saw it (a store copy): then
-/// no extra request is made. Without it the object is read first.
-pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K, known: Option<&K>) -> Result<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-{
-    refuse_if_foreign(api, name, obj, known).await?;
-    Ok(api
-        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
-        .await?)
-}
-
-/// `Ok` unless an object named `name` exists that is not controlled by the
-/// owner `wanted` names (see `apply`); also what a create that found the
-/// name taken asks. `known`, when given, is used instead of a read.
-pub async fn refuse_if_foreign<K>(api: &Api<K>, name: &str, wanted: &K, known: Option<&K>) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let Some(owner) = controller_of(wanted) else {
-        return Ok(());
-    };
-    let read;
-    let existing = match known {
-        Some(k) => Some(k),
-        None => {
-            read = api.get_opt(name).await?;
-            read.as_ref()
-        }
-    };
-    match existing {
-        Some(existing) => refuse_unless_owned(existing, owner),
-        None => Ok(()),
-    }
-}
-
-/// Server-side applies the status of `obj`.
-pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize,
-{
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// A client that counts every request it sends in

@@ -23,11 +23,12 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
+use super::applier::{apply, refuse_if_foreign};
 use super::events::PlannedEvent;
 use super::policy;
 use super::stores::SecretChange;
 use super::{secret_str, tls_secret};
-use crate::context::{Context, apply, refuse_if_foreign};
+use crate::context::Context;
 use crate::crd::gateway::Provider;
 use crate::crd::{Device, Gateway};
 use crate::ownership::{labels, owner_ref, refuse_unless_owned};

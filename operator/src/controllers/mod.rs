@@ -1,5 +1,6 @@
 //! One reconciler per kind. Helpers they share live here.
 
+pub mod applier;
 pub mod backoff;
 pub mod device;
 pub mod events;

@@ -16,8 +16,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::applier::apply_status;
 use super::backoff;
-use crate::context::{Context, apply_status};
+use crate::context::Context;
 use crate::{Error, Result};
 
 /// The error policy of every controller.

@@ -34,8 +34,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use super::applier::apply;
 use crate::config::Config;
-use crate::context::{Context, apply};
+use crate::context::Context;
 use crate::crd::StationFeed;
 use crate::crd::stationfeed::StationField;
 use crate::ownership::{MANAGED_BY, labels, owner_ref};

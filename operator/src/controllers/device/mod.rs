@@ -39,10 +39,11 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{GatewayView, Observed, RealMint};
+use super::applier::apply;
 use super::policy;
 use super::stores::SecretChange;
 use crate::aws_iot;
-use crate::context::{Context, apply};
+use crate::context::Context;
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
 use crate::crd::{Device, Gateway};

@@ -12,7 +12,8 @@ use kube::{Api, ResourceExt};
 
 use super::child_meta;
 
-use crate::context::{Context, apply};
+use crate::context::Context;
+use crate::controllers::applier::apply;
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{EncryptorSpec, encryptor, objects};
 use crate::crd::Gateway;

@@ -28,8 +28,9 @@ use super::{
     mosquitto_configmap_name, workload_name,
 };
 use crate::config::Config;
-use crate::context::{Context, apply};
+use crate::context::Context;
 use crate::controllers::METRICS_PORT;
+use crate::controllers::applier::apply;
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::crd::Gateway;
 use crate::ownership::owner_ref;
