@@ -1,53 +1,22 @@
 //! What every reconciler gets: the client, configuration, metrics and an
-//! event recorder, plus small helpers they share.
+//! event recorder. The writes they share, with the ownership rules, are in
+//! `controllers::applier`; the pure helpers for labels and ownership in
+//! `crate::ownership`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Client, Resource};
 
-use crate::controllers::policy::Backoff;
+use crate::controllers::backoff::Backoff;
 use crate::controllers::stores::Stores;
+use crate::crl;
 use crate::metrics::Metrics;
-use crate::{Result, crl};
+use crate::ownership::MANAGER;
 
-/// Field manager for every server-side apply the operator makes.
-pub const MANAGER: &str = "fleetward-operator";
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fleetward-operator");
-/// On every pod the operator deploys: the chart's PodMonitor and
-/// NetworkPolicies select fleetward workloads by it.
-pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "fleetward");
-
-/// Operator-wide settings (flags / environment of the operator binary).
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub gateway_image: String,
-    pub mosquitto_image: String,
-    pub ingestor_image: String,
-    pub encryptor_image: String,
-    pub billing_image: String,
-    /// Kafka bootstrap servers used when a resource does not name its own.
-    pub kafka_bootstrap: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        let v = env!("CARGO_PKG_VERSION");
-        Self {
-            gateway_image: format!("ghcr.io/fleetward/gateway:{v}"),
-            mosquitto_image: format!("ghcr.io/fleetward/mosquitto:{v}"),
-            ingestor_image: format!("ghcr.io/fleetward/ingestor:{v}"),
-            encryptor_image: format!("ghcr.io/fleetward/encryptor:{v}"),
-            billing_image: format!("ghcr.io/fleetward/billing:{v}"),
-            kafka_bootstrap: "kafka:9092".into(),
-        }
-    }
-}
+/// The operator's settings are `crate::config`'s; the integration tests
+/// take them from here.
+pub use crate::config::Config;
 
 pub struct Context {
     pub client: Client,
@@ -56,10 +25,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// What the reconcilers observe (see `controllers::stores`).
     pub stores: Stores,
-    /// Per-object failure counts (see `controllers::policy`).
+    /// Per-object failure counts (see `controllers::backoff`).
     pub backoff: Backoff,
     /// Revocations, written per gateway in batches.
-    pub crl: crl::Batcher,
+    pub crl: crl::writer::Batcher,
     /// Device-key entries, written per keys shard in batches.
     pub keys: Arc<crate::controllers::device::keys::Batcher>,
     /// AWS IoT Core clients, for Gateways with `provider: awsIot`.
@@ -77,8 +46,8 @@ impl Context {
         let stores = Stores::start(client.clone()).await?;
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            crl: crl::Batcher::new(client.clone()),
-            keys: Arc::default(),
+            crl: crl::writer::Batcher::new(client.clone()),
+            keys: crate::controllers::device::keys::Batcher::new(client.clone(), stores.clone()),
             iot: crate::aws_iot::Clients::new(metrics.aws_requests.clone()),
             stores,
             backoff: Backoff::default(),
@@ -114,127 +83,6 @@ impl Context {
             Err(e) => tracing::warn!(error = %e, reason, "could not publish event"),
         }
     }
-}
-
-/// Server-side applies `obj` (a complete desired state) as our field
-/// manager, but never onto an object someone else made. When `obj` names a
-/// controller owner, an existing object of that name must already carry
-/// that owner's reference: a forced apply would otherwise take over (and
-/// garbage-collect with its owner) whatever happens to share the name, say
-/// the `postgres` Service for a Gateway named `postgres`.
-///
-/// `known` is the object as the caller already saw it (a store copy): then
-/// no extra request is made. Without it the object is read first.
-pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K, known: Option<&K>) -> Result<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-{
-    refuse_if_foreign(api, name, obj, known).await?;
-    Ok(api
-        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
-        .await?)
-}
-
-/// `apply` for an object the caller's store does not have (yet): one
-/// create, instead of the read that `apply` needs to be sure no one
-/// else's object has the name. A create cannot take anything over; when
-/// the name is taken (409: someone else's object, or ours that the store
-/// has not shown yet) it is `apply` with that read. Only for objects
-/// whose later applies always carry every field of the first (what a
-/// create's field manager owns is then taken over by the applies).
-pub async fn create_or_apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-{
-    let params = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, obj).await {
-        Err(kube::Error::Api(e)) if e.code == 409 => apply(api, name, obj, None).await,
-        other => Ok(other?),
-    }
-}
-
-/// `Ok` unless an object named `name` exists that is not controlled by the
-/// owner `wanted` names (see `apply`); also what a create that found the
-/// name taken asks. `known`, when given, is used instead of a read.
-pub async fn refuse_if_foreign<K>(api: &Api<K>, name: &str, wanted: &K, known: Option<&K>) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let Some(owner) = controller_of(wanted) else {
-        return Ok(());
-    };
-    let read;
-    let existing = match known {
-        Some(k) => Some(k),
-        None => {
-            read = api.get_opt(name).await?;
-            read.as_ref()
-        }
-    };
-    match existing {
-        Some(existing) => refuse_unless_owned(existing, owner),
-        None => Ok(()),
-    }
-}
-
-/// The controller owner reference of an object, if it has one.
-pub fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
-    obj.meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-}
-
-/// `Ok` when `existing` is controlled by `owner` (same uid), else the
-/// name-conflict error that names both.
-pub fn refuse_unless_owned<K: Resource<DynamicType = ()>>(existing: &K, owner: &OwnerReference) -> Result<()> {
-    if controller_of(existing).is_some_and(|r| r.uid == owner.uid) {
-        return Ok(());
-    }
-    Err(crate::Error::NameConflict {
-        kind: K::kind(&()).to_string(),
-        name: existing.meta().name.clone().unwrap_or_default(),
-        owner: format!("{} {}", owner.kind, owner.name),
-    })
-}
-
-/// Server-side applies the status of `obj`.
-pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize,
-{
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Owner reference making `owner` the controller of a child object, so the
-/// garbage collector removes the child with its owner.
-pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Result<OwnerReference> {
-    owner
-        .controller_owner_ref(&())
-        .ok_or(crate::Error::MissingObjectKey("metadata.uid"))
-}
-
-pub fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
-    std::iter::once(MANAGED_BY)
-        .chain(extra.iter().copied())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// A client that counts every request it sends in

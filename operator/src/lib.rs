@@ -3,6 +3,7 @@
 
 pub mod aws_iot;
 pub mod conditions;
+pub mod config;
 pub mod context;
 pub mod controllers;
 pub mod crd;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod mosquitto;
+pub mod ownership;
 pub mod pki;
 
 pub use error::{Error, Result};

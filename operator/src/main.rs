@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use fleetward_operator::context::{Config, Context};
+use fleetward_operator::config::Config;
+use fleetward_operator::context::Context;
 use fleetward_operator::controllers;
 use fleetward_operator::crd::{Device, Gateway};
 use fleetward_operator::leader::{LeaderConfig, run_as_leader};

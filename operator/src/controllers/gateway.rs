@@ -23,12 +23,15 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
-use super::policy::{self, PlannedEvent};
+use super::applier::{apply, refuse_if_foreign};
+use super::events::PlannedEvent;
+use super::policy;
 use super::stores::SecretChange;
 use super::{secret_str, tls_secret};
-use crate::context::{Context, apply, labels, owner_ref, refuse_if_foreign, refuse_unless_owned};
+use crate::context::Context;
 use crate::crd::gateway::Provider;
 use crate::crd::{Device, Gateway};
+use crate::ownership::{labels, owner_ref, refuse_unless_owned};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result, aws_iot, crl};
 
@@ -367,7 +370,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             )),
             CrlStep::Keep | CrlStep::Resign => None,
         };
-        let state = crl::write(&cms, gw, &ca, create).await?;
+        let state = crl::writer::write(&cms, gw, &ca, create).await?;
         // What was written wins over the plan's forecast (a revocation
         // may have landed in between).
         plan.status.revoked_certificates = Some(state.entries.len() as i64);
@@ -413,7 +416,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
                 plan.status.aws_iot = Some(iot);
             }
             Err(e) => {
-                policy::not_ready(
+                super::events::not_ready(
                     &mut plan.status.conditions,
                     &mut plan.events,
                     ("AwsIotFailed", "SyncAwsIot"),

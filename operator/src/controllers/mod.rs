@@ -1,6 +1,9 @@
 //! One reconciler per kind. Helpers they share live here.
 
+pub mod applier;
+pub mod backoff;
 pub mod device;
+pub mod events;
 pub mod gateway;
 pub mod keyring;
 pub mod objects;

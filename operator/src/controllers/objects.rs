@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::METRICS_PORT;
-use crate::context::PART_OF;
+use crate::ownership::PART_OF;
 
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {

@@ -1,75 +1,33 @@
 //! What every controller does the same way: what happens after a failed
 //! reconcile (one error policy), how status is written (only when it
-//! changed) and when an event is worth sending (when a condition's reason
-//! changes, not on every retry).
+//! changed) and how a finalizer is set. When an event is worth sending is
+//! the plans' (pure) business: `events.rs`.
 //!
-//! Failures back off per object, exponentially with a cap, so one broken
-//! object retries slowly while the others are unaffected; each failure is
-//! a Warning event on the object and a metric labelled by error kind. A
-//! success resets the object's backoff.
+//! Failures back off per object, exponentially with a cap (`backoff.rs`),
+//! so one broken object retries slowly while the others are unaffected;
+//! each failure is a Warning event on the object and a metric labelled by
+//! error kind. A success resets the object's backoff.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::context::{Context, apply_status};
+use super::applier::apply_status;
+use super::backoff;
+use crate::context::Context;
 use crate::{Error, Result};
-
-/// First retry after a failure, and the longest wait between retries.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
-
-/// Consecutive failures per object (kind/namespace/name).
-#[derive(Default)]
-pub struct Backoff {
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.meta().namespace.as_deref().unwrap_or(""),
-        obj.meta().name.as_deref().unwrap_or("")
-    )
-}
-
-/// The wait after the `n`th consecutive failure (n ≥ 1): base · 2^(n-1),
-/// capped, with up to 10% added so that objects failing together (an API
-/// server restart) do not all retry in the same instant.
-pub fn delay(n: u32, jitter: f64) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16));
-    let capped = exp.min(BACKOFF_CAP);
-    capped.mul_f64(1.0 + 0.1 * jitter.clamp(0.0, 1.0))
-}
-
-impl Backoff {
-    fn failed(&self, key: String) -> u32 {
-        let mut f = self.failures.lock().expect("backoff");
-        let n = f.entry(key).or_insert(0);
-        *n += 1;
-        *n
-    }
-
-    fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("backoff").remove(key);
-    }
-}
 
 /// The error policy of every controller.
 pub fn on_error<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>, kind: &'static str) -> Action
 where
     K: Resource<DynamicType = ()> + Send + Sync + 'static,
 {
-    let n = ctx.backoff.failed(key(obj.as_ref()));
-    let wait = delay(n, rand::random::<f64>());
+    let n = ctx.backoff.failed(obj.as_ref());
+    let wait = backoff::delay(n, rand::random::<f64>());
     tracing::warn!(kind, name = %obj.name_any(), namespace = ?obj.namespace(), %error,
         failures = n, retry_in_s = wait.as_secs_f64(), "reconcile failed");
     ctx.metrics.failure(kind, error);
@@ -86,7 +44,7 @@ where
 /// Call with every reconcile's outcome: a success resets the backoff.
 pub fn finished<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, result: Result<Action>) -> Result<Action> {
     if result.is_ok() {
-        ctx.backoff.succeeded(&key(obj));
+        ctx.backoff.succeeded(obj);
     }
     result
 }
@@ -133,91 +91,5 @@ where
         // Already gone (a concurrent reconcile released it): nothing to do.
         Err(kube::Error::Api(e)) if e.code == 404 && !present => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// An event a plan asks for; apply publishes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedEvent {
-    pub warning: bool,
-    pub reason: &'static str,
-    /// What the operator did or tried (the event's `action`).
-    pub action: &'static str,
-    pub note: String,
-}
-
-impl PlannedEvent {
-    pub fn normal(reason: &'static str, action: &'static str, note: String) -> Self {
-        Self {
-            warning: false,
-            reason,
-            action,
-            note,
-        }
-    }
-
-    pub fn warning(reason: &'static str, action: &'static str, note: String) -> Self {
-        Self {
-            warning: true,
-            reason,
-            action,
-            note,
-        }
-    }
-}
-
-/// Ready=False with `reason` and `message`, and a warning event about it
-/// when the reason is new.
-pub fn not_ready(
-    conditions: &mut Vec<Condition>,
-    events: &mut Vec<PlannedEvent>,
-    (reason, action): (&'static str, &'static str),
-    message: String,
-    generation: Option<i64>,
-) {
-    if is_news(conditions, crate::conditions::READY, reason) {
-        events.push(PlannedEvent::warning(reason, action, message.clone()));
-    }
-    crate::conditions::set(conditions, crate::conditions::READY, false, reason, message, generation);
-}
-
-/// True when condition `type_` does not already carry `reason`: the
-/// moment to tell people (an event), as opposed to every retry.
-pub fn is_news(conditions: &[Condition], type_: &str, reason: &str) -> bool {
-    !conditions.iter().any(|c| c.type_ == type_ && c.reason == reason)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        assert_eq!(delay(1, 0.0), Duration::from_secs(1));
-        assert_eq!(delay(2, 0.0), Duration::from_secs(2));
-        assert_eq!(delay(5, 0.0), Duration::from_secs(16));
-        assert_eq!(delay(9, 0.0), Duration::from_secs(256));
-        assert_eq!(delay(10, 0.0), BACKOFF_CAP);
-        assert_eq!(delay(40, 0.0), BACKOFF_CAP);
-        assert_eq!(delay(1, 1.0), Duration::from_millis(1100));
-    }
-
-    #[test]
-    fn failures_count_per_object_and_success_resets() {
-        let b = Backoff::default();
-        assert_eq!(b.failed("Device/ns/a".into()), 1);
-        assert_eq!(b.failed("Device/ns/a".into()), 2);
-        assert_eq!(b.failed("Device/ns/b".into()), 1);
-        b.succeeded("Device/ns/a");
-        assert_eq!(b.failed("Device/ns/a".into()), 1);
-    }
-
-    #[test]
-    fn news_is_a_new_reason() {
-        let mut c = Vec::new();
-        assert!(is_news(&c, "Ready", "GatewayNotFound"));
-        crate::conditions::set(&mut c, "Ready", false, "GatewayNotFound", "x", None);
-        assert!(!is_news(&c, "Ready", "GatewayNotFound"));
-        assert!(is_news(&c, "Ready", "Issued"));
     }
 }

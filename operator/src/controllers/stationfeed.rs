@@ -34,9 +34,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use crate::context::{Config, Context, MANAGED_BY, apply, labels, owner_ref};
+use super::applier::apply;
+use crate::config::Config;
+use crate::context::Context;
 use crate::crd::StationFeed;
 use crate::crd::stationfeed::StationField;
+use crate::ownership::{MANAGED_BY, labels, owner_ref};
 use crate::{Error, Result};
 
 pub mod plan;

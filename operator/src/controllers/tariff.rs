@@ -27,9 +27,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use super::applier::{apply, refuse_if_foreign};
 use super::policy;
-use crate::context::{Context, MANAGED_BY, apply, controller_of, owner_ref, refuse_if_foreign};
+use crate::context::Context;
 use crate::crd::{Gateway, Tariff};
+use crate::ownership::{MANAGED_BY, controller_of, owner_ref};
 use crate::{Error, Result};
 
 pub mod plan;

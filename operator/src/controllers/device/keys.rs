@@ -24,41 +24,14 @@ use fleetward_credentials::{Credentials, keys_secret_name, keys_shard};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::context::{MANAGER, refuse_unless_owned};
 use crate::controllers::stores::Stores;
 use crate::crd::Device;
+use crate::ownership::{MANAGER, owner_ref, refuse_unless_owned};
 use crate::{Error, Result};
-
-/// Writes (`Some`) or removes (`None`) the device's entry; no request when
-/// the shard already holds what is wanted.
-pub async fn project(dev: &Device, ctx: &crate::context::Context, ns: &str, creds: Option<&Credentials>) -> Result<()> {
-    let name = dev.name_any();
-    let gateway = &dev.spec.gateway_ref;
-    let shard = keys_secret_name(gateway, keys_shard(&name));
-    let want = creds.map(|c| c.gateway_keys().to_bytes());
-    let Some(known) = ctx.stores.secret(ns, &shard) else {
-        // Nothing to remove from a shard that is gone (its Gateway was
-        // deleted); one still to come is waited for.
-        return match want {
-            None => Ok(()),
-            Some(_) => Err(Error::NotYet(format!("Secret {shard} of Gateway {gateway}"))),
-        };
-    };
-    match ctx.stores.gateway(ns, gateway) {
-        Some(gw) => refuse_unless_owned(known.as_ref(), &crate::context::owner_ref(gw.as_ref())?)?,
-        None if want.is_none() => return Ok(()),
-        None => return Err(Error::NotYet(format!("Gateway {gateway}"))),
-    }
-    let have = known.data.as_ref().and_then(|d| d.get(&name)).map(|b| &b.0);
-    if have == want.as_ref() {
-        return Ok(());
-    }
-    ctx.keys.write(&ctx.client, &ctx.stores, ns, &shard, name, want).await
-}
 
 /// Least time between two writes of one shard. A shard's first write goes
 /// at once; under a burst the entries of the next interval go together.
@@ -81,12 +54,50 @@ struct Shard {
 }
 
 /// Batches device-key entries per shard (see the module documentation).
-#[derive(Default)]
 pub struct Batcher {
+    client: Client,
+    /// Where the shards are read from, and where each write's answer is
+    /// recorded until the watch catches up.
+    stores: Stores,
     shards: Mutex<HashMap<(String, String), Shard>>,
 }
 
 impl Batcher {
+    pub fn new(client: Client, stores: Stores) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            stores,
+            shards: Mutex::default(),
+        })
+    }
+
+    /// Writes (`Some`) or removes (`None`) the device's entry; no request
+    /// when the shard already holds what is wanted.
+    pub async fn project(self: &Arc<Self>, dev: &Device, ns: &str, creds: Option<&Credentials>) -> Result<()> {
+        let name = dev.name_any();
+        let gateway = &dev.spec.gateway_ref;
+        let shard = keys_secret_name(gateway, keys_shard(&name));
+        let want = creds.map(|c| c.gateway_keys().to_bytes());
+        let Some(known) = self.stores.secret(ns, &shard) else {
+            // Nothing to remove from a shard that is gone (its Gateway was
+            // deleted); one still to come is waited for.
+            return match want {
+                None => Ok(()),
+                Some(_) => Err(Error::NotYet(format!("Secret {shard} of Gateway {gateway}"))),
+            };
+        };
+        match self.stores.gateway(ns, gateway) {
+            Some(gw) => refuse_unless_owned(known.as_ref(), &owner_ref(gw.as_ref())?)?,
+            None if want.is_none() => return Ok(()),
+            None => return Err(Error::NotYet(format!("Gateway {gateway}"))),
+        }
+        let have = known.data.as_ref().and_then(|d| d.get(&name)).map(|b| &b.0);
+        if have == want.as_ref() {
+            return Ok(());
+        }
+        self.write(ns, &shard, name, want).await
+    }
+
     /// True while `device`'s entry in `shard` is queued or being written:
     /// a shard that lacks it has not lost it.
     pub fn pending(&self, ns: &str, shard: &str, device: &str) -> bool {
@@ -96,15 +107,7 @@ impl Batcher {
             .is_some_and(|s| s.next.contains_key(device) || s.writing.contains(device))
     }
 
-    async fn write(
-        self: &Arc<Self>,
-        client: &kube::Client,
-        stores: &Stores,
-        ns: &str,
-        shard: &str,
-        device: String,
-        entry: Option<Vec<u8>>,
-    ) -> Result<()> {
+    async fn write(self: &Arc<Self>, ns: &str, shard: &str, device: String, entry: Option<Vec<u8>>) -> Result<()> {
         let (done, answer) = oneshot::channel();
         let key = (ns.to_string(), shard.to_string());
         let start = {
@@ -115,8 +118,8 @@ impl Batcher {
             !std::mem::replace(&mut s.busy, true)
         };
         if start {
-            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            tokio::spawn(self.clone().writer(api, stores.clone(), key));
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+            tokio::spawn(self.clone().writer(api, key));
         }
         let failed = |reason: String| Error::KeysWrite {
             shard: shard.to_string(),
@@ -130,7 +133,7 @@ impl Batcher {
 
     /// Writes the shard's queued entries, one patch at a time, until none
     /// are left.
-    async fn writer(self: Arc<Self>, api: Api<Secret>, stores: Stores, key: (String, String)) {
+    async fn writer(self: Arc<Self>, api: Api<Secret>, key: (String, String)) {
         let shard = &key.1;
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
@@ -160,7 +163,7 @@ impl Batcher {
                 .collect();
             let result = match api.patch(shard, &params, &Patch::Merge(json!({"data": data}))).await {
                 Ok(written) => {
-                    stores.wrote_patched_secret(written);
+                    self.stores.wrote_patched_secret(written);
                     Ok(())
                 }
                 // Removals from a shard that is gone: nothing left to remove.

@@ -39,14 +39,16 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{GatewayView, Observed, RealMint};
+use super::applier::{apply, create_or_apply};
 use super::policy;
 use super::stores::SecretChange;
 use crate::aws_iot;
-use crate::context::{Context, apply, create_or_apply, labels, owner_ref};
+use crate::context::Context;
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
 use crate::crd::{Device, Gateway};
 use crate::crl::CrlState;
+use crate::ownership::{labels, owner_ref};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result};
 
@@ -289,7 +291,7 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan,
     // holds it (so a device never sees a key its gateway does not know
     // ... nor the other way round for longer than this reconcile).
     if let Some(creds) = plan.store.as_ref().or(observed.current.as_ref()) {
-        keys::project(dev, ctx, ns, Some(creds)).await?;
+        ctx.keys.project(dev, ns, Some(creds)).await?;
     }
     if !plan.revoke.is_empty() {
         let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
@@ -373,7 +375,7 @@ async fn iot_sync(
 /// Ready=False with `reason`, an event when the reason is new.
 fn not_ready(plan: &mut plan::Plan, dev: &Device, reason: &'static str, message: String) {
     let (conditions, events) = (&mut plan.status.conditions, &mut plan.events);
-    policy::not_ready(
+    super::events::not_ready(
         conditions,
         events,
         (reason, "SyncAwsIot"),
@@ -418,7 +420,7 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
         let client = ctx.iot.get(&aws).await;
         aws_iot::device::remove(&client, &aws_iot::device::thing_name(ns, &name)).await?;
     }
-    keys::project(dev, ctx, ns, None).await?;
+    ctx.keys.project(dev, ns, None).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     ctx.stores.deleting_secret(ns, &secret_name(&name));
     match secrets.delete(&secret_name(&name), &DeleteParams::default()).await {

@@ -32,7 +32,7 @@ use kube::ResourceExt;
 
 use crate::Result;
 use crate::conditions::{self, READY};
-use crate::controllers::policy::{PlannedEvent, is_news};
+use crate::controllers::events::{PlannedEvent, is_news};
 use crate::controllers::{RESYNC, until};
 use crate::crd::device::RevokedCertificate;
 use crate::crd::{Device, DeviceStatus};

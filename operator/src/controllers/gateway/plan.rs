@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::conditions::{self, READY};
-use crate::controllers::policy::{PlannedEvent, is_news};
+use crate::controllers::events::{PlannedEvent, is_news};
 use crate::controllers::until;
 use crate::crd::{Gateway, GatewayStatus};
 use crate::crl::CrlState;

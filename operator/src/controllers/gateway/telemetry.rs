@@ -12,11 +12,13 @@ use kube::{Api, ResourceExt};
 
 use super::child_meta;
 
-use crate::context::{Context, apply, labels};
+use crate::context::Context;
+use crate::controllers::applier::apply;
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{EncryptorSpec, encryptor, objects};
 use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
+use crate::ownership::labels;
 use crate::{Error, Result};
 
 /// Label on the keyring Secret (it has no owner reference): the Gateway it

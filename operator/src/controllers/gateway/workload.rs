@@ -27,10 +27,13 @@ use super::{
     api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name,
     mosquitto_configmap_name, workload_name,
 };
-use crate::context::{Config, Context, apply, owner_ref};
+use crate::config::Config;
+use crate::context::Context;
 use crate::controllers::METRICS_PORT;
+use crate::controllers::applier::apply;
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::crd::Gateway;
+use crate::ownership::owner_ref;
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
 
@@ -384,7 +387,7 @@ pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Resul
         let Some(claim) = claims.get_opt(&name).await? else {
             return Ok(());
         };
-        if crate::context::controller_of(&claim).is_none_or(|r| r.uid != owner.uid) {
+        if crate::ownership::controller_of(&claim).is_none_or(|r| r.uid != owner.uid) {
             return Ok(());
         }
         let only_that = DeleteParams {

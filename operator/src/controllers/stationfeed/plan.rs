@@ -13,9 +13,9 @@ use kube::ResourceExt;
 use super::{encryptor_deployment, ingestor_deployment};
 use crate::Result;
 use crate::conditions::{self, READY};
-use crate::context::Config;
+use crate::config::Config;
+use crate::controllers::events::{PlannedEvent, is_news};
 use crate::controllers::keyring::Outcome;
-use crate::controllers::policy::{PlannedEvent, is_news};
 use crate::crd::stationfeed::StationFeedStatus;
 use crate::crd::{SecretKeyRef, StationFeed};
 

@@ -25,9 +25,9 @@ use kube::ResourceExt;
 use super::workload::{self, CA_CERT_KEY, command_key_ref, gateway_url};
 use crate::Result;
 use crate::conditions::{self, READY};
-use crate::context::Config;
+use crate::config::Config;
+use crate::controllers::events::{PlannedEvent, not_ready};
 use crate::controllers::gateway::ca_secret_name;
-use crate::controllers::policy::{PlannedEvent, not_ready};
 use crate::crd::tariff::TariffStatus;
 use crate::crd::{Gateway, SecretKeyRef, Tariff};
 

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::plan::*;
 use crate::conditions::READY;
-use crate::context::Config;
+use crate::config::Config;
 use crate::crd::{Gateway, Tariff};
 
 const KEY: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";

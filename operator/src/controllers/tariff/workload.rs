@@ -13,12 +13,13 @@ use kube::api::ObjectMeta;
 
 use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
 use crate::Result;
-use crate::context::{Config, labels, owner_ref};
+use crate::config::Config;
 use crate::controllers::gateway::{api_service_name, ca_secret_name, command_secret_name};
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::controllers::{METRICS_PORT, data_workload};
 use crate::crd::gateway::KafkaSinkSpec;
 use crate::crd::{Gateway, SecretKeyRef, Tariff};
+use crate::ownership::{labels, owner_ref};
 
 /// The key of a gateway's CA Secret that holds the CA certificate (its
 /// private key sits beside it under `tls.key` and is never mounted).

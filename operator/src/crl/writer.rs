@@ -1,0 +1,242 @@
+//! Writes of a Gateway's CRL ConfigMap (see the parent module for what it
+//! holds).
+//!
+//! Device reconcilers for many devices may revoke at the same time, so every
+//! write is a read-modify-replace guarded by `resourceVersion`, retried on
+//! conflict; nothing is lost when two revocations race. `Batcher` goes one
+//! step further: concurrent revocations for one gateway queue up and are
+//! written together, one CRL update (and one re-signing) for all of them.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, ResourceExt};
+
+use super::{CRL_KEY, CrlState, ENTRIES_KEY, NEXT_UPDATE_ANNOTATION, NUMBER_ANNOTATION, VALIDITY_DAYS, name, parse};
+use crate::crd::Gateway;
+use crate::ownership::{controller_of, labels, owner_ref, refuse_unless_owned};
+use crate::pki::{CaBundle, Revocation};
+use crate::{Error, Result};
+
+const MAX_ATTEMPTS: u32 = 20;
+
+/// Writes `state` (re-signed with the next CRL number) into `cm`.
+fn render(cm: &mut ConfigMap, ca: &CaBundle, entries: Vec<Revocation>, number: u64) -> Result<CrlState> {
+    let now = Timestamp::now();
+    let pem = ca.sign_crl(&entries, number, now, VALIDITY_DAYS)?;
+    let next_update = now + SignedDuration::from_hours(24 * VALIDITY_DAYS);
+    let data = cm.data.get_or_insert_with(BTreeMap::new);
+    data.insert(CRL_KEY.into(), pem);
+    data.remove(ENTRIES_KEY);
+    let ann = cm.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.insert(NUMBER_ANNOTATION.into(), number.to_string());
+    ann.insert(NEXT_UPDATE_ANNOTATION.into(), next_update.to_string());
+    Ok(CrlState::new(entries, number, next_update))
+}
+
+pub async fn load(api: &Api<ConfigMap>, gateway: &str) -> Result<Option<CrlState>> {
+    api.get_opt(&name(gateway)).await?.as_ref().map(parse).transpose()
+}
+
+/// Creates the CRL with `create`'s entries and number (empty and 1 for a
+/// new gateway; a lost CRL rebuilt), or without it re-signs the existing
+/// one with `ca` (its validity half spent, or a new CA).
+pub async fn write(
+    api: &Api<ConfigMap>,
+    gw: &Gateway,
+    ca: &CaBundle,
+    create: Option<(Vec<Revocation>, u64)>,
+) -> Result<CrlState> {
+    let gw_name = gw.name_any();
+    let cm_name = name(&gw_name);
+    if let Some((entries, number)) = create {
+        let mut cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(cm_name.clone()),
+                labels: Some(labels(&[("fleetward.io/gateway", &gw_name)])),
+                owner_references: Some(vec![owner_ref(gw)?]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let state = render(&mut cm, ca, entries, number)?;
+        match api.create(&PostParams::default(), &cm).await {
+            Ok(_) => return Ok(state),
+            // Someone (a concurrent reconcile) created it first: use theirs.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let theirs = api
+                    .get_opt(&cm_name)
+                    .await?
+                    .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"))?;
+                refuse_unless_owned(&theirs, &owner_ref(gw)?)?;
+                return parse(&theirs);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    modify(api, &gw_name, ca, |_entries, _state| true).await
+}
+
+/// Adds `revocations` (those not yet listed) and re-signs. Returns the new
+/// state; an already-listed serial is not added twice.
+pub async fn revoke(
+    api: &Api<ConfigMap>,
+    gateway: &str,
+    ca: &CaBundle,
+    revocations: &[Revocation],
+) -> Result<CrlState> {
+    modify(api, gateway, ca, |entries, _| {
+        let mut listed: std::collections::HashSet<String> = entries.iter().map(|e| e.serial.clone()).collect();
+        let before = entries.len();
+        for r in revocations {
+            if listed.insert(r.serial.clone()) {
+                entries.push(r.clone());
+            }
+        }
+        entries.len() != before
+    })
+    .await
+}
+
+/// Queues revocations per gateway and writes each queue's contents as one
+/// CRL update: under a thousand simultaneous revocations the CRL is
+/// re-signed a handful of times instead of a thousand (each losing most
+/// of its optimistic-concurrency races). `revoke` returns once the
+/// revocation is in the stored CRL, so callers keep their ordering rules.
+pub struct Batcher {
+    client: kube::Client,
+    queues: std::sync::Mutex<BTreeMap<(String, String), tokio::sync::mpsc::UnboundedSender<Queued>>>,
+}
+
+struct Queued {
+    ca: CaBundle,
+    entries: Vec<Revocation>,
+    done: tokio::sync::oneshot::Sender<std::result::Result<CrlState, String>>,
+}
+
+/// Most revocations written in one CRL update.
+const MAX_BATCH: usize = 5000;
+
+impl Batcher {
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            queues: Default::default(),
+        }
+    }
+
+    pub async fn revoke(&self, ns: &str, gateway: &str, ca: &CaBundle, entries: Vec<Revocation>) -> Result<CrlState> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let queued = Queued {
+            ca: ca.clone(),
+            entries,
+            done,
+        };
+        {
+            let mut queues = self.queues.lock().expect("crl queues");
+            let key = (ns.to_string(), gateway.to_string());
+            let sender = queues.entry(key).or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+                tokio::spawn(write_queued(api, gateway.to_string(), rx));
+                tx
+            });
+            sender.send(queued).map_err(|_| Error::CrlWrite {
+                gateway: gateway.to_string(),
+                reason: "the CRL writer stopped".into(),
+            })?;
+        }
+        answer
+            .await
+            .map_err(|_| Error::CrlWrite {
+                gateway: gateway.to_string(),
+                reason: "the CRL writer stopped".into(),
+            })?
+            .map_err(|reason| Error::CrlWrite {
+                gateway: gateway.to_string(),
+                reason,
+            })
+    }
+}
+
+async fn write_queued(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        // The newest request's CA signs (they agree unless the CA is being
+        // replaced, and then the newest is the one to use).
+        let ca = batch.last().expect("non-empty").ca.clone();
+        let entries: Vec<Revocation> = batch.iter().flat_map(|q| q.entries.iter().cloned()).collect();
+        let result = revoke(&api, &gateway, &ca, &entries).await.map_err(|e| e.to_string());
+        tracing::debug!(
+            gateway,
+            requests = batch.len(),
+            revocations = entries.len(),
+            "CRL updated"
+        );
+        for q in batch {
+            let _ = q.done.send(result.clone());
+        }
+    }
+}
+
+/// Read-modify-write with optimistic concurrency. `change` edits the entry
+/// list and says whether anything must be written.
+/// A CRL ConfigMap is only ever rewritten when it is this Gateway's (a
+/// ConfigMap someone else made under the name is never taken over).
+fn refuse_unless_gateways(cm: &ConfigMap, gateway: &str) -> Result<()> {
+    let ours = controller_of(cm).is_some_and(|r| r.kind == "Gateway" && r.name == gateway);
+    if ours {
+        return Ok(());
+    }
+    Err(Error::NameConflict {
+        kind: "ConfigMap".into(),
+        name: cm.metadata.name.clone().unwrap_or_default(),
+        owner: format!("Gateway {gateway}"),
+    })
+}
+
+async fn modify(
+    api: &Api<ConfigMap>,
+    gateway: &str,
+    ca: &CaBundle,
+    change: impl Fn(&mut Vec<Revocation>, &CrlState) -> bool,
+) -> Result<CrlState> {
+    let cm_name = name(gateway);
+    for _ in 0..MAX_ATTEMPTS {
+        let mut cm = api.get(&cm_name).await?;
+        refuse_unless_gateways(&cm, gateway)?;
+        let state = parse(&cm)?;
+        let mut entries = state.entries.clone();
+        if !change(&mut entries, &state) {
+            return Ok(state);
+        }
+        let new_state = render(&mut cm, ca, entries, state.number + 1)?;
+        match api.replace(&cm_name, &PostParams::default(), &cm).await {
+            Ok(_) => return Ok(new_state),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("Too long") => {
+                return Err(Error::CrlWrite {
+                    gateway: gateway.to_string(),
+                    reason: format!(
+                        "{} revoked certificates no longer fit in ConfigMap {cm_name} (1 MiB); spread the devices \
+                         over more Gateways",
+                        new_state.entries.len()
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict {
+        name: cm_name,
+        attempts: MAX_ATTEMPTS,
+    })
+}
