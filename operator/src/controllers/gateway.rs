@@ -40,6 +40,7 @@ pub mod plan;
 mod plan_tests;
 pub mod telemetry;
 mod workload;
+mod writes;
 pub use workload::broker_volume_name;
 
 const KIND: &str = "gateway";
@@ -429,9 +430,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             }
         }
     }
-    workload::apply_rbac(gw, ctx, ns).await?;
+    writes::apply_rbac(gw, ctx, ns).await?;
     if own_broker {
-        workload::apply_broker_volume(gw, ctx, ns).await?;
+        writes::apply_broker_volume(gw, ctx, ns).await?;
     }
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     apply(

@@ -1,7 +1,7 @@
 //! The Gateway's workload objects: the StatefulSet (Mosquitto + gateway in
 //! one pod), its Service, the ServiceAccount/Role the gateway reads its
-//! devices' Secrets with, and the broker's volume claim. Pure builders
-//! except `apply_rbac` and `apply_broker_volume`, which write.
+//! devices' Secrets with, and the broker's volume claim. Pure builders:
+//! the writes that need more than an apply are in `writes.rs`.
 //!
 //! A StatefulSet, not a Deployment: a broker's sessions and queued QoS 1
 //! messages live in its persistence file, and two Mosquittos on one volume
@@ -13,27 +13,21 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Service, ServiceAccount,
-    ServiceSpec, Volume, VolumeResourceRequirements,
+    Container, ContainerPort, ExecAction, Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, Service, ServiceAccount, ServiceSpec, Volume,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{DeleteParams, Preconditions};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
 use super::{
     api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name,
     mosquitto_configmap_name, workload_name,
 };
 use crate::config::Config;
-use crate::context::Context;
 use crate::controllers::METRICS_PORT;
-use crate::controllers::applier::apply;
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::crd::Gateway;
-use crate::ownership::owner_ref;
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
 
@@ -319,27 +313,6 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
     Ok((sa, role, binding))
 }
 
-pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
-    let name = workload_name(&gw.name_any());
-    let (sa, role, binding) = rbac(gw)?;
-    apply(
-        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns),
-        &name,
-        &sa,
-        None,
-    )
-    .await?;
-    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role, None).await?;
-    apply(
-        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
-        &name,
-        &binding,
-        None,
-    )
-    .await?;
-    Ok(())
-}
-
 /// The broker's Service, of `spec.serviceType` (devices reach it, perhaps
 /// from outside the cluster as a LoadBalancer): MQTT over TLS only.
 pub fn service(gw: &Gateway) -> Result<Service> {
@@ -375,221 +348,6 @@ pub fn api_service(gw: &Gateway) -> Result<Service> {
     })
 }
 
-/// The broker's volume claim when `spec.persistence` asks for one; without
-/// it, a claim left from earlier is deleted (the pod no longer mounts it).
-pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
-    let name = broker_volume_name(&gw.name_any());
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(p) = &gw.spec.persistence else {
-        // Only this Gateway's own claim, and only that very object (uid
-        // precondition): a claim someone else made under the name stays.
-        let owner = owner_ref(gw)?;
-        let Some(claim) = claims.get_opt(&name).await? else {
-            return Ok(());
-        };
-        if crate::ownership::controller_of(&claim).is_none_or(|r| r.uid != owner.uid) {
-            return Ok(());
-        }
-        let only_that = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: claim.metadata.uid.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        match claims.delete(&name, &only_that).await {
-            Ok(_) => tracing::info!(claim = %name, "deleted the broker volume: spec.persistence was removed"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        return Ok(());
-    };
-    let claim = PersistentVolumeClaim {
-        metadata: child_meta(gw, name.clone())?,
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: p.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_string(), Quantity(p.size.clone()))].into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    apply(&claims, &name, &claim, None).await?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use serde_json::json;
-
-    fn gateway(spec: serde_json::Value) -> Gateway {
-        serde_json::from_value(json!({
-            "apiVersion": "fleetward.io/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": "ns", "uid": "u-1"},
-            "spec": spec,
-        }))
-        .unwrap()
-    }
-
-    fn full() -> Gateway {
-        gateway(json!({
-            "persistence": {"size": "2Gi", "storageClassName": "fast"},
-            "audit": {"connectionSecretRef": {"name": "db", "key": "url"}},
-            "backend": {"url": "http://backend:8080/ingest"},
-            "kafka": {"topic": "telemetry"},
-        }))
-    }
-
-    /// Every mount names a volume of the pod, every volume is used, and
-    /// each Secret/ConfigMap volume names the object the operator writes.
-    #[test]
-    fn mounts_and_volumes_match() {
-        let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
-        let pod = set.spec.unwrap().template.spec.unwrap();
-        let volumes: Vec<String> = pod.volumes.clone().unwrap().iter().map(|v| v.name.clone()).collect();
-        let mut used = std::collections::HashSet::new();
-        for c in &pod.containers {
-            for m in c.volume_mounts.clone().unwrap() {
-                assert!(volumes.contains(&m.name), "{} mounts unknown volume {}", c.name, m.name);
-                used.insert(m.name);
-            }
-            // Locked down, every container.
-            let sc = c.security_context.clone().unwrap();
-            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
-            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
-            assert!(c.readiness_probe.is_some(), "{} has a readiness probe", c.name);
-        }
-        assert_eq!(used.len(), volumes.len(), "every volume is mounted");
-        let v = serde_json::to_value(&pod.volumes).unwrap();
-        let by_name = |n: &str| v.as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
-        assert_eq!(by_name("broker-tls")["secret"]["secretName"], "gw-broker-tls");
-        assert_eq!(by_name("client-tls")["secret"]["secretName"], "gw-gateway-client");
-        assert_eq!(by_name("crl")["configMap"]["name"], "gw-crl");
-        assert_eq!(by_name("config")["configMap"]["name"], "gw-mosquitto");
-        assert_eq!(by_name("data")["persistentVolumeClaim"]["claimName"], "gw-broker-data");
-        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
-        assert_eq!(pod.share_process_namespace, Some(true));
-        // The broker outlives the gateway's drain on pod deletion.
-        assert_eq!(pod.termination_grace_period_seconds, Some(45));
-        let broker = pod.containers.iter().find(|c| c.name == "mosquitto").unwrap();
-        let pre_stop = broker.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).unwrap();
-        let command = pre_stop.exec.as_ref().and_then(|e| e.command.clone()).unwrap();
-        assert!(command[2].contains("fleetward-gatew"), "{command:?}");
-        assert_eq!(pod.service_account_name.as_deref(), Some("gw-gateway"));
-    }
-
-    /// With AWS IoT Core the pod is the gateway alone, connected to the
-    /// account's endpoint, trusting the public roots, with no broker files.
-    #[test]
-    fn with_aws_iot_the_gateway_connects_to_the_endpoint_alone() {
-        let set = statefulset(
-            &full(),
-            &Config::default(),
-            "h1",
-            Some("abc-ats.iot.eu-west-1.amazonaws.com"),
-        )
-        .unwrap();
-        let pod = set.spec.unwrap().template.spec.unwrap();
-        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["gateway"]);
-        let env: std::collections::BTreeMap<String, Option<String>> = pod.containers[0]
-            .env
-            .clone()
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.name, e.value))
-            .collect();
-        assert_eq!(env["MQTT_HOST"].as_deref(), Some("abc-ats.iot.eu-west-1.amazonaws.com"));
-        assert_eq!(env["MQTT_PORT"].as_deref(), Some("8883"));
-        assert_eq!(env["MQTT_CA_FILE"].as_deref(), Some(PUBLIC_ROOTS));
-        assert_eq!(env["MQTT_CLIENT_ID"].as_deref(), Some("fleetward-gateway-ns-gw"));
-        assert!(!env.contains_key("CRL_FILE") && !env.contains_key("CRL_CONFIGMAP"));
-        let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
-        assert_eq!(volumes, ["broker-tls", "client-tls"]);
-        assert_eq!(pod.share_process_namespace, Some(false));
-    }
-
-    #[test]
-    fn the_gateway_environment_carries_every_spec_section() {
-        let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
-        let pod = set.spec.unwrap().template.spec.unwrap();
-        let gw = pod.containers.iter().find(|c| c.name == "gateway").unwrap();
-        let env: std::collections::BTreeMap<String, serde_json::Value> = gw
-            .env
-            .clone()
-            .unwrap()
-            .into_iter()
-            .map(|e| {
-                assert!(
-                    e.value.is_some() != e.value_from.is_some(),
-                    "{} has exactly one source",
-                    e.name
-                );
-                (e.name.clone(), serde_json::to_value(&e).unwrap())
-            })
-            .collect();
-        for name in [
-            "FLEETWARD_GATEWAY",
-            "MQTT_PORT",
-            "CRL_FILE",
-            "CRL_CONFIGMAP",
-            "RATE_PER_SECOND",
-            "COMMAND_API_KEY",
-            "DATABASE_URL",
-            "BACKEND_URL",
-            "KAFKA_BROKERS",
-            "KAFKA_TOPIC",
-            "MQTT_CLIENT_ID",
-        ] {
-            assert!(env.contains_key(name), "{name} missing");
-        }
-        assert_eq!(
-            env["COMMAND_API_KEY"]["valueFrom"]["secretKeyRef"]["name"],
-            "gw-command-api"
-        );
-        assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
-        assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");
-    }
-
-    #[test]
-    fn service_ports_target_named_container_ports() {
-        let gw = full();
-        let set = statefulset(&gw, &Config::default(), "h1", None).unwrap();
-        let pod = set.spec.unwrap().template.spec.unwrap();
-        let named: Vec<String> = pod
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.clone().unwrap())
-            .filter_map(|p| p.name)
-            .collect();
-        let svc = service(&gw).unwrap().spec.unwrap();
-        for p in svc.ports.unwrap() {
-            let IntOrString::String(target) = p.target_port.unwrap() else {
-                panic!("targets by name")
-            };
-            assert!(named.contains(&target), "no container port named {target}");
-        }
-        assert_eq!(
-            svc.selector.unwrap().get("fleetward.io/gateway").map(String::as_str),
-            Some("gw")
-        );
-    }
-
-    #[test]
-    fn rbac_binds_the_role_to_the_account() {
-        let (sa, role, binding) = rbac(&full()).unwrap();
-        assert_eq!(sa.metadata.name, role.metadata.name);
-        assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
-        let subject = &binding.subjects.unwrap()[0];
-        assert_eq!(
-            (subject.name.as_str(), subject.namespace.as_deref()),
-            ("gw-gateway", Some("ns"))
-        );
-        assert_eq!(role.rules.unwrap()[0].verbs, ["get", "list", "watch"]);
-    }
-}
+#[path = "workload_tests.rs"]
+mod tests;

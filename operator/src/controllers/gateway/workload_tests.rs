@@ -1,0 +1,172 @@
+//! Tests of `workload.rs`: the Gateway's pod, Services and RBAC as built,
+//! and how their mounts, volumes, ports and environment fit together.
+
+use super::*;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+
+fn gateway(spec: serde_json::Value) -> Gateway {
+    serde_json::from_value(json!({
+        "apiVersion": "fleetward.io/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "ns", "uid": "u-1"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn full() -> Gateway {
+    gateway(json!({
+        "persistence": {"size": "2Gi", "storageClassName": "fast"},
+        "audit": {"connectionSecretRef": {"name": "db", "key": "url"}},
+        "backend": {"url": "http://backend:8080/ingest"},
+        "kafka": {"topic": "telemetry"},
+    }))
+}
+
+/// Every mount names a volume of the pod, every volume is used, and
+/// each Secret/ConfigMap volume names the object the operator writes.
+#[test]
+fn mounts_and_volumes_match() {
+    let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let volumes: Vec<String> = pod.volumes.clone().unwrap().iter().map(|v| v.name.clone()).collect();
+    let mut used = std::collections::HashSet::new();
+    for c in &pod.containers {
+        for m in c.volume_mounts.clone().unwrap() {
+            assert!(volumes.contains(&m.name), "{} mounts unknown volume {}", c.name, m.name);
+            used.insert(m.name);
+        }
+        // Locked down, every container.
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert!(c.readiness_probe.is_some(), "{} has a readiness probe", c.name);
+    }
+    assert_eq!(used.len(), volumes.len(), "every volume is mounted");
+    let v = serde_json::to_value(&pod.volumes).unwrap();
+    let by_name = |n: &str| v.as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
+    assert_eq!(by_name("broker-tls")["secret"]["secretName"], "gw-broker-tls");
+    assert_eq!(by_name("client-tls")["secret"]["secretName"], "gw-gateway-client");
+    assert_eq!(by_name("crl")["configMap"]["name"], "gw-crl");
+    assert_eq!(by_name("config")["configMap"]["name"], "gw-mosquitto");
+    assert_eq!(by_name("data")["persistentVolumeClaim"]["claimName"], "gw-broker-data");
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    assert_eq!(pod.share_process_namespace, Some(true));
+    // The broker outlives the gateway's drain on pod deletion.
+    assert_eq!(pod.termination_grace_period_seconds, Some(45));
+    let broker = pod.containers.iter().find(|c| c.name == "mosquitto").unwrap();
+    let pre_stop = broker.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).unwrap();
+    let command = pre_stop.exec.as_ref().and_then(|e| e.command.clone()).unwrap();
+    assert!(command[2].contains("fleetward-gatew"), "{command:?}");
+    assert_eq!(pod.service_account_name.as_deref(), Some("gw-gateway"));
+}
+
+/// With AWS IoT Core the pod is the gateway alone, connected to the
+/// account's endpoint, trusting the public roots, with no broker files.
+#[test]
+fn with_aws_iot_the_gateway_connects_to_the_endpoint_alone() {
+    let set = statefulset(
+        &full(),
+        &Config::default(),
+        "h1",
+        Some("abc-ats.iot.eu-west-1.amazonaws.com"),
+    )
+    .unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["gateway"]);
+    let env: std::collections::BTreeMap<String, Option<String>> = pod.containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect();
+    assert_eq!(env["MQTT_HOST"].as_deref(), Some("abc-ats.iot.eu-west-1.amazonaws.com"));
+    assert_eq!(env["MQTT_PORT"].as_deref(), Some("8883"));
+    assert_eq!(env["MQTT_CA_FILE"].as_deref(), Some(PUBLIC_ROOTS));
+    assert_eq!(env["MQTT_CLIENT_ID"].as_deref(), Some("fleetward-gateway-ns-gw"));
+    assert!(!env.contains_key("CRL_FILE") && !env.contains_key("CRL_CONFIGMAP"));
+    let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(volumes, ["broker-tls", "client-tls"]);
+    assert_eq!(pod.share_process_namespace, Some(false));
+}
+
+#[test]
+fn the_gateway_environment_carries_every_spec_section() {
+    let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let gw = pod.containers.iter().find(|c| c.name == "gateway").unwrap();
+    let env: std::collections::BTreeMap<String, serde_json::Value> = gw
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            assert!(
+                e.value.is_some() != e.value_from.is_some(),
+                "{} has exactly one source",
+                e.name
+            );
+            (e.name.clone(), serde_json::to_value(&e).unwrap())
+        })
+        .collect();
+    for name in [
+        "FLEETWARD_GATEWAY",
+        "MQTT_PORT",
+        "CRL_FILE",
+        "CRL_CONFIGMAP",
+        "RATE_PER_SECOND",
+        "COMMAND_API_KEY",
+        "DATABASE_URL",
+        "BACKEND_URL",
+        "KAFKA_BROKERS",
+        "KAFKA_TOPIC",
+        "MQTT_CLIENT_ID",
+    ] {
+        assert!(env.contains_key(name), "{name} missing");
+    }
+    assert_eq!(
+        env["COMMAND_API_KEY"]["valueFrom"]["secretKeyRef"]["name"],
+        "gw-command-api"
+    );
+    assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
+    assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");
+}
+
+#[test]
+fn service_ports_target_named_container_ports() {
+    let gw = full();
+    let set = statefulset(&gw, &Config::default(), "h1", None).unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let named: Vec<String> = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.clone().unwrap())
+        .filter_map(|p| p.name)
+        .collect();
+    let svc = service(&gw).unwrap().spec.unwrap();
+    for p in svc.ports.unwrap() {
+        let IntOrString::String(target) = p.target_port.unwrap() else {
+            panic!("targets by name")
+        };
+        assert!(named.contains(&target), "no container port named {target}");
+    }
+    assert_eq!(
+        svc.selector.unwrap().get("fleetward.io/gateway").map(String::as_str),
+        Some("gw")
+    );
+}
+
+#[test]
+fn rbac_binds_the_role_to_the_account() {
+    let (sa, role, binding) = rbac(&full()).unwrap();
+    assert_eq!(sa.metadata.name, role.metadata.name);
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        ("gw-gateway", Some("ns"))
+    );
+    assert_eq!(role.rules.unwrap()[0].verbs, ["get", "list", "watch"]);
+}

@@ -1,0 +1,88 @@
+//! The Gateway's writes that are more than one apply of a built object:
+//! its ServiceAccount, Role and RoleBinding (three applies, in order), and
+//! its broker's volume claim, applied or (when `spec.persistence` goes)
+//! deleted only if it is this Gateway's own. The objects come from the
+//! builders in `workload.rs`.
+
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, ServiceAccount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, Preconditions};
+use kube::{Api, ResourceExt};
+
+use super::workload::{broker_volume_name, rbac};
+use super::{child_meta, workload_name};
+use crate::Result;
+use crate::context::Context;
+use crate::controllers::applier::apply;
+use crate::crd::Gateway;
+use crate::ownership::owner_ref;
+
+pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
+    let name = workload_name(&gw.name_any());
+    let (sa, role, binding) = rbac(gw)?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns),
+        &name,
+        &sa,
+        None,
+    )
+    .await?;
+    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, &role, None).await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
+        &name,
+        &binding,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The broker's volume claim when `spec.persistence` asks for one; without
+/// it, a claim left from earlier is deleted (the pod no longer mounts it).
+pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
+    let name = broker_volume_name(&gw.name_any());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(p) = &gw.spec.persistence else {
+        // Only this Gateway's own claim, and only that very object (uid
+        // precondition): a claim someone else made under the name stays.
+        let owner = owner_ref(gw)?;
+        let Some(claim) = claims.get_opt(&name).await? else {
+            return Ok(());
+        };
+        if crate::ownership::controller_of(&claim).is_none_or(|r| r.uid != owner.uid) {
+            return Ok(());
+        }
+        let only_that = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: claim.metadata.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match claims.delete(&name, &only_that).await {
+            Ok(_) => tracing::info!(claim = %name, "deleted the broker volume: spec.persistence was removed"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(());
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: child_meta(gw, name.clone())?,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(p.size.clone()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    apply(&claims, &name, &claim, None).await?;
+    Ok(())
+}
