@@ -1,0 +1,187 @@
+//! What the end-to-end test's steps share: the release's teardown, the
+//! figures it prints, kubectl waits and reads, and simulated devices that
+//! connect, publish and find their rows in PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetward_simulator::{ConnectOptions, Credentials, Device};
+use fleetward_system_tests::*;
+
+pub(crate) const RELEASE: &str = "fleetward";
+pub(crate) const DEVICES: [&str; 3] = ["weather-001", "thermo-001", "meter-001"];
+
+/// Removes the release and its namespace even when the test fails half way,
+/// so a failed run leaves no stack behind.
+pub(crate) struct Teardown {
+    pub(crate) namespace: String,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let ns = self.namespace.as_str();
+        let _ = kubectl_try(&[
+            "-n",
+            ns,
+            "delete",
+            "tariffs,gateways,devices,stationfeeds",
+            "--all",
+            "--wait=false",
+        ]);
+        let _ = std::process::Command::new(helm_bin())
+            .args(["uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "2m"])
+            .env("KUBECONFIG", env("KUBECONFIG"))
+            .output();
+        let _ = kubectl_try(&["delete", "namespace", ns, "--wait=false"]);
+    }
+}
+
+/// The run's figures: printed, and written to `.dev/e2e-figures.txt` (a
+/// passing test's output is hidden; `./deploy.sh test` prints the file).
+#[derive(Default)]
+pub(crate) struct Figures(pub(crate) Vec<String>);
+
+impl Figures {
+    pub(crate) fn add(&mut self, line: String) {
+        println!("{line}");
+        self.0.push(line);
+    }
+
+    pub(crate) fn save(&self) {
+        let path = repo_root().join(".dev/e2e-figures.txt");
+        let _ = std::fs::write(path, self.0.join("\n") + "\n");
+    }
+}
+
+pub(crate) fn millis_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+}
+
+pub(crate) fn ready(ns: &str, kind: &str) {
+    let (ok, out) = kubectl_try(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        kind,
+        "--all",
+        "--timeout=180s",
+    ]);
+    assert!(
+        ok,
+        "{kind} not Ready: {out}\n{}",
+        kubectl_try(&["-n", ns, "describe", kind]).1
+    );
+}
+
+pub(crate) fn jsonpath(ns: &str, what: &[&str], path: &str) -> String {
+    let mut args = vec!["-n", ns, "get"];
+    args.extend_from_slice(what);
+    let p = format!("jsonpath={path}");
+    args.extend(["-o", &p]);
+    kubectl(&args)
+}
+
+/// The holder of the operator's Lease: `<pod>_<random>`, per process.
+pub(crate) fn leader(ns: &str) -> String {
+    jsonpath(ns, &["lease", "fleetward-operator"], "{.spec.holderIdentity}")
+}
+
+pub(crate) fn leader_pod(identity: &str) -> &str {
+    identity.rsplit_once('_').map_or(identity, |(pod, _)| pod)
+}
+
+pub(crate) async fn connect_devices(ns: &str, host: &str, port: u16) -> Vec<Arc<Device>> {
+    let client = fleetward_testkit::client().await;
+    let opts = ConnectOptions::new(host, port);
+    let mut devices = Vec::new();
+    for name in DEVICES {
+        let creds = Credentials::from_secret(client.clone(), ns, name)
+            .await
+            .expect("credentials");
+        let (dev, mut events) = Device::connect(creds, &opts).await.expect("connect");
+        // Wait for the broker to accept the connection.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Some(fleetward_simulator::DeviceEvent::Connected)) => break,
+                Ok(Some(other)) => eprintln!("{name}: {other:?}"),
+                Ok(None) => panic!("{name}: event channel closed"),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "{name} could not connect to {host}:{port}");
+        }
+        // Keep draining events so the device's loop never blocks.
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        devices.push(dev);
+    }
+    devices
+}
+
+/// Publishes `per_device` readings from each device, spaced to stay under
+/// the example Gateway's rate limit (10/s per device). Returns the message
+/// ids with the time (ms since the epoch) each was handed to the client.
+pub(crate) async fn publish(devices: &[Arc<Device>], per_device: usize, every: Duration) -> BTreeMap<String, f64> {
+    let mut tasks = Vec::new();
+    for dev in devices {
+        let dev = dev.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            for _ in 0..per_device {
+                tick.tick().await;
+                let at = millis_now();
+                let id = dev.send_reading().await.expect("publish");
+                sent.push((id, at));
+            }
+            sent
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        all.extend(t.await.expect("publisher"));
+    }
+    all
+}
+
+/// message_id → stored_at (ms) of the telemetry rows of these ids.
+pub(crate) fn stored(ns: &str, ids: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let list: Vec<String> = ids.keys().map(|id| format!("'{id}'")).collect();
+    let mut rows = BTreeMap::new();
+    for chunk in list.chunks(500) {
+        let out = psql(
+            ns,
+            RELEASE,
+            &format!(
+                "SELECT message_id, extract(epoch FROM stored_at) * 1000 FROM telemetry WHERE message_id IN ({})",
+                chunk.join(",")
+            ),
+        );
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            let (id, at) = line.split_once('|').expect("id|stored_at");
+            rows.insert(id.to_string(), at.parse::<f64>().expect("epoch ms"));
+        }
+    }
+    rows
+}
+
+pub(crate) fn wait_stored(ns: &str, ids: &BTreeMap<String, f64>, secs: u64) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let rows = stored(ns, ids);
+        if rows.len() == ids.len() {
+            return rows;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = ids.keys().filter(|id| !rows.contains_key(*id)).take(10).collect();
+            panic!(
+                "{} of {} messages stored after {secs}s; missing e.g. {missing:?}\n{}",
+                rows.len(),
+                ids.len(),
+                pods(ns)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
