@@ -11,6 +11,7 @@ pub mod crl;
 pub mod error;
 pub mod http;
 pub mod leader;
+pub mod merge_patch;
 pub mod metrics;
 pub mod mosquitto;
 pub mod ownership;

@@ -30,10 +30,15 @@ pub fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
         .find(|r| r.controller == Some(true))
 }
 
+/// Whether `obj`'s controller is `owner` (same uid).
+pub fn controlled_by<K: Resource>(obj: &K, owner: &OwnerReference) -> bool {
+    controller_of(obj).is_some_and(|r| r.uid == owner.uid)
+}
+
 /// `Ok` when `existing` is controlled by `owner` (same uid), else the
 /// name-conflict error that names both.
 pub fn refuse_unless_owned<K: Resource<DynamicType = ()>>(existing: &K, owner: &OwnerReference) -> Result<()> {
-    if controller_of(existing).is_some_and(|r| r.uid == owner.uid) {
+    if controlled_by(existing, owner) {
         return Ok(());
     }
     Err(crate::Error::NameConflict {

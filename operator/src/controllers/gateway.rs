@@ -16,14 +16,14 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
-use super::applier::{apply, refuse_if_foreign};
+use super::applier::{apply, create_once};
 use super::events::PlannedEvent;
 use super::policy;
 use super::stores::SecretChange;
@@ -299,16 +299,12 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             None,
             [],
         )?;
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(created) => ctx.stores.wrote_secret(created),
-            // Another reconcile (or replica) created the CA first: keep
-            // theirs and plan again with it. A Secret someone else made
-            // under the name is refused, never used as this Gateway's CA.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                refuse_if_foreign(&secrets, &ca_secret_name(&name), &secret, None).await?;
-                return Ok(Action::requeue(Duration::from_secs(1)));
-            }
-            Err(e) => return Err(e.into()),
+        // Another reconcile (or replica) created the CA first: keep
+        // theirs and plan again with it. A Secret someone else made under
+        // the name is refused, never used as this Gateway's CA.
+        match create_once(&secrets, &ca_secret_name(&name), &secret).await? {
+            Some(created) => ctx.stores.wrote_secret(created),
+            None => return Ok(Action::requeue(Duration::from_secs(1))),
         }
     }
     for leaf in &plan.leaves {
@@ -330,14 +326,10 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             string_data: Some([("api-key".to_string(), key)].into()),
             ..Default::default()
         };
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(created) => ctx.stores.wrote_secret(created),
-            // The key is never replaced, but neither is a Secret someone
-            // else made under its name used as one.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                refuse_if_foreign(&secrets, &command_secret_name(&name), &secret, None).await?
-            }
-            Err(e) => return Err(e.into()),
+        // The key is never replaced, but neither is a Secret someone else
+        // made under its name used as one.
+        if let Some(created) = create_once(&secrets, &command_secret_name(&name), &secret).await? {
+            ctx.stores.wrote_secret(created);
         }
     }
     // The shards of the devices' keys, empty (each Device writes its own

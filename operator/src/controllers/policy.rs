@@ -62,7 +62,7 @@ where
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    match apply_status(&api, obj, status).await {
+    match apply_status(&api, obj, current, status).await {
         // The object was deleted meanwhile: its status no longer matters.
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
         other => other,

@@ -21,17 +21,16 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::applier::{apply, refuse_if_foreign};
+use super::applier::{apply, create_once, delete_if_owned};
 use super::policy;
 use crate::context::Context;
 use crate::crd::{Gateway, Tariff};
-use crate::ownership::{MANAGED_BY, controller_of, owner_ref};
+use crate::ownership::{MANAGED_BY, owner_ref};
 use crate::{Error, Result};
 
 pub mod plan;
@@ -143,14 +142,10 @@ async fn apply_plan(tariff: &Tariff, ctx: &Context, ns: &str, plan: plan::Plan) 
     if let Some(secret) = &plan.api_secret {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let secret_name = fleetward_tariff::api_secret_name(&tariff.name_any());
-        match secrets.create(&PostParams::default(), secret).await {
-            Ok(created) => ctx.stores.wrote_secret(created),
-            // Made once and never replaced (clients hold the key); but a
-            // Secret someone else made under the name is not used as one.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                refuse_if_foreign(&secrets, &secret_name, secret, None).await?
-            }
-            Err(e) => return Err(e.into()),
+        // Made once and never replaced (clients hold the key); but a
+        // Secret someone else made under the name is not used as one.
+        if let Some(created) = create_once(&secrets, &secret_name, secret).await? {
+            ctx.stores.wrote_secret(created);
         }
     }
     let (sa, role, binding) = &plan.rbac;
@@ -195,26 +190,8 @@ async fn apply_plan(tariff: &Tariff, ctx: &Context, ns: &str, plan: plan::Plan) 
 /// lost its Kafka topic: only this Tariff's own, and only that very object
 /// (uid precondition), so one someone else made under the name stays.
 async fn delete_own_deployment(tariff: &Tariff, deploys: &Api<Deployment>, name: &str) -> Result<()> {
-    let owner = owner_ref(tariff)?;
-    let Some(existing) = deploys.get_opt(name).await? else {
-        return Ok(());
-    };
-    if controller_of(&existing).is_none_or(|r| r.uid != owner.uid) {
-        return Ok(());
+    if delete_if_owned(deploys, name, &owner_ref(tariff)?, None).await? {
+        tracing::info!(deployment = %name, "deleted the billing Deployment: its Gateway is gone or has no Kafka");
     }
-    let only_that = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: existing.metadata.uid.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    match deploys.delete(name, &only_that).await {
-        Ok(_) => {
-            tracing::info!(deployment = %name, "deleted the billing Deployment: its Gateway is gone or has no Kafka");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }

@@ -15,8 +15,9 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::{CRL_KEY, CrlState, ENTRIES_KEY, NEXT_UPDATE_ANNOTATION, NUMBER_ANNOTATION, VALIDITY_DAYS, name, parse};
+use crate::controllers::applier::create_once;
 use crate::crd::Gateway;
-use crate::ownership::{controller_of, labels, owner_ref, refuse_unless_owned};
+use crate::ownership::{controller_of, labels, owner_ref};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result};
 
@@ -62,19 +63,16 @@ pub async fn write(
             ..Default::default()
         };
         let state = render(&mut cm, ca, entries, number)?;
-        match api.create(&PostParams::default(), &cm).await {
-            Ok(_) => return Ok(state),
-            // Someone (a concurrent reconcile) created it first: use theirs.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                let theirs = api
-                    .get_opt(&cm_name)
-                    .await?
-                    .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"))?;
-                refuse_unless_owned(&theirs, &owner_ref(gw)?)?;
-                return parse(&theirs);
-            }
-            Err(e) => return Err(e.into()),
+        // Someone (a concurrent reconcile) created it first: use theirs
+        // (`create_once` refused it if it is not this Gateway's).
+        if create_once(api, &cm_name, &cm).await?.is_some() {
+            return Ok(state);
         }
+        let theirs = api
+            .get_opt(&cm_name)
+            .await?
+            .ok_or(Error::MissingObjectKey("CRL ConfigMap vanished during creation"))?;
+        return parse(&theirs);
     }
     modify(api, &gw_name, ca, |_entries, _state| true).await
 }

@@ -1,18 +1,22 @@
 //! Ownership: objects someone else made under the names fleetward would use
-//! are never taken over, and say so in an event.
+//! are never taken over nor deleted, and say so in an event.
 
 use fleetward_operator::crd::{Device, Gateway};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 
 use crate::common::*;
+use crate::ready_gateway;
 
 /// Objects someone else made under the names fleetward would use are never
 /// taken over: a Gateway named `postgres` leaves the `postgres` Service
 /// alone (and its deletion does not garbage-collect it), a Device whose
-/// credentials Secret name is taken is refused, not written into. Both say
-/// why in an event.
+/// credentials Secret name is taken is refused, not written into, and its
+/// deletion leaves that Secret; a Gateway without `spec.storage` leaves a
+/// Deployment named like its telemetry writer. The refusals say why in an
+/// event.
 #[tokio::test]
 async fn objects_fleetward_did_not_create_are_never_taken_over() {
     operator();
@@ -24,6 +28,15 @@ async fn objects_fleetward_did_not_create_are_never_taken_over() {
     .await;
     ns.apply_yaml("apiVersion: v1\nkind: Secret\nmetadata: {name: d1-credentials}\nstringData: {password: hunter2}\n")
         .await;
+    // Named like Gateway gw's telemetry writer, which gw (no spec.storage)
+    // deletes when it is its own.
+    ns.apply_yaml(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: gw-telemetry}\nspec:\n  replicas: 0\n  \
+         selector: {matchLabels: {app: theirs}}\n  template:\n    metadata: {labels: {app: theirs}}\n    \
+         spec: {containers: [{name: c, image: theirs:1}]}\n",
+    )
+    .await;
+    ns.apply_yaml(GATEWAY_YAML).await;
     ns.apply_yaml(&GATEWAY_YAML.replace("name: gw", "name: postgres")).await;
     ns.apply_yaml(&device_yaml("d1", "postgres", "")).await;
 
@@ -80,6 +93,28 @@ async fn objects_fleetward_did_not_create_are_never_taken_over() {
         !device_ready(&d1),
         "a Device whose Secret is someone else's is not Ready"
     );
+
+    // A Ready gw has run its storage step: the Deployment is still there.
+    ready_gateway(&ns, "gw").await;
+    let deployments = ns.api::<Deployment>();
+    assert!(
+        get_opt(&deployments, "gw-telemetry").await.is_some(),
+        "a Deployment fleetward did not create is not deleted"
+    );
+
+    // Deleting the Device removes only what it made: the Secret under its
+    // credentials' name is someone else's and stays.
+    let devices = ns.api::<Device>();
+    devices.delete("d1", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "Device d1 gone",
+        60,
+        || async { Some(get_opt(&devices, "d1").await.is_none()) },
+        |gone| *gone,
+    )
+    .await;
+    let secret = ns.api::<Secret>().get("d1-credentials").await;
+    assert!(secret.is_ok(), "someone else's Secret survives the Device's deletion");
 
     // Deleting the Gateway removes what it made, never the Service it
     // shares a name with.

@@ -32,14 +32,13 @@ use fleetward_credentials::{ANN_VERSION, Credentials, LABEL_DEVICE, LABEL_DEVICE
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::DeleteParams;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{GatewayView, Observed, RealMint};
-use super::applier::{apply, create_or_apply};
+use super::applier::{apply, create_or_apply, delete_if_owned};
 use super::policy;
 use super::stores::SecretChange;
 use crate::aws_iot;
@@ -423,11 +422,10 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
     ctx.keys.project(dev, ns, None).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     ctx.stores.deleting_secret(ns, &secret_name(&name));
-    match secrets.delete(&secret_name(&name), &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    // Only the device's own Secret (the store's copy spares a read at mass
+    // deletion): one someone else made under the name stays.
+    let known = ctx.stores.secret(ns, &secret_name(&name));
+    delete_if_owned(&secrets, &secret_name(&name), &owner_ref(dev)?, known.as_deref()).await?;
     ctx.metrics.forget_device(ns, &name);
     Ok(())
 }

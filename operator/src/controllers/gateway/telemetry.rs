@@ -7,18 +7,17 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 
 use super::child_meta;
 
 use crate::context::Context;
-use crate::controllers::applier::apply;
+use crate::controllers::applier::{apply, delete_if_owned};
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{EncryptorSpec, encryptor, objects};
 use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
-use crate::ownership::labels;
+use crate::ownership::{labels, owner_ref};
 use crate::{Error, Result};
 
 /// Label on the keyring Secret (it has no owner reference): the Gateway it
@@ -44,10 +43,10 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
     let name = gw.name_any();
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let Some(storage) = &gw.spec.storage else {
-        match deploys.delete(&deployment_name(&name), &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(gateway = %name, "deleted the telemetry writer: spec.storage was removed"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        // Only this Gateway's own writer: a Deployment someone else made
+        // under the name stays.
+        if delete_if_owned(&deploys, &deployment_name(&name), &owner_ref(gw)?, None).await? {
+            tracing::info!(gateway = %name, "deleted the telemetry writer: spec.storage was removed");
         }
         return Ok(None);
     };

@@ -9,14 +9,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, ResourceExt};
 
 use super::workload::{broker_volume_name, rbac};
 use super::{child_meta, workload_name};
 use crate::Result;
 use crate::context::Context;
-use crate::controllers::applier::apply;
+use crate::controllers::applier::{apply, delete_if_owned};
 use crate::crd::Gateway;
 use crate::ownership::owner_ref;
 
@@ -47,26 +46,10 @@ pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Resul
     let name = broker_volume_name(&gw.name_any());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let Some(p) = &gw.spec.persistence else {
-        // Only this Gateway's own claim, and only that very object (uid
-        // precondition): a claim someone else made under the name stays.
-        let owner = owner_ref(gw)?;
-        let Some(claim) = claims.get_opt(&name).await? else {
-            return Ok(());
-        };
-        if crate::ownership::controller_of(&claim).is_none_or(|r| r.uid != owner.uid) {
-            return Ok(());
-        }
-        let only_that = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: claim.metadata.uid.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        match claims.delete(&name, &only_that).await {
-            Ok(_) => tracing::info!(claim = %name, "deleted the broker volume: spec.persistence was removed"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        // Only this Gateway's own claim, and only that very object: a
+        // claim someone else made under the name stays.
+        if delete_if_owned(&claims, &name, &owner_ref(gw)?, None).await? {
+            tracing::info!(claim = %name, "deleted the broker volume: spec.persistence was removed");
         }
         return Ok(());
     };
