@@ -8,10 +8,12 @@
 //! 2. **plan** (`plan.rs`) — every credential decision, a pure function of
 //!    what was observed, the spec and `now`, unit-tested transition by
 //!    transition;
-//! 3. **apply** — the finalizer, the credentials Secret, then revocations
-//!    (only once the replacement is stored: a crash in between leaves a
-//!    device with valid credentials, never without any), status, events
-//!    and metrics.
+//! 3. **apply** — the finalizer, revocations (first, so a disabled device
+//!    is cut off before anything else is written; a revoked serial is
+//!    never one the new credentials keep, so a crash before they are
+//!    stored leaves a device with valid credentials, never without any),
+//!    the credentials Secret, its gateway's key entry, status, events and
+//!    metrics.
 //!
 //! What wakes a Device: its creation, a spec change or its deletion (not its
 //! own status or finalizer writes), a change to its Secret made by someone
@@ -273,6 +275,16 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
 async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan, observed: &Seen) -> Result<Action> {
     let name = dev.name_any();
     let ca = observed.ca.as_ref();
+    // Revocations first: a disabled device is cut off before anything else
+    // is written. Every serial revoked is one the new credentials drop (or
+    // the CRL lost), so a crash before they are stored revokes nothing in
+    // use, and the next reconcile plans the same writes again.
+    if !plan.revoke.is_empty() {
+        let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
+        ctx.crl
+            .revoke(ns, &dev.spec.gateway_ref, ca, std::mem::take(&mut plan.revoke))
+            .await?;
+    }
     if let Some(creds) = &plan.store {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let secret = creds.to_secret(labels(&[]), Some(owner_ref(dev)?));
@@ -291,12 +303,6 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan,
     // ... nor the other way round for longer than this reconcile).
     if let Some(creds) = plan.store.as_ref().or(observed.current.as_ref()) {
         ctx.keys.project(dev, ns, Some(creds)).await?;
-    }
-    if !plan.revoke.is_empty() {
-        let ca = ca.ok_or(Error::MissingObjectKey("gateway CA for a revocation"))?;
-        ctx.crl
-            .revoke(ns, &dev.spec.gateway_ref, ca, std::mem::take(&mut plan.revoke))
-            .await?;
     }
     // With AWS IoT Core as the broker: the thing, certificate and policy
     // follow the credentials just stored (or revoked).

@@ -446,3 +446,57 @@ fn revoked_certificates_are_remembered_and_revoked_again_when_the_crl_lost_them(
     assert!(p.status.revoked_certificates.is_empty());
     assert!(p.revoke.is_empty());
 }
+
+/// Why revocations may be written before the new credentials are stored:
+/// for an enabled device no plan ever revokes a certificate the
+/// credentials keep as current, so a crash between the two writes leaves
+/// the device with a valid certificate. Walked through every transition
+/// that revokes: rotation, a second rotation inside the grace period, the
+/// grace period's end, a certificate the CRL lists, and a CRL that lost a
+/// revocation.
+#[test]
+fn an_enabled_device_never_has_its_current_certificate_revoked() {
+    let (ca, empty) = (ca(), crl(&[]));
+    let check = |p: &Plan, kept: &Credentials| {
+        let current = serial(p.store.as_ref().unwrap_or(kept));
+        assert!(
+            p.revoke.iter().all(|r| r.serial != current),
+            "plan revokes the current certificate {current}: {:?}",
+            p.revoke
+        );
+    };
+    let now = Timestamp::now();
+    let mut current = issued(&device(json!({})), &ca);
+    let mut revoked = 0;
+    // Two rotations inside the grace period, then its end.
+    for (rotation, at) in [(1, now), (2, now), (2, now + SignedDuration::from_hours(24 * 8))] {
+        let dev = device(json!({ "rotation": rotation, "hmacGracePeriodSeconds": 3600 }));
+        let p = plan(&dev, observed(&ca, &empty, Some(current.clone())), at, &mut mint()).unwrap();
+        check(&p, &current);
+        revoked += p.revoke.len();
+        current = p.store.unwrap_or(current);
+    }
+    assert_eq!(
+        revoked, 2,
+        "the second rotation and the grace period's end each revoke one"
+    );
+    // The CRL lists the current certificate (revoked by hand): replaced.
+    let dev = device(json!({ "rotation": 2 }));
+    let listed = crl(&[&serial(&current)]);
+    let p = plan(&dev, observed(&ca, &listed, Some(current.clone())), now, &mut mint()).unwrap();
+    check(&p, &current);
+    assert!(p.store.is_some(), "a listed certificate is replaced");
+    // A CRL that lost an earlier revocation gets it back.
+    let mut dev = device(json!({ "rotation": 2 }));
+    let mut status = DeviceStatus::default();
+    status.revoked_certificates.push(RevokedCertificate {
+        serial: "0AB1".into(),
+        revoked_at: Time(now),
+        reason: "superseded".into(),
+    });
+    dev.status = Some(status);
+    let current = p.store.unwrap();
+    let p = plan(&dev, observed(&ca, &empty, Some(current.clone())), now, &mut mint()).unwrap();
+    assert_eq!(p.revoke.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), ["0AB1"]);
+    check(&p, &current);
+}
