@@ -30,13 +30,6 @@ use rumqttc::QoS;
 const STEADY: usize = 5;
 const BASELINE_SECS: u64 = 15;
 
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
 /// Valid traffic at `rate` msg/s over the steady devices for `secs`.
 async fn steady(keys: &[(String, Vec<u8>)], clients: &[rumqttc::AsyncClient], rate: f64, secs: u64) -> u64 {
     let per = rate / keys.len() as f64;

@@ -8,14 +8,15 @@
 //!
 //! By what it starts: `cluster` (API server, namespaces), `kafka`,
 //! `mosquitto`, `fixtures` (test data, manifests), `workload` (a process
-//! under test), `stats` (percentiles for the benches), and with the
-//! `operator` feature `operator`. The helpers every test uses, once for
+//! under test), `stats` (percentiles for the benches), `memory` (a
+//! process's resident memory), and with the `operator` feature `operator`. The helpers every test uses, once for
 //! the whole workspace: `net` (ports, HTTP GETs) and `wait` (polling with a
 //! deadline).
 
 mod cluster;
 mod fixtures;
 mod kafka;
+mod memory;
 mod mosquitto;
 mod net;
 #[cfg(feature = "operator")]
@@ -27,6 +28,7 @@ mod workload;
 pub use cluster::*;
 pub use fixtures::*;
 pub use kafka::*;
+pub use memory::rss_mib;
 pub use mosquitto::*;
 pub use net::*;
 #[cfg(feature = "operator")]

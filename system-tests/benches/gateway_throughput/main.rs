@@ -38,13 +38,6 @@ use cpu::CpuParts;
 
 const DEVICES: usize = 20;
 
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
 /// A device connection that counts broker acknowledgements, so "published"
 /// means "held by the broker".
 struct Publisher {

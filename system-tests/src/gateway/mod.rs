@@ -206,18 +206,13 @@ pub fn create_topic(topic: &str) {
     );
 }
 
-/// Resident memory of a process now, and its peak, in MiB (from /proc).
-pub fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// Nanoseconds since the Unix epoch: the send time the gateway benches
+/// put in a message id (`device-seq-nanos`).
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Audit rows of one device in this test's namespace, by event.

@@ -10,6 +10,7 @@ use fleetward_operator::crd::Device;
 use fleetward_simulator::DeviceEvent;
 use fleetward_simulator::attack::{self, Attack, AttackOptions};
 use fleetward_system_tests::gateway::*;
+use fleetward_testkit::rss_mib;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 

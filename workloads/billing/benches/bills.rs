@@ -20,25 +20,8 @@ use fleetward_billing::fleet::Meter;
 use fleetward_billing::metrics::Metrics;
 use fleetward_billing::run::{self, Job};
 use fleetward_billing::store::{self, NewBill};
+use fleetward_testkit::rss_mib;
 use sqlx::PgPool;
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 /// Loads the readings with COPY (CSV): the same rows under each namespace.
 async fn load(pool: &PgPool, namespaces: &[&str], meters: usize, per_meter: usize, period: Period) {
@@ -140,7 +123,7 @@ async fn main() {
     // Resets the peak (VmHWM) to the current RSS, so the peak printed is
     // the run's, not the load's (Linux ≥ 4.0).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let before = rss_mib();
+    let (before, _) = rss_mib(std::process::id());
     let job = |trigger| Job {
         pool: &pool,
         namespace: &fast_ns,
@@ -157,7 +140,7 @@ async fn main() {
     let t = Instant::now();
     let out = run::run(job("bench")).await.unwrap();
     let fast = t.elapsed();
-    let peak = peak_rss_mib();
+    let (_, peak) = rss_mib(std::process::id());
     println!(
         "fleetward run:  {} bills in {:.2} s  (peak RSS {:.0} MiB, {:.0} MiB before the run; total {})",
         out.row.bills,
