@@ -60,6 +60,12 @@ impl Api {
         &self.service.pool
     }
 
+    /// The Tariff this workload bills: every read and write of a bill is
+    /// limited to it.
+    fn tariff(&self) -> &str {
+        &self.service.tariff
+    }
+
     fn ns(&self) -> &str {
         &self.service.namespace
     }
@@ -220,7 +226,7 @@ async fn bills_csv(State(api): State<Api>, Query(q): Query<HashMap<String, Strin
 
 async fn get_bill(State(api): State<Api>, Path(id): Path<String>) -> Reply {
     let id = uuid(&id, "the bill id")?;
-    let bill = store::bill(api.pool(), api.ns(), id)
+    let bill = store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
     let payments = store::payments(api.pool(), api.ns(), id).await?;
@@ -229,7 +235,7 @@ async fn get_bill(State(api): State<Api>, Path(id): Path<String>) -> Reply {
 
 async fn bill_html(State(api): State<Api>, Path(id): Path<String>) -> Reply {
     let id = uuid(&id, "the bill id")?;
-    let bill = store::bill(api.pool(), api.ns(), id)
+    let bill = store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
     let payments = store::payments(api.pool(), api.ns(), id).await?;
@@ -269,7 +275,7 @@ async fn add_payment(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
     if p.reference.trim().is_empty() || p.reference.len() > 128 {
         return Err(bad("reference must be 1-128 characters"));
     }
-    let bill = store::bill(api.pool(), api.ns(), id)
+    let bill = store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
     let exp = money::exponent(&bill.currency).unwrap_or(2);
@@ -281,7 +287,7 @@ async fn add_payment(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
     }
     match store::pay(api.pool(), api.ns(), id, amount, &p.method, &p.reference).await? {
         Ok(payment) => {
-            let bill = store::bill(api.pool(), api.ns(), id).await?;
+            let bill = store::bill(api.pool(), api.ns(), api.tariff(), id).await?;
             Ok((
                 StatusCode::CREATED,
                 axum::Json(json!({"payment": payment, "bill": bill})),
@@ -290,7 +296,7 @@ async fn add_payment(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
         }
         // The same payment sent again (a retry): recorded once.
         Err(existing) if existing.bill_id == id && existing.amount == amount => {
-            let bill = store::bill(api.pool(), api.ns(), id).await?;
+            let bill = store::bill(api.pool(), api.ns(), api.tariff(), id).await?;
             ok(json!({"payment": existing, "bill": bill}))
         }
         Err(_) => Err(ApiError(
@@ -302,7 +308,7 @@ async fn add_payment(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
 
 async fn list_payments(State(api): State<Api>, Path(id): Path<String>) -> Reply {
     let id = uuid(&id, "the bill id")?;
-    store::bill(api.pool(), api.ns(), id)
+    store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
     ok(store::payments(api.pool(), api.ns(), id).await?)
@@ -313,7 +319,7 @@ async fn defaulters(State(api): State<Api>, Query(q): Query<HashMap<String, Stri
         Some(d) => date(d, "asOf")?,
         None => chrono::Utc::now().date_naive(),
     };
-    ok(store::defaulters(api.pool(), api.ns(), today).await?)
+    ok(store::defaulters(api.pool(), api.ns(), api.tariff(), today).await?)
 }
 
 #[derive(Deserialize)]

@@ -53,11 +53,15 @@ fn meter(id: &str, property: &str, owner: &str) -> Meter {
 }
 
 async fn bill_nov(pool: &PgPool, ns: &str, meters: &[Meter], metrics: &Metrics) -> store::RunRow {
+    bill_nov_for(pool, ns, "residential", meters, metrics).await
+}
+
+async fn bill_nov_for(pool: &PgPool, ns: &str, tariff: &str, meters: &[Meter], metrics: &Metrics) -> store::RunRow {
     let rates = fleetward_billing::bill::examples::residential();
     run::run(Job {
         pool,
         namespace: ns,
-        tariff: "residential",
+        tariff,
         rates: &rates,
         meters,
         period: Period::parse(NOV).unwrap(),
@@ -261,7 +265,7 @@ async fn payments_settle_bills_and_the_unpaid_become_defaulters() {
         .await
         .unwrap()
         .unwrap();
-    let a = store::bill(&pool, &ns, alice.id).await.unwrap().unwrap();
+    let a = store::bill(&pool, &ns, "residential", alice.id).await.unwrap().unwrap();
     assert_eq!((a.status, a.balance.as_str()), ("partially_paid", "6.46"));
     // The same reference again is not a second payment.
     assert!(
@@ -274,18 +278,30 @@ async fn payments_settle_bills_and_the_unpaid_become_defaulters() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(store::bill(&pool, &ns, alice.id).await.unwrap().unwrap().status, "paid");
+    assert_eq!(
+        store::bill(&pool, &ns, "residential", alice.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "paid"
+    );
     store::pay(&pool, &ns, bob.id, d("20"), "cash", &format!("{ns}-3"))
         .await
         .unwrap()
         .unwrap();
-    let b = store::bill(&pool, &ns, bob.id).await.unwrap().unwrap();
+    let b = store::bill(&pool, &ns, "residential", bob.id).await.unwrap().unwrap();
     assert_eq!((b.status, b.balance.as_str()), ("overpaid", "-3.54"));
 
     // Before the due date nobody defaults; after it, only the unpaid.
-    let before = store::defaulters(&pool, &ns, NaiveDate::from_ymd_opt(2026, 12, 16).unwrap())
-        .await
-        .unwrap();
+    let before = store::defaulters(
+        &pool,
+        &ns,
+        "residential",
+        NaiveDate::from_ymd_opt(2026, 12, 16).unwrap(),
+    )
+    .await
+    .unwrap();
     assert!(before.is_empty());
     let cm = store::bills(&pool, &ns, &BillFilter::default()).await.unwrap();
     assert_eq!(cm.len(), 2);
@@ -307,11 +323,67 @@ async fn payments_settle_bills_and_the_unpaid_become_defaulters() {
         &metrics,
     )
     .await;
-    let late = store::defaulters(&pool, &ns, NaiveDate::from_ymd_opt(2027, 1, 5).unwrap())
+    let late = store::defaulters(&pool, &ns, "residential", NaiveDate::from_ymd_opt(2027, 1, 5).unwrap())
         .await
         .unwrap();
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0].account_id, "carol");
     assert_eq!(late[0].amount_due, "96.34");
     assert_eq!(late[0].days_overdue, 20);
+}
+
+/// Two Tariffs in one namespace: the billing key of one cannot reach the
+/// other's bills. What the API does for a bill id (show it, its payments,
+/// record a payment) starts with `store::bill` in the caller's Tariff, and
+/// the defaulters list is the caller's Tariff's: tried with the other
+/// Tariff's bill id and debtors, both refused.
+#[tokio::test]
+async fn one_tariffs_key_does_not_reach_another_tariffs_bills() {
+    let pool = pool().await;
+    let ns = unique("two-tariffs");
+    let metrics = Metrics::default();
+    db::insert_readings(
+        &pool,
+        &[
+            reading(&ns, "ma", at(1, 0), "0"),
+            reading(&ns, "ma", at(30, 0), "100"),
+            reading(&ns, "mb", at(1, 0), "0"),
+            reading(&ns, "mb", at(30, 0), "50"),
+        ],
+    )
+    .await
+    .unwrap();
+    bill_nov_for(&pool, &ns, "residential", &[meter("ma", "pa", "alice")], &metrics).await;
+    bill_nov_for(&pool, &ns, "commercial", &[meter("mb", "pb", "bob")], &metrics).await;
+    let all = store::bills(&pool, &ns, &BillFilter::default()).await.unwrap();
+    let of = |tariff: &str| {
+        all.iter()
+            .find(|b| b.tariff == tariff)
+            .expect("a bill of each Tariff")
+            .id
+    };
+    let (alice, bob) = (of("residential"), of("commercial"));
+
+    // Each Tariff finds its own bill by id, and not the other's.
+    assert!(store::bill(&pool, &ns, "residential", alice).await.unwrap().is_some());
+    assert!(store::bill(&pool, &ns, "commercial", bob).await.unwrap().is_some());
+    assert!(store::bill(&pool, &ns, "commercial", alice).await.unwrap().is_none());
+    assert!(store::bill(&pool, &ns, "residential", bob).await.unwrap().is_none());
+
+    // Overdue, both unpaid: each Tariff's defaulters are its own debtors.
+    let late = NaiveDate::from_ymd_opt(2027, 1, 5).unwrap();
+    let debtors = |tariff: &'static str| {
+        let pool = pool.clone();
+        let ns = ns.clone();
+        async move {
+            store::defaulters(&pool, &ns, tariff, late)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.account_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(debtors("residential").await, ["alice"]);
+    assert_eq!(debtors("commercial").await, ["bob"]);
 }

@@ -338,11 +338,15 @@ pub async fn bills(pool: &PgPool, ns: &str, f: &BillFilter) -> Result<Vec<BillVi
     Ok(rows.into_iter().map(BillView::from).collect())
 }
 
-pub async fn bill(pool: &PgPool, ns: &str, id: Uuid) -> Result<Option<BillView>, sqlx::Error> {
-    let sql = format!("{BILL_SELECT} WHERE b.namespace = $1 AND b.id = $2");
+/// One bill of Tariff `tariff`: a bill id of another Tariff, even in the
+/// same namespace, is not found (each Tariff's billing key sees only its
+/// own bills).
+pub async fn bill(pool: &PgPool, ns: &str, tariff: &str, id: Uuid) -> Result<Option<BillView>, sqlx::Error> {
+    let sql = format!("{BILL_SELECT} WHERE b.namespace = $1 AND b.id = $2 AND b.tariff = $3");
     let row: Option<BillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(ns)
         .bind(id)
+        .bind(tariff)
         .fetch_optional(pool)
         .await?;
     Ok(row.map(BillView::from))

@@ -84,11 +84,16 @@ pub struct Defaulter {
     pub days_overdue: i64,
 }
 
-/// Accounts owing money on current bills due before `today`, the longest
-/// overdue first.
-pub async fn defaulters(pool: &PgPool, ns: &str, today: NaiveDate) -> Result<Vec<Defaulter>, sqlx::Error> {
+/// Accounts owing money on Tariff `tariff`'s current bills due before
+/// `today`, the longest overdue first.
+pub async fn defaulters(
+    pool: &PgPool,
+    ns: &str,
+    tariff: &str,
+    today: NaiveDate,
+) -> Result<Vec<Defaulter>, sqlx::Error> {
     let sql = format!(
-        "WITH cur AS ({BILL_SELECT} WHERE b.namespace = $1 AND NOT b.superseded AND b.due_date < $2) \
+        "WITH cur AS ({BILL_SELECT} WHERE b.namespace = $1 AND b.tariff = $3 AND NOT b.superseded AND b.due_date < $2) \
          SELECT account_id, max(account_name) AS account_name, currency, sum(total - paid) AS due, count(*) AS n, \
                 min(due_date) AS oldest \
          FROM cur WHERE total > paid GROUP BY account_id, currency ORDER BY min(due_date), account_id"
@@ -96,6 +101,7 @@ pub async fn defaulters(pool: &PgPool, ns: &str, today: NaiveDate) -> Result<Vec
     let rows: Vec<(String, Option<String>, String, Decimal, i64, NaiveDate)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(ns)
         .bind(today)
+        .bind(tariff)
         .fetch_all(pool)
         .await?;
     Ok(rows
