@@ -76,9 +76,13 @@ impl Context {
         };
         match self.recorder.publish(&ev, &obj.object_ref(&())).await {
             Ok(()) => {}
-            // A namespace being deleted takes no new events: expected.
+            // A namespace being deleted, or gone, takes no new events:
+            // expected (its objects' last reconciles race its removal).
             Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => {
                 tracing::debug!(reason, "namespace terminating; event dropped");
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 && e.details.as_ref().is_some_and(|d| d.kind == "namespaces") => {
+                tracing::debug!(reason, "namespace gone; event dropped");
             }
             Err(e) => tracing::warn!(error = %e, reason, "could not publish event"),
         }
