@@ -44,13 +44,9 @@ pub async fn create_or_apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    let params = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, obj).await {
-        Err(kube::Error::Api(e)) if e.code == 409 => apply(api, name, obj, None).await,
-        other => Ok(other?),
+    match create(api, obj).await? {
+        Some(created) => Ok(created),
+        None => apply(api, name, obj, None).await,
     }
 }
 
@@ -62,16 +58,25 @@ pub async fn create_once<K>(api: &Api<K>, name: &str, obj: &K) -> Result<Option<
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
+    let created = create(api, obj).await?;
+    if created.is_none() {
+        refuse_if_foreign(api, name, obj, None).await?;
+    }
+    Ok(created)
+}
+
+/// One create as our field manager; `None` when the name is taken (409).
+async fn create<K>(api: &Api<K>, obj: &K) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
     match api.create(&params, obj).await {
         Ok(created) => Ok(Some(created)),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            refuse_if_foreign(api, name, obj, None).await?;
-            Ok(None)
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
