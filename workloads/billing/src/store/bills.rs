@@ -306,7 +306,7 @@ SELECT b.id, b.tariff, b.device_id, b.property, b.account_id, a.name AS account_
                    AND o.account_id = b.account_id AND o.part_from = b.part_from), 0) AS paid,
        b.due_date, b.estimated, b.resets, b.start_kwh, b.end_kwh, b.created_at
 FROM fleetward_billing.bills b
-LEFT JOIN fleetward_billing.accounts a ON a.namespace = b.namespace AND a.id = b.account_id";
+LEFT JOIN fleetward_billing.accounts a ON a.namespace = b.namespace AND a.tariff = b.tariff AND a.id = b.account_id";
 
 /// Filters of the bill list.
 #[derive(Clone, Debug, Default)]

@@ -21,19 +21,22 @@ pub struct Payment {
     pub received_at: DateTime<Utc>,
 }
 
-/// Records a payment. A payment whose reference is already recorded is
-/// not recorded twice: `Ok(Err(existing))` gives the one recorded.
+/// Records a payment towards a bill of Tariff `tariff` (the caller checked
+/// the bill is the Tariff's). A payment whose reference is already recorded
+/// in the Tariff is not recorded twice: `Ok(Err(existing))` gives the one
+/// recorded. References are the Tariff's own: another Tariff's are unseen.
 pub async fn pay(
     pool: &PgPool,
     ns: &str,
+    tariff: &str,
     bill: Uuid,
     amount: Decimal,
     method: &str,
     reference: &str,
 ) -> Result<Result<Payment, Payment>, sqlx::Error> {
     let inserted: Option<Payment> = sqlx::query_as(
-        "INSERT INTO fleetward_billing.payments (id, namespace, bill_id, amount, method, reference) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (namespace, reference) DO NOTHING \
+        "INSERT INTO fleetward_billing.payments (id, namespace, tariff, bill_id, amount, method, reference) \
+         VALUES ($1, $2, $7, $3, $4, $5, $6) ON CONFLICT (namespace, tariff, reference) DO NOTHING \
          RETURNING id, bill_id, amount, method, reference, received_at",
     )
     .bind(Uuid::new_v4())
@@ -42,6 +45,7 @@ pub async fn pay(
     .bind(amount)
     .bind(method)
     .bind(reference)
+    .bind(tariff)
     .fetch_optional(pool)
     .await?;
     if let Some(p) = inserted {
@@ -49,25 +53,28 @@ pub async fn pay(
     }
     let existing: Payment = sqlx::query_as(
         "SELECT id, bill_id, amount, method, reference, received_at FROM fleetward_billing.payments \
-         WHERE namespace = $1 AND reference = $2",
+         WHERE namespace = $1 AND tariff = $3 AND reference = $2",
     )
     .bind(ns)
     .bind(reference)
+    .bind(tariff)
     .fetch_one(pool)
     .await?;
     Ok(Err(existing))
 }
 
-pub async fn payments(pool: &PgPool, ns: &str, bill: Uuid) -> Result<Vec<Payment>, sqlx::Error> {
+/// The payments towards bill `bill` of Tariff `tariff` (any revision).
+pub async fn payments(pool: &PgPool, ns: &str, tariff: &str, bill: Uuid) -> Result<Vec<Payment>, sqlx::Error> {
     sqlx::query_as(
         "SELECT p.id, p.bill_id, p.amount, p.method, p.reference, p.received_at \
          FROM fleetward_billing.payments p JOIN fleetward_billing.bills o ON o.id = p.bill_id \
          JOIN fleetward_billing.bills b ON b.namespace = o.namespace AND b.tariff = o.tariff \
            AND b.device_id = o.device_id AND b.account_id = o.account_id AND b.part_from = o.part_from \
-         WHERE p.namespace = $1 AND b.id = $2 ORDER BY p.received_at",
+         WHERE p.namespace = $1 AND b.tariff = $3 AND b.id = $2 ORDER BY p.received_at",
     )
     .bind(ns)
     .bind(bill)
+    .bind(tariff)
     .fetch_all(pool)
     .await
 }
