@@ -35,6 +35,23 @@ pub fn controlled_by<K: Resource>(obj: &K, owner: &OwnerReference) -> bool {
     controller_of(obj).is_some_and(|r| r.uid == owner.uid)
 }
 
+/// Whether the operator made `obj`: it carries the operator's managed-by
+/// label, or a fleetward resource owns it.
+pub fn made_by_operator<K: Resource>(obj: &K) -> bool {
+    let meta = obj.meta();
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .is_some_and(|v| v == MANAGED_BY.1);
+    let owned = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.api_version.starts_with("fleetward.io/"));
+    labelled || owned
+}
+
 /// `Ok` when `existing` is controlled by `owner` (same uid), else the
 /// name-conflict error that names both.
 pub fn refuse_unless_owned<K: Resource<DynamicType = ()>>(existing: &K, owner: &OwnerReference) -> Result<()> {

@@ -360,6 +360,47 @@ async fn missing_secrets_are_reported_then_picked_up() {
 
 /// A keyring Secret that cannot be read is never overwritten: doing so
 /// would orphan every row its keys encrypted.
+/// The attack: a feed whose spec names another feed's keyring (a Secret
+/// the operator made) as its API key, to have it put into a pod's
+/// environment. Refused, with nothing deployed and no key material in the
+/// status or events; naming a Secret of the user's own then deploys.
+#[tokio::test]
+async fn a_spec_naming_a_secret_the_operator_made_is_refused() {
+    let ns = with_secrets("fw-sf-steal").await;
+    ns.apply_yaml(&feed_yaml("dublin", "")).await;
+    ready_feed(&ns, "dublin").await;
+    let (ring, _) = keyring(&ns, "dublin").await;
+    let stolen = format!("{{name: dublin-keyring, key: {SECRET_DATA_KEY}}}");
+    ns.apply_yaml(&feed_yaml("thief", "").replace("{name: jcdecaux, key: apiKey}", &stolen))
+        .await;
+    let feed = wait_feed(&ns, "thief", "Ready=False SecretNotAllowed", |f| {
+        ready(f).is_some_and(|(s, r)| s == "False" && r == "SecretNotAllowed")
+    })
+    .await;
+    let status = serde_json::to_string(&feed.status).unwrap();
+    assert!(
+        status.contains("source.jcdecaux.apiKeySecretRef") && status.contains("dublin-keyring"),
+        "{status}"
+    );
+    assert_no_key_material(&ring, &status, "the refused feed's status");
+    let deploys = ns.api::<Deployment>();
+    for d in ["thief-ingestor", "thief-encryptor"] {
+        assert!(get_opt(&deploys, d).await.is_none(), "{d} was deployed");
+    }
+    let events = events_text(&ns).await;
+    assert!(events.contains("SecretNotAllowed"), "{events}");
+    assert_no_key_material(&ring, &events, "events");
+    patch_spec(
+        &ns,
+        "thief",
+        json!({"source": {"jcdecaux": {"apiKeySecretRef": {"name": "jcdecaux", "key": "apiKey"}}}}),
+    )
+    .await;
+    ready_feed(&ns, "thief").await;
+    deployment(&ns, "thief-ingestor").await;
+    ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn unusable_keyring_is_left_untouched() {
     let ns = with_secrets("fw-sf-invalid").await;

@@ -25,8 +25,8 @@ use kube::{Api, Resource, ResourceExt};
 use self::plan::{CaView, CrlStep};
 use super::applier::{apply, create_once};
 use super::events::PlannedEvent;
-use super::policy;
 use super::stores::SecretChange;
+use super::{policy, secret_refs};
 use super::{secret_str, tls_secret};
 use crate::context::Context;
 use crate::crd::gateway::Provider;
@@ -255,7 +255,15 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         .and_then(|s| s.status?.available_replicas)
         .unwrap_or(0)
         > 0;
+    // A Secret the spec names must not be the operator's: the store holds
+    // exactly those (by label), so no request is made.
+    let mut named = secret_refs::Checked::default();
+    for (what, r) in plan::secret_refs(gw) {
+        let secret = stores.secret(ns, &r.name);
+        secret_refs::judge(what, r, secret.as_deref(), true, &mut named);
+    }
     Ok(plan::Observed {
+        refused: named.refusal(),
         ca,
         broker_cert,
         client_cert,

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod keyring;
 pub mod objects;
 pub mod policy;
+pub mod secret_refs;
 pub mod stationfeed;
 pub mod stores;
 pub mod tariff;

@@ -23,8 +23,8 @@ use fleetward_keyring::secret_name as keyring_secret_name;
 
 use super::keyring::{self, KeyringSecret};
 use super::objects::{self, env};
-use super::policy;
 use super::{EncryptorSpec, METRICS_PORT, data_workload};
+use super::{policy, secret_refs};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::Secret;
@@ -112,18 +112,9 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
         rotation: feed.spec.key_rotation,
     };
     let keyring = keyring::ensure(&secrets, &want).await?;
-    // The Secrets the workloads read must exist (their values are not
-    // read: only whether the key is there). Not cached: not ours.
-    let mut missing = Vec::new();
-    for (field, r) in plan::secret_refs(feed) {
-        let present = secrets
-            .get_opt(&r.name)
-            .await?
-            .is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
-        if !present {
-            missing.push(format!("{field} (Secret {:?}, key {:?})", r.name, r.key));
-        }
-    }
+    // The Secrets the workloads read must exist and not be the
+    // operator's (their values are not read).
+    let checked = secret_refs::check(&secrets, &plan::secret_refs(feed), true).await?;
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut available = true;
     for d in [ingestor_name(&name), encryptor_name(&name)] {
@@ -137,7 +128,8 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
     }
     let observed = plan::Observed {
         keyring,
-        missing,
+        refused: checked.refusal(),
+        missing: checked.missing,
         available,
     };
     let plan = plan::plan(feed, observed, &ctx.config)?;

@@ -27,7 +27,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::applier::{apply, create_once, delete_if_owned};
-use super::policy;
+use super::{policy, secret_refs};
 use crate::context::Context;
 use crate::crd::{Gateway, Tariff};
 use crate::ownership::{MANAGED_BY, owner_ref};
@@ -106,18 +106,16 @@ async fn observe(tariff: &Tariff, ctx: &Context, ns: &str) -> Result<plan::Obser
     let gateway = Api::<Gateway>::namespaced(ctx.client.clone(), ns)
         .get_opt(&tariff.spec.gateway)
         .await?;
-    // Whether each key is there; values are not looked at. Not cached:
-    // the database Secret is not the operator's.
+    // Whether each key is there, and the spec's is not the operator's;
+    // values are not looked at.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut missing = Vec::new();
-    for (what, r) in plan::secret_refs(tariff, gateway.as_ref()) {
-        let present = secrets
-            .get_opt(&r.name)
-            .await?
-            .is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
-        if !present {
-            missing.push(format!("{what} (Secret {:?}, key {:?})", r.name, r.key));
-        }
+    let db = &tariff.spec.database.connection_secret_ref;
+    let named = secret_refs::check(&secrets, &[("spec.database.connectionSecretRef", db)], true).await?;
+    let mut missing = named.missing.clone();
+    if let Some(gw) = &gateway {
+        let chosen = plan::gateway_secret_refs(gw);
+        let refs: Vec<_> = chosen.iter().map(|(what, r)| (*what, r)).collect();
+        missing.extend(secret_refs::check(&secrets, &refs, false).await?.missing);
     }
     let api_key = ctx
         .stores
@@ -132,6 +130,7 @@ async fn observe(tariff: &Tariff, ctx: &Context, ns: &str) -> Result<plan::Obser
     Ok(plan::Observed {
         gateway,
         missing,
+        refused: named.refusal(),
         api_key,
         available,
     })

@@ -26,7 +26,7 @@ use crate::Result;
 use crate::conditions::{self, READY};
 use crate::controllers::events::{PlannedEvent, is_news};
 use crate::controllers::until;
-use crate::crd::{Gateway, GatewayStatus};
+use crate::crd::{Gateway, GatewayStatus, SecretKeyRef};
 use crate::crl::CrlState;
 use crate::mosquitto;
 use crate::pki::{self, CaBundle, CertInfo, Issued, LeafRequest, Revocation, Usage};
@@ -55,6 +55,29 @@ pub struct Observed {
     /// Gateway's status may lag behind it).
     pub last_crl_number: Option<u64>,
     pub broker_available: bool,
+    /// Why a Secret the spec names may not be used (the operator made it),
+    /// when so: nothing is issued or deployed until the spec is corrected.
+    pub refused: Option<String>,
+}
+
+/// The Secrets the spec names for the gateway pod and its telemetry
+/// writer, by field.
+pub fn secret_refs(gw: &Gateway) -> Vec<(&'static str, &SecretKeyRef)> {
+    let spec = &gw.spec;
+    let mut refs = Vec::new();
+    if let Some(a) = &spec.audit {
+        refs.push(("spec.audit.connectionSecretRef", &a.connection_secret_ref));
+    }
+    if let Some(r) = &spec.command_api.api_key_secret_ref {
+        refs.push(("spec.commandApi.apiKeySecretRef", r));
+    }
+    if let Some(s) = &spec.storage {
+        refs.push((
+            "spec.storage.postgres.connectionSecretRef",
+            &s.postgres.connection_secret_ref,
+        ));
+    }
+    refs
 }
 
 /// Where new key material comes from; the real one is pure computation.
@@ -152,12 +175,47 @@ pub fn broker_names(gw: &Gateway) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
+impl Plan {
+    /// Only status and events: nothing is issued, written or deployed.
+    fn nothing(status: GatewayStatus, events: Vec<PlannedEvent>, requeue: Duration) -> Plan {
+        Plan {
+            ca: None,
+            create_ca: false,
+            leaves: Vec::new(),
+            command_key: None,
+            crl: CrlStep::Keep,
+            rebuilt: Vec::new(),
+            mosquitto_conf: String::new(),
+            mosquitto_acl: String::new(),
+            rollout_hash: String::new(),
+            status,
+            events,
+            expiries: Vec::new(),
+            requeue,
+        }
+    }
+}
+
 pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -> Result<Plan> {
     let (name, ns) = (gw.name_any(), gw.namespace().unwrap_or_default());
     let generation = gw.metadata.generation;
     let mut status = gw.status.clone().unwrap_or_default();
     let mut events = Vec::new();
 
+    if let Some(message) = obs.refused {
+        if is_news(&status.conditions, READY, "SecretNotAllowed") {
+            events.push(PlannedEvent::warning("SecretNotAllowed", "Validate", message.clone()));
+        }
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "SecretNotAllowed",
+            message,
+            generation,
+        );
+        return Ok(Plan::nothing(status, events, Duration::from_secs(3600)));
+    }
     let (ca, create_ca) = match obs.ca {
         CaView::Valid(ca) => (ca, false),
         CaView::Missing => {
@@ -175,21 +233,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
                 events.push(PlannedEvent::warning("InvalidCA", "Validate", message.clone()));
             }
             conditions::set(&mut status.conditions, READY, false, "InvalidCA", message, generation);
-            return Ok(Plan {
-                ca: None,
-                create_ca: false,
-                leaves: Vec::new(),
-                command_key: None,
-                crl: CrlStep::Keep,
-                rebuilt: Vec::new(),
-                mosquitto_conf: String::new(),
-                mosquitto_acl: String::new(),
-                rollout_hash: String::new(),
-                status,
-                events,
-                expiries: Vec::new(),
-                requeue: INVALID_CA_RETRY,
-            });
+            return Ok(Plan::nothing(status, events, INVALID_CA_RETRY));
         }
     };
     let ca_info = ca.validate()?;

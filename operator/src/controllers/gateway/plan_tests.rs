@@ -63,6 +63,7 @@ fn settled(first: &Plan, crl: CrlState) -> Observed {
         revoked_by_devices: None,
         last_crl_number: None,
         broker_available: true,
+        refused: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn new_gateway() -> Observed {
         revoked_by_devices: None,
         last_crl_number: None,
         broker_available: false,
+        refused: None,
     }
 }
 
@@ -251,6 +253,27 @@ fn an_invalid_ca_stops_everything_and_warns_once() {
     let mut obs = new_gateway();
     obs.ca = CaView::Invalid("missing tls.key".into());
     assert!(plan(&gw2, obs, now, &mut RealMint).unwrap().events.is_empty());
+}
+
+#[test]
+fn a_spec_naming_an_operator_secret_gets_nothing_issued_or_deployed() {
+    let gw = gateway(json!({
+        "audit": {"connectionSecretRef": {"name": "gw-ca", "key": "tls.key"}},
+        "commandApi": {"apiKeySecretRef": {"name": "mine", "key": "k"}},
+    }));
+    let fields: Vec<&str> = secret_refs(&gw).into_iter().map(|(what, _)| what).collect();
+    assert_eq!(
+        fields,
+        ["spec.audit.connectionSecretRef", "spec.commandApi.apiKeySecretRef"]
+    );
+    let mut obs = new_gateway();
+    obs.refused = Some("refused: spec.audit.connectionSecretRef (Secret \"gw-ca\", key \"tls.key\")".into());
+    let mut mint = Counting::default();
+    let p = plan(&gw, obs, Timestamp::now(), &mut mint).unwrap();
+    assert!(p.ca.is_none(), "apply stops before the StatefulSet");
+    assert_eq!((mint.cas, mint.leaves, mint.keys), (0, 0, 0));
+    assert_eq!(ready(&p), Some(("False".into(), "SecretNotAllowed".into())));
+    assert!(p.events[0].warning && p.events[0].note.contains("gw-ca"));
 }
 
 #[test]

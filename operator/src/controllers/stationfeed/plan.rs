@@ -23,13 +23,17 @@ pub struct Observed {
     pub keyring: Outcome,
     /// Referenced Secrets (or keys) that do not exist, described.
     pub missing: Vec<String>,
+    /// Why a Secret the spec names may not be used (the operator made it),
+    /// when so: nothing is deployed.
+    pub refused: Option<String>,
     /// The ingestor and the encryptor each have an available pod.
     pub available: bool,
 }
 
 pub struct Plan {
     /// Applied even while a referenced Secret is missing, so the pods
-    /// start as soon as it appears; none while the keyring is unusable.
+    /// start as soon as it appears; none while the keyring is unusable or
+    /// a referenced Secret is refused.
     pub deployments: Vec<Deployment>,
     pub status: StationFeedStatus,
     pub events: Vec<PlannedEvent>,
@@ -130,6 +134,25 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
         .then(|| jiff::Timestamp::from_millisecond(keyring.primary_created_at().timestamp_millis()).ok())
         .flatten()
         .map(Time);
+    if let Some(message) = obs.refused {
+        if is_news(&status.conditions, READY, "SecretNotAllowed") {
+            events.push(PlannedEvent::warning("SecretNotAllowed", "Validate", message.clone()));
+        }
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "SecretNotAllowed",
+            &message,
+            generation,
+        );
+        return Ok(Plan {
+            deployments: Vec::new(),
+            status,
+            events,
+            requeue: RESYNC,
+        });
+    }
     let requeue = if obs.missing.is_empty() {
         conditions::set(
             &mut status.conditions,
@@ -207,6 +230,7 @@ mod tests {
         Observed {
             keyring,
             missing: Vec::new(),
+            refused: None,
             available: true,
         }
     }
@@ -290,6 +314,21 @@ mod tests {
             &Config::default(),
         )
         .unwrap();
+        assert!(p2.events.is_empty(), "no second event for the same condition");
+    }
+
+    #[test]
+    fn a_secret_the_operator_made_deploys_nothing_and_warns_once() {
+        let mut obs = observed(Outcome::Unchanged(Keyring::generate()));
+        obs.refused = Some("refused: postgres.connectionSecretRef (Secret \"gw-ca\", key \"tls.key\")".into());
+        let p = plan(&feed(json!({})), obs, &Config::default()).unwrap();
+        assert!(p.deployments.is_empty(), "the CA key never reaches a pod");
+        assert_eq!(ready(&p), ("False".into(), "SecretNotAllowed".into()));
+        assert_eq!(reasons(&p), ["SecretNotAllowed"]);
+        let again = feed(serde_json::to_value(&p.status).unwrap());
+        let mut obs = observed(Outcome::Unchanged(Keyring::generate()));
+        obs.refused = Some("refused: postgres.connectionSecretRef (Secret \"gw-ca\", key \"tls.key\")".into());
+        let p2 = plan(&again, obs, &Config::default()).unwrap();
         assert!(p2.events.is_empty(), "no second event for the same condition");
     }
 

@@ -37,6 +37,9 @@ pub struct Observed {
     /// Secrets (or keys) the workload reads that do not exist, described
     /// by name and key (never by value).
     pub missing: Vec<String>,
+    /// Why the Secret the spec names may not be used (the operator made
+    /// it), when so: nothing is deployed.
+    pub refused: Option<String>,
     /// The billing API key Secret exists.
     pub api_key: bool,
     /// The billing Deployment has an available pod.
@@ -66,24 +69,20 @@ const RESYNC: Duration = Duration::from_secs(3600);
 /// The longest workload-reported error copied into a condition message.
 const MAX_REPORTED: usize = 1024;
 
-/// The Secret keys the billing pod reads, with what each is for. The
-/// gateway's come only once the Gateway is known.
-pub fn secret_refs(tariff: &Tariff, gw: Option<&Gateway>) -> Vec<(&'static str, SecretKeyRef)> {
-    let mut refs = vec![(
-        "spec.database.connectionSecretRef",
-        tariff.spec.database.connection_secret_ref.clone(),
-    )];
-    if let Some(gw) = gw {
-        refs.push(("the gateway's command API key", command_key_ref(gw)));
-        refs.push((
+/// The Secret keys the billing pod reads that the operator chose (the
+/// gateway's command API key and CA certificate), with what each is for;
+/// the one the spec names is `spec.database.connectionSecretRef`.
+pub fn gateway_secret_refs(gw: &Gateway) -> Vec<(&'static str, SecretKeyRef)> {
+    vec![
+        ("the gateway's command API key", command_key_ref(gw)),
+        (
             "the gateway's CA certificate",
             SecretKeyRef {
                 name: ca_secret_name(&gw.name_any()),
                 key: CA_CERT_KEY.into(),
             },
-        ));
-    }
-    refs
+        ),
+    ]
 }
 
 /// `new_key` makes the billing API key when its Secret does not exist.
@@ -97,6 +96,7 @@ pub fn plan(tariff: &Tariff, obs: Observed, config: &Config, new_key: impl FnOnc
     let mut events = Vec::new();
 
     let deployment = match &obs.gateway {
+        _ if obs.refused.is_some() => None,
         Some(gw) => match &gw.spec.kafka {
             Some(kafka) => Some(workload::deployment(tariff, gw, kafka, config)?),
             None => None,
@@ -106,6 +106,11 @@ pub fn plan(tariff: &Tariff, obs: Observed, config: &Config, new_key: impl FnOnc
     let report = tariff.status.as_ref().and_then(|s| s.billing.as_ref());
     let workload_name = fleetward_tariff::workload_name(&name);
     let not_ready_because = match (&obs.gateway, report) {
+        _ if obs.refused.is_some() => Some((
+            ("SecretNotAllowed", "Validate"),
+            obs.refused.clone().unwrap_or_default(),
+            RESYNC,
+        )),
         (None, _) => Some((
             ("GatewayNotFound", "Validate"),
             format!(

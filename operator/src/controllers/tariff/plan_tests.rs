@@ -44,6 +44,7 @@ fn settled() -> Observed {
     Observed {
         gateway: Some(gateway(json!({"kafka": {"topic": "meters.edge"}}))),
         missing: Vec::new(),
+        refused: None,
         api_key: true,
         available: true,
     }
@@ -292,6 +293,18 @@ fn a_missing_secret_is_named_and_looked_at_again_soon() {
         "deployed already: it starts once the Secret exists"
     );
     assert!(p.requeue.as_secs() <= 10);
+}
+
+#[test]
+fn a_database_secret_the_operator_made_deploys_nothing() {
+    let mut obs = settled();
+    obs.refused = Some("refused: spec.database.connectionSecretRef (Secret \"edge-ca\", key \"tls.key\")".into());
+    let p = run(&tariff(json!({})), obs);
+    assert!(p.deployment.is_none(), "the CA key never reaches a pod");
+    let (status, reason, message) = ready(&p);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretNotAllowed"));
+    assert!(message.contains("edge-ca"), "{message}");
+    assert!(p.events.iter().any(|e| e.warning && e.reason == "SecretNotAllowed"));
 }
 
 #[test]
