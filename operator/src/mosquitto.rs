@@ -12,6 +12,10 @@ pub const CONFIG_DIR: &str = "/mosquitto/config";
 pub const CERTS_DIR: &str = "/mosquitto/certs";
 pub const CRL_DIR: &str = "/mosquitto/crl";
 pub const DATA_DIR: &str = "/mosquitto/data";
+/// Shared by the broker and the gateway (an emptyDir): the plugin's
+/// receipt token, which the gateway needs to trust the broker's stamps.
+pub const RECEIPT_DIR: &str = "/mosquitto/receipt";
+pub const RECEIPT_TOKEN_FILE: &str = "/mosquitto/receipt/token";
 
 /// Certificate CN (and so MQTT username) of the gateway workload. It holds
 /// a colon, which Kubernetes object names cannot, so no Device can ever be
@@ -23,11 +27,12 @@ pub const GATEWAY_IDENTITY: &str = "fleetward:gateway";
 /// the gateway reports revoked, at once, and refuses them everything until
 /// the CRL refuses their TLS handshake. It also stamps each message with
 /// the time the broker received it (the gateway judges freshness by it) and
-/// refuses wills on device data topics (the broker cannot stamp those).
+/// follows the stamp on device data topics with the pod's receipt token,
+/// so the gateway trusts no stamp a device wrote (in a will, say).
 pub const BROKER_PLUGIN: &str = "/usr/lib/fleetward/fleetward_broker.so";
 /// Where the gateway publishes revoked serials for the plugin, and the
 /// plugin's option naming who may.
-pub use fleetward_protocol::broker::{CONTROLLER_OPTION, REVOKE_TOPIC};
+pub use fleetward_protocol::broker::{CONTROLLER_OPTION, RECEIPT_TOKEN_OPTION, REVOKE_TOPIC};
 
 /// `max_message_bytes` is the gateway's limit: the broker accepts packets
 /// up to twice that, so oversized messages still reach the gateway and are
@@ -75,6 +80,7 @@ crlfile {CRL_DIR}/crl.pem
 acl_file {CONFIG_DIR}/acl
 plugin {BROKER_PLUGIN}
 plugin_opt_{CONTROLLER_OPTION} {GATEWAY_IDENTITY}
+plugin_opt_{RECEIPT_TOKEN_OPTION} {RECEIPT_TOKEN_FILE}
 "
     )
 }
@@ -116,6 +122,7 @@ mod tests {
             "acl_file /mosquitto/config/acl",
             "plugin /usr/lib/fleetward/fleetward_broker.so",
             "plugin_opt_controller fleetward:gateway",
+            "plugin_opt_receipt_token_file /mosquitto/receipt/token",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?}");
         }

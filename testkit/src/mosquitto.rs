@@ -44,7 +44,7 @@ impl Broker {
         wait_for(&format!("Gateway {gw} Ready"), 60, || get_opt(&gws, gw), is_ready).await;
         std::fs::create_dir_all(dir).unwrap();
         open_up(dir, 0o755);
-        for sub in ["config", "certs", "crl", "data"] {
+        for sub in ["config", "certs", "crl", "data", "receipt"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
             open_up(&dir.join(sub), 0o777);
         }

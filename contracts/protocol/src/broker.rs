@@ -15,6 +15,23 @@ pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
 /// milliseconds at the broker's receipt.
 pub const RECEIVED_PROPERTY: &str = "fleetward-received-ms";
 
+/// The MQTT 5 user property the plugin appends right after
+/// [`RECEIVED_PROPERTY`] on device data topics: the broker's receipt
+/// token, a random secret the plugin and the gateway of one pod share
+/// (through the file [`RECEIPT_TOKEN_OPTION`] names) and no device ever
+/// sees. A stamp not followed by it was not made by the broker — a will,
+/// which the broker sends without its message hook, carries only what the
+/// device put in it — and the gateway ignores it.
+pub const RECEIPT_TOKEN_PROPERTY: &str = "fleetward-receipt-token";
+
+/// The plugin's option naming the file of the receipt token
+/// (`plugin_opt_receipt_token_file`): read when it holds one, else made
+/// with a new random token (so a broker restart in the same pod keeps it).
+pub const RECEIPT_TOKEN_OPTION: &str = "receipt_token_file";
+
+/// The receipt token's length: 32 random bytes, hex.
+pub const RECEIPT_TOKEN_LEN: usize = 64;
+
 /// The plugin's option naming the one identity allowed to publish on
 /// [`REVOKE_TOPIC`] (`plugin_opt_controller` in mosquitto.conf).
 pub const CONTROLLER_OPTION: &str = "controller";
@@ -34,6 +51,16 @@ pub fn c_header() -> String {
             "FLEETWARD_RECEIVED_PROPERTY",
             RECEIVED_PROPERTY,
             "The user property stamped with the receipt time (Unix milliseconds).",
+        ),
+        (
+            "FLEETWARD_RECEIPT_TOKEN_PROPERTY",
+            RECEIPT_TOKEN_PROPERTY,
+            "The user property after the stamp on device data topics: the pod's receipt token.",
+        ),
+        (
+            "FLEETWARD_RECEIPT_TOKEN_OPTION",
+            RECEIPT_TOKEN_OPTION,
+            "The plugin option naming the receipt token's file.",
         ),
         (
             "FLEETWARD_CONTROLLER_OPTION",
@@ -62,6 +89,9 @@ pub fn c_header() -> String {
         assert!(!doc.contains("*/"), "{doc:?} would end the C comment");
         h.push_str(&format!("\n/* {doc} */\n#define {name} {}\n", c_string(value)));
     }
+    h.push_str(&format!(
+        "\n/* The receipt token's length: 32 random bytes, hex. */\n#define FLEETWARD_RECEIPT_TOKEN_LEN {RECEIPT_TOKEN_LEN}\n"
+    ));
     h.push_str("\n#endif\n");
     h
 }

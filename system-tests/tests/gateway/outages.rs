@@ -244,3 +244,73 @@ async fn messages_queued_during_an_outage_are_judged_at_the_brokers_receipt() {
     }
     h.ns.cleanup().await;
 }
+
+/// The will attack on receipt time: a device connects with a will on its
+/// data topic carrying a message signed 15 s ago and a forged broker stamp
+/// of the same moment, then connects again with the same certificate. The
+/// broker takes the session over and publishes the old session's will
+/// while that session is still open, so the plugin cannot refuse it; it
+/// arrives unstamped by the broker, with the device's stamp only. The
+/// gateway trusts a stamp only when the pod's receipt token follows it, so
+/// it judges the message at its own receipt: 15 s old against a 2 s
+/// window, refused as stale (with the forged stamp trusted it would have
+/// passed as a message that waited 15 s in the queue).
+#[tokio::test]
+async fn a_will_sent_on_session_takeover_cannot_backdate_a_message() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    const WINDOW: i64 = 2;
+    let h = Harness::start(Setup {
+        prefix: "gw-will-takeover",
+        devices: &[("w1", WEATHER, "")],
+        security: &format!("    timestampWindowSeconds: {WINDOW}\n    maxQueueSeconds: 60"),
+        backend: false,
+    })
+    .await;
+    let creds = Credentials::from_secret(h.ns.client.clone(), &h.ns.name, "w1")
+        .await
+        .unwrap();
+    let signed_at = chrono::Utc::now().timestamp() - 15;
+    let backdated = fleetward_protocol::Envelope::sign(
+        &creds.hmac,
+        "w1",
+        signed_at,
+        &fleetward_protocol::new_message_id(),
+        fleetward_protocol::raw(&fleetward_protocol::Category::WeatherStation.sample(&mut Default::default())),
+    );
+    let will = LastWill::new(
+        fleetward_protocol::data_topic("w1"),
+        backdated.to_json(),
+        QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![(
+                fleetward_protocol::broker::RECEIVED_PROPERTY.into(),
+                (signed_at * 1000).to_string(),
+            )],
+        }),
+    );
+    let (first, first_task) = raw_client_v5(&h, "w1", Some(will)).await;
+    // The same certificate again: the broker takes the session over and
+    // sends the first connection's will.
+    let (second, second_task) = raw_client_v5(&h, "w1", None).await;
+    first_task.abort();
+    wait_until("the will refused as stale", 20, || async {
+        h.gateway.rejected("stale_timestamp") >= 1.0
+    })
+    .await;
+    assert_eq!(h.gateway.accepted(), 0.0, "the backdated will was accepted");
+    second_task.abort();
+    drop((first, second));
+    h.audit_has("stale_timestamp audited", |r| {
+        r.1.as_deref() == Some("stale_timestamp") && r.2.as_deref() == Some("w1")
+    })
+    .await;
+    h.ns.cleanup().await;
+}

@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
 
+    /// The broker plugin's receipt token file (shared with the broker):
+    /// a stamp on a message counts only when this token follows it.
+    /// Without it every message is judged at the gateway's own receipt.
+    #[arg(long, env = "RECEIPT_TOKEN_FILE")]
+    pub receipt_token_file: Option<PathBuf>,
+
     /// CRL file Mosquitto reads; when it changes the gateway makes Mosquitto
     /// reload it (SIGHUP).
     #[arg(long, env = "CRL_FILE")]

@@ -155,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         audit,
         metrics: metrics.clone(),
         mqtt: client.clone(),
+        receipt: mqtt::ReceiptToken::new(cfg.receipt_token_file.clone()),
     };
     let pipeline = tokio::spawn(pipeline.run(rx, waiting.clone()));
     tracing::info!(gateway = %cfg.gateway, namespace = %cfg.namespace, "gateway starting");

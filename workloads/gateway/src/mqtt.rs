@@ -6,8 +6,10 @@
 //! once every message received is forwarded and acknowledged (see `run`).
 //!
 //! MQTT 5, for one property: the broker's plugin stamps each message with
-//! the time it received it (`fleetward-received-ms`), and the checks judge
-//! freshness by that time (see `checks`). Devices may speak 3.1.1 or 5.
+//! the time it received it (`fleetward-received-ms`, followed by the pod's
+//! receipt token so a device cannot pass off a stamp of its own), and the
+//! checks judge freshness by that time (see `checks`). Devices may speak
+//! 3.1.1 or 5.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +28,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub const DATA_FILTER: &str = "device/+/data";
-/// The user property the broker's plugin adds: Unix milliseconds at receipt.
-pub use fleetward_protocol::broker::RECEIVED_PROPERTY;
+/// The user properties the broker's plugin adds: Unix milliseconds at
+/// receipt, then (on data topics) the pod's receipt token.
+pub use fleetward_protocol::broker::{RECEIPT_TOKEN_LEN, RECEIPT_TOKEN_PROPERTY, RECEIVED_PROPERTY};
 
 /// Bytes of messages waiting for the checks beyond which QoS 0 ones are
 /// dropped unread: a count would let a thousand 128 KB bodies wait.
@@ -56,17 +59,56 @@ pub fn options(cfg: &Config, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
     o
 }
 
-/// When the broker received `p` (Unix milliseconds): the last
-/// `fleetward-received-ms` user property, the one the broker appended
-/// after any the publisher sent.
-pub fn broker_received_ms(p: &Publish) -> Option<i64> {
+/// The broker's receipt token: a secret the plugin makes when the broker
+/// starts and writes to a file in the pod (`RECEIPT_TOKEN_FILE`), and puts
+/// after each stamp on a device data topic. Read from the file once it is
+/// there (the broker makes it before it accepts a connection, so before
+/// any message can arrive). Without it no stamp is trusted.
+pub struct ReceiptToken {
+    path: Option<std::path::PathBuf>,
+    token: Option<String>,
+}
+
+impl ReceiptToken {
+    pub fn new(path: Option<std::path::PathBuf>) -> Self {
+        ReceiptToken { path, token: None }
+    }
+
+    /// The token, reading its file while it has not been read.
+    pub fn get(&mut self) -> Option<&str> {
+        if self.token.is_none()
+            && let Some(path) = &self.path
+        {
+            self.token = std::fs::read_to_string(path)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| t.len() == RECEIPT_TOKEN_LEN && t.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        self.token.as_deref()
+    }
+}
+
+/// When the broker received `p` (Unix milliseconds): the stamp the broker
+/// appended, which is the second-last user property, followed by the
+/// receipt token. A stamp without the token after it was written by the
+/// device (in a will, which the broker publishes without stamping, or
+/// with no broker plugin at all, as on AWS IoT Core): `None`, and the
+/// gateway judges the message at its own receipt.
+pub fn broker_received_ms(p: &Publish, token: Option<&str>) -> Option<i64> {
+    let token = token?;
     let props = p.properties.as_ref()?;
-    let (_, value) = props
-        .user_properties
-        .iter()
-        .rev()
-        .find(|(k, _)| k == RECEIVED_PROPERTY)?;
-    value.parse().ok()
+    let [.., (stamp, value), (marker, presented)] = props.user_properties.as_slice() else {
+        return None;
+    };
+    let genuine = stamp == RECEIVED_PROPERTY
+        && marker == RECEIPT_TOKEN_PROPERTY
+        && presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    genuine.then(|| value.parse().ok()).flatten()
 }
 
 /// How the connection ends on a stop request (SIGTERM): see [`run`].
@@ -223,5 +265,73 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn with(props: &[(&str, &str)]) -> Publish {
+        let user_properties = props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Publish::new(
+            "device/d1/data",
+            QoS::AtLeastOnce,
+            "{}",
+            Some(PublishProperties {
+                user_properties,
+                ..Default::default()
+            }),
+        )
+    }
+
+    #[test]
+    fn only_a_stamp_followed_by_the_pods_token_is_the_brokers() {
+        let broker = [(RECEIVED_PROPERTY, "1770000000000"), (RECEIPT_TOKEN_PROPERTY, TOKEN)];
+        assert_eq!(broker_received_ms(&with(&broker), Some(TOKEN)), Some(1_770_000_000_000));
+        // After a device's own forged pair, the broker's still counts.
+        let forged_then_broker = [
+            (RECEIVED_PROPERTY, "1"),
+            (RECEIPT_TOKEN_PROPERTY, "guess"),
+            (RECEIVED_PROPERTY, "1770000000000"),
+            (RECEIPT_TOKEN_PROPERTY, TOKEN),
+        ];
+        assert_eq!(
+            broker_received_ms(&with(&forged_then_broker), Some(TOKEN)),
+            Some(1_770_000_000_000)
+        );
+        // A will: only what the device wrote.
+        for device_only in [
+            &[(RECEIVED_PROPERTY, "1")][..],
+            &[(RECEIVED_PROPERTY, "1"), (RECEIPT_TOKEN_PROPERTY, "guess")][..],
+            &[(RECEIVED_PROPERTY, "1"), (RECEIPT_TOKEN_PROPERTY, &TOKEN[..63])][..],
+            &[(RECEIPT_TOKEN_PROPERTY, TOKEN), (RECEIVED_PROPERTY, "1")][..],
+            &[][..],
+        ] {
+            assert_eq!(
+                broker_received_ms(&with(device_only), Some(TOKEN)),
+                None,
+                "{device_only:?}"
+            );
+        }
+        // No token known (no plugin, as on AWS IoT Core): no stamp counts.
+        assert_eq!(broker_received_ms(&with(&broker), None), None);
+    }
+
+    #[test]
+    fn the_token_is_read_once_its_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let mut token = ReceiptToken::new(Some(path.clone()));
+        assert_eq!(token.get(), None);
+        std::fs::write(&path, "not a token").unwrap();
+        assert_eq!(token.get(), None);
+        std::fs::write(&path, TOKEN).unwrap();
+        assert_eq!(token.get(), Some(TOKEN));
+        assert_eq!(ReceiptToken::new(None).get(), None);
     }
 }

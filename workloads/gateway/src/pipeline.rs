@@ -32,6 +32,7 @@ pub struct Pipeline {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub mqtt: AsyncClient,
+    pub receipt: crate::mqtt::ReceiptToken,
 }
 
 impl Pipeline {
@@ -45,6 +46,7 @@ impl Pipeline {
             audit,
             metrics,
             mqtt,
+            mut receipt,
         } = self;
         let mut refusals = RefusalAudit::new(audit.clone(), metrics.clone());
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
@@ -54,7 +56,7 @@ impl Pipeline {
                 waiting.fetch_sub(publish.payload.len(), Ordering::Relaxed);
                 let clock = Instant::now();
                 let at = At::received(
-                    crate::mqtt::broker_received_ms(&publish),
+                    crate::mqtt::broker_received_ms(&publish, receipt.get()),
                     chrono::Utc::now().timestamp_millis(),
                     clock,
                 );

@@ -10,6 +10,12 @@
 /* The user property stamped with the receipt time (Unix milliseconds). */
 #define FLEETWARD_RECEIVED_PROPERTY "fleetward-received-ms"
 
+/* The user property after the stamp on device data topics: the pod's receipt token. */
+#define FLEETWARD_RECEIPT_TOKEN_PROPERTY "fleetward-receipt-token"
+
+/* The plugin option naming the receipt token's file. */
+#define FLEETWARD_RECEIPT_TOKEN_OPTION "receipt_token_file"
+
 /* The plugin option naming the identity that may revoke. */
 #define FLEETWARD_CONTROLLER_OPTION "controller"
 
@@ -18,5 +24,8 @@
 
 /* A device data topic is <prefix><device id><suffix>. */
 #define FLEETWARD_DATA_TOPIC_SUFFIX "/data"
+
+/* The receipt token's length: 32 random bytes, hex. */
+#define FLEETWARD_RECEIPT_TOKEN_LEN 64
 
 #endif

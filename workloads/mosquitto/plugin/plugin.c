@@ -15,8 +15,11 @@
  *    publish, subscription and delivery (ACL check), and disconnected at
  *    the next tick: a reconnect before the CRL reload achieves nothing.
  *  - Receipt time (receipt.c). Every message is stamped with the time the
- *    broker received it; a will on a device data topic, which cannot be
- *    stamped, is refused.
+ *    broker received it, followed on device data topics by the pod's
+ *    receipt token (from the file `plugin_opt_receipt_token_file` names),
+ *    so the gateway can tell the broker's stamp from one a device wrote
+ *    into a will; a will on a device data topic is refused when the plugin
+ *    can tell it is one (its session already gone).
  *
  * This file holds the broker's entry points and callbacks only. Topic,
  * property and option names come from fleetward_protocol.h, generated from
@@ -36,6 +39,7 @@
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *controller;
+static char receipt_token[FLEETWARD_RECEIPT_TOKEN_LEN + 1];
 static struct serial_set revoked;
 
 static int on_acl_check(int event, void *event_data, void *userdata)
@@ -61,7 +65,8 @@ static int on_message(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 	struct mosquitto_evt_message *ev = event_data;
-	return receipt_stamp(&ev->properties, receipt_now_ms());
+	const char *token = receipt_is_device_data_topic(ev->topic) ? receipt_token : NULL;
+	return receipt_stamp(&ev->properties, receipt_now_ms(), token);
 }
 
 static int on_disconnect(int event, void *event_data, void *userdata)
@@ -118,10 +123,22 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	for(int i = 0; i < opt_count; i++){
 		if(!strcmp(opts[i].key, FLEETWARD_CONTROLLER_OPTION)) controller = strdup(opts[i].value);
 	}
-	if(!controller){
+	const char *token_file = NULL;
+	for(int i = 0; i < opt_count; i++){
+		if(!strcmp(opts[i].key, FLEETWARD_RECEIPT_TOKEN_OPTION)) token_file = opts[i].value;
+	}
+	if(!controller || !token_file){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-			"fleetward_broker: plugin_opt_" FLEETWARD_CONTROLLER_OPTION " (the gateway's identity) is required");
+			"fleetward_broker: plugin_opt_" FLEETWARD_CONTROLLER_OPTION " (the gateway's identity) and plugin_opt_"
+			FLEETWARD_RECEIPT_TOKEN_OPTION " (the receipt token's file) are required");
 		return MOSQ_ERR_INVAL;
+	}
+	int loaded = receipt_token_load(token_file, receipt_token);
+	if(loaded){
+		/* The path only: never the token. */
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleetward_broker: cannot read or make the receipt token file %s%s",
+			token_file, loaded == MOSQ_ERR_INVAL ? " (it does not hold a token)" : "");
+		return loaded;
 	}
 	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, FLEETWARD_REVOKE_TOPIC, NULL);
 	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);

@@ -92,6 +92,7 @@ pub fn statefulset(
         env("MQTT_KEY_FILE", format!("{CLIENT_DIR}/tls.key")),
         env("CRL_FILE", format!("{}/crl.pem", mosquitto::CRL_DIR)),
         env("CRL_CONFIGMAP", crl::name(&name)),
+        env("RECEIPT_TOKEN_FILE", mosquitto::RECEIPT_TOKEN_FILE),
         env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
         env("MAX_QUEUE_SECONDS", sec.max_queue_seconds.to_string()),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
@@ -105,7 +106,14 @@ pub fn statefulset(
         env("MQTT_CLIENT_ID", mqtt_client_id(gw)),
     ];
     if let Some(endpoint) = aws_endpoint {
-        let local_only = ["MQTT_HOST", "MQTT_PORT", "MQTT_CA_FILE", "CRL_FILE", "CRL_CONFIGMAP"];
+        let local_only = [
+            "MQTT_HOST",
+            "MQTT_PORT",
+            "MQTT_CA_FILE",
+            "CRL_FILE",
+            "CRL_CONFIGMAP",
+            "RECEIPT_TOKEN_FILE",
+        ];
         vars.retain(|v| !local_only.contains(&v.name.as_str()));
         vars.push(env("MQTT_HOST", endpoint));
         vars.push(env("MQTT_PORT", "8883"));
@@ -176,6 +184,7 @@ pub fn statefulset(
             mount("broker-tls", mosquitto::CERTS_DIR, true),
             mount("crl", mosquitto::CRL_DIR, true),
             mount("data", mosquitto::DATA_DIR, false),
+            mount("receipt", mosquitto::RECEIPT_DIR, false),
         ]),
         ..Default::default()
     };
@@ -194,6 +203,7 @@ pub fn statefulset(
             mount("client-tls", CLIENT_DIR, true),
             mount("broker-tls", mosquitto::CERTS_DIR, true),
             mount("crl", mosquitto::CRL_DIR, true),
+            mount("receipt", mosquitto::RECEIPT_DIR, true),
         ]),
         ..Default::default()
     };
@@ -204,6 +214,11 @@ pub fn statefulset(
         objects::secret_volume("broker-tls", &broker_secret_name(&name), None),
         objects::secret_volume("client-tls", &client_secret_name(&name), None),
         data_volume,
+        Volume {
+            name: "receipt".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
     ];
     if aws_endpoint.is_some() {
         gateway.volume_mounts = Some(vec![

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mqtt_protocol.h>
 
@@ -108,13 +109,37 @@ static char *last_user_property(const mosquitto_property *props, const char *nam
 	return found;
 }
 
+/* Every user property in order, up to `max`; how many there are. */
+static size_t user_properties(const mosquitto_property *props, char **keys, char **values, size_t max)
+{
+	size_t n = 0;
+	bool skip_first = false;
+	for(;;){
+		char *key = NULL, *value = NULL;
+		const mosquitto_property *p =
+			mosquitto_property_read_string_pair(props, MQTT_PROP_USER_PROPERTY, &key, &value, skip_first);
+		if(!p) break;
+		if(n < max){
+			keys[n] = key;
+			values[n] = value;
+		}else{
+			free(key);
+			free(value);
+		}
+		n++;
+		props = p;
+		skip_first = true;
+	}
+	return n;
+}
+
 static void stamping_the_receipt_time(void)
 {
 	long long before = receipt_now_ms();
 	CHECK(before > 1700000000000LL); /* milliseconds, not seconds */
 	/* Without properties: the stamp is the first one. */
 	mosquitto_property *props = NULL;
-	CHECK(receipt_stamp(&props, 1770418469123LL) == MOSQ_ERR_SUCCESS);
+	CHECK(receipt_stamp(&props, 1770418469123LL, NULL) == MOSQ_ERR_SUCCESS);
 	char *v = last_user_property(props, FLEETWARD_RECEIVED_PROPERTY);
 	CHECK(v && !strcmp(v, "1770418469123"));
 	free(v);
@@ -125,7 +150,7 @@ static void stamping_the_receipt_time(void)
 	CHECK(mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, FLEETWARD_RECEIVED_PROPERTY, "1") ==
 		MOSQ_ERR_SUCCESS);
 	long long now = receipt_now_ms();
-	CHECK(receipt_stamp(&props, now) == MOSQ_ERR_SUCCESS);
+	CHECK(receipt_stamp(&props, now, NULL) == MOSQ_ERR_SUCCESS);
 	v = last_user_property(props, FLEETWARD_RECEIVED_PROPERTY);
 	char expected[24];
 	snprintf(expected, sizeof(expected), "%lld", now);
@@ -133,6 +158,48 @@ static void stamping_the_receipt_time(void)
 	free(v);
 	CHECK(now >= before && now - before < 60000);
 	mosquitto_property_free_all(&props);
+	/* On a data topic the token follows the stamp, after a forged token. */
+	const char *token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	CHECK(mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, FLEETWARD_RECEIPT_TOKEN_PROPERTY, "guess") ==
+		MOSQ_ERR_SUCCESS);
+	CHECK(receipt_stamp(&props, now, token) == MOSQ_ERR_SUCCESS);
+	v = last_user_property(props, FLEETWARD_RECEIPT_TOKEN_PROPERTY);
+	CHECK(v && !strcmp(v, token));
+	free(v);
+	/* The stamp comes right before it. */
+	char *keys[8] = {0}, *values[8] = {0};
+	size_t n = user_properties(props, keys, values, 8);
+	CHECK(n == 3);
+	CHECK(n >= 2 && !strcmp(keys[n - 2], FLEETWARD_RECEIVED_PROPERTY) && !strcmp(values[n - 2], expected));
+	for(size_t i = 0; i < n; i++){
+		free(keys[i]);
+		free(values[i]);
+	}
+	mosquitto_property_free_all(&props);
+}
+
+static void making_and_keeping_the_receipt_token(void)
+{
+	char dir[] = "/tmp/fleetward-receipt-XXXXXX";
+	CHECK(mkdtemp(dir) != NULL);
+	char path[64];
+	snprintf(path, sizeof(path), "%s/token", dir);
+	char first[FLEETWARD_RECEIPT_TOKEN_LEN + 1] = {0}, again[FLEETWARD_RECEIPT_TOKEN_LEN + 1] = {0};
+	/* Made when absent, 64 hex digits, and the same when read again. */
+	CHECK(receipt_token_load(path, first) == MOSQ_ERR_SUCCESS);
+	CHECK(strlen(first) == FLEETWARD_RECEIPT_TOKEN_LEN && strspn(first, "0123456789abcdef") == strlen(first));
+	CHECK(receipt_token_load(path, again) == MOSQ_ERR_SUCCESS && !strcmp(first, again));
+	/* Another file, another token. */
+	char other[64];
+	snprintf(other, sizeof(other), "%s/other", dir);
+	CHECK(receipt_token_load(other, again) == MOSQ_ERR_SUCCESS && strcmp(first, again));
+	/* A file that holds no token is refused, not replaced. */
+	FILE *f = fopen(path, "w");
+	CHECK(f && fputs("short", f) >= 0 && fclose(f) == 0);
+	CHECK(receipt_token_load(path, again) == MOSQ_ERR_INVAL);
+	remove(path);
+	remove(other);
+	rmdir(dir);
 }
 
 static void recognising_device_data_topics(void)
@@ -153,6 +220,7 @@ int main(void)
 	normalising_serials();
 	growing_the_revoked_set();
 	stamping_the_receipt_time();
+	making_and_keeping_the_receipt_token();
 	recognising_device_data_topics();
 	if(failures){
 		fprintf(stderr, "%d checks failed\n", failures);
