@@ -239,7 +239,9 @@ pub struct SecurityPolicy {
     #[serde(default = "default_max_queue")]
     #[schemars(range(min = 0, max = 86400))]
     pub max_queue_seconds: i64,
-    /// Largest accepted message, in bytes.
+    /// Largest accepted message, in bytes. With `kafka`, at most 995,904
+    /// (a Kafka record's limit less room for the record's fields): a larger
+    /// value is capped to it, so every accepted message fits a record.
     #[serde(default = "default_max_bytes")]
     #[schemars(range(min = 128, max = 16_777_216))]
     pub max_message_bytes: i64,

@@ -103,7 +103,28 @@ pub struct Config {
     pub shutdown_drain_seconds: u64,
 }
 
+/// The largest record the gateway's Kafka producer sends (librdkafka's
+/// `message.max.bytes`, set explicitly, and just under Kafka's default
+/// broker limit of 1 MiB): a bigger one is refused by Kafka every time.
+pub const KAFKA_MAX_RECORD_BYTES: usize = 1_000_000;
+/// What a telemetry record adds around a message's payload (ids, times,
+/// names), with room to spare.
+pub const KAFKA_RECORD_OVERHEAD: usize = 4096;
+
 impl Config {
+    /// The size limit the checks apply: `maxMessageBytes`, capped with a
+    /// Kafka sink so that every message accepted fits in a record Kafka
+    /// takes (a larger limit would let one message be retried forever and
+    /// hold back every device behind it).
+    pub fn message_limit(&self) -> usize {
+        match &self.kafka_topic {
+            Some(_) => self
+                .max_message_bytes
+                .min(KAFKA_MAX_RECORD_BYTES - KAFKA_RECORD_OVERHEAD),
+            None => self.max_message_bytes,
+        }
+    }
+
     pub fn client_id(&self) -> String {
         self.mqtt_client_id
             .clone()
@@ -115,5 +136,36 @@ impl Config {
     /// the MQTT client dropping the whole connection.
     pub fn mqtt_max_packet(&self) -> usize {
         2 * self.max_message_bytes + 8192
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[&str]) -> Config {
+        let base = [
+            "gateway",
+            "--gateway=gw",
+            "--namespace=ns",
+            "--mqtt-ca-file=/ca",
+            "--mqtt-cert-file=/c",
+            "--mqtt-key-file=/k",
+            "--command-tls-cert-file=/c",
+            "--command-tls-key-file=/k",
+            "--command-api-key=x",
+        ];
+        Config::try_parse_from(base.iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn with_kafka_the_message_limit_fits_a_record() {
+        let big = "--max-message-bytes=16777216";
+        let kafka = ["--kafka-brokers=k:9092", "--kafka-topic=t"];
+        assert_eq!(config(&[big]).message_limit(), 16_777_216, "no Kafka: as given");
+        let capped = config(&[&[big][..], &kafka[..]].concat()).message_limit();
+        assert_eq!(capped, KAFKA_MAX_RECORD_BYTES - KAFKA_RECORD_OVERHEAD);
+        let small = config(&[&["--max-message-bytes=65536"][..], &kafka[..]].concat());
+        assert_eq!(small.message_limit(), 65536, "a smaller limit stays");
     }
 }

@@ -23,7 +23,10 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 // A message is retried, with the shared backoff, until its sinks take it
 // (it stays unacknowledged meanwhile, so the broker keeps it and, once its
 // window of unacknowledged messages is full, holds back the rest): a sink
-// outage delays messages, it does not lose them.
+// outage delays messages, it does not lose them. A sink's final answer
+// about one message (the backend's 4xx, Kafka refusing the record) ends
+// its retries: it is audited as `forward_failed` and acknowledged, so it
+// cannot hold back the messages behind it.
 
 #[derive(thiserror::Error, Debug)]
 pub enum ForwardError {
@@ -33,6 +36,20 @@ pub enum ForwardError {
     BackendStatus(u16),
     #[error("kafka client: {0}")]
     KafkaClient(#[from] rdkafka::error::KafkaError),
+    /// Kafka's answer about this record (too large, invalid): asking again
+    /// gets the same answer.
+    #[error("kafka refused the record: {0}")]
+    KafkaRefused(rdkafka::error::KafkaError),
+}
+
+/// Whether Kafka refused this record for what it is, so that a retry
+/// cannot succeed (unlike an outage, a leader change or a full queue).
+pub fn refused_for_good(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge | Code::InvalidRecord)
+    )
 }
 
 pub struct Sinks {
@@ -114,6 +131,10 @@ impl Sinks {
                         .observe(received.elapsed().as_secs_f64());
                     return Ok(());
                 }
+                Err((e, _)) if refused_for_good(&e) => {
+                    self.metrics.kafka_errors.inc();
+                    return Err(ForwardError::KafkaRefused(e));
+                }
                 Err((e, _)) => {
                     self.metrics.kafka_errors.inc();
                     // One line per retry of one message, the waits doubling:
@@ -191,5 +212,49 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, ForwardError> {
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "60000")
+        .set("message.max.bytes", crate::config::KAFKA_MAX_RECORD_BYTES.to_string())
         .create()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_record_is_final_and_an_outage_is_not() {
+        for code in [RDKafkaErrorCode::MessageSizeTooLarge, RDKafkaErrorCode::InvalidRecord] {
+            assert!(refused_for_good(&KafkaError::MessageProduction(code)));
+        }
+        for code in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert!(!refused_for_good(&KafkaError::MessageProduction(code)));
+        }
+    }
+
+    /// The producer as the gateway makes it, against the dev Kafka: a
+    /// record over its limit is refused, and refused for good (so the
+    /// gateway acknowledges it instead of retrying forever).
+    #[tokio::test]
+    async fn kafka_refuses_a_record_over_the_limit_for_good() {
+        let brokers = fleetward_testkit::env("KAFKA_BROKERS");
+        let producer = producer(&brokers).unwrap();
+        let body = vec![b'x'; crate::config::KAFKA_MAX_RECORD_BYTES + 1];
+        let res = producer
+            .send(
+                FutureRecord::to("fleetward-gateway-oversize-test")
+                    .key("d")
+                    .payload(&body),
+                Duration::from_secs(10),
+            )
+            .await;
+        let (e, _) = res.expect_err("an oversized record is refused");
+        assert!(refused_for_good(&e), "{e}");
+    }
 }

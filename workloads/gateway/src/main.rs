@@ -41,10 +41,17 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let metrics = Arc::new(Metrics::default());
+    if cfg.message_limit() < cfg.max_message_bytes {
+        tracing::warn!(
+            max_message_bytes = cfg.max_message_bytes,
+            limit = cfg.message_limit(),
+            "maxMessageBytes is more than a Kafka record can hold; larger messages are refused as oversize"
+        );
+    }
     let limits = Limits {
         window_secs: cfg.timestamp_window_seconds,
         max_queue_secs: cfg.max_queue_seconds,
-        max_message_bytes: cfg.max_message_bytes,
+        max_message_bytes: cfg.message_limit(),
         rate_per_second: cfg.rate_per_second,
         burst: cfg.rate_burst,
     };

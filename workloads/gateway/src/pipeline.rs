@@ -92,8 +92,9 @@ impl Pipeline {
                         let (forwarded, ()) = tokio::join!(sinks.forward(&msg, received), durable);
                         match forwarded {
                             Ok(()) => metrics.messages.with_label_values(&["accepted", "ok"]).inc(),
-                            // Only a final answer ends here (the backend's 4xx):
-                            // failures that may pass are retried inside forward.
+                            // Only a final answer ends here (the backend's 4xx,
+                            // Kafka refusing the record): failures that may
+                            // pass are retried inside forward.
                             Err(e) => {
                                 metrics.messages.with_label_values(&["forward_failed", "sink"]).inc();
                                 audit.record(
