@@ -111,7 +111,7 @@ stack_summary() {
   cat <<EOF
   stack           helm release $STACK_RELEASE in namespace $STACK_NS (kubectl -n $STACK_NS get pods)
   MQTT broker     localhost:$MQTT_PORT (mTLS, Gateway $STACK_NS/edge, via kubectl port-forward)
-  command API     https://localhost:$COMMAND_PORT/command/<device> (bearer key: Secret edge-command-api)
+  command API     https://localhost:$COMMAND_PORT/command/<device> (bearer key: Secret edge-command-api; edge-command-meter sends read_meter to meters only)
   Prometheus      http://${prom:-?}:9090 (the host routes Service addresses to the node)
 EOF
 }

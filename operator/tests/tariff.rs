@@ -145,7 +145,7 @@ async fn billing_workload_and_status() {
     assert_eq!(secret_ref(&vars, "DATABASE_URL"), ("billing-db".into(), "url".into()));
     assert_eq!(
         secret_ref(&vars, "GATEWAY_API_KEY"),
-        ("edge-command-api".into(), "api-key".into())
+        ("edge-command-meter".into(), "api-key".into())
     );
     assert_eq!(
         secret_ref(&vars, "BILLING_API_KEY"),

@@ -59,6 +59,12 @@ pub fn command_secret_name(gateway: &str) -> String {
     format!("{gateway}-command-api")
 }
 /// The ClusterIP Service of the command API and metrics.
+/// The meter key: the command API admits it only for `read_meter` to
+/// electricity meters; the Tariffs' billing workloads hold it.
+pub fn meter_key_secret_name(gateway: &str) -> String {
+    format!("{gateway}-command-meter")
+}
+
 pub fn api_service_name(gateway: &str) -> String {
     format!("{gateway}-api")
 }
@@ -268,6 +274,7 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         broker_cert,
         client_cert,
         command_key: stores.secret(ns, &command_secret_name(&name)).is_some(),
+        meter_key: stores.secret(ns, &meter_key_secret_name(&name)).is_some(),
         crl,
         revoked_by_devices,
         last_crl_number: stores.last_crl_number(ns, &name),
@@ -328,15 +335,20 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         let written = apply(&secrets, &leaf.secret, &secret, known.as_deref()).await?;
         ctx.stores.wrote_secret(written);
     }
-    if let Some(key) = plan.command_key.take() {
+    let keys = [
+        (command_secret_name(&name), plan.command_key.take()),
+        (meter_key_secret_name(&name), plan.meter_key.take()),
+    ];
+    for (secret_name, key) in keys {
+        let Some(key) = key else { continue };
         let secret = Secret {
-            metadata: child_meta(gw, command_secret_name(&name))?,
+            metadata: child_meta(gw, secret_name.clone())?,
             string_data: Some([("api-key".to_string(), key)].into()),
             ..Default::default()
         };
-        // The key is never replaced, but neither is a Secret someone else
+        // A key is never replaced, but neither is a Secret someone else
         // made under its name used as one.
-        if let Some(created) = create_once(&secrets, &command_secret_name(&name), &secret).await? {
+        if let Some(created) = create_once(&secrets, &secret_name, &secret).await? {
             ctx.stores.wrote_secret(created);
         }
     }

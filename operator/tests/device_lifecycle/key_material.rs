@@ -35,6 +35,7 @@ async fn secrets_stay_out_of_status_events_and_logs() {
     }
     secrets.push(ns.secret_value("gw-ca", "tls.key").await);
     secrets.push(ns.secret_value("gw-command-api", "api-key").await);
+    secrets.push(ns.secret_value("gw-command-meter", "api-key").await);
     let device = serde_json::to_string(&api.get("d1").await.unwrap()).unwrap();
     let gw = serde_json::to_string(&ns.api::<Gateway>().get("gw").await.unwrap()).unwrap();
     let events = serde_json::to_string(&ns.api::<Event>().list(&ListParams::default()).await.unwrap()).unwrap();
@@ -128,6 +129,7 @@ async fn the_gateway_account_reads_its_devices_keys_and_no_other_secret() {
         "d1-credentials".to_string(),
         "gw-ca".into(),
         "gw-command-api".into(),
+        "gw-command-meter".into(),
         "gw2-ca".into(),
         keys_secret_name("gw2", keys_shard("other")),
     ] {

@@ -151,3 +151,83 @@ async fn commands_are_signed_verified_and_need_the_key() {
     );
     h.ns.cleanup().await;
 }
+
+/// The attack of a compromised billing pod: with the meter key it holds
+/// (the Gateway's `gw-command-meter`), try to unlock a smart lock, to send
+/// read_meter to the lock, and to smuggle another action past the check
+/// (a second `action`, an extra field). Each is 403 `out_of_scope`,
+/// audited, and nothing reaches the lock; read_meter to a meter goes
+/// through, and the command key still unlocks.
+#[tokio::test]
+async fn the_meter_key_cannot_unlock_a_lock() {
+    let h = Harness::start(Setup {
+        prefix: "gw-cmd-scope",
+        devices: &[("lock-1", "smartLock", ""), ("meter-1", "electricityMeter", "")],
+        security: "",
+        backend: true,
+    })
+    .await;
+    let (_lock, mut lock_events) = h.device("lock-1").await;
+    let (_meter, mut meter_events) = h.device("meter-1").await;
+    let (http, command_key) = h.command_client().await;
+    let meter_key = h.ns.secret_value("gw-command-meter", "api-key").await;
+    assert_ne!(meter_key, command_key);
+    let send = |device: &str, key: &str, body: &str| {
+        http.post(format!("{}/command/{device}", h.gateway.api_url))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    for (device, body) in [
+        ("lock-1", r#"{"action": "unlock"}"#),
+        ("lock-1", r#"{"action": "read_meter", "period": "2026-11"}"#),
+        ("meter-1", r#"{"action": "read_meter", "action": "unlock"}"#),
+        ("meter-1", r#"{"action": "read_meter", "relay": "off"}"#),
+        ("meter-1", r#"{"action": "disconnect_supply"}"#),
+    ] {
+        let r = send(device, &meter_key, body).await.unwrap();
+        assert_eq!(r.status(), 403, "{device} {body}");
+    }
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(quiet_until, lock_events.recv()).await {
+        assert!(
+            !matches!(ev, DeviceEvent::Command { .. }),
+            "a refused call reached the lock"
+        );
+    }
+    h.audit_has("out of scope audited", |r| {
+        r.0 == "command_refused" && r.1.as_deref() == Some("out_of_scope") && r.2.as_deref() == Some("lock-1")
+    })
+    .await;
+
+    // What the key is for: read_meter to a meter, exactly as checked.
+    let ok = send(
+        "meter-1",
+        &meter_key,
+        r#"{"action": "read_meter", "period": "2026-11"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, meter_events.recv()).await {
+            Ok(Some(DeviceEvent::Command { payload, verdict, .. })) => {
+                assert_eq!(verdict, Ok(()));
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&payload).unwrap(),
+                    json!({"action": "read_meter", "period": "2026-11"})
+                );
+                break;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("read_meter did not arrive"),
+        }
+    }
+    // The command key is not limited.
+    let unlock = send("lock-1", &command_key, r#"{"action": "unlock"}"#).await.unwrap();
+    assert_eq!(unlock.status(), 202);
+    assert!(!h.gateway.log_text().contains(&meter_key), "meter key in the log");
+    h.ns.cleanup().await;
+}

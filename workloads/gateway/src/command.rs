@@ -2,6 +2,12 @@
 //! `Authorization: Bearer <key>`. The body (a JSON object) becomes the
 //! payload of a command signed with the device's HMAC secret and published
 //! to `device/{id}/command`.
+//!
+//! Two keys: the command key, for any command to any device, and the meter
+//! key (`COMMAND_METER_KEY`), which the billing workloads hold: admitted
+//! only for `{"action": "read_meter", "period": …}` sent to an electricity
+//! meter, so a billing pod cannot unlock a lock. Anything else with it is
+//! 403 `out_of_scope`, audited.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +20,8 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use fleetward_protocol::{Command, RawValue, command_topic, new_message_id};
+use fleetward_protocol::category::READ_METER;
+use fleetward_protocol::{Category, Command, RawValue, command_topic, new_message_id};
 use fleetward_service::bearer::{self, BearerKey};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
@@ -70,9 +77,48 @@ impl Failures {
     }
 }
 
+/// What a caller's key allows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scope {
+    /// The command key: any command to any device.
+    Any,
+    /// The meter key: `read_meter` to electricity meters only.
+    ReadMeter,
+}
+
+/// The one command the meter key may send: exactly these fields, each
+/// once (a body with `action` twice, or any other field, is refused, so
+/// what the device reads is what was checked).
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ReadMeter {
+    action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    period: Option<String>,
+}
+
+/// The payload a meter-key caller may send to a device of `category`: the
+/// read_meter command re-written from what was checked, or why not.
+fn meter_command(category: Category, body: &str) -> Result<Box<RawValue>, &'static str> {
+    if category != Category::ElectricityMeter {
+        return Err("this key may only send read_meter to electricity meters");
+    }
+    if !body.trim_start().starts_with('{') {
+        return Err("the body must be a JSON object");
+    }
+    let cmd: ReadMeter =
+        serde_json::from_str(body).map_err(|_| "this key may only send {\"action\": \"read_meter\", \"period\": …}")?;
+    if cmd.action != READ_METER {
+        return Err("this key may only send read_meter");
+    }
+    let text = serde_json::to_string(&cmd).expect("a struct of strings serializes");
+    Ok(RawValue::from_string(text).expect("serialized JSON"))
+}
+
 #[derive(Clone)]
 pub struct ApiState {
     key: BearerKey,
+    meter_key: Option<BearerKey>,
     registry: Arc<Registry>,
     mqtt: AsyncClient,
     audit: Audit,
@@ -81,9 +127,17 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(api_key: &str, registry: Arc<Registry>, mqtt: AsyncClient, audit: Audit, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        api_key: &str,
+        meter_key: Option<&str>,
+        registry: Arc<Registry>,
+        mqtt: AsyncClient,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             key: BearerKey::new(api_key),
+            meter_key: meter_key.map(BearerKey::new),
             registry,
             mqtt,
             audit,
@@ -121,7 +175,14 @@ async fn send_command(
             .insert(header::RETRY_AFTER, "1".parse().expect("static header"));
         return r;
     }
-    if !st.key.admits(&headers) {
+    let scope = if st.key.admits(&headers) {
+        Some(Scope::Any)
+    } else if st.meter_key.as_ref().is_some_and(|k| k.admits(&headers)) {
+        Some(Scope::ReadMeter)
+    } else {
+        None
+    };
+    let Some(scope) = scope else {
         st.failures.failed(peer.ip());
         st.metrics.commands.with_label_values(&["unauthorized"]).inc();
         let shown: String = device_id.chars().take(AUDIT_ID_CHARS).collect();
@@ -131,7 +192,7 @@ async fn send_command(
                 .detail(format!("from {}", peer.ip())),
         );
         return bearer::refusal();
-    }
+    };
     let refuse = |status: StatusCode, reason: &str, msg: &str| {
         st.metrics.commands.with_label_values(&[reason]).inc();
         st.audit
@@ -147,9 +208,15 @@ async fn send_command(
     let Ok(text) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "bad_body", "body must be a JSON object");
     };
-    let payload = match RawValue::from_string(text.trim().to_string()) {
-        Ok(p) if p.get().starts_with('{') => p,
-        _ => return refuse(StatusCode::BAD_REQUEST, "bad_body", "body must be a JSON object"),
+    let payload = match scope {
+        Scope::Any => match RawValue::from_string(text.trim().to_string()) {
+            Ok(p) if p.get().starts_with('{') => p,
+            _ => return refuse(StatusCode::BAD_REQUEST, "bad_body", "body must be a JSON object"),
+        },
+        Scope::ReadMeter => match meter_command(entry.category, text) {
+            Ok(p) => p,
+            Err(why) => return refuse(StatusCode::FORBIDDEN, "out_of_scope", why),
+        },
     };
     let message_id = new_message_id();
     let cmd = Command::sign(
@@ -191,4 +258,30 @@ pub async fn serve(
     axum_server::bind_rustls(addr, tls)
         .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meter_key_sends_read_meter_to_meters_and_nothing_else() {
+        let ok = meter_command(
+            Category::ElectricityMeter,
+            r#"{"action": "read_meter", "period": "2026-11"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.get(), r#"{"action":"read_meter","period":"2026-11"}"#);
+        assert!(meter_command(Category::ElectricityMeter, r#"{"action":"read_meter"}"#).is_ok());
+        for refused in [
+            r#"{"action": "unlock"}"#,
+            r#"{"action": "read_meter", "action": "unlock"}"#,
+            r#"{"action": "read_meter", "then": "unlock"}"#,
+            r#"["read_meter"]"#,
+            "",
+        ] {
+            assert!(meter_command(Category::ElectricityMeter, refused).is_err(), "{refused}");
+        }
+        assert!(meter_command(Category::SmartLock, r#"{"action": "read_meter"}"#).is_err());
+    }
 }

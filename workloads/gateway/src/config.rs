@@ -70,6 +70,10 @@ pub struct Config {
     /// Bearer key callers of the command API must present.
     #[arg(long, env = "COMMAND_API_KEY", hide_env_values = true)]
     pub command_api_key: String,
+    /// A second, scoped key: admitted only for `read_meter` sent to an
+    /// electricity meter (the one the billing workloads hold).
+    #[arg(long, env = "COMMAND_METER_KEY", hide_env_values = true)]
+    pub command_meter_key: Option<String>,
 
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,

@@ -36,6 +36,13 @@ async fn main() -> anyhow::Result<()> {
         fleetward_gateway::command::MIN_KEY_LEN
     );
     anyhow::ensure!(
+        cfg.command_meter_key
+            .as_ref()
+            .is_none_or(|k| k.trim().len() >= fleetward_gateway::command::MIN_KEY_LEN),
+        "COMMAND_METER_KEY is shorter than {} characters",
+        fleetward_gateway::command::MIN_KEY_LEN
+    );
+    anyhow::ensure!(
         cfg.kafka_brokers.is_some() == cfg.kafka_topic.is_some(),
         "KAFKA_BROKERS and KAFKA_TOPIC go together"
     );
@@ -126,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let api_addr: SocketAddr = format!("{}:{}", cfg.command_api_bind, cfg.command_api_port).parse()?;
     let api = ApiState::new(
         &cfg.command_api_key,
+        cfg.command_meter_key.as_deref(),
         registry.clone(),
         client.clone(),
         audit.clone(),

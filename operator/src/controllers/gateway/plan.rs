@@ -47,6 +47,8 @@ pub struct Observed {
     pub client_cert: Option<String>,
     /// The generated command API key Secret exists.
     pub command_key: bool,
+    /// The meter key Secret exists.
+    pub meter_key: bool,
     pub crl: Option<CrlState>,
     /// When the CRL is missing although the Gateway had one (its status
     /// has a CRL number): the revocations its Devices' status remember.
@@ -131,6 +133,8 @@ pub struct Plan {
     pub leaves: Vec<LeafWrite>,
     /// A generated command API key to store.
     pub command_key: Option<String>,
+    /// A generated meter key (`read_meter` to meters only) to store.
+    pub meter_key: Option<String>,
     pub crl: CrlStep,
     /// The entries of a rebuilt CRL.
     pub rebuilt: Vec<Revocation>,
@@ -183,6 +187,7 @@ impl Plan {
             create_ca: false,
             leaves: Vec::new(),
             command_key: None,
+            meter_key: None,
             crl: CrlStep::Keep,
             rebuilt: Vec::new(),
             mosquitto_conf: String::new(),
@@ -283,6 +288,8 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     }
 
     let command_key = (gw.spec.command_api.api_key_secret_ref.is_none() && !obs.command_key).then(|| mint.api_key());
+    // Made whoever brings the command key: billing never holds that one.
+    let meter_key = (!obs.meter_key).then(|| mint.api_key());
 
     // The CRL as it will be once the step is applied.
     let previous_number = status.crl_number.map(|n| n as u64).max(obs.last_crl_number);
@@ -353,6 +360,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         create_ca,
         leaves,
         command_key,
+        meter_key,
         rebuilt: if crl_step == CrlStep::Rebuild {
             crl.entries.clone()
         } else {

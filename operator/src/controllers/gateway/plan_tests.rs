@@ -59,6 +59,7 @@ fn settled(first: &Plan, crl: CrlState) -> Observed {
         broker_cert: cert("-broker-tls"),
         client_cert: cert("-gateway-client"),
         command_key: true,
+        meter_key: true,
         crl: Some(crl),
         revoked_by_devices: None,
         last_crl_number: None,
@@ -73,6 +74,7 @@ fn new_gateway() -> Observed {
         broker_cert: None,
         client_cert: None,
         command_key: false,
+        meter_key: false,
         crl: None,
         revoked_by_devices: None,
         last_crl_number: None,
@@ -96,7 +98,7 @@ fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
     let mut mint = Counting::default();
     let p = plan(&gw, new_gateway(), now, &mut mint).unwrap();
     assert!(p.create_ca);
-    assert_eq!((mint.cas, mint.leaves, mint.keys), (1, 2, 1));
+    assert_eq!((mint.cas, mint.leaves, mint.keys), (1, 2, 2));
     let secrets: Vec<&str> = p.leaves.iter().map(|l| l.secret.as_str()).collect();
     assert_eq!(secrets, ["gw-broker-tls", "gw-gateway-client"]);
     let broker = pki::inspect(&p.leaves[0].issued.cert_pem).unwrap();
@@ -111,6 +113,7 @@ fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
         &p.ca.as_ref().unwrap().cert_pem
     ));
     assert_eq!(p.command_key.as_deref(), Some("key-1"));
+    assert_eq!(p.meter_key.as_deref(), Some("key-2"), "billing's scoped key");
     assert_eq!(p.crl, CrlStep::Create);
     assert_eq!(p.status.crl_number, Some(1));
     assert_eq!(p.status.revoked_certificates, Some(0));
@@ -282,7 +285,11 @@ fn a_user_supplied_command_key_is_not_generated() {
     let mut mint = Counting::default();
     let p = plan(&gw, new_gateway(), Timestamp::now(), &mut mint).unwrap();
     assert!(p.command_key.is_none());
-    assert_eq!(mint.keys, 0);
+    assert!(
+        p.meter_key.is_some(),
+        "billing's meter key is the operator's in any case"
+    );
+    assert_eq!(mint.keys, 1);
 }
 
 #[test]

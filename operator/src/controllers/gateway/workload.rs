@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use super::{
-    api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name,
+    api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name, meter_key_secret_name,
     mosquitto_configmap_name, workload_name,
 };
 use crate::config::Config;
@@ -102,6 +102,7 @@ pub fn statefulset(
         env("COMMAND_TLS_CERT_FILE", format!("{}/tls.crt", mosquitto::CERTS_DIR)),
         env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),
         env_from_secret("COMMAND_API_KEY", &key_secret, &key_key),
+        env_from_secret("COMMAND_METER_KEY", &meter_key_secret_name(&name), "api-key"),
         env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env("MQTT_CLIENT_ID", mqtt_client_id(gw)),
     ];

@@ -118,6 +118,8 @@ fn the_gateway_environment_carries_every_spec_section() {
         "CRL_CONFIGMAP",
         "RATE_PER_SECOND",
         "COMMAND_API_KEY",
+        "COMMAND_METER_KEY",
+        "RECEIPT_TOKEN_FILE",
         "DATABASE_URL",
         "BACKEND_URL",
         "KAFKA_BROKERS",
@@ -129,6 +131,10 @@ fn the_gateway_environment_carries_every_spec_section() {
     assert_eq!(
         env["COMMAND_API_KEY"]["valueFrom"]["secretKeyRef"]["name"],
         "gw-command-api"
+    );
+    assert_eq!(
+        env["COMMAND_METER_KEY"]["valueFrom"]["secretKeyRef"]["name"],
+        "gw-command-meter"
     );
     assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
     assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 
-use super::workload::{self, CA_CERT_KEY, command_key_ref, gateway_url};
+use super::workload::{self, CA_CERT_KEY, gateway_url, meter_key_ref};
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::config::Config;
@@ -70,11 +70,11 @@ const RESYNC: Duration = Duration::from_secs(3600);
 const MAX_REPORTED: usize = 1024;
 
 /// The Secret keys the billing pod reads that the operator chose (the
-/// gateway's command API key and CA certificate), with what each is for;
+/// gateway's meter key and CA certificate), with what each is for;
 /// the one the spec names is `spec.database.connectionSecretRef`.
 pub fn gateway_secret_refs(gw: &Gateway) -> Vec<(&'static str, SecretKeyRef)> {
     vec![
-        ("the gateway's command API key", command_key_ref(gw)),
+        ("the gateway's meter key", meter_key_ref(gw)),
         (
             "the gateway's CA certificate",
             SecretKeyRef {

@@ -136,7 +136,7 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
     assert_eq!(from_secret(&env, "DATABASE_URL"), ("billing-db".into(), "url".into()));
     assert_eq!(
         from_secret(&env, "GATEWAY_API_KEY"),
-        ("edge-command-api".into(), "api-key".into())
+        ("edge-command-meter".into(), "api-key".into())
     );
     assert_eq!(
         from_secret(&env, "BILLING_API_KEY"),
@@ -186,7 +186,7 @@ fn the_api_key_is_made_once() {
 }
 
 #[test]
-fn a_user_supplied_command_key_and_brokers_are_used() {
+fn billing_holds_the_meter_key_even_when_the_user_brings_the_command_key() {
     let mut obs = settled();
     obs.gateway = Some(gateway(json!({
         "kafka": {"topic": "m", "bootstrapServers": "k1:9092,k2:9092"},
@@ -194,7 +194,11 @@ fn a_user_supplied_command_key_and_brokers_are_used() {
     })));
     let p = run(&tariff(json!({})), obs);
     let env = env_of(p.deployment.as_ref().unwrap());
-    assert_eq!(from_secret(&env, "GATEWAY_API_KEY"), ("mine".into(), "k".into()));
+    assert_eq!(
+        from_secret(&env, "GATEWAY_API_KEY"),
+        ("edge-command-meter".into(), "api-key".into()),
+        "never the command key, which may unlock a lock"
+    );
     assert_eq!(literal(&env, "KAFKA_BROKERS"), "k1:9092,k2:9092");
     assert_eq!(literal(&env, "GATEWAY_URL"), "https://edge-api.town.svc:9443");
 }

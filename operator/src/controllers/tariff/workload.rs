@@ -14,7 +14,7 @@ use kube::api::ObjectMeta;
 use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
 use crate::Result;
 use crate::config::Config;
-use crate::controllers::gateway::{api_service_name, ca_secret_name, command_secret_name};
+use crate::controllers::gateway::{api_service_name, ca_secret_name, meter_key_secret_name};
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::controllers::{METRICS_PORT, data_workload};
 use crate::crd::gateway::KafkaSinkSpec;
@@ -40,17 +40,14 @@ fn selector(tariff: &str) -> BTreeMap<String, String> {
     objects::map(&[("app.kubernetes.io/name", "fleetward-billing"), (LABEL_TARIFF, tariff)])
 }
 
-/// The Secret and key of a gateway's command API key: the one its spec
-/// names, or the one the operator generates for it.
-pub fn command_key_ref(gw: &Gateway) -> SecretKeyRef {
-    gw.spec
-        .command_api
-        .api_key_secret_ref
-        .clone()
-        .unwrap_or_else(|| SecretKeyRef {
-            name: command_secret_name(&gw.name_any()),
-            key: "api-key".into(),
-        })
+/// The Secret and key of a gateway's meter key, the one billing holds:
+/// the command API admits it only for `read_meter` to electricity meters
+/// (never the gateway's command key, which may unlock a lock).
+pub fn meter_key_ref(gw: &Gateway) -> SecretKeyRef {
+    SecretKeyRef {
+        name: meter_key_secret_name(&gw.name_any()),
+        key: "api-key".into(),
+    }
 }
 
 /// Where the billing workload reaches the gateway's command API: its
@@ -153,7 +150,7 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
         .clone()
         .unwrap_or_else(|| config.kafka_bootstrap.clone());
     let db = &spec.database.connection_secret_ref;
-    let command_key = command_key_ref(gw);
+    let command_key = meter_key_ref(gw);
     let vars = vec![
         env("FLEETWARD_NAMESPACE", ns.as_str()),
         env("TARIFF_NAME", name.as_str()),
