@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::conditions::{self, READY};
-use crate::controllers::events::{PlannedEvent, is_news};
+use crate::controllers::events::{PlannedEvent, not_ready};
 use crate::controllers::until;
 use crate::crd::{Gateway, GatewayStatus, SecretKeyRef};
 use crate::crl::CrlState;
@@ -208,14 +208,10 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     let mut events = Vec::new();
 
     if let Some(message) = obs.refused {
-        if is_news(&status.conditions, READY, "SecretNotAllowed") {
-            events.push(PlannedEvent::warning("SecretNotAllowed", "Validate", message.clone()));
-        }
-        conditions::set(
+        not_ready(
             &mut status.conditions,
-            READY,
-            false,
-            "SecretNotAllowed",
+            &mut events,
+            ("SecretNotAllowed", "Validate"),
             message,
             generation,
         );
@@ -234,10 +230,13 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         }
         CaView::Invalid(reason) => {
             let message = format!("CA Secret {} is not usable: {reason}", super::ca_secret_name(&name));
-            if is_news(&status.conditions, READY, "InvalidCA") {
-                events.push(PlannedEvent::warning("InvalidCA", "Validate", message.clone()));
-            }
-            conditions::set(&mut status.conditions, READY, false, "InvalidCA", message, generation);
+            not_ready(
+                &mut status.conditions,
+                &mut events,
+                ("InvalidCA", "Validate"),
+                message,
+                generation,
+            );
             return Ok(Plan::nothing(status, events, INVALID_CA_RETRY));
         }
     };

@@ -14,7 +14,7 @@ use super::{encryptor_deployment, ingestor_deployment};
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::config::Config;
-use crate::controllers::events::{PlannedEvent, is_news};
+use crate::controllers::events::{PlannedEvent, not_ready};
 use crate::controllers::keyring::Outcome;
 use crate::crd::stationfeed::StationFeedStatus;
 use crate::crd::{SecretKeyRef, StationFeed};
@@ -71,15 +71,11 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
                 "Secret {secret_name} does not hold a usable keyring ({reason}); it is left untouched. Restore it, or \
                  delete it to generate a new keyring (rows encrypted with the old keys then stay unreadable)"
             );
-            if is_news(&status.conditions, READY, "InvalidKeyring") {
-                events.push(PlannedEvent::warning("InvalidKeyring", "Validate", message.clone()));
-            }
-            conditions::set(
+            not_ready(
                 &mut status.conditions,
-                READY,
-                false,
-                "InvalidKeyring",
-                &message,
+                &mut events,
+                ("InvalidKeyring", "Validate"),
+                message,
                 generation,
             );
             return Ok(Plan {
@@ -135,15 +131,11 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
         .flatten()
         .map(Time);
     if let Some(message) = obs.refused {
-        if is_news(&status.conditions, READY, "SecretNotAllowed") {
-            events.push(PlannedEvent::warning("SecretNotAllowed", "Validate", message.clone()));
-        }
-        conditions::set(
+        not_ready(
             &mut status.conditions,
-            READY,
-            false,
-            "SecretNotAllowed",
-            &message,
+            &mut events,
+            ("SecretNotAllowed", "Validate"),
+            message,
             generation,
         );
         return Ok(Plan {
