@@ -111,6 +111,31 @@ async fn a_sink_outage_delays_messages_and_loses_none() {
     h.ns.cleanup().await;
 }
 
+/// A QoS 1 will on `device`'s data topic carrying `message` and a
+/// broker receipt stamp the device wrote itself, of Unix second `stamp`.
+fn will_with_forged_stamp(device: &str, message: String, stamp: i64) -> rumqttc::v5::mqttbytes::v5::LastWill {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    LastWill::new(
+        fleetward_protocol::data_topic(device),
+        message,
+        QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![(
+                fleetward_protocol::broker::RECEIVED_PROPERTY.into(),
+                (stamp * 1000).to_string(),
+            )],
+        }),
+    )
+}
+
 /// Messages that wait at the broker while the gateway is away are judged by
 /// when the broker received them, not refused as stale when it comes back;
 /// a device cannot make an old message look freshly received (neither with
@@ -119,7 +144,7 @@ async fn a_sink_outage_delays_messages_and_loses_none() {
 #[tokio::test]
 async fn messages_queued_during_an_outage_are_judged_at_the_brokers_receipt() {
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, PublishProperties};
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
     const WINDOW: i64 = 2;
     const MAX_QUEUE: u64 = 20;
     let mut h = Harness::start(Setup {
@@ -181,21 +206,7 @@ async fn messages_queued_during_an_outage_are_judged_at_the_brokers_receipt() {
     // And as a will, which the broker cannot stamp: a fresh signed message
     // with the forged stamp, sent when the connection drops.
     let will_msg = sign(chrono::Utc::now().timestamp());
-    let will = LastWill::new(
-        fleetward_protocol::data_topic("q2"),
-        will_msg.to_json(),
-        QoS::AtLeastOnce,
-        false,
-        Some(LastWillProperties {
-            delay_interval: None,
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: forged_stamp(now).user_properties,
-        }),
-    );
+    let will = will_with_forged_stamp("q2", will_msg.to_json(), now);
     let (v5, v5_task) = raw_client_v5(&h, "q2", Some(will)).await;
     v5_task.abort();
     drop(v5);
@@ -257,8 +268,6 @@ async fn messages_queued_during_an_outage_are_judged_at_the_brokers_receipt() {
 /// passed as a message that waited 15 s in the queue).
 #[tokio::test]
 async fn a_will_sent_on_session_takeover_cannot_backdate_a_message() {
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
     const WINDOW: i64 = 2;
     let h = Harness::start(Setup {
         prefix: "gw-will-takeover",
@@ -278,24 +287,7 @@ async fn a_will_sent_on_session_takeover_cannot_backdate_a_message() {
         &fleetward_protocol::new_message_id(),
         fleetward_protocol::raw(&fleetward_protocol::Category::WeatherStation.sample(&mut Default::default())),
     );
-    let will = LastWill::new(
-        fleetward_protocol::data_topic("w1"),
-        backdated.to_json(),
-        QoS::AtLeastOnce,
-        false,
-        Some(LastWillProperties {
-            delay_interval: None,
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![(
-                fleetward_protocol::broker::RECEIVED_PROPERTY.into(),
-                (signed_at * 1000).to_string(),
-            )],
-        }),
-    );
+    let will = will_with_forged_stamp("w1", backdated.to_json(), signed_at);
     let (first, first_task) = raw_client_v5(&h, "w1", Some(will)).await;
     // The same certificate again: the broker takes the session over and
     // sends the first connection's will.
