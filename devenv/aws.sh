@@ -56,8 +56,11 @@ DEFAULT_REGION=eu-west-1
 TF_DIR=terraform
 RELEASE=fleetward
 NAMESPACE=${FLEETWARD_AWS_NAMESPACE:-fleetward}
-# The chart's own name for the database Secret, which examples/ reference.
+# The chart's name for the admin's database Secret (the RDS master user):
+# the Job that makes the per-workload roles runs as it.
 DB_SECRET=$RELEASE-database
+# Where the chart's per-workload roles reach it (set by database_secret).
+DB_HOST="" DB_PORT="" DB_NAME=""
 PLATFORM=${FLEETWARD_AWS_PLATFORM:-linux/amd64}
 # Image name -> ECR repository key (terraform output ecr_repository_urls);
 # the Rust images are targets of ./Dockerfile, Mosquitto has its own.
@@ -333,6 +336,8 @@ database_secret() {
   [ "$PLAN" = 1 ] || host=${host%%:*}
   port=$(tf_output db_port)
   db=$(tf_output db_name)
+  # The chart's per-workload roles reach the same server (install_chart).
+  DB_HOST=$host DB_PORT=$port DB_NAME=$db
   run kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml '|' kubectl apply -f -
   HINT="could not make the database Secret from $secret (its JSON needs username and password)" \
     run aws secretsmanager get-secret-value --region "$REGION" --secret-id "$secret" \
@@ -351,6 +356,8 @@ install_chart() {
   done
   run helm upgrade --install "$RELEASE" helm/fleetward --namespace "$NAMESPACE" --create-namespace \
     --set postgresql.enabled=false --set "database.existingSecret=$DB_SECRET" \
+    --set "database.roles.host=$DB_HOST" --set "database.roles.port=$DB_PORT" \
+    --set "database.roles.database=$DB_NAME" --set database.roles.sslmode=require \
     "${args[@]}" \
     --set-string "operator.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=$role" \
     --set "operator.aws.region=$REGION" \

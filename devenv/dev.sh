@@ -222,10 +222,22 @@ start_postgres() {
     as_pg "$bin/initdb" -D "$data" -U "$PG_USER" --pwfile="$pw" --auth=scram-sha-256 -E UTF8 >/dev/null
     rm -f "$pw"
   fi
+  # TLS as in the chart's PostgreSQL (clients' default sslmode=prefer uses
+  # it; sslmode=disable in a URL measures without it): a self-signed
+  # certificate for 127.0.0.1, made once.
+  local tls=$STATE/postgres/tls
+  if [ ! -f "$tls/server.key" ]; then
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=127.0.0.1 \
+      -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+      -keyout "$tls/server.key" -out "$tls/server.crt" >/dev/null 2>&1 || die "openssl could not make PostgreSQL's certificate"
+    chmod 600 "$tls/server.key"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$tls"
+  fi
   if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT (TLS)"
     as_pg "$bin/pg_ctl" -D "$data" -l "$STATE/postgres/postgres.log" -w start \
-      -o "-p $PG_PORT -k $sock -c listen_addresses=127.0.0.1 -c fsync=on" >/dev/null
+      -o "-p $PG_PORT -k $sock -c listen_addresses=127.0.0.1 -c fsync=on -c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key" >/dev/null
   fi
   head -1 "$data/postmaster.pid" >"$STATE/pids/postgres"
   wait_for 30 PostgreSQL port_open "$PG_PORT"

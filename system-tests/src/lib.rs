@@ -144,6 +144,28 @@ pub fn psql(namespace: &str, release: &str, sql: &str) -> String {
     ])
 }
 
+/// `psql` in the release's PostgreSQL pod as a client from outside it
+/// would connect: to the Service, with the connection URL `url` (given on
+/// stdin, so its password is in no argument). Returns (success, output).
+pub fn psql_with_url(namespace: &str, release: &str, url: &str, sql: &str) -> (bool, String) {
+    let mut cmd = Command::new(fleetward_testkit::kubectl());
+    cmd.args([
+        "-n",
+        namespace,
+        "exec",
+        "-i",
+        &format!("statefulset/{release}-postgresql"),
+        "--",
+        "sh",
+        "-c",
+        r#"read -r url; exec psql "$url" -v ON_ERROR_STOP=1 -tAc "$1""#,
+        "psql",
+        sql,
+    ]);
+    let (ok, out, err) = run(cmd, Some(&format!("{url}\n")));
+    (ok, out + &err)
+}
+
 /// Prometheus's HTTP API through its Service address (the host routes the
 /// Service range to the node). Returns the parsed JSON answer.
 pub fn prometheus(base: &str, path: &str, query: Option<&str>) -> serde_json::Value {

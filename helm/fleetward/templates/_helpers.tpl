@@ -48,6 +48,34 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 {{- end }}
 
+{{/* The in-cluster PostgreSQL's TLS material as JSON {ca, crt, key}: a CA
+     of the release's own and the server's certificate for its Service
+     names, kept across upgrades. Made once per render (postgresql.yaml
+     and database-roles.yaml must agree on the CA). */}}
+{{- define "fleetward.postgresqlTLS" -}}
+{{- if not (hasKey .Values "__postgresqlTLS") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-postgresql-tls" .Release.Name) }}
+{{- $tls := dict }}
+{{- if and $existing $existing.data (index $existing.data "tls.key") }}
+{{- $tls = dict "ca" (index $existing.data "ca.crt" | b64dec) "crt" (index $existing.data "tls.crt" | b64dec) "key" (index $existing.data "tls.key" | b64dec) }}
+{{- else }}
+{{- $ca := genCA (printf "%s-postgresql-ca" .Release.Name) 3650 }}
+{{- $svc := printf "%s-postgresql" .Release.Name }}
+{{- $dns := list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
+{{- $cert := genSignedCert $svc nil $dns 3650 $ca }}
+{{- $tls = dict "ca" $ca.Cert "crt" $cert.Cert "key" $cert.Key }}
+{{- end }}
+{{- $_ := set .Values "__postgresqlTLS" $tls }}
+{{- end }}
+{{- index .Values "__postgresqlTLS" | toJson }}
+{{- end }}
+
+{{/* Where the operator mounts a database Secret's ca.crt in a workload
+     (operator: controllers/objects.rs DATABASE_CA_DIR). */}}
+{{- define "fleetward.databaseCAFile" -}}
+/var/run/fleetward/database/ca.crt
+{{- end }}
+
 {{- define "fleetward.kafkaBootstrap" -}}
 {{- if .Values.kafka.enabled -}}
 {{ .Release.Name }}-kafka.{{ .Release.Namespace }}.svc.cluster.local:9092

@@ -179,13 +179,14 @@ pub fn encryptor(
     e: EncryptorSpec<'_>,
 ) -> Deployment {
     use objects::env;
+    let database = objects::database(&e.database.name, &e.database.key);
     let mut vars = vec![
         env("RECORD_KIND", e.kind),
         env("KAFKA_BROKERS", e.brokers),
         env("KAFKA_TOPIC", e.topic),
         env("KAFKA_GROUP_ID", e.group),
         env("DEAD_LETTER_TOPIC", e.dead_letter_topic),
-        objects::env_from_secret("DATABASE_URL", &e.database.name, &e.database.key),
+        database.env,
         env("TABLE", e.table),
         env(
             "KEYRING_FILE",
@@ -196,7 +197,10 @@ pub fn encryptor(
         env("LOG_JSON", "true"),
     ];
     vars.extend(e.extra_env);
-    let mounts = vec![objects::mount("keyring", KEYRING_DIR, true)];
-    let volumes = vec![objects::secret_volume("keyring", &e.keyring_secret, Some(0o440))];
+    let mounts = vec![objects::mount("keyring", KEYRING_DIR, true), database.mount];
+    let volumes = vec![
+        objects::secret_volume("keyring", &e.keyring_secret, Some(0o440)),
+        database.volume,
+    ];
     data_workload(metadata, selector, app, image, vars, mounts, volumes)
 }

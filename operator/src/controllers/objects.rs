@@ -40,6 +40,35 @@ pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+/// Where a workload finds its database server's CA certificate: the
+/// `ca.crt` of its database Secret, when the Secret has one. The chart's
+/// per-workload Secrets do, and their URLs say
+/// `sslmode=verify-full&sslrootcert=<this>/ca.crt` (helm/fleetward
+/// `fleetward.databaseCAFile`).
+pub const DATABASE_CA_DIR: &str = "/var/run/fleetward/database";
+const DATABASE_CA_KEY: &str = "ca.crt";
+
+/// A workload's database: `DATABASE_URL` from the Secret's key, and the
+/// same Secret's `ca.crt` mounted at [`DATABASE_CA_DIR`] (an optional key:
+/// a Secret with a URL only mounts an empty directory).
+pub struct Database {
+    pub env: EnvVar,
+    pub volume: Volume,
+    pub mount: VolumeMount,
+}
+
+pub fn database(secret: &str, key: &str) -> Database {
+    let mut volume = secret_items_volume("database-ca", secret, &[(DATABASE_CA_KEY, DATABASE_CA_KEY)], None);
+    if let Some(s) = volume.secret.as_mut() {
+        s.optional = Some(true);
+    }
+    Database {
+        env: env_from_secret("DATABASE_URL", secret, key),
+        volume,
+        mount: mount("database-ca", DATABASE_CA_DIR, true),
+    }
+}
+
 /// Non-root (`user`), the runtime's default seccomp profile; `fsGroup`
 /// lets that user read mounted Secrets and write volumes.
 pub fn pod_security(user: i64) -> PodSecurityContext {

@@ -64,6 +64,9 @@ pub fn storage_class_is_the_encrypted_gp3_default(command: &str) {
 
 /// `helm template` with the plan's `helm upgrade --install` arguments,
 /// terraform's outputs filled in.
+/// RDS's host in the plan (terraform output db_endpoint).
+const RDS_HOST: &str = "fleetward.c1example.eu-west-1.rds.amazonaws.com";
+
 pub fn chart_accepts_the_plans_values(helm_line: &str) {
     let helm = helm_bin();
     assert!(
@@ -80,7 +83,10 @@ pub fn chart_accepts_the_plans_values(helm_line: &str) {
             // No git on the plan's PATH: the tag's commit is a placeholder too.
             let mut w = w
                 .replace("<operator_role_arn>", role)
-                .replace("<commit>", "0123456789ab");
+                .replace("<commit>", "0123456789ab")
+                .replace("<db_endpoint>", RDS_HOST)
+                .replace("<db_port>", "5432")
+                .replace("<db_name>", "fleetward");
             for image in ["operator", "gateway", "ingestor", "encryptor", "billing", "mosquitto"] {
                 w = w.replace(&format!("<ecr_repository_urls.{image}>"), &format!("{ecr}/{image}"));
             }
@@ -119,9 +125,29 @@ pub fn chart_accepts_the_plans_values(helm_line: &str) {
         !rendered.contains("name: fleetward-postgresql"),
         "no in-cluster PostgreSQL"
     );
+    let secrets: Vec<String> = serde_yaml::Deserializer::from_str(&rendered)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .filter(|doc| doc["kind"] == "Secret")
+        .filter_map(|doc| doc["metadata"]["name"].as_str().map(String::from))
+        .collect();
     assert!(
-        !rendered.contains("name: fleetward-database\n"),
-        "the database Secret is aws-up's, not the chart's"
+        !secrets.iter().any(|s| s == "fleetward-database"),
+        "the database Secret is aws-up's, not the chart's: {secrets:?}"
+    );
+    // Each workload reaches RDS as its own role, over TLS; the roles are
+    // made by the chart's Job as the admin, with aws-up's Secret.
+    for workload in ["gateway", "encryptor", "billing"] {
+        let url = format!("postgres://fleetward_{workload}_app:");
+        let at = format!("@{RDS_HOST}:5432/fleetward?sslmode=require");
+        assert!(
+            rendered.lines().any(|l| l.contains(&url) && l.contains(&at)),
+            "{workload}'s database URL"
+        );
+    }
+    assert!(
+        rendered.contains("name: fleetward-database-roles")
+            && rendered.contains("{name: fleetward-database, key: url}"),
+        "the roles Job, as the admin"
     );
     // Kafka keeps its log on a claim of the default StorageClass (no
     // storageClassName: aws-up's gp3).

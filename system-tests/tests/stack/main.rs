@@ -11,6 +11,9 @@
 //! 4. A forged and a replayed message are refused and audited.
 //! 5. The example residential Tariff: its billing pod bills meter-001 for
 //!    the month on request, reading it through the gateway pod (`billing.rs`).
+//!    Every workload is connected to PostgreSQL as its own role over TLS;
+//!    a plain connection is refused, and billing's role cannot empty the
+//!    gateway's replay window or run a program on the server.
 //! 6. The StationFeed's rows are in PostgreSQL, encrypted; the export CLI
 //!    in the encryptor's image decrypts them.
 //! 7. Prometheus scrapes every workload with non-zero counters, and every
@@ -203,6 +206,9 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
 
     // 5. Billing: meter-001 (DEVICES) has published `per_device` readings.
     billing::bill_the_month(&ns, per_device, &mut figures);
+
+    // 5b. The database: every workload as its own role, over TLS.
+    database_roles_hold(&ns);
 
     // 6. Stations: encrypted rows, decrypted by the export CLI shipped in the
     //    encryptor image, with the keyring the pod mounts.

@@ -185,3 +185,72 @@ pub(crate) fn wait_stored(ns: &str, ids: &BTreeMap<String, f64>, secs: u64) -> B
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// The chart's database roles at work: every session from outside the
+/// database pod is one of the three workload roles (none is the admin) and
+/// encrypted; a plain connection is refused by the server; and with
+/// billing's own credentials, over TLS, the gateway's replay window and the
+/// server's programs are out of reach.
+pub fn database_roles_hold(ns: &str) {
+    let sessions = psql(
+        ns,
+        RELEASE,
+        "SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.client_addr IS NOT NULL AND a.usename IS NOT NULL ORDER BY 1",
+    );
+    let roles: std::collections::BTreeSet<&str> = sessions
+        .lines()
+        .map(|line| {
+            let (user, ssl) = line.split_once('|').unwrap_or((line, ""));
+            assert!(
+                [
+                    "fleetward_gateway_app",
+                    "fleetward_encryptor_app",
+                    "fleetward_billing_app"
+                ]
+                .contains(&user),
+                "a workload connected as {user}, not as its role: {sessions}"
+            );
+            assert_eq!(ssl, "t", "{user} connected without TLS: {sessions}");
+            user
+        })
+        .collect();
+    for role in ["fleetward_gateway_app", "fleetward_encryptor_app"] {
+        assert!(roles.contains(role), "no session of {role}: {sessions}");
+    }
+
+    let url = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "secret",
+        &format!("{RELEASE}-database-billing"),
+        "-o",
+        "go-template={{.data.url | base64decode}}",
+    ]);
+    let verified = "sslmode=verify-full&sslrootcert=/var/run/fleetward/database/ca.crt";
+    assert!(url.ends_with(verified), "billing's URL verifies the server");
+    // In the database pod the CA file is not where the URL says: encrypt
+    // without it (`require`), or not at all.
+    let (ok, out) = psql_with_url(ns, RELEASE, &url.replace(verified, "sslmode=disable"), "SELECT 1");
+    assert!(!ok && out.contains("no encryption"), "a plain connection: {out}");
+    let tls = url.replace(verified, "sslmode=require");
+    let (ok, out) = psql_with_url(ns, RELEASE, &tls, "SELECT current_user");
+    assert!(
+        ok && out.trim() == "fleetward_billing_app",
+        "billing's role over TLS: {out}"
+    );
+    for attack in [
+        "DELETE FROM fleetward_gateway.gateway_replay_batches",
+        "SELECT count(*) FROM fleetward_gateway.gateway_audit",
+        "DELETE FROM public.fleetward_station_tables",
+        "COPY (SELECT 1) TO PROGRAM 'id'",
+    ] {
+        let (ok, out) = psql_with_url(ns, RELEASE, &tls, attack);
+        assert!(
+            !ok && (out.contains("permission denied") || out.contains("must be superuser")),
+            "billing's role: {attack}: {out}"
+        );
+        assert!(!out.contains(url.as_str()), "the URL in psql's output");
+    }
+}

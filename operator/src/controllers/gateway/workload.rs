@@ -120,9 +120,13 @@ pub fn statefulset(
         vars.push(env("MQTT_PORT", "8883"));
         vars.push(env("MQTT_CA_FILE", PUBLIC_ROOTS));
     }
-    if let Some(audit) = &gw.spec.audit {
-        let r = &audit.connection_secret_ref;
-        vars.push(env_from_secret("DATABASE_URL", &r.name, &r.key));
+    let database = gw
+        .spec
+        .audit
+        .as_ref()
+        .map(|a| objects::database(&a.connection_secret_ref.name, &a.connection_secret_ref.key));
+    if let Some(db) = &database {
+        vars.push(db.env.clone());
     }
     if let Some(b) = &gw.spec.backend {
         vars.push(env("BACKEND_URL", b.url.as_str()));
@@ -208,7 +212,6 @@ pub fn statefulset(
         ]),
         ..Default::default()
     };
-    let mut containers = vec![mosquitto, gateway.clone()];
     let mut volumes = vec![
         objects::configmap_volume("config", &mosquitto_configmap_name(&name)),
         objects::configmap_volume("crl", &crl::name(&name)),
@@ -226,9 +229,17 @@ pub fn statefulset(
             mount("client-tls", CLIENT_DIR, true),
             mount("broker-tls", mosquitto::CERTS_DIR, true),
         ]);
-        containers = vec![gateway];
         volumes.retain(|v| v.name == "client-tls" || v.name == "broker-tls");
     }
+    if let Some(db) = database {
+        gateway.volume_mounts.get_or_insert_default().push(db.mount);
+        volumes.push(db.volume);
+    }
+    // On AWS IoT Core the gateway is the pod's only container.
+    let containers = match aws_endpoint {
+        Some(_) => vec![gateway],
+        None => vec![mosquitto, gateway],
+    };
     Ok(StatefulSet {
         metadata: child_meta(gw, workload_name(&name))?,
         spec: Some(StatefulSetSpec {

@@ -50,6 +50,20 @@ fn mounts_and_volumes_match() {
     assert_eq!(by_name("crl")["configMap"]["name"], "gw-crl");
     assert_eq!(by_name("config")["configMap"]["name"], "gw-mosquitto");
     assert_eq!(by_name("data")["persistentVolumeClaim"]["claimName"], "gw-broker-data");
+    // The audit database's CA, from the same Secret as its URL, only the
+    // ca.crt key, optional (a Secret with a URL only still works), and
+    // only in the gateway's container, not the broker's.
+    let db_ca = by_name("database-ca");
+    assert_eq!(db_ca["secret"]["secretName"], "db");
+    assert_eq!(db_ca["secret"]["optional"], true);
+    assert_eq!(db_ca["secret"]["items"], json!([{"key": "ca.crt", "path": "ca.crt"}]));
+    let mounted_in: Vec<&str> = pod
+        .containers
+        .iter()
+        .filter(|c| c.volume_mounts.iter().flatten().any(|m| m.name == "database-ca"))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(mounted_in, ["gateway"]);
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
     assert_eq!(pod.share_process_namespace, Some(true));
     // The broker outlives the gateway's drain on pod deletion.
@@ -88,7 +102,14 @@ fn with_aws_iot_the_gateway_connects_to_the_endpoint_alone() {
     assert_eq!(env["MQTT_CLIENT_ID"].as_deref(), Some("fleetward-gateway-ns-gw"));
     assert!(!env.contains_key("CRL_FILE") && !env.contains_key("CRL_CONFIGMAP"));
     let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
-    assert_eq!(volumes, ["broker-tls", "client-tls"]);
+    assert_eq!(volumes, ["broker-tls", "client-tls", "database-ca"]);
+    let mounts: Vec<String> = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert!(mounts.contains(&objects::DATABASE_CA_DIR.to_string()), "{mounts:?}");
     assert_eq!(pod.share_process_namespace, Some(false));
 }
 

@@ -159,6 +159,17 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
         (mount.name.as_str(), mount.mount_path.as_str(), mount.read_only),
         (vol.name.as_str(), "/etc/fleetward/gateway-ca", Some(true))
     );
+    // The database's CA, from the database Secret when it has one.
+    let db_ca = &pod.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
+    assert_eq!(
+        (db_ca.secret_name.as_deref(), db_ca.optional),
+        (Some("billing-db"), Some(true))
+    );
+    let mount = &c.volume_mounts.as_ref().unwrap()[1];
+    assert_eq!(
+        (mount.name.as_str(), mount.mount_path.as_str()),
+        ("database-ca", "/var/run/fleetward/database")
+    );
 
     // The new API key is in its Secret and nowhere else.
     let s = p.api_secret.as_ref().expect("the API key Secret is made");

@@ -150,11 +150,12 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
         .clone()
         .unwrap_or_else(|| config.kafka_bootstrap.clone());
     let db = &spec.database.connection_secret_ref;
+    let database = objects::database(&db.name, &db.key);
     let command_key = meter_key_ref(gw);
     let vars = vec![
         env("FLEETWARD_NAMESPACE", ns.as_str()),
         env("TARIFF_NAME", name.as_str()),
-        env_from_secret("DATABASE_URL", &db.name, &db.key),
+        database.env,
         env("KAFKA_BROKERS", brokers),
         env("KAFKA_TOPIC", kafka.topic.as_str()),
         env("KAFKA_GROUP_ID", consumer_group(&ns, &name)),
@@ -168,13 +169,16 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
     ];
     // Only the CA certificate: the CA Secret also holds the gateway CA's
     // private key, which signs device certificates.
-    let volumes = vec![objects::secret_items_volume(
-        "gateway-ca",
-        &ca_secret_name(&gw.name_any()),
-        &[(CA_CERT_KEY, CA_FILE)],
-        Some(0o440),
-    )];
-    let mounts = vec![mount("gateway-ca", GATEWAY_CA_DIR, true)];
+    let volumes = vec![
+        objects::secret_items_volume(
+            "gateway-ca",
+            &ca_secret_name(&gw.name_any()),
+            &[(CA_CERT_KEY, CA_FILE)],
+            Some(0o440),
+        ),
+        database.volume,
+    ];
+    let mounts = vec![mount("gateway-ca", GATEWAY_CA_DIR, true), database.mount];
     let mut deployment = data_workload(
         child_meta(tariff, workload_name(&name))?,
         selector(&name),
