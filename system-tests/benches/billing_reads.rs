@@ -53,7 +53,13 @@ async fn main() {
     db::migrator().run(&pool).await.unwrap();
     let metrics = Arc::new(Metrics::default());
     let consumer = ingest::consumer(&env("KAFKA_BROKERS"), &h.topic, &format!("bench-{}", h.ns.name)).unwrap();
-    tokio::spawn(ingest::run(consumer, pool.clone(), h.ns.name.clone(), metrics.clone()));
+    tokio::spawn(ingest::run(
+        consumer,
+        pool.clone(),
+        h.ns.name.clone(),
+        None,
+        metrics.clone(),
+    ));
     let (client, key) = h.command_client().await;
     drop(client);
     let ca = h.ns.secret_value("gw-ca", "tls.crt").await;

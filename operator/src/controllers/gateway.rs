@@ -58,13 +58,20 @@ pub fn client_secret_name(gateway: &str) -> String {
 pub fn command_secret_name(gateway: &str) -> String {
     format!("{gateway}-command-api")
 }
-/// The ClusterIP Service of the command API and metrics.
 /// The meter key: the command API admits it only for `read_meter` to
 /// electricity meters; the Tariffs' billing workloads hold it.
 pub fn meter_key_secret_name(gateway: &str) -> String {
     format!("{gateway}-command-meter")
 }
 
+/// The Gateway's record key: the HMAC key of every Kafka record its gateway
+/// produces, held by the gateway and the consumers of its topic (the
+/// telemetry writer, billing), key `record.key`.
+pub fn record_key_secret_name(gateway: &str) -> String {
+    format!("{gateway}-record-key")
+}
+
+/// The ClusterIP Service of the command API and metrics.
 pub fn api_service_name(gateway: &str) -> String {
     format!("{gateway}-api")
 }
@@ -275,6 +282,7 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         client_cert,
         command_key: stores.secret(ns, &command_secret_name(&name)).is_some(),
         meter_key: stores.secret(ns, &meter_key_secret_name(&name)).is_some(),
+        record_key: stores.secret(ns, &record_key_secret_name(&name)).is_some(),
         crl,
         revoked_by_devices,
         last_crl_number: stores.last_crl_number(ns, &name),
@@ -336,14 +344,19 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         ctx.stores.wrote_secret(written);
     }
     let keys = [
-        (command_secret_name(&name), plan.command_key.take()),
-        (meter_key_secret_name(&name), plan.meter_key.take()),
+        (command_secret_name(&name), "api-key", plan.command_key.take()),
+        (meter_key_secret_name(&name), "api-key", plan.meter_key.take()),
+        (
+            record_key_secret_name(&name),
+            fleetward_protocol::telemetry::RECORD_KEY_SECRET_KEY,
+            plan.record_key.take(),
+        ),
     ];
-    for (secret_name, key) in keys {
+    for (secret_name, data_key, key) in keys {
         let Some(key) = key else { continue };
         let secret = Secret {
             metadata: child_meta(gw, secret_name.clone())?,
-            string_data: Some([("api-key".to_string(), key)].into()),
+            string_data: Some([(data_key.to_string(), key)].into()),
             ..Default::default()
         };
         // A key is never replaced, but neither is a Secret someone else

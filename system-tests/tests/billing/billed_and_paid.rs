@@ -78,6 +78,11 @@ async fn meters_are_read_through_the_gateway_billed_and_paid() {
         readings().await >= 3 * (METERS as i64 + 1)
     })
     .await;
+    // Billing took them because the gateway signed them. A reading put on
+    // the gateway's topic by anything else (here: a pod that reaches Kafka)
+    // is not a reading, whatever it claims: neither unsigned nor signed
+    // with a key of its own.
+    forge_readings_on_the_topic(&h, &billing).await;
     for i in SWITCHED_OFF {
         connected[i].0.stop().await;
     }
@@ -376,4 +381,63 @@ fn screenshot(h: &Harness, html: &str) {
     if let Some(path) = keep {
         std::fs::copy(&png, path).unwrap();
     }
+}
+
+/// Produces two readings of 999,999 kWh for meter-00 straight to the
+/// gateway's topic, one unsigned and one with a MAC under another key, and
+/// shows billing counted both `unsigned` and stored neither.
+async fn forge_readings_on_the_topic(h: &Harness, billing: &crate::Billing) {
+    use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, record_mac};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let record = |id: &str| {
+        format!(
+            r#"{{"device_id":"meter-00","category":"electricityMeter","timestamp":{},"message_id":"{id}",
+               "payload":{{"kwh_total":999999}},"received_at":"{}","gateway":"gw","namespace":"{}"}}"#,
+            chrono::Utc::now().timestamp(),
+            chrono::Utc::now().to_rfc3339(),
+            h.ns.name
+        )
+        .into_bytes()
+    };
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BROKERS"))
+        .create()
+        .unwrap();
+    let unsigned = record("forged-unsigned");
+    let other_key = record("forged-other-key");
+    let mac = record_mac(&[7u8; 32], &h.topic, b"meter-00", &other_key);
+    let before = billing
+        .process
+        .metric("fleetward_billing_readings_total{result=\"unsigned\"}");
+    for (value, mac) in [(&unsigned, None), (&other_key, Some(mac))] {
+        let mut rec = FutureRecord::to(&h.topic).key("meter-00").payload(value);
+        if let Some(mac) = &mac {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: RECORD_MAC_HEADER,
+                value: Some(mac.as_bytes()),
+            }));
+        }
+        producer
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    wait_until("billing refused both forged readings", 30, || async {
+        billing
+            .process
+            .metric("fleetward_billing_readings_total{result=\"unsigned\"}")
+            >= before + 2.0
+    })
+    .await;
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleetward_billing.readings WHERE namespace = $1 AND message_id LIKE 'forged-%'",
+    )
+    .bind(&h.ns.name)
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "a forged reading was stored");
 }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleetward_protocol::telemetry::TelemetryRecord;
+use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, TelemetryRecord, verify_record_mac};
 use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
@@ -96,8 +96,31 @@ pub fn reading(bytes: &[u8], ns: &str) -> Result<Reading, Skip> {
     })
 }
 
-/// Consumes until the process stops.
-pub async fn run(consumer: StreamConsumer, pool: PgPool, ns: String, metrics: Arc<Metrics>) {
+/// Whether a record carries the Gateway's MAC over its topic, key and
+/// value (`fleetward_protocol::telemetry::record_mac`).
+pub fn signed(record_key: &[u8], m: &impl Message) -> bool {
+    let mac = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
+        .and_then(|h| h.value);
+    verify_record_mac(
+        record_key,
+        m.topic(),
+        m.key().unwrap_or_default(),
+        m.payload().unwrap_or_default(),
+        mac,
+    )
+}
+
+/// Consumes until the process stops. With `record_key`, only records the
+/// Gateway signed are readings.
+pub async fn run(
+    consumer: StreamConsumer,
+    pool: PgPool,
+    ns: String,
+    record_key: Option<Vec<u8>>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let mut batch = Vec::new();
         let mut last = Vec::new();
@@ -122,6 +145,16 @@ pub async fn run(consumer: StreamConsumer, pool: PgPool, ns: String, metrics: Ar
             }
         }
         for m in &msgs {
+            if record_key.as_ref().is_some_and(|k| !signed(k, m)) {
+                tracing::debug!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "a record without the gateway's valid MAC"
+                );
+                metrics.readings.with_label_values(&["unsigned"]).inc();
+                last.push((m.topic().to_string(), m.partition(), m.offset()));
+                continue;
+            }
             match reading(m.payload().unwrap_or_default(), &ns) {
                 Ok(r) => batch.push(r),
                 Err(Skip::OtherCategory) => metrics.readings.with_label_values(&["other_category"]).inc(),

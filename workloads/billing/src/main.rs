@@ -37,6 +37,10 @@ struct Args {
     kafka_topic: String,
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "fleetward-billing")]
     kafka_group_id: String,
+    /// The Gateway's record key (64 hex characters): a record without its
+    /// valid MAC is not a reading (counted `unsigned`), whoever produced it.
+    #[arg(long, env = "RECORD_KEY", hide_env_values = true)]
+    record_key: Option<String>,
     /// The gateway's command API, `https://host:port`; without it runs
     /// bill from telemetry alone (every bill estimated).
     #[arg(long, env = "GATEWAY_URL")]
@@ -121,13 +125,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     tracing::info!(tariff = %args.tariff, namespace = %args.namespace, topic = %args.kafka_topic,
         on_demand_reads = service.gateway.is_some(), "billing starting");
+    let record_key = args
+        .record_key
+        .as_deref()
+        .map(fleetward_protocol::telemetry::parse_record_key)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if record_key.is_none() {
+        tracing::warn!("no RECORD_KEY: readings are taken from the topic without proof that the gateway produced them");
+    }
     let consumer = ingest::consumer(&args.kafka_brokers, &args.kafka_topic, &args.kafka_group_id)?;
     let health = MetricsServer::new(metrics.registry.clone(), "fleetward-billing", env!("CARGO_PKG_VERSION"));
     let api = Api::new(service.clone(), &args.api_key, args.api_rate_per_second, args.api_burst);
     tokio::select! {
         r = health.serve(args.metrics_addr) => r?,
         r = api::serve(args.http_addr, api) => r?,
-        _ = ingest::run(consumer, pool, args.namespace.clone(), metrics) => {}
+        _ = ingest::run(consumer, pool, args.namespace.clone(), record_key, metrics) => {}
         _ = service.clone().schedule(created, Duration::from_secs(args.tick_seconds.max(1))) => {}
         _ = shutdown::signal() => tracing::info!("billing stopping"),
     }

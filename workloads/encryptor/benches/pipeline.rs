@@ -1,12 +1,14 @@
-//! Kafka → PostgreSQL throughput, three ways, on the same records in one
+//! Kafka → PostgreSQL throughput, four ways, on the same records in one
 //! run (real Kafka and PostgreSQL from `./deploy.sh dev-up`):
 //!
 //! 1. the encryptor pipeline: batches, Fernet-encrypted fields, one
 //!    binary COPY (an idempotent multi-row INSERT when a row is already
-//!    stored) and one commit per batch, offsets after;
-//! 2. (a) seed 000's design: one INSERT and one commit per record (same
+//!    stored) and one commit per batch, offsets after; over TLS to
+//!    PostgreSQL (`sslmode=require`), as the chart's workloads connect;
+//! 2. the same pipeline without TLS (`sslmode=disable`): what TLS costs;
+//! 3. (a) seed 000's design: one INSERT and one commit per record (same
 //!    encryption, same table);
-//! 3. (b) a plain binary COPY of the same rows, no encryption, one COPY for
+//! 4. (b) a plain binary COPY of the same rows, no encryption, one COPY for
 //!    all of them: the ceiling of what PostgreSQL takes in.
 //!
 //! Each variant reads the topic from the beginning with its own consumer
@@ -111,7 +113,15 @@ async fn fresh_table(pool: &PgPool, name: &str) -> TableName {
     t
 }
 
-async fn bench_pipeline(topic: &str, n: usize, pool: &PgPool, ring: &Keyring) -> (Duration, TableName) {
+/// The dev PostgreSQL's URL with `sslmode` set (the dev server speaks
+/// TLS, as the chart's does; `disable` measures without it).
+fn database_url(sslmode: &str) -> String {
+    let url = env("DATABASE_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode={sslmode}")
+}
+
+async fn bench_pipeline(topic: &str, n: usize, pool: &PgPool, ring: &Keyring, sslmode: &str) -> (Duration, TableName) {
     let table = fresh_table(pool, &format!("bench_pipeline_{}", suffix())).await;
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
@@ -128,11 +138,12 @@ async fn bench_pipeline(topic: &str, n: usize, pool: &PgPool, ring: &Keyring) ->
             .and_then(|v| v.parse().ok())
             .unwrap_or(5000),
         batch_timeout: Duration::from_millis(200),
+        record_key: None,
     };
     let start = Instant::now();
     let p = pipeline::start(
         settings,
-        &env("DATABASE_URL"),
+        &database_url(sslmode),
         SharedKeyring::new(ring.clone()),
         metrics.clone(),
     )
@@ -160,7 +171,7 @@ async fn bench_row_at_a_time(topic: &str, n: usize, pool: &PgPool, ring: &Keyrin
     );
     let start = Instant::now();
     let c = consumer(topic, &format!("bench-rows-{}", suffix()));
-    let db = db::connect(&env("DATABASE_URL"), 1).await.unwrap();
+    let db = db::connect(&database_url("require"), 1).await.unwrap();
     for _ in 0..n {
         let m = c.recv().await.unwrap();
         let r = CheckedStation::parse(m.payload()).unwrap().seal(ring, &sensitive);
@@ -195,7 +206,7 @@ async fn bench_copy(topic: &str, n: usize, pool: &PgPool) -> (Duration, TableNam
     let ring = Keyring::generate();
     let start = Instant::now();
     let c = consumer(topic, &format!("bench-copy-{}", suffix()));
-    let db = db::connect(&env("DATABASE_URL"), 1).await.unwrap();
+    let db = db::connect(&database_url("require"), 1).await.unwrap();
     let mut buf = db::CopyBuf::new();
     for _ in 0..n {
         let m = c.recv().await.unwrap();
@@ -241,7 +252,13 @@ async fn main() {
     let mut results: HashMap<&str, f64> = HashMap::new();
     let mut tables = Vec::new();
     let only_pipeline = std::env::var("BENCH_ONLY_PIPELINE").is_ok();
-    let mut runs = vec![("pipeline", bench_pipeline(&topic, n, &pool, &ring).await)];
+    let mut runs = vec![
+        ("pipeline", bench_pipeline(&topic, n, &pool, &ring, "require").await),
+        (
+            "pipeline, no TLS",
+            bench_pipeline(&topic, n, &pool, &ring, "disable").await,
+        ),
+    ];
     if !only_pipeline {
         runs.push(("row-at-a-time", bench_row_at_a_time(&topic, n, &pool, &ring).await));
         runs.push(("binary COPY", bench_copy(&topic, n, &pool).await));
@@ -253,10 +270,14 @@ async fn main() {
         results.insert(name, rate);
         tables.push(table);
         println!(
-            "{name:>14}: {n} records in {:>7.2} s = {rate:>9.0} records/s",
+            "{name:>16}: {n} records in {:>7.2} s = {rate:>9.0} records/s",
             took.as_secs_f64()
         );
     }
+    println!(
+        "TLS to PostgreSQL: pipeline with / without: {:.2}x",
+        results["pipeline"] / results["pipeline, no TLS"]
+    );
     if !only_pipeline {
         println!(
             "ratio pipeline / row-at-a-time (a): {:.1}x",

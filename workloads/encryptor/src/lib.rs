@@ -72,6 +72,10 @@ pub struct Args {
     pub batch_size: u32,
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 200)]
     pub batch_timeout_ms: u64,
+    /// Telemetry: the Gateway's record key (64 hex characters, from its
+    /// Secret). Records without its valid MAC are dead-lettered.
+    #[arg(long, env = "RECORD_KEY", hide_env_values = true, value_parser = record_key)]
+    pub record_key: Option<RecordKey>,
     /// Address of `/metrics` and `/health`.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
@@ -102,8 +106,23 @@ impl Args {
             sensitive: self.sensitive_fields.clone(),
             batch_size: self.batch_size as usize,
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
+            record_key: self.record_key.as_ref().map(|k| k.0.clone()),
         }
     }
+}
+
+/// A record key; its Debug never shows it.
+#[derive(Clone)]
+pub struct RecordKey(Vec<u8>);
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKey(..)")
+    }
+}
+
+fn record_key(s: &str) -> Result<RecordKey, String> {
+    fleetward_protocol::telemetry::parse_record_key(s).map(RecordKey)
 }
 
 pub async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {

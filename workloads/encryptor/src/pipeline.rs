@@ -45,6 +45,9 @@ pub struct Settings {
     pub sensitive: Sensitive,
     pub batch_size: usize,
     pub batch_timeout: Duration,
+    /// Telemetry: the Gateway's record key. A record without its valid
+    /// MAC is dead-lettered (`unsigned`), never stored.
+    pub record_key: Option<Vec<u8>>,
 }
 
 /// Batches being stored at once: PostgreSQL runs each transaction on one
@@ -210,19 +213,27 @@ impl Pipeline {
     /// `dead_letter`), and waits until Kafka has it.
     async fn stage(&self, batch: Arc<Vec<OwnedMessage>>) -> Staged {
         let keyring = self.keyring.current();
-        let (kind, sensitive, ring, msgs) = (
+        let (kind, sensitive, ring, msgs, record_key) = (
             self.settings.kind,
             self.settings.sensitive.clone(),
             keyring.clone(),
             batch.clone(),
+            self.settings.record_key.clone(),
         );
         let (rows, refused) = tokio::task::spawn_blocking(move || match kind {
             RecordKind::Stations => {
-                let (rows, refused) = seal_all(&msgs, |p| CheckedStation::parse(p).map(|s| s.seal(&ring, &sensitive)));
+                let (rows, refused) = seal_all(&msgs, |m| {
+                    CheckedStation::parse(m.payload()).map(|s| s.seal(&ring, &sensitive))
+                });
                 (Rows::Stations(rows), refused)
             }
             RecordKind::Telemetry => {
-                let (rows, refused) = seal_all(&msgs, |p| telemetry::seal(p, &ring));
+                let (rows, refused) = seal_all(&msgs, |m| {
+                    if let Some(key) = &record_key {
+                        telemetry::verify(key, m)?;
+                    }
+                    telemetry::seal(m.payload(), &ring)
+                });
                 (Rows::Telemetry(rows), refused)
             }
         })
@@ -326,13 +337,13 @@ impl Pipeline {
     }
 }
 
-/// `seal` applied to every message's payload, in parallel: the rows, and
-/// the batch positions of the records that were refused, with why.
+/// `seal` applied to every message, in parallel: the rows, and the batch
+/// positions of the records that were refused, with why.
 fn seal_all<T: Send>(
     msgs: &[OwnedMessage],
-    seal: impl Fn(Option<&[u8]>) -> Result<T, Invalid> + Sync,
+    seal: impl Fn(&OwnedMessage) -> Result<T, Invalid> + Sync,
 ) -> (Vec<T>, Vec<(usize, Invalid)>) {
-    let sealed: Vec<Result<T, Invalid>> = msgs.par_iter().map(|m| seal(m.payload())).collect();
+    let sealed: Vec<Result<T, Invalid>> = msgs.par_iter().map(&seal).collect();
     let mut rows = Vec::with_capacity(sealed.len());
     let mut refused = Vec::new();
     for (i, r) in sealed.into_iter().enumerate() {

@@ -113,11 +113,16 @@ pub enum Invalid {
     Time(&'static str),
     #[error("text field longer than 4096 bytes")]
     TooLong,
+    /// The record does not carry its producer's valid record MAC
+    /// (`fleetward_protocol::telemetry::RECORD_MAC_HEADER`): it was not
+    /// produced by the Gateway, or was changed after.
+    #[error("record is not signed by its gateway")]
+    Unsigned,
 }
 
 impl Invalid {
     /// Every reason code, as the dead-letter topic's reason header carries it.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 11] = [
         "empty",
         "not_json",
         "missing_field",
@@ -128,6 +133,7 @@ impl Invalid {
         "too_large",
         "invalid_time",
         "too_long",
+        "unsigned",
     ];
 
     /// The fixed reason code (one of `CODES`).
@@ -143,6 +149,7 @@ impl Invalid {
             Invalid::TooLarge(_) => "too_large",
             Invalid::Time(_) => "invalid_time",
             Invalid::TooLong => "too_long",
+            Invalid::Unsigned => "unsigned",
         }
     }
 
@@ -429,6 +436,7 @@ mod tests {
             Invalid::TooLarge("bike_stands"),
             Invalid::Time("last_update"),
             Invalid::TooLong,
+            Invalid::Unsigned,
         ];
         let codes: Vec<_> = all.iter().map(Invalid::code).collect();
         assert_eq!(codes, Invalid::CODES);

@@ -9,8 +9,10 @@ use common::*;
 use fleetward_encryptor::dead_letter::{self, DETAIL, OFFSET, PARTITION, REASON, TOPIC};
 use fleetward_encryptor::record::Invalid;
 use fleetward_keyring::Keyring;
+use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, record_mac};
 use rdkafka::Message;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 fn station(number: u64, last_update: i64, address: &str) -> Value {
@@ -142,5 +144,108 @@ async fn dead_letters_are_sealed_and_never_carry_plaintext() {
     );
     assert_eq!(enc.metric("fleetward_encryptor_db_inserts_total"), 2.0);
     drop(enc);
+    drop_table(&pool, &table).await;
+}
+
+/// A Gateway's telemetry record for `message_id` of meter-1.
+fn telemetry(message_id: &str, kwh: &str) -> Vec<u8> {
+    format!(
+        r#"{{"device_id":"meter-1","category":"electricityMeter","timestamp":1770000000,"message_id":"{message_id}",
+           "payload":{{"kwh_total":{kwh}}},"received_at":"2026-02-02T02:40:00Z","gateway":"edge","namespace":"ns"}}"#
+    )
+    .into_bytes()
+}
+
+/// Telemetry produced to a Gateway's topic by anything but its gateway (no
+/// MAC, another key's MAC, a MAC made for another topic, a record changed
+/// after it was signed) is dead-lettered as `unsigned` and never stored;
+/// the gateway's own record is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_not_signed_by_its_gateway_is_dead_lettered_not_stored() {
+    let topic = unique("telemetry-mac");
+    let dlq = unique("telemetry-mac-dead");
+    let table = unique("tm_mac");
+    let dir = tempfile::tempdir().unwrap();
+    let keyring_file = dir.path().join("keyring.json");
+    write_keyring(&keyring_file, &Keyring::generate());
+    let key: String = (0..8).map(|_| rand_hex()).collect();
+    assert_eq!(key.len(), 64);
+    let key_bytes = fleetward_protocol::telemetry::parse_record_key(&key).unwrap();
+    let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
+    cfg.dead_letter_topic = Some(dlq.clone());
+    cfg.kind = Some("telemetry");
+    cfg.record_key = Some(key.clone());
+    let enc = start_encryptor(&cfg, "telemetry-mac-encryptor");
+    let pool = pg().await;
+
+    let good = telemetry("m-good", "10.5");
+    let changed = telemetry("m-changed", "99999");
+    let forged: Vec<(&str, Vec<u8>, Option<String>)> = vec![
+        ("m-unsigned", telemetry("m-unsigned", "99999"), None),
+        (
+            "m-other-key",
+            telemetry("m-other-key", "99999"),
+            Some(record_mac(
+                &[9u8; 32],
+                &topic,
+                b"meter-1",
+                &telemetry("m-other-key", "99999"),
+            )),
+        ),
+        (
+            "m-other-topic",
+            telemetry("m-other-topic", "99999"),
+            Some(record_mac(
+                &key_bytes,
+                "another-gateways-topic",
+                b"meter-1",
+                &telemetry("m-other-topic", "99999"),
+            )),
+        ),
+        // Signed as 10.5 kWh, sent as 99999.
+        (
+            "m-changed",
+            changed,
+            Some(record_mac(
+                &key_bytes,
+                &topic,
+                b"meter-1",
+                &telemetry("m-changed", "10.5"),
+            )),
+        ),
+    ];
+    let p = producer();
+    let mut records = vec![(
+        "m-good",
+        good.clone(),
+        Some(record_mac(&key_bytes, &topic, b"meter-1", &good)),
+    )];
+    records.extend(forged);
+    for (_, value, mac) in &records {
+        let mut rec = FutureRecord::to(&topic).key("meter-1").payload(value);
+        if let Some(mac) = mac {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: RECORD_MAC_HEADER,
+                value: Some(mac.as_bytes()),
+            }));
+        }
+        p.send(rec, std::time::Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let letters = consume(&dlq, 4, 60);
+    let reasons: Vec<Option<String>> = letters.iter().map(|m| header(m, REASON)).collect();
+    assert_eq!(reasons, vec![Some("unsigned".to_string()); 4], "{}", enc.log_text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&pool, &table).await < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let stored: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT message_id FROM {table}")))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["m-good"], "only the gateway's record is stored");
     drop_table(&pool, &table).await;
 }

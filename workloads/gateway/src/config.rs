@@ -54,6 +54,10 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     #[arg(long, env = "KAFKA_TOPIC")]
     pub kafka_topic: Option<String>,
+    /// The Gateway's record key (64 hex characters): every Kafka record
+    /// carries its HMAC, which the topic's consumers verify.
+    #[arg(long, env = "RECORD_KEY", hide_env_values = true)]
+    pub record_key: Option<String>,
 
     /// PostgreSQL URL for the audit trail; without it, audit goes to the log only.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

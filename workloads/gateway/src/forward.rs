@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleetward_protocol::response_topic;
-use fleetward_protocol::telemetry::TelemetryRecord;
+use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, TelemetryRecord, record_mac};
 use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
@@ -57,6 +58,9 @@ pub struct Sinks {
     namespace: String,
     http: Option<(reqwest::Client, String)>,
     kafka: Option<(FutureProducer, String)>,
+    /// Signs every record (`RECORD_MAC_HEADER`); without it records go
+    /// unsigned, and consumers that hold a key refuse them.
+    record_key: Option<Vec<u8>>,
     mqtt: AsyncClient,
     metrics: Arc<Metrics>,
 }
@@ -67,6 +71,7 @@ impl Sinks {
         namespace: &str,
         backend: Option<(&str, Duration)>,
         kafka: Option<(&str, &str)>,
+        record_key: Option<Vec<u8>>,
         mqtt: AsyncClient,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ForwardError> {
@@ -89,6 +94,7 @@ impl Sinks {
             namespace: namespace.to_string(),
             http,
             kafka,
+            record_key,
             mqtt,
             metrics,
         })
@@ -115,14 +121,18 @@ impl Sinks {
             namespace: Cow::Borrowed(&self.namespace),
         };
         let body = record.to_json();
+        let key = msg.device_id.as_bytes();
+        let mac = self.record_key.as_ref().map(|k| record_mac(k, topic, key, &body));
         let mut backoff = Backoff::standard();
         loop {
-            let res = producer
-                .send(
-                    FutureRecord::to(topic).key(msg.device_id.as_bytes()).payload(&body),
-                    Duration::from_secs(30),
-                )
-                .await;
+            let mut rec = FutureRecord::to(topic).key(key).payload(&body);
+            if let Some(mac) = &mac {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: RECORD_MAC_HEADER,
+                    value: Some(mac.as_bytes()),
+                }));
+            }
+            let res = producer.send(rec, Duration::from_secs(30)).await;
             match res {
                 Ok(_) => {
                     self.metrics

@@ -49,6 +49,8 @@ pub struct Observed {
     pub command_key: bool,
     /// The meter key Secret exists.
     pub meter_key: bool,
+    /// The record key Secret exists.
+    pub record_key: bool,
     pub crl: Option<CrlState>,
     /// When the CRL is missing although the Gateway had one (its status
     /// has a CRL number): the revocations its Devices' status remember.
@@ -135,6 +137,8 @@ pub struct Plan {
     pub command_key: Option<String>,
     /// A generated meter key (`read_meter` to meters only) to store.
     pub meter_key: Option<String>,
+    /// A generated record key (the HMAC of its Kafka records) to store.
+    pub record_key: Option<String>,
     pub crl: CrlStep,
     /// The entries of a rebuilt CRL.
     pub rebuilt: Vec<Revocation>,
@@ -188,6 +192,7 @@ impl Plan {
             leaves: Vec::new(),
             command_key: None,
             meter_key: None,
+            record_key: None,
             crl: CrlStep::Keep,
             rebuilt: Vec::new(),
             mosquitto_conf: String::new(),
@@ -289,6 +294,9 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     let command_key = (gw.spec.command_api.api_key_secret_ref.is_none() && !obs.command_key).then(|| mint.api_key());
     // Made whoever brings the command key: billing never holds that one.
     let meter_key = (!obs.meter_key).then(|| mint.api_key());
+    // Always made: a Gateway given a Kafka topic later signs from its first
+    // record on.
+    let record_key = (!obs.record_key).then(|| mint.api_key());
 
     // The CRL as it will be once the step is applied.
     let previous_number = status.crl_number.map(|n| n as u64).max(obs.last_crl_number);
@@ -360,6 +368,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         leaves,
         command_key,
         meter_key,
+        record_key,
         rebuilt: if crl_step == CrlStep::Rebuild {
             crl.entries.clone()
         } else {

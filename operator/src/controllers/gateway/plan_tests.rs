@@ -60,6 +60,7 @@ fn settled(first: &Plan, crl: CrlState) -> Observed {
         client_cert: cert("-gateway-client"),
         command_key: true,
         meter_key: true,
+        record_key: true,
         crl: Some(crl),
         revoked_by_devices: None,
         last_crl_number: None,
@@ -75,6 +76,7 @@ fn new_gateway() -> Observed {
         client_cert: None,
         command_key: false,
         meter_key: false,
+        record_key: false,
         crl: None,
         revoked_by_devices: None,
         last_crl_number: None,
@@ -98,7 +100,7 @@ fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
     let mut mint = Counting::default();
     let p = plan(&gw, new_gateway(), now, &mut mint).unwrap();
     assert!(p.create_ca);
-    assert_eq!((mint.cas, mint.leaves, mint.keys), (1, 2, 2));
+    assert_eq!((mint.cas, mint.leaves, mint.keys), (1, 2, 3));
     let secrets: Vec<&str> = p.leaves.iter().map(|l| l.secret.as_str()).collect();
     assert_eq!(secrets, ["gw-broker-tls", "gw-gateway-client"]);
     let broker = pki::inspect(&p.leaves[0].issued.cert_pem).unwrap();
@@ -114,6 +116,7 @@ fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
     ));
     assert_eq!(p.command_key.as_deref(), Some("key-1"));
     assert_eq!(p.meter_key.as_deref(), Some("key-2"), "billing's scoped key");
+    assert_eq!(p.record_key.as_deref(), Some("key-3"), "the Kafka records' key");
     assert_eq!(p.crl, CrlStep::Create);
     assert_eq!(p.status.crl_number, Some(1));
     assert_eq!(p.status.revoked_certificates, Some(0));
@@ -289,7 +292,8 @@ fn a_user_supplied_command_key_is_not_generated() {
         p.meter_key.is_some(),
         "billing's meter key is the operator's in any case"
     );
-    assert_eq!(mint.keys, 1);
+    assert!(p.record_key.is_some());
+    assert_eq!(mint.keys, 2);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::child_meta;
+use super::{child_meta, record_key_secret_name};
 
 use crate::context::Context;
 use crate::controllers::applier::{apply, delete_if_owned};
@@ -19,6 +19,7 @@ use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
 use crate::ownership::{labels, owner_ref};
 use crate::{Error, Result};
+use fleetward_protocol::telemetry::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// Label on the keyring Secret (it has no owner reference): the Gateway it
 /// belongs to. Not `fleetward.io/gateway`, which marks the Secrets the
@@ -139,7 +140,12 @@ pub fn writer(gw: &Gateway, storage: &TelemetryStorage, ctx: &Context) -> Result
         database: &storage.postgres.connection_secret_ref,
         table: &storage.postgres.table,
         keyring_secret: keyring_secret_name(&name),
-        extra_env: vec![],
+        // Only records the gateway signed are stored.
+        extra_env: vec![objects::env_from_secret(
+            RECORD_KEY_ENV,
+            &record_key_secret_name(&name),
+            RECORD_KEY_SECRET_KEY,
+        )],
     };
     Ok(encryptor(
         child_meta(gw, deployment_name(&name))?,

@@ -22,7 +22,7 @@ use kube::ResourceExt;
 
 use super::{
     api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name, meter_key_secret_name,
-    mosquitto_configmap_name, workload_name,
+    mosquitto_configmap_name, record_key_secret_name, workload_name,
 };
 use crate::config::Config;
 use crate::controllers::METRICS_PORT;
@@ -30,6 +30,7 @@ use crate::controllers::objects::{self, env, env_from_secret, mount, service_por
 use crate::crd::Gateway;
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
+use fleetward_protocol::telemetry::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// The gateway's drain on SIGTERM (at most 20 s, SHUTDOWN_DRAIN_SECONDS),
 /// its wait for the broker to close (at most 5 s), then Mosquitto's own
@@ -139,6 +140,11 @@ pub fn statefulset(
             .unwrap_or_else(|| config.kafka_bootstrap.clone());
         vars.push(env("KAFKA_BROKERS", brokers));
         vars.push(env("KAFKA_TOPIC", k.topic.as_str()));
+        vars.push(env_from_secret(
+            RECORD_KEY_ENV,
+            &record_key_secret_name(&name),
+            RECORD_KEY_SECRET_KEY,
+        ));
     }
     let selector = selector(&name);
     let data_volume = match &gw.spec.persistence {

@@ -159,6 +159,8 @@ fn the_gateway_environment_carries_every_spec_section() {
     );
     assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
     assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");
+    assert_eq!(env["RECORD_KEY"]["valueFrom"]["secretKeyRef"]["name"], "gw-record-key");
+    assert_eq!(env["RECORD_KEY"]["valueFrom"]["secretKeyRef"]["key"], "record.key");
 }
 
 #[test]

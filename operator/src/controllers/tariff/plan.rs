@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 
-use super::workload::{self, CA_CERT_KEY, gateway_url, meter_key_ref};
+use super::workload::{self, CA_CERT_KEY, gateway_url, meter_key_ref, record_key_ref};
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::config::Config;
@@ -75,6 +75,7 @@ const MAX_REPORTED: usize = 1024;
 pub fn gateway_secret_refs(gw: &Gateway) -> Vec<(&'static str, SecretKeyRef)> {
     vec![
         ("the gateway's meter key", meter_key_ref(gw)),
+        ("the gateway's record key", record_key_ref(gw)),
         (
             "the gateway's CA certificate",
             SecretKeyRef {

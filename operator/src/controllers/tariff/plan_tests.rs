@@ -120,6 +120,7 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
             "KAFKA_TOPIC",
             "LOG_JSON",
             "METRICS_ADDR",
+            "RECORD_KEY",
             "TARIFF_NAME",
         ]
     );
@@ -137,6 +138,10 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
     assert_eq!(
         from_secret(&env, "GATEWAY_API_KEY"),
         ("edge-command-meter".into(), "api-key".into())
+    );
+    assert_eq!(
+        from_secret(&env, "RECORD_KEY"),
+        ("edge-record-key".into(), "record.key".into())
     );
     assert_eq!(
         from_secret(&env, "BILLING_API_KEY"),

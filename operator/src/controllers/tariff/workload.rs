@@ -14,12 +14,13 @@ use kube::api::ObjectMeta;
 use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
 use crate::Result;
 use crate::config::Config;
-use crate::controllers::gateway::{api_service_name, ca_secret_name, meter_key_secret_name};
+use crate::controllers::gateway::{api_service_name, ca_secret_name, meter_key_secret_name, record_key_secret_name};
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::controllers::{METRICS_PORT, data_workload};
 use crate::crd::gateway::KafkaSinkSpec;
 use crate::crd::{Gateway, SecretKeyRef, Tariff};
 use crate::ownership::{labels, owner_ref};
+use fleetward_protocol::telemetry::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// The key of a gateway's CA Secret that holds the CA certificate (its
 /// private key sits beside it under `tls.key` and is never mounted).
@@ -47,6 +48,14 @@ pub fn meter_key_ref(gw: &Gateway) -> SecretKeyRef {
     SecretKeyRef {
         name: meter_key_secret_name(&gw.name_any()),
         key: "api-key".into(),
+    }
+}
+
+/// The gateway's record key: billing takes only records that carry its MAC.
+pub fn record_key_ref(gw: &Gateway) -> SecretKeyRef {
+    SecretKeyRef {
+        name: record_key_secret_name(&gw.name_any()),
+        key: RECORD_KEY_SECRET_KEY.into(),
     }
 }
 
@@ -152,6 +161,7 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
     let db = &spec.database.connection_secret_ref;
     let database = objects::database(&db.name, &db.key);
     let command_key = meter_key_ref(gw);
+    let record_key = record_key_ref(gw);
     let vars = vec![
         env("FLEETWARD_NAMESPACE", ns.as_str()),
         env("TARIFF_NAME", name.as_str()),
@@ -161,6 +171,7 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
         env("KAFKA_GROUP_ID", consumer_group(&ns, &name)),
         env("GATEWAY_URL", gateway_url(gw)),
         env_from_secret("GATEWAY_API_KEY", &command_key.name, &command_key.key),
+        env_from_secret(RECORD_KEY_ENV, &record_key.name, &record_key.key),
         env("GATEWAY_CA_FILE", format!("{GATEWAY_CA_DIR}/{CA_FILE}")),
         env_from_secret("BILLING_API_KEY", &api_secret_name(&name), API_KEY),
         env("HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),

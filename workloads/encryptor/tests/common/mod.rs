@@ -117,6 +117,10 @@ pub struct EncryptorConfig {
     pub sensitive: String,
     pub dead_letter_topic: Option<String>,
     pub batch_size: u32,
+    /// `telemetry` for a Gateway's writer; stations when unset.
+    pub kind: Option<&'static str>,
+    /// The Gateway's record key (hex), for telemetry.
+    pub record_key: Option<String>,
 }
 
 impl EncryptorConfig {
@@ -129,6 +133,8 @@ impl EncryptorConfig {
             sensitive: "address,contract_name".into(),
             dead_letter_topic: None,
             batch_size: 500,
+            kind: None,
+            record_key: None,
         }
     }
 }
@@ -157,6 +163,12 @@ pub fn start_encryptor(cfg: &EncryptorConfig, log_name: &str) -> Workload {
         .env("RUST_LOG", "info");
     if let Some(d) = &cfg.dead_letter_topic {
         cmd.env("DEAD_LETTER_TOPIC", d);
+    }
+    if let Some(k) = cfg.kind {
+        cmd.env("RECORD_KIND", k);
+    }
+    if let Some(k) = &cfg.record_key {
+        cmd.env("RECORD_KEY", k);
     }
     Workload::spawn(cmd, format!("http://127.0.0.1:{port}"), log, "/metrics", 30)
 }
