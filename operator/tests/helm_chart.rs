@@ -300,6 +300,8 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
             "--set",
             "database.existingSecret=my-db",
             "--set",
+            "database.roles.host=db.example",
+            "--set",
             "kafka.enabled=false",
             "--set",
             "kafka.bootstrapServers=b-1.example:9092",
@@ -316,6 +318,11 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         production.contains("b-1.example:9092"),
         "the operator uses the given Kafka"
     );
+    assert!(
+        production.contains("@db.example:5432/fleetward?sslmode=require\"")
+            && production.contains("{name: my-db, key: url}"),
+        "the roles reach the given server, made by a Job as the admin of the given Secret"
+    );
 
     for (args, says) in [
         (vec!["--set", "operator.replicas=-1"], "minimum"),
@@ -329,6 +336,15 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         (
             vec!["--set", "postgresql.enabled=false"],
             "database.url or database.existingSecret is required",
+        ),
+        (
+            vec![
+                "--set",
+                "postgresql.enabled=false",
+                "--set",
+                "database.existingSecret=my-db",
+            ],
+            "database.roles.host",
         ),
     ] {
         let (ok, _, err) = render(&chart, &args);

@@ -140,6 +140,16 @@ fn argv(cmd: &clap::Command, d: &Deployment, secrets: &BTreeMap<(&str, &str), &s
     out
 }
 
+/// The feed's record key, as the operator made it: random, 32 bytes (hex),
+/// owned by the feed.
+async fn feed_record_key(ns: &TestNs, feed: &str) -> String {
+    let secret = ns.api::<Secret>().get(&format!("{feed}-record-key")).await.unwrap();
+    let key = String::from_utf8(secret.data.as_ref().unwrap()["record.key"].0.clone()).unwrap();
+    assert_eq!(key.len(), 64);
+    assert_eq!(secret.owner_references()[0].name, feed);
+    key
+}
+
 /// No key of `ring` (Fernet keys, index key) appears in `text`.
 fn assert_no_key_material(ring: &Keyring, text: &str, what: &str) {
     let doc: serde_json::Value = serde_json::from_str(&ring.to_json()).unwrap();
@@ -172,7 +182,12 @@ async fn keyring_deployments_and_status() {
     // The keyring outlives its feed on purpose: no owner reference.
     assert!(secret.owner_references().is_empty());
 
-    let secrets = BTreeMap::from([(("jcdecaux", "apiKey"), API_KEY), (("stations-db", "url"), DB_URL)]);
+    let record_key = feed_record_key(&ns, "dublin").await;
+    let secrets = BTreeMap::from([
+        (("jcdecaux", "apiKey"), API_KEY),
+        (("stations-db", "url"), DB_URL),
+        (("dublin-record-key", "record.key"), record_key.as_str()),
+    ]);
     let ing = deployment(&ns, "dublin-ingestor").await;
     let enc = deployment(&ns, "dublin-encryptor").await;
     for d in [&ing, &enc] {
@@ -201,6 +216,7 @@ async fn keyring_deployments_and_status() {
         "the operator's default Kafka"
     );
     assert_eq!(parsed.poll_interval_seconds, 30);
+    let ingestor_key = parsed.record_key.clone().expect("the ingestor signs its records");
 
     let args = argv(&fleetward_encryptor::Args::command(), &enc, &secrets);
     let parsed = fleetward_encryptor::Args::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -209,6 +225,11 @@ async fn keyring_deployments_and_status() {
     assert_eq!(parsed.kafka_group_id, format!("fleetward.{}.dublin", ns.name));
     assert_eq!(parsed.database_url, DB_URL);
     assert_eq!(parsed.settings().table.as_str(), "dublin_stations");
+    assert_eq!(
+        parsed.record_key,
+        Some(ingestor_key),
+        "the encryptor verifies with the ingestor's key"
+    );
     assert_eq!(
         parsed.sensitive_fields.names(),
         ["address", "contract_name", "position"]
@@ -439,7 +460,11 @@ async fn gbfs_feed_configures_the_ingestor_for_gbfs() {
     let yaml = "apiVersion: fleetward.io/v1alpha1\nkind: StationFeed\nmetadata: {name: helsinki}\nspec:\n  source:\n    gbfs:\n      stationInformationUrl: https://gbfs.example/en/station_information.json\n      stationStatusUrl: https://gbfs.example/en/station_status.json\n      systemName: Helsinki\n  kafka: {topic: stations.hel, deadLetterTopic: stations.hel.dead, bootstrapServers: 'kafka-a:9092,kafka-b:9092'}\n  postgres:\n    connectionSecretRef: {name: stations-db, key: url}\n";
     ns.apply_yaml(yaml).await;
     ready_feed(&ns, "helsinki").await;
-    let secrets = BTreeMap::from([(("stations-db", "url"), DB_URL)]);
+    let record_key = feed_record_key(&ns, "helsinki").await;
+    let secrets = BTreeMap::from([
+        (("stations-db", "url"), DB_URL),
+        (("helsinki-record-key", "record.key"), record_key.as_str()),
+    ]);
     let ing = deployment(&ns, "helsinki-ingestor").await;
     assert!(env_value(&ing, "JCDECAUX_API_KEY").is_none());
     let args = argv(&fleetward_ingestor::Args::command(), &ing, &secrets);

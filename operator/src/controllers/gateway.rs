@@ -348,7 +348,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         (meter_key_secret_name(&name), "api-key", plan.meter_key.take()),
         (
             record_key_secret_name(&name),
-            fleetward_protocol::telemetry::RECORD_KEY_SECRET_KEY,
+            fleetward_protocol::record::RECORD_KEY_SECRET_KEY,
             plan.record_key.take(),
         ),
     ];

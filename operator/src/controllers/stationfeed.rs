@@ -34,13 +34,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::applier::apply;
+use super::applier::{apply, create_once};
 use crate::config::Config;
 use crate::context::Context;
 use crate::crd::StationFeed;
 use crate::crd::stationfeed::StationField;
 use crate::ownership::{MANAGED_BY, labels, owner_ref};
-use crate::{Error, Result};
+use crate::{Error, Result, pki};
+use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 pub mod plan;
 
@@ -51,6 +52,12 @@ pub const LABEL_FEED: &str = "fleetward.io/station-feed";
 pub use super::KEYRING_DIR;
 /// On the keyring Secret: the `spec.keyRotation` the keyring reflects.
 pub use super::keyring::ANN_ROTATION;
+
+/// The feed's record key: the HMAC key of every station record its
+/// ingestor produces, which its encryptor verifies (key `record.key`).
+pub fn record_key_secret_name(feed: &str) -> String {
+    format!("{feed}-record-key")
+}
 
 pub fn ingestor_name(feed: &str) -> String {
     format!("{feed}-ingestor")
@@ -133,6 +140,9 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
         available,
     };
     let plan = plan::plan(feed, observed, &ctx.config)?;
+    if !plan.deployments.is_empty() {
+        ensure_record_key(&secrets, feed).await?;
+    }
     for d in &plan.deployments {
         apply(&deploys, d.metadata.name.as_deref().unwrap_or_default(), d, None).await?;
     }
@@ -141,6 +151,22 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
         ctx.event(feed, ev.warning, ev.reason, ev.action, ev.note).await;
     }
     Ok(Action::requeue(plan.requeue))
+}
+
+/// Makes the feed's record key once (random, never replaced), before the
+/// workloads that read it.
+async fn ensure_record_key(secrets: &Api<Secret>, feed: &StationFeed) -> Result<()> {
+    let name = record_key_secret_name(&feed.name_any());
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let secret = Secret {
+        metadata: child_meta(feed, name.clone())?,
+        string_data: Some([(RECORD_KEY_SECRET_KEY.to_string(), pki::random_secret_hex())].into()),
+        ..Default::default()
+    };
+    create_once(secrets, &name, &secret).await?;
+    Ok(())
 }
 
 fn child_meta(feed: &StationFeed, name: String) -> Result<ObjectMeta> {
@@ -179,6 +205,7 @@ pub fn ingestor_deployment(feed: &StationFeed, config: &Config) -> Result<Deploy
         env("KAFKA_BROKERS", brokers(feed, config)),
         env("KAFKA_TOPIC", spec.kafka.topic.as_str()),
         env("POLL_INTERVAL_SECONDS", spec.poll_interval_seconds.to_string()),
+        objects::env_from_secret(RECORD_KEY_ENV, &record_key_secret_name(&name), RECORD_KEY_SECRET_KEY),
         env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env("LOG_JSON", "true"),
     ];
@@ -247,7 +274,10 @@ pub fn encryptor_deployment(feed: &StationFeed, config: &Config) -> Result<Deplo
         database: &spec.postgres.connection_secret_ref,
         table: &spec.postgres.table,
         keyring_secret: keyring_secret_name(&name),
-        extra_env: vec![env("SENSITIVE_FIELDS", sensitive.join(","))],
+        extra_env: vec![
+            env("SENSITIVE_FIELDS", sensitive.join(",")),
+            objects::env_from_secret(RECORD_KEY_ENV, &record_key_secret_name(&name), RECORD_KEY_SECRET_KEY),
+        ],
     };
     Ok(super::encryptor(
         child_meta(feed, encryptor_name(&name))?,

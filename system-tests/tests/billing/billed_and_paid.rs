@@ -387,7 +387,7 @@ fn screenshot(h: &Harness, html: &str) {
 /// gateway's topic, one unsigned and one with a MAC under another key, and
 /// shows billing counted both `unsigned` and stored neither.
 async fn forge_readings_on_the_topic(h: &Harness, billing: &crate::Billing) {
-    use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, record_mac};
+    use fleetward_protocol::record::{RECORD_MAC_HEADER, record_mac};
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 

@@ -18,6 +18,9 @@
 //!    in the encryptor's image decrypts them.
 //! 7. Prometheus scrapes every workload with non-zero counters, and every
 //!    Grafana panel's query returns data.
+//!    A pod that writes a 999,999 kWh reading straight to the gateway's
+//!    Kafka topic (no gateway MAC) gets it dead-lettered, not stored or
+//!    billed.
 //! 8. The gateway pod is deleted while devices publish at QoS 1: it comes
 //!    back and no message is lost.
 //! 9. The leader operator pod is deleted: the standby takes over.
@@ -337,6 +340,10 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     }
     assert!(checked >= 10, "the dashboards have their queries ({checked})");
     figures.add(format!("{checked} dashboard queries return data"));
+
+    // 7b. A pod of the cluster writes a reading straight to the gateway's
+    //     topic: neither stored nor billed.
+    a_reading_forged_in_the_cluster_is_refused(&ns, &prom);
 
     // 8. The gateway pod is deleted while devices publish at QoS 1. (Its
     //    replacement keeps the name: it is a StatefulSet's pod.)

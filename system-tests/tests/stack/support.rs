@@ -254,3 +254,60 @@ pub fn database_roles_hold(ns: &str) {
         assert!(!out.contains(url.as_str()), "the URL in psql's output");
     }
 }
+
+/// The attack of an unauthenticated Kafka: a pod of the namespace (the
+/// Kafka image, its own console producer) writes a reading of 999,999 kWh
+/// for meter-001 to the example gateway's topic, without the gateway's MAC.
+/// The telemetry writer dead-letters it and billing counts it `unsigned`
+/// (both seen in Prometheus); no row holds it.
+pub fn a_reading_forged_in_the_cluster_is_refused(ns: &str, prom: &str) {
+    let refused_by_billing = format!(r#"sum(fleetward_billing_readings_total{{namespace="{ns}", result="unsigned"}})"#);
+    let dead_letters = format!(r#"sum(fleetward_encryptor_records_total{{namespace="{ns}", result="dead_letter"}})"#);
+    let before = (prom_sum(prom, &refused_by_billing), prom_sum(prom, &dead_letters));
+    let id = format!("forged-{:08x}", fleetward_testkit::rand_u32());
+    let record = format!(
+        r#"meter-001|{{"device_id":"meter-001","category":"electricityMeter","timestamp":{},"message_id":"{id}","payload":{{"kwh_total":999999}},"received_at":"{}","gateway":"edge","namespace":"{ns}"}}"#,
+        chrono::Utc::now().timestamp(),
+        chrono::Utc::now().to_rfc3339(),
+    );
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "forger", "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "forger",
+                "image": "localhost/fleetward/kafka:4.1.1",
+                "imagePullPolicy": "Never",
+                "env": [{"name": "RECORD", "value": record}],
+                "command": ["sh", "-c", format!(
+                    "echo \"$RECORD\" | java -Xmx64m -XX:-UsePerfData -cp '/opt/kafka/libs/*' \
+                     org.apache.kafka.tools.ConsoleProducer --bootstrap-server {RELEASE}-kafka:9092 \
+                     --topic fleet-telemetry --property parse.key=true --property 'key.separator=|'"
+                )],
+            }],
+        },
+    });
+    kubectl_apply(&pod.to_string());
+    fleetward_testkit::wait_until_blocking(
+        "the forging pod to finish",
+        120,
+        || jsonpath(ns, &["pod", "forger"], "{.status.phase}") == "Succeeded",
+        || kubectl_try(&["-n", ns, "logs", "forger"]).1,
+    );
+    kubectl(&["-n", ns, "delete", "pod", "forger", "--wait=false"]);
+    fleetward_testkit::wait_until_blocking(
+        "the forged reading refused by billing and dead-lettered by the telemetry writer",
+        90,
+        || prom_sum(prom, &refused_by_billing) > before.0 && prom_sum(prom, &dead_letters) > before.1,
+        || format!("{refused_by_billing} / {dead_letters}, before {before:?}"),
+    );
+    for table in ["telemetry", "fleetward_billing.readings"] {
+        let rows = psql(
+            ns,
+            RELEASE,
+            &format!("SELECT count(*) FROM {table} WHERE message_id = '{id}'"),
+        );
+        assert_eq!(rows.trim(), "0", "the forged reading is in {table}");
+    }
+}

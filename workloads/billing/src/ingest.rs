@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, TelemetryRecord, verify_record_mac};
+use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, verify_record_mac};
+use fleetward_protocol::telemetry::TelemetryRecord;
 use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -97,14 +98,14 @@ pub fn reading(bytes: &[u8], ns: &str) -> Result<Reading, Skip> {
 }
 
 /// Whether a record carries the Gateway's MAC over its topic, key and
-/// value (`fleetward_protocol::telemetry::record_mac`).
-pub fn signed(record_key: &[u8], m: &impl Message) -> bool {
+/// value (`fleetward_protocol::record::record_mac`).
+pub fn signed(record_key: &RecordKey, m: &impl Message) -> bool {
     let mac = m
         .headers()
         .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
         .and_then(|h| h.value);
     verify_record_mac(
-        record_key,
+        record_key.as_bytes(),
         m.topic(),
         m.key().unwrap_or_default(),
         m.payload().unwrap_or_default(),
@@ -118,7 +119,7 @@ pub async fn run(
     consumer: StreamConsumer,
     pool: PgPool,
     ns: String,
-    record_key: Option<Vec<u8>>,
+    record_key: Option<RecordKey>,
     metrics: Arc<Metrics>,
 ) {
     loop {

@@ -40,7 +40,7 @@ struct Args {
     /// The Gateway's record key (64 hex characters): a record without its
     /// valid MAC is not a reading (counted `unsigned`), whoever produced it.
     #[arg(long, env = "RECORD_KEY", hide_env_values = true)]
-    record_key: Option<String>,
+    record_key: Option<fleetward_protocol::record::RecordKey>,
     /// The gateway's command API, `https://host:port`; without it runs
     /// bill from telemetry alone (every bill estimated).
     #[arg(long, env = "GATEWAY_URL")]
@@ -125,12 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     tracing::info!(tariff = %args.tariff, namespace = %args.namespace, topic = %args.kafka_topic,
         on_demand_reads = service.gateway.is_some(), "billing starting");
-    let record_key = args
-        .record_key
-        .as_deref()
-        .map(fleetward_protocol::telemetry::parse_record_key)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let record_key = args.record_key.clone();
     if record_key.is_none() {
         tracing::warn!("no RECORD_KEY: readings are taken from the topic without proof that the gateway produced them");
     }

@@ -28,6 +28,7 @@ use crate::db::{RecordKind, TableName};
 use crate::metrics::Metrics;
 use crate::pipeline::Settings;
 use crate::record::Sensitive;
+use fleetward_protocol::record::RecordKey;
 
 /// Configuration, from flags or (as the operator sets them) environment.
 #[derive(Parser, Debug, Clone)]
@@ -72,9 +73,10 @@ pub struct Args {
     pub batch_size: u32,
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 200)]
     pub batch_timeout_ms: u64,
-    /// Telemetry: the Gateway's record key (64 hex characters, from its
-    /// Secret). Records without its valid MAC are dead-lettered.
-    #[arg(long, env = "RECORD_KEY", hide_env_values = true, value_parser = record_key)]
+    /// The producer's record key (64 hex characters, from the Gateway's or
+    /// StationFeed's Secret). Records without its valid MAC are
+    /// dead-lettered.
+    #[arg(long, env = "RECORD_KEY", hide_env_values = true)]
     pub record_key: Option<RecordKey>,
     /// Address of `/metrics` and `/health`.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
@@ -106,23 +108,9 @@ impl Args {
             sensitive: self.sensitive_fields.clone(),
             batch_size: self.batch_size as usize,
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
-            record_key: self.record_key.as_ref().map(|k| k.0.clone()),
+            record_key: self.record_key.clone(),
         }
     }
-}
-
-/// A record key; its Debug never shows it.
-#[derive(Clone)]
-pub struct RecordKey(Vec<u8>);
-
-impl std::fmt::Debug for RecordKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RecordKey(..)")
-    }
-}
-
-fn record_key(s: &str) -> Result<RecordKey, String> {
-    fleetward_protocol::telemetry::parse_record_key(s).map(RecordKey)
 }
 
 pub async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {

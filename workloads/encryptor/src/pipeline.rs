@@ -12,12 +12,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, verify_record_mac};
 use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -45,9 +46,10 @@ pub struct Settings {
     pub sensitive: Sensitive,
     pub batch_size: usize,
     pub batch_timeout: Duration,
-    /// Telemetry: the Gateway's record key. A record without its valid
-    /// MAC is dead-lettered (`unsigned`), never stored.
-    pub record_key: Option<Vec<u8>>,
+    /// The producer's record key (the Gateway's for telemetry, the
+    /// StationFeed's for stations): a record without its valid MAC is
+    /// dead-lettered (`unsigned`), never stored.
+    pub record_key: Option<RecordKey>,
 }
 
 /// Batches being stored at once: PostgreSQL runs each transaction on one
@@ -223,15 +225,14 @@ impl Pipeline {
         let (rows, refused) = tokio::task::spawn_blocking(move || match kind {
             RecordKind::Stations => {
                 let (rows, refused) = seal_all(&msgs, |m| {
+                    verify(record_key.as_ref(), m)?;
                     CheckedStation::parse(m.payload()).map(|s| s.seal(&ring, &sensitive))
                 });
                 (Rows::Stations(rows), refused)
             }
             RecordKind::Telemetry => {
                 let (rows, refused) = seal_all(&msgs, |m| {
-                    if let Some(key) = &record_key {
-                        telemetry::verify(key, m)?;
-                    }
+                    verify(record_key.as_ref(), m)?;
                     telemetry::seal(m.payload(), &ring)
                 });
                 (Rows::Telemetry(rows), refused)
@@ -335,6 +336,26 @@ impl Pipeline {
             .map(|_| ())
             .map_err(|(e, _)| e)
     }
+}
+
+/// With a record key, whether a record carries its producer's MAC over its
+/// topic, key and value (`fleetward_protocol::record`).
+fn verify(record_key: Option<&RecordKey>, m: &OwnedMessage) -> Result<(), Invalid> {
+    let Some(key) = record_key else {
+        return Ok(());
+    };
+    let mac = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
+        .and_then(|h| h.value);
+    let ok = verify_record_mac(
+        key.as_bytes(),
+        m.topic(),
+        m.key().unwrap_or_default(),
+        m.payload().unwrap_or_default(),
+        mac,
+    );
+    if ok { Ok(()) } else { Err(Invalid::Unsigned) }
 }
 
 /// `seal` applied to every message, in parallel: the rows, and the batch

@@ -114,9 +114,9 @@ pub enum Invalid {
     #[error("text field longer than 4096 bytes")]
     TooLong,
     /// The record does not carry its producer's valid record MAC
-    /// (`fleetward_protocol::telemetry::RECORD_MAC_HEADER`): it was not
-    /// produced by the Gateway, or was changed after.
-    #[error("record is not signed by its gateway")]
+    /// (`fleetward_protocol::record::RECORD_MAC_HEADER`): it was not
+    /// produced by the gateway or ingestor, or was changed after.
+    #[error("record is not signed by its producer")]
     Unsigned,
 }
 

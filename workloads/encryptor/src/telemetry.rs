@@ -6,8 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use fleetward_keyring::Keyring;
-use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, TelemetryRecord, verify_record_mac};
-use rdkafka::message::{Headers, Message};
+use fleetward_protocol::telemetry::TelemetryRecord;
 
 use crate::record::Invalid;
 
@@ -43,23 +42,6 @@ pub struct TelemetryRow {
     pub received_at: DateTime<Utc>,
     /// Fernet token of the payload JSON, exactly as the device sent it.
     pub payload: String,
-}
-
-/// Whether a record carries its Gateway's MAC over its topic, key and
-/// value (`fleetward_protocol::telemetry::record_mac`).
-pub fn verify(record_key: &[u8], m: &impl Message) -> Result<(), Invalid> {
-    let mac = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
-        .and_then(|h| h.value);
-    let ok = verify_record_mac(
-        record_key,
-        m.topic(),
-        m.key().unwrap_or_default(),
-        m.payload().unwrap_or_default(),
-        mac,
-    );
-    if ok { Ok(()) } else { Err(Invalid::Unsigned) }
 }
 
 /// Parses a record and seals its payload with the keyring's primary key.

@@ -9,7 +9,7 @@ use common::*;
 use fleetward_encryptor::dead_letter::{self, DETAIL, OFFSET, PARTITION, REASON, TOPIC};
 use fleetward_encryptor::record::Invalid;
 use fleetward_keyring::Keyring;
-use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, record_mac};
+use fleetward_protocol::record::{RECORD_MAC_HEADER, record_mac};
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
@@ -170,7 +170,7 @@ async fn telemetry_not_signed_by_its_gateway_is_dead_lettered_not_stored() {
     write_keyring(&keyring_file, &Keyring::generate());
     let key: String = (0..8).map(|_| rand_hex()).collect();
     assert_eq!(key.len(), 64);
-    let key_bytes = fleetward_protocol::telemetry::parse_record_key(&key).unwrap();
+    let key_bytes = fleetward_protocol::record::parse_record_key(&key).unwrap();
     let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
     cfg.dead_letter_topic = Some(dlq.clone());
     cfg.kind = Some("telemetry");
@@ -247,5 +247,56 @@ async fn telemetry_not_signed_by_its_gateway_is_dead_lettered_not_stored() {
         .await
         .unwrap();
     assert_eq!(stored, ["m-good"], "only the gateway's record is stored");
+    drop_table(&pool, &table).await;
+}
+
+/// The same for a StationFeed: the ingestor's records carry the feed's MAC;
+/// a station record without it is dead-lettered, never stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn station_records_not_signed_by_their_ingestor_are_dead_lettered() {
+    let topic = unique("stations-mac");
+    let dlq = unique("stations-mac-dead");
+    let table = unique("st_mac");
+    let dir = tempfile::tempdir().unwrap();
+    let keyring_file = dir.path().join("keyring.json");
+    write_keyring(&keyring_file, &Keyring::generate());
+    let key: String = (0..8).map(|_| rand_hex()).collect();
+    let key_bytes = fleetward_protocol::record::parse_record_key(&key).unwrap();
+    let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
+    cfg.dead_letter_topic = Some(dlq.clone());
+    cfg.record_key = Some(key);
+    let enc = start_encryptor(&cfg, "stations-mac-encryptor");
+    let pool = pg().await;
+
+    let t = 1_770_000_000_000_i64;
+    let signed = station(1, t, "1 Signed Street").to_string().into_bytes();
+    let forged = station(2, t, "2 Forged Street").to_string().into_bytes();
+    let p = producer();
+    let mac = record_mac(&key_bytes, &topic, b"1", &signed);
+    for (key, value, mac) in [("1", &signed, Some(mac)), ("2", &forged, None)] {
+        let mut rec = FutureRecord::to(&topic).key(key).payload(value);
+        if let Some(mac) = &mac {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: RECORD_MAC_HEADER,
+                value: Some(mac.as_bytes()),
+            }));
+        }
+        p.send(rec, std::time::Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let letters = consume(&dlq, 1, 60);
+    assert_eq!(letters.len(), 1, "{}", enc.log_text());
+    assert_eq!(header(&letters[0], REASON).as_deref(), Some("unsigned"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&pool, &table).await < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let stored: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT number FROM {table}")))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["1"], "only the ingestor's record is stored");
     drop_table(&pool, &table).await;
 }

@@ -57,7 +57,7 @@ pub struct Config {
     /// The Gateway's record key (64 hex characters): every Kafka record
     /// carries its HMAC, which the topic's consumers verify.
     #[arg(long, env = "RECORD_KEY", hide_env_values = true)]
-    pub record_key: Option<String>,
+    pub record_key: Option<fleetward_protocol::record::RecordKey>,
 
     /// PostgreSQL URL for the audit trail; without it, audit goes to the log only.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

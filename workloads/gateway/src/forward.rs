@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, record_mac};
 use fleetward_protocol::response_topic;
-use fleetward_protocol::telemetry::{RECORD_MAC_HEADER, TelemetryRecord, record_mac};
+use fleetward_protocol::telemetry::TelemetryRecord;
 use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -60,7 +61,7 @@ pub struct Sinks {
     kafka: Option<(FutureProducer, String)>,
     /// Signs every record (`RECORD_MAC_HEADER`); without it records go
     /// unsigned, and consumers that hold a key refuse them.
-    record_key: Option<Vec<u8>>,
+    record_key: Option<RecordKey>,
     mqtt: AsyncClient,
     metrics: Arc<Metrics>,
 }
@@ -71,7 +72,7 @@ impl Sinks {
         namespace: &str,
         backend: Option<(&str, Duration)>,
         kafka: Option<(&str, &str)>,
-        record_key: Option<Vec<u8>>,
+        record_key: Option<RecordKey>,
         mqtt: AsyncClient,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ForwardError> {
@@ -122,7 +123,10 @@ impl Sinks {
         };
         let body = record.to_json();
         let key = msg.device_id.as_bytes();
-        let mac = self.record_key.as_ref().map(|k| record_mac(k, topic, key, &body));
+        let mac = self
+            .record_key
+            .as_ref()
+            .map(|k| record_mac(k.as_bytes(), topic, key, &body));
         let mut backoff = Backoff::standard();
         loop {
             let mut rec = FutureRecord::to(topic).key(key).payload(&body);

@@ -120,12 +120,7 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(|u| (u, Duration::from_millis(cfg.backend_timeout_ms)));
     let kafka = cfg.kafka_brokers.as_deref().zip(cfg.kafka_topic.as_deref());
-    let record_key = cfg
-        .record_key
-        .as_deref()
-        .map(fleetward_protocol::telemetry::parse_record_key)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let record_key = cfg.record_key.clone();
     if kafka.is_some() && record_key.is_none() {
         tracing::warn!("no RECORD_KEY: Kafka records go unsigned, and consumers that verify them will refuse them");
     }

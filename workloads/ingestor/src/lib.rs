@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, record_mac};
 use fleetward_service::http::MetricsServer;
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::metrics::Metrics;
@@ -76,6 +78,10 @@ pub struct Args {
     pub kafka_brokers: String,
     #[arg(long, env = "KAFKA_TOPIC")]
     pub kafka_topic: String,
+    /// The StationFeed's record key (64 hex characters, from its Secret):
+    /// every record carries its MAC, which the encryptor verifies.
+    #[arg(long, env = "RECORD_KEY", hide_env_values = true)]
+    pub record_key: Option<RecordKey>,
     /// Address of `/metrics` and `/health`.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
@@ -186,6 +192,9 @@ pub async fn run(
         interval_s = args.poll_interval_seconds,
         "ingestor started"
     );
+    if args.record_key.is_none() {
+        tracing::warn!("no RECORD_KEY: station records go unsigned, and an encryptor that verifies them refuses them");
+    }
     tokio::pin!(shutdown);
     let mut polls = 0u64;
     loop {
@@ -195,7 +204,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = poll_once(&fetcher, &producer, &args.kafka_topic, &metrics) => {}
+            _ = poll_once(&fetcher, &producer, &args.kafka_topic, args.record_key.as_ref(), &metrics) => {}
         }
         polls += 1;
         if args.max_polls > 0 && polls >= args.max_polls {
@@ -210,7 +219,13 @@ pub async fn run(
 
 /// One poll: fetch, produce every station, wait for Kafka's
 /// acknowledgements. Never fails the loop; failures are logged and counted.
-pub async fn poll_once(fetcher: &Fetcher, producer: &FutureProducer, topic: &str, metrics: &Metrics) {
+pub async fn poll_once(
+    fetcher: &Fetcher,
+    producer: &FutureProducer,
+    topic: &str,
+    record_key: Option<&RecordKey>,
+    metrics: &Metrics,
+) {
     let started = Instant::now();
     let poll = match fetcher.poll(metrics).await {
         Ok(p) => p,
@@ -228,7 +243,14 @@ pub async fn poll_once(fetcher: &Fetcher, producer: &FutureProducer, topic: &str
 
     let sends = poll.stations.iter().map(|s| async move {
         let (key, payload) = station::kafka_record(s);
-        let record = FutureRecord::to(topic).key(&key).payload(&payload);
+        let mac = record_key.map(|k| record_mac(k.as_bytes(), topic, key.as_bytes(), &payload));
+        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+        if let Some(mac) = &mac {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: RECORD_MAC_HEADER,
+                value: Some(mac.as_bytes()),
+            }));
+        }
         producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)
     });
     let results = futures::future::join_all(sends).await;

@@ -19,7 +19,7 @@ use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
 use crate::ownership::{labels, owner_ref};
 use crate::{Error, Result};
-use fleetward_protocol::telemetry::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
+use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// Label on the keyring Secret (it has no owner reference): the Gateway it
 /// belongs to. Not `fleetward.io/gateway`, which marks the Secrets the

@@ -30,7 +30,7 @@ use crate::controllers::objects::{self, env, env_from_secret, mount, service_por
 use crate::crd::Gateway;
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
-use fleetward_protocol::telemetry::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
+use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// The gateway's drain on SIGTERM (at most 20 s, SHUTDOWN_DRAIN_SECONDS),
 /// its wait for the broker to close (at most 5 s), then Mosquitto's own

@@ -20,7 +20,7 @@ use crate::controllers::{METRICS_PORT, data_workload};
 use crate::crd::gateway::KafkaSinkSpec;
 use crate::crd::{Gateway, SecretKeyRef, Tariff};
 use crate::ownership::{labels, owner_ref};
-use fleetward_protocol::telemetry::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
+use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// The key of a gateway's CA Secret that holds the CA certificate (its
 /// private key sits beside it under `tls.key` and is never mounted).
