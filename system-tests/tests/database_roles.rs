@@ -210,48 +210,54 @@ async fn each_workload_reaches_only_its_own_tables_as_its_own_role() {
         2
     );
 
-    // Billing's credentials: the gateway's replay window (emptied, recorded
-    // messages replay after a gateway restart), the station rows, a
-    // program on the server, a file on it, more rights.
-    refused(
-        &billing,
-        "billing",
-        "DELETE FROM fleetward_gateway.gateway_replay_batches",
-    )
-    .await;
-    refused(&billing, "billing", "SELECT * FROM fleetward_gateway.gateway_audit").await;
-    refused(&billing, "billing", "UPDATE public.stations SET number = 'x'").await;
-    refused(&billing, "billing", "DROP TABLE public.telemetry").await;
-    refused(&billing, "billing", "COPY (SELECT 1) TO PROGRAM 'id'").await;
-    refused(&billing, "billing", "SELECT pg_read_file('/etc/passwd')").await;
-    refused(&billing, "billing", "CREATE ROLE intruder LOGIN SUPERUSER").await;
-    refused(&billing, "billing", "ALTER ROLE fleetward_billing_app SUPERUSER").await;
-    refused(
-        &billing,
-        "billing",
-        "GRANT pg_execute_server_program TO fleetward_billing_app",
-    )
-    .await;
-    // The encryptor's: bills and the audit trail.
-    refused(&encryptor, "encryptor", "SELECT * FROM fleetward_billing.readings").await;
-    refused(&encryptor, "encryptor", "DELETE FROM fleetward_gateway.gateway_audit").await;
-    refused(&encryptor, "encryptor", "COPY public.stations TO '/tmp/stations'").await;
-    // The gateway's: the stations, the bills, and the encryptor's function
-    // (replaced, it would run as whoever calls it next).
-    refused(&gateway, "gateway", "SELECT * FROM public.stations").await;
-    refused(
-        &gateway,
-        "gateway",
-        "INSERT INTO fleetward_billing.readings SELECT * FROM fleetward_billing.readings",
-    )
-    .await;
-    refused(
-        &gateway,
-        "gateway",
-        "CREATE OR REPLACE FUNCTION public.fleetward_ensure_station_table(tbl text) RETURNS void LANGUAGE sql AS 'SELECT 1'",
-    )
-    .await;
-    refused(&gateway, "gateway", "CREATE TABLE public.planted (x int)").await;
+    let attacks: [(&PgPool, &str, &[&str]); 3] = [
+        // Billing's credentials: the gateway's replay window (emptied,
+        // recorded messages replay after a gateway restart), the station
+        // rows, a program on the server, a file on it, more rights.
+        (
+            &billing,
+            "billing",
+            &[
+                "DELETE FROM fleetward_gateway.gateway_replay_batches",
+                "SELECT * FROM fleetward_gateway.gateway_audit",
+                "UPDATE public.stations SET number = 'x'",
+                "DROP TABLE public.telemetry",
+                "COPY (SELECT 1) TO PROGRAM 'id'",
+                "SELECT pg_read_file('/etc/passwd')",
+                "CREATE ROLE intruder LOGIN SUPERUSER",
+                "ALTER ROLE fleetward_billing_app SUPERUSER",
+                "GRANT pg_execute_server_program TO fleetward_billing_app",
+            ],
+        ),
+        // The encryptor's: bills and the audit trail.
+        (
+            &encryptor,
+            "encryptor",
+            &[
+                "SELECT * FROM fleetward_billing.readings",
+                "DELETE FROM fleetward_gateway.gateway_audit",
+                "COPY public.stations TO '/tmp/stations'",
+            ],
+        ),
+        // The gateway's: the stations, the bills, and the encryptor's
+        // function (replaced, it would run as whoever calls it next).
+        (
+            &gateway,
+            "gateway",
+            &[
+                "SELECT * FROM public.stations",
+                "INSERT INTO fleetward_billing.readings SELECT * FROM fleetward_billing.readings",
+                "CREATE OR REPLACE FUNCTION public.fleetward_ensure_station_table(tbl text) RETURNS void \
+                 LANGUAGE sql AS 'SELECT 1'",
+                "CREATE TABLE public.planted (x int)",
+            ],
+        ),
+    ];
+    for (pool, who, statements) in attacks {
+        for sql in statements {
+            refused(pool, who, sql).await;
+        }
+    }
     // Nothing of it happened.
     assert_eq!(
         count(&admin, "SELECT count(*) FROM fleetward_gateway.gateway_replay_batches").await,

@@ -64,6 +64,34 @@ pub fn parse_record_key(hex_text: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// The header a produced record carries: its MAC under `key`.
+#[cfg(feature = "kafka")]
+pub fn mac_header(key: &RecordKey, topic: &str, record_key: &[u8], value: &[u8]) -> rdkafka::message::OwnedHeaders {
+    let mac = record_mac(key.as_bytes(), topic, record_key, value);
+    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: RECORD_MAC_HEADER,
+        value: Some(mac.as_bytes()),
+    })
+}
+
+/// Whether a consumed record carries a valid MAC under `key` over its
+/// topic, key and value.
+#[cfg(feature = "kafka")]
+pub fn is_signed(key: &RecordKey, m: &impl rdkafka::message::Message) -> bool {
+    use rdkafka::message::Headers;
+    let mac = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
+        .and_then(|h| h.value);
+    verify_record_mac(
+        key.as_bytes(),
+        m.topic(),
+        m.key().unwrap_or_default(),
+        m.payload().unwrap_or_default(),
+        mac,
+    )
+}
+
 /// A record key as a workload holds it: parsed from its Secret's hex
 /// ([`parse_record_key`]), never shown by `Debug` (configuration structs
 /// that hold one may be logged).

@@ -387,8 +387,7 @@ fn screenshot(h: &Harness, html: &str) {
 /// gateway's topic, one unsigned and one with a MAC under another key, and
 /// shows billing counted both `unsigned` and stored neither.
 async fn forge_readings_on_the_topic(h: &Harness, billing: &crate::Billing) {
-    use fleetward_protocol::record::{RECORD_MAC_HEADER, record_mac};
-    use rdkafka::message::{Header, OwnedHeaders};
+    use fleetward_protocol::record::{RecordKey, mac_header};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let record = |id: &str| {
@@ -407,17 +406,15 @@ async fn forge_readings_on_the_topic(h: &Harness, billing: &crate::Billing) {
         .unwrap();
     let unsigned = record("forged-unsigned");
     let other_key = record("forged-other-key");
-    let mac = record_mac(&[7u8; 32], &h.topic, b"meter-00", &other_key);
+    let attackers_key: RecordKey = "07".repeat(32).parse().unwrap();
+    let mac = mac_header(&attackers_key, &h.topic, b"meter-00", &other_key);
     let before = billing
         .process
         .metric("fleetward_billing_readings_total{result=\"unsigned\"}");
     for (value, mac) in [(&unsigned, None), (&other_key, Some(mac))] {
         let mut rec = FutureRecord::to(&h.topic).key("meter-00").payload(value);
-        if let Some(mac) = &mac {
-            rec = rec.headers(OwnedHeaders::new().insert(Header {
-                key: RECORD_MAC_HEADER,
-                value: Some(mac.as_bytes()),
-            }));
+        if let Some(mac) = mac {
+            rec = rec.headers(mac);
         }
         producer
             .send(rec, Duration::from_secs(30))

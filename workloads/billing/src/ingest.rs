@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, verify_record_mac};
+use fleetward_protocol::record::{RecordKey, is_signed};
 use fleetward_protocol::telemetry::TelemetryRecord;
 use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
@@ -97,22 +97,6 @@ pub fn reading(bytes: &[u8], ns: &str) -> Result<Reading, Skip> {
     })
 }
 
-/// Whether a record carries the Gateway's MAC over its topic, key and
-/// value (`fleetward_protocol::record::record_mac`).
-pub fn signed(record_key: &RecordKey, m: &impl Message) -> bool {
-    let mac = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
-        .and_then(|h| h.value);
-    verify_record_mac(
-        record_key.as_bytes(),
-        m.topic(),
-        m.key().unwrap_or_default(),
-        m.payload().unwrap_or_default(),
-        mac,
-    )
-}
-
 /// Consumes until the process stops. With `record_key`, only records the
 /// Gateway signed are readings.
 pub async fn run(
@@ -146,7 +130,7 @@ pub async fn run(
             }
         }
         for m in &msgs {
-            if record_key.as_ref().is_some_and(|k| !signed(k, m)) {
+            if record_key.as_ref().is_some_and(|k| !is_signed(k, m)) {
                 tracing::debug!(
                     partition = m.partition(),
                     offset = m.offset(),

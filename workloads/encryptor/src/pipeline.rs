@@ -12,13 +12,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, verify_record_mac};
+use fleetward_protocol::record::{RecordKey, is_signed};
 use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -338,24 +338,13 @@ impl Pipeline {
     }
 }
 
-/// With a record key, whether a record carries its producer's MAC over its
-/// topic, key and value (`fleetward_protocol::record`).
+/// With a record key, whether a record carries its producer's MAC
+/// (`fleetward_protocol::record`).
 fn verify(record_key: Option<&RecordKey>, m: &OwnedMessage) -> Result<(), Invalid> {
-    let Some(key) = record_key else {
-        return Ok(());
-    };
-    let mac = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == RECORD_MAC_HEADER))
-        .and_then(|h| h.value);
-    let ok = verify_record_mac(
-        key.as_bytes(),
-        m.topic(),
-        m.key().unwrap_or_default(),
-        m.payload().unwrap_or_default(),
-        mac,
-    );
-    if ok { Ok(()) } else { Err(Invalid::Unsigned) }
+    match record_key {
+        Some(key) if !is_signed(key, m) => Err(Invalid::Unsigned),
+        _ => Ok(()),
+    }
 }
 
 /// `seal` applied to every message, in parallel: the rows, and the batch

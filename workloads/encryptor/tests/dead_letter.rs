@@ -9,10 +9,9 @@ use common::*;
 use fleetward_encryptor::dead_letter::{self, DETAIL, OFFSET, PARTITION, REASON, TOPIC};
 use fleetward_encryptor::record::Invalid;
 use fleetward_keyring::Keyring;
-use fleetward_protocol::record::{RECORD_MAC_HEADER, record_mac};
+use fleetward_protocol::record::{RecordKey, mac_header};
 use rdkafka::Message;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::FutureRecord;
+use rdkafka::message::{Headers, OwnedMessage};
 use serde_json::{Value, json};
 
 fn station(number: u64, last_update: i64, address: &str) -> Value {
@@ -156,6 +155,15 @@ fn telemetry(message_id: &str, kwh: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A random record key, as the operator makes one: its hex text (the
+/// workload's `RECORD_KEY`) and the key.
+fn record_key() -> (String, RecordKey) {
+    let hex: String = (0..8).map(|_| rand_hex()).collect();
+    assert_eq!(hex.len(), 64);
+    let key = hex.parse().unwrap();
+    (hex, key)
+}
+
 /// Telemetry produced to a Gateway's topic by anything but its gateway (no
 /// MAC, another key's MAC, a MAC made for another topic, a record changed
 /// after it was signed) is dead-lettered as `unsigned` and never stored;
@@ -168,80 +176,39 @@ async fn telemetry_not_signed_by_its_gateway_is_dead_lettered_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let keyring_file = dir.path().join("keyring.json");
     write_keyring(&keyring_file, &Keyring::generate());
-    let key: String = (0..8).map(|_| rand_hex()).collect();
-    assert_eq!(key.len(), 64);
-    let key_bytes = fleetward_protocol::record::parse_record_key(&key).unwrap();
+    let (hex, key) = record_key();
+    let (_, other_key) = record_key();
     let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
     cfg.dead_letter_topic = Some(dlq.clone());
     cfg.kind = Some("telemetry");
-    cfg.record_key = Some(key.clone());
+    cfg.record_key = Some(hex);
     let enc = start_encryptor(&cfg, "telemetry-mac-encryptor");
     let pool = pg().await;
 
+    let sign = |key: &RecordKey, topic: &str, value: &[u8]| Some(mac_header(key, topic, b"meter-1", value));
     let good = telemetry("m-good", "10.5");
-    let changed = telemetry("m-changed", "99999");
-    let forged: Vec<(&str, Vec<u8>, Option<String>)> = vec![
-        ("m-unsigned", telemetry("m-unsigned", "99999"), None),
+    let other_key_value = telemetry("m-other-key", "99999");
+    let other_topic_value = telemetry("m-other-topic", "99999");
+    let records = [
+        (good.clone(), sign(&key, &topic, &good)),
+        (telemetry("m-unsigned", "99999"), None),
+        (other_key_value.clone(), sign(&other_key, &topic, &other_key_value)),
         (
-            "m-other-key",
-            telemetry("m-other-key", "99999"),
-            Some(record_mac(
-                &[9u8; 32],
-                &topic,
-                b"meter-1",
-                &telemetry("m-other-key", "99999"),
-            )),
-        ),
-        (
-            "m-other-topic",
-            telemetry("m-other-topic", "99999"),
-            Some(record_mac(
-                &key_bytes,
-                "another-gateways-topic",
-                b"meter-1",
-                &telemetry("m-other-topic", "99999"),
-            )),
+            other_topic_value.clone(),
+            sign(&key, "another-gateways-topic", &other_topic_value),
         ),
         // Signed as 10.5 kWh, sent as 99999.
         (
-            "m-changed",
-            changed,
-            Some(record_mac(
-                &key_bytes,
-                &topic,
-                b"meter-1",
-                &telemetry("m-changed", "10.5"),
-            )),
+            telemetry("m-changed", "99999"),
+            sign(&key, &topic, &telemetry("m-changed", "10.5")),
         ),
     ];
-    let p = producer();
-    let mut records = vec![(
-        "m-good",
-        good.clone(),
-        Some(record_mac(&key_bytes, &topic, b"meter-1", &good)),
-    )];
-    records.extend(forged);
-    for (_, value, mac) in &records {
-        let mut rec = FutureRecord::to(&topic).key("meter-1").payload(value);
-        if let Some(mac) = mac {
-            rec = rec.headers(OwnedHeaders::new().insert(Header {
-                key: RECORD_MAC_HEADER,
-                value: Some(mac.as_bytes()),
-            }));
-        }
-        p.send(rec, std::time::Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    produce_with_headers(&topic, records.map(|(v, h)| ("meter-1".to_string(), v, h))).await;
 
     let letters = consume(&dlq, 4, 60);
     let reasons: Vec<Option<String>> = letters.iter().map(|m| header(m, REASON)).collect();
     assert_eq!(reasons, vec![Some("unsigned".to_string()); 4], "{}", enc.log_text());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&pool, &table).await < 1 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_rows(&pool, &table, 1, 30).await;
     let stored: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT message_id FROM {table}")))
         .fetch_all(&pool)
         .await
@@ -260,39 +227,26 @@ async fn station_records_not_signed_by_their_ingestor_are_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let keyring_file = dir.path().join("keyring.json");
     write_keyring(&keyring_file, &Keyring::generate());
-    let key: String = (0..8).map(|_| rand_hex()).collect();
-    let key_bytes = fleetward_protocol::record::parse_record_key(&key).unwrap();
+    let (hex, key) = record_key();
     let mut cfg = EncryptorConfig::new(&topic, &table, &keyring_file);
     cfg.dead_letter_topic = Some(dlq.clone());
-    cfg.record_key = Some(key);
+    cfg.record_key = Some(hex);
     let enc = start_encryptor(&cfg, "stations-mac-encryptor");
     let pool = pg().await;
 
     let t = 1_770_000_000_000_i64;
     let signed = station(1, t, "1 Signed Street").to_string().into_bytes();
     let forged = station(2, t, "2 Forged Street").to_string().into_bytes();
-    let p = producer();
-    let mac = record_mac(&key_bytes, &topic, b"1", &signed);
-    for (key, value, mac) in [("1", &signed, Some(mac)), ("2", &forged, None)] {
-        let mut rec = FutureRecord::to(&topic).key(key).payload(value);
-        if let Some(mac) = &mac {
-            rec = rec.headers(OwnedHeaders::new().insert(Header {
-                key: RECORD_MAC_HEADER,
-                value: Some(mac.as_bytes()),
-            }));
-        }
-        p.send(rec, std::time::Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    let mac = mac_header(&key, &topic, b"1", &signed);
+    produce_with_headers(
+        &topic,
+        [("1".to_string(), signed, Some(mac)), ("2".to_string(), forged, None)],
+    )
+    .await;
     let letters = consume(&dlq, 1, 60);
     assert_eq!(letters.len(), 1, "{}", enc.log_text());
     assert_eq!(header(&letters[0], REASON).as_deref(), Some("unsigned"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&pool, &table).await < 1 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_rows(&pool, &table, 1, 30).await;
     let stored: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT number FROM {table}")))
         .fetch_all(&pool)
         .await

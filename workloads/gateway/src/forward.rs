@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, record_mac};
+use fleetward_protocol::record::{RecordKey, mac_header};
 use fleetward_protocol::response_topic;
 use fleetward_protocol::telemetry::TelemetryRecord;
 use fleetward_service::backoff::Backoff;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
@@ -123,18 +122,12 @@ impl Sinks {
         };
         let body = record.to_json();
         let key = msg.device_id.as_bytes();
-        let mac = self
-            .record_key
-            .as_ref()
-            .map(|k| record_mac(k.as_bytes(), topic, key, &body));
+        let mac = self.record_key.as_ref().map(|k| mac_header(k, topic, key, &body));
         let mut backoff = Backoff::standard();
         loop {
             let mut rec = FutureRecord::to(topic).key(key).payload(&body);
             if let Some(mac) = &mac {
-                rec = rec.headers(OwnedHeaders::new().insert(Header {
-                    key: RECORD_MAC_HEADER,
-                    value: Some(mac.as_bytes()),
-                }));
+                rec = rec.headers(mac.clone());
             }
             let res = producer.send(rec, Duration::from_secs(30)).await;
             match res {

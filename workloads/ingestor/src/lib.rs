@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use fleetward_protocol::record::{RECORD_MAC_HEADER, RecordKey, record_mac};
+use fleetward_protocol::record::{RecordKey, mac_header};
 use fleetward_service::http::MetricsServer;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::metrics::Metrics;
@@ -243,13 +242,9 @@ pub async fn poll_once(
 
     let sends = poll.stations.iter().map(|s| async move {
         let (key, payload) = station::kafka_record(s);
-        let mac = record_key.map(|k| record_mac(k.as_bytes(), topic, key.as_bytes(), &payload));
         let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-        if let Some(mac) = &mac {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: RECORD_MAC_HEADER,
-                value: Some(mac.as_bytes()),
-            }));
+        if let Some(k) = record_key {
+            record = record.headers(mac_header(k, topic, key.as_bytes(), &payload));
         }
         producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)
     });

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fleetward_keyring::Keyring;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 
@@ -62,21 +62,39 @@ pub fn producer() -> FutureProducer {
 
 /// Produces `records` (key, payload) and waits for every acknowledgement.
 pub async fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    produce_with_headers(topic, records.into_iter().map(|(k, v)| (k, v, None))).await
+}
+
+/// `produce`, each record with its headers if it has some.
+pub async fn produce_with_headers(
+    topic: &str,
+    records: impl IntoIterator<Item = (String, Vec<u8>, Option<OwnedHeaders>)>,
+) {
     let p = producer();
     let sends: Vec<_> = records
         .into_iter()
-        .map(|(k, v)| {
+        .map(|(k, v, headers)| {
             let p = p.clone();
             let topic = topic.to_string();
             async move {
-                p.send(FutureRecord::to(&topic).key(&k).payload(&v), Duration::from_secs(60))
-                    .await
-                    .map_err(|(e, _)| e)
+                let mut record = FutureRecord::to(&topic).key(&k).payload(&v);
+                if let Some(h) = headers {
+                    record = record.headers(h);
+                }
+                p.send(record, Duration::from_secs(60)).await.map_err(|(e, _)| e)
             }
         })
         .collect();
     for r in futures::future::join_all(sends).await {
         r.unwrap_or_else(|e| panic!("Kafka at KAFKA_BROKERS refused a record ({e}); run `./deploy.sh dev-up`"));
+    }
+}
+
+/// Waits until `table` holds at least `n` rows, or `secs` passed.
+pub async fn wait_for_rows(pool: &PgPool, table: &str, n: i64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while count(pool, table).await < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
