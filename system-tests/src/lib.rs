@@ -146,8 +146,10 @@ pub fn psql(namespace: &str, release: &str, sql: &str) -> String {
 
 /// `psql` in the release's PostgreSQL pod as a client from outside it
 /// would connect: to the Service, with the connection URL `url` (given on
-/// stdin, so its password is in no argument). Returns (success, output).
-pub fn psql_with_url(namespace: &str, release: &str, url: &str, sql: &str) -> (bool, String) {
+/// stdin, so its password is in no argument). Returns (success, stdout,
+/// stderr): kubectl may write its own notices to stderr (e.g. `Unknown
+/// stream id`), so an answer is read from stdout alone.
+pub fn psql_with_url(namespace: &str, release: &str, url: &str, sql: &str) -> (bool, String, String) {
     let mut cmd = Command::new(fleetward_testkit::kubectl());
     cmd.args([
         "-n",
@@ -162,8 +164,7 @@ pub fn psql_with_url(namespace: &str, release: &str, url: &str, sql: &str) -> (b
         "psql",
         sql,
     ]);
-    let (ok, out, err) = run(cmd, Some(&format!("{url}\n")));
-    (ok, out + &err)
+    run(cmd, Some(&format!("{url}\n")))
 }
 
 /// Prometheus's HTTP API through its Service address (the host routes the

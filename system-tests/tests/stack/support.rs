@@ -232,13 +232,14 @@ pub fn database_roles_hold(ns: &str) {
     assert!(url.ends_with(verified), "billing's URL verifies the server");
     // In the database pod the CA file is not where the URL says: encrypt
     // without it (`require`), or not at all.
-    let (ok, out) = psql_with_url(ns, RELEASE, &url.replace(verified, "sslmode=disable"), "SELECT 1");
-    assert!(!ok && out.contains("no encryption"), "a plain connection: {out}");
+    let (ok, out, err) = psql_with_url(ns, RELEASE, &url.replace(verified, "sslmode=disable"), "SELECT 1");
+    let said = out + &err;
+    assert!(!ok && said.contains("no encryption"), "a plain connection: {said}");
     let tls = url.replace(verified, "sslmode=require");
-    let (ok, out) = psql_with_url(ns, RELEASE, &tls, "SELECT current_user");
+    let (ok, out, err) = psql_with_url(ns, RELEASE, &tls, "SELECT current_user");
     assert!(
         ok && out.trim() == "fleetward_billing_app",
-        "billing's role over TLS: {out}"
+        "billing's role over TLS: {out}{err}"
     );
     for attack in [
         "DELETE FROM fleetward_gateway.gateway_replay_batches",
@@ -246,7 +247,8 @@ pub fn database_roles_hold(ns: &str) {
         "DELETE FROM public.fleetward_station_tables",
         "COPY (SELECT 1) TO PROGRAM 'id'",
     ] {
-        let (ok, out) = psql_with_url(ns, RELEASE, &tls, attack);
+        let (ok, out, err) = psql_with_url(ns, RELEASE, &tls, attack);
+        let out = out + &err;
         assert!(
             !ok && (out.contains("permission denied") || out.contains("must be superuser")),
             "billing's role: {attack}: {out}"
