@@ -25,7 +25,7 @@ ARG BINARIES=build
 FROM ${RUST_IMAGE} AS build
 # librdkafka is compiled from source by rdkafka-sys (cmake, a C++ compiler).
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      cmake g++ make perl pkg-config libcurl4-openssl-dev \
+      cmake g++ make perl pkg-config libcurl4-openssl-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

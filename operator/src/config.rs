@@ -13,6 +13,31 @@ pub struct Config {
     pub billing_image: String,
     /// Kafka bootstrap servers used when a resource does not name its own.
     pub kafka_bootstrap: String,
+    /// Mutual TLS with that Kafka: the operator's Kafka CA issues each
+    /// workload its client certificate (and the broker its own).
+    pub kafka_tls: Option<KafkaTls>,
+}
+
+/// Where the operator keeps the Kafka CA and the broker's certificates:
+/// Secrets of its own namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaTls {
+    pub namespace: String,
+    /// The CA (`ca.crt`, `ca.key`): made once by the operator.
+    pub ca_secret: String,
+    /// The broker's keystore and the ACL bootstrapper's, when the operator
+    /// certifies the chart's own Kafka.
+    pub broker: Option<KafkaBroker>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaBroker {
+    /// `keystore.pem` (key + certificate), `ca.crt`.
+    pub server_secret: String,
+    /// The same for the admin identity that writes the ACLs.
+    pub admin_secret: String,
+    /// Every name clients reach the broker by.
+    pub dns_names: Vec<String>,
 }
 
 impl Default for Config {
@@ -25,6 +50,7 @@ impl Default for Config {
             encryptor_image: format!("ghcr.io/fleetward/encryptor:{v}"),
             billing_image: format!("ghcr.io/fleetward/billing:{v}"),
             kafka_bootstrap: "kafka:9092".into(),
+            kafka_tls: None,
         }
     }
 }

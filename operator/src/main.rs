@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use fleetward_operator::config::Config;
+use fleetward_operator::config::{Config, KafkaBroker, KafkaTls};
 use fleetward_operator::context::Context;
 use fleetward_operator::controllers;
 use fleetward_operator::crd::{Device, Gateway};
@@ -37,6 +37,26 @@ struct Args {
     /// Kafka bootstrap servers for resources that do not name their own.
     #[arg(long, env = "FLEETWARD_KAFKA_BOOTSTRAP")]
     kafka_bootstrap: Option<String>,
+    /// Mutual TLS with that Kafka: the Secret (in POD_NAMESPACE) of the
+    /// operator's Kafka CA, made on first start. Each workload using the
+    /// default Kafka gets a client certificate of its role from it.
+    #[arg(long, env = "FLEETWARD_KAFKA_TLS_CA_SECRET")]
+    kafka_tls_ca_secret: Option<String>,
+    /// The Secret (in POD_NAMESPACE) the operator keeps the chart's broker
+    /// keystore in; needs the two below.
+    #[arg(long, env = "FLEETWARD_KAFKA_TLS_SERVER_SECRET", requires_all = ["kafka_tls_ca_secret", "kafka_tls_admin_secret", "kafka_tls_server_names"])]
+    kafka_tls_server_secret: Option<String>,
+    /// The Secret for the identity that writes the broker's ACLs.
+    #[arg(long, env = "FLEETWARD_KAFKA_TLS_ADMIN_SECRET", requires = "kafka_tls_server_secret")]
+    kafka_tls_admin_secret: Option<String>,
+    /// The broker's DNS names (comma-separated), as clients reach it.
+    #[arg(
+        long,
+        env = "FLEETWARD_KAFKA_TLS_SERVER_NAMES",
+        value_delimiter = ',',
+        requires = "kafka_tls_server_secret"
+    )]
+    kafka_tls_server_names: Vec<String>,
     /// Run the controllers only while holding the Lease `fleetward-operator`
     /// in POD_NAMESPACE, so several replicas are safe.
     #[arg(long, env = "FLEETWARD_LEADER_ELECTION")]
@@ -75,6 +95,15 @@ async fn main() -> anyhow::Result<()> {
     set(&mut config.encryptor_image, args.encryptor_image);
     set(&mut config.billing_image, args.billing_image);
     set(&mut config.kafka_bootstrap, args.kafka_bootstrap);
+    config.kafka_tls = args.kafka_tls_ca_secret.map(|ca_secret| KafkaTls {
+        namespace: args.pod_namespace.clone(),
+        ca_secret,
+        broker: args.kafka_tls_server_secret.map(|server_secret| KafkaBroker {
+            server_secret,
+            admin_secret: args.kafka_tls_admin_secret.unwrap_or_default(),
+            dns_names: args.kafka_tls_server_names.clone(),
+        }),
+    });
 
     if args.exit_on_stdin_eof {
         std::thread::spawn(|| {

@@ -79,6 +79,9 @@ pub struct CertInfo {
 pub enum Usage {
     Server,
     Client,
+    /// A server that also connects as a client of its own kind (a Kafka
+    /// broker to its controller).
+    ServerAndClient,
 }
 
 /// What a leaf certificate should say.
@@ -159,10 +162,11 @@ impl CaBundle {
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyAgreement];
-        params.extended_key_usages = vec![match req.usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
+        params.extended_key_usages = match req.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        };
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
         set_validity(&mut params, req.validity_days)?;

@@ -275,6 +275,26 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         "no PodMonitor without the Prometheus Operator"
     );
     kubectl_apply(&all, &["--dry-run=server"]);
+    // The default Kafka speaks mutual TLS only, from the operator's CA,
+    // with ACLs; without kafka.tls it is the plaintext broker of before.
+    for line in [
+        "KAFKA_LISTENERS, value: \"SSL://:9092,CONTROLLER://localhost:9093\"",
+        "KAFKA_SSL_CLIENT_AUTH, value: required",
+        "KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND, value: \"false\"",
+        "name: FLEETWARD_KAFKA_TLS_CA_SECRET",
+        "- name: acls",
+    ] {
+        assert!(all.contains(line), "the default Kafka has {line}");
+    }
+    let names = format!("fw-kafka-0.fw-kafka-headless.{}.svc.cluster.local", ns.name);
+    assert!(all.contains(&names), "the broker's certificate names its pod");
+    let (ok, plain, err) = render(&chart, &["--namespace", &ns.name, "--set", "kafka.tls.enabled=false"]);
+    assert!(ok, "{err}");
+    assert!(
+        plain.contains("PLAINTEXT://:9092")
+            && !plain.contains("FLEETWARD_KAFKA_TLS")
+            && !plain.contains("- name: acls")
+    );
 
     let (ok, with_operator, err) = render(
         &chart,
@@ -317,6 +337,10 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
     assert!(
         production.contains("b-1.example:9092"),
         "the operator uses the given Kafka"
+    );
+    assert!(
+        !production.contains("FLEETWARD_KAFKA_TLS"),
+        "no operator certificates for a Kafka the chart does not run"
     );
     assert!(
         production.contains("@db.example:5432/fleetward?sslmode=require\"")

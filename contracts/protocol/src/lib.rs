@@ -39,6 +39,7 @@ pub mod category;
 mod command;
 mod envelope;
 mod json;
+pub mod kafka;
 pub mod record;
 mod rejection;
 pub mod replay;

@@ -76,6 +76,19 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 /var/run/fleetward/database/ca.crt
 {{- end }}
 
+{{/* Non-empty when the in-cluster Kafka runs with mutual TLS. */}}
+{{- define "fleetward.kafkaTLS" -}}
+{{- if and .Values.kafka.enabled .Values.kafka.tls.enabled -}}true{{- end -}}
+{{- end }}
+
+{{/* Every name the in-cluster broker is reached by (its certificate's). */}}
+{{- define "fleetward.kafkaServerNames" -}}
+{{- $name := printf "%s-kafka" .Release.Name -}}
+{{- $ns := .Release.Namespace -}}
+{{- $pod := printf "%s-0.%s-headless" $name $name -}}
+{{- list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) (printf "%s.%s.svc" $pod $ns) (printf "%s.%s.svc.cluster.local" $pod $ns) "localhost" | join "," -}}
+{{- end }}
+
 {{- define "fleetward.kafkaBootstrap" -}}
 {{- if .Values.kafka.enabled -}}
 {{ .Release.Name }}-kafka.{{ .Release.Namespace }}.svc.cluster.local:9092

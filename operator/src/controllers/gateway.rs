@@ -25,6 +25,7 @@ use kube::{Api, Resource, ResourceExt};
 use self::plan::{CaView, CrlStep};
 use super::applier::{apply, create_once};
 use super::events::PlannedEvent;
+use super::kafka_client;
 use super::stores::SecretChange;
 use super::{policy, secret_refs};
 use super::{secret_str, tls_secret};
@@ -460,18 +461,22 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         writes::apply_broker_volume(gw, ctx, ns).await?;
     }
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    apply(
-        &sets,
-        &workload_name(&name),
-        &workload::statefulset(
-            gw,
-            &ctx.config,
-            &plan.rollout_hash,
-            plan.status.aws_iot.as_ref().and_then(|a| a.data_endpoint.as_deref()),
-        )?,
-        None,
-    )
-    .await?;
+    let mut set = workload::statefulset(
+        gw,
+        &ctx.config,
+        &plan.rollout_hash,
+        plan.status.aws_iot.as_ref().and_then(|a| a.data_endpoint.as_deref()),
+    )?;
+    if let Some(spec) = set.spec.as_mut() {
+        let who = kafka_client::Workload {
+            namespace: ns,
+            name: &workload_name(&name),
+            owner: owner_ref(gw)?,
+            role: kafka_client::Role::Gateway,
+        };
+        kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+    }
+    apply(&sets, &workload_name(&name), &set, None).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     if own_broker {
         apply(&services, &name, &workload::service(gw)?, None).await?;

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod device;
 pub mod events;
 pub mod gateway;
+pub mod kafka_client;
 pub mod keyring;
 pub mod objects;
 pub mod policy;
@@ -32,12 +33,14 @@ use crate::context::Context;
 
 /// Runs every controller until shutdown. Add a new kind's `run` here.
 pub async fn run(ctx: std::sync::Arc<Context>) {
+    let broker = tokio::spawn(kafka_client::run_broker(ctx.client.clone(), ctx.config.clone()));
     tokio::join!(
         gateway::run(ctx.clone()),
         device::run(ctx.clone()),
         stationfeed::run(ctx.clone()),
         tariff::run(ctx.clone())
     );
+    broker.abort();
 }
 
 /// Longest the operator waits before looking at an object again even when

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use fleetward_keyring::secret_name as keyring_secret_name;
 
+use super::kafka_client;
 use super::keyring::{self, KeyringSecret};
 use super::objects::{self, env};
 use super::{EncryptorSpec, METRICS_PORT, data_workload};
@@ -144,7 +145,23 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
         ensure_record_key(&secrets, feed).await?;
     }
     for d in &plan.deployments {
-        apply(&deploys, d.metadata.name.as_deref().unwrap_or_default(), d, None).await?;
+        let d_name = d.metadata.name.clone().unwrap_or_default();
+        let mut d = d.clone();
+        if let Some(spec) = d.spec.as_mut() {
+            let role = if d_name == ingestor_name(&name) {
+                kafka_client::Role::Ingestor
+            } else {
+                kafka_client::Role::Encryptor
+            };
+            let who = kafka_client::Workload {
+                namespace: &ns,
+                name: &d_name,
+                owner: owner_ref(feed)?,
+                role,
+            };
+            kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+        }
+        apply(&deploys, &d_name, &d, None).await?;
     }
     policy::write_status(ctx, feed, feed.status.as_ref(), &plan.status).await?;
     for ev in plan.events {

@@ -27,7 +27,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::applier::{apply, create_once, delete_if_owned};
-use super::{policy, secret_refs};
+use super::{kafka_client, policy, secret_refs};
 use crate::context::Context;
 use crate::crd::{Gateway, Tariff};
 use crate::ownership::{MANAGED_BY, owner_ref};
@@ -173,7 +173,17 @@ async fn apply_plan(tariff: &Tariff, ctx: &Context, ns: &str, plan: plan::Plan) 
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     match &plan.deployment {
         Some(d) => {
-            apply(&deploys, &name, d, None).await?;
+            let mut d = d.clone();
+            if let Some(spec) = d.spec.as_mut() {
+                let who = kafka_client::Workload {
+                    namespace: ns,
+                    name: &name,
+                    owner: owner_ref(tariff)?,
+                    role: kafka_client::Role::Billing,
+                };
+                kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+            }
+            apply(&deploys, &name, &d, None).await?;
         }
         None => delete_own_deployment(tariff, &deploys, &name).await?,
     }

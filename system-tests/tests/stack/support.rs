@@ -257,11 +257,62 @@ pub fn database_roles_hold(ns: &str) {
     }
 }
 
-/// The attack of an unauthenticated Kafka: a pod of the namespace (the
-/// Kafka image, its own console producer) writes a reading of 999,999 kWh
-/// for meter-001 to the example gateway's topic, without the gateway's MAC.
-/// The telemetry writer dead-letters it and billing counts it `unsigned`
-/// (both seen in Prometheus); no row holds it.
+/// Runs the Kafka image's console producer in a pod of the namespace,
+/// writing `record` to the example gateway's topic over TLS with the
+/// Kafka client Secret `secret` mounted: `identity` presents its
+/// certificate, otherwise only its CA is trusted (a client with no
+/// identity). Returns the pod's log, which ends `exit=<status>`.
+fn forge_with(ns: &str, pod: &str, secret: &str, identity: bool, record: &str) -> String {
+    let keystore = if identity {
+        "cat /k/tls.key /k/tls.crt >/tmp/ks.pem; printf 'ssl.keystore.type=PEM\\nssl.keystore.location=/tmp/ks.pem\\n' >>/tmp/p;"
+    } else {
+        ""
+    };
+    let script = format!(
+        "printf 'security.protocol=SSL\\nssl.truststore.type=PEM\\nssl.truststore.location=/k/ca.crt\\n' >/tmp/p; {keystore} \
+         echo \"$RECORD\" | java -Xmx64m -XX:-UsePerfData -cp '/opt/kafka/libs/*' \
+         org.apache.kafka.tools.ConsoleProducer --bootstrap-server {RELEASE}-kafka:9092 --producer.config /tmp/p \
+         --producer-property max.block.ms=20000 --producer-property enable.idempotence=false --sync \
+         --topic fleet-telemetry --property parse.key=true --property 'key.separator=|' 2>&1; echo exit=$?"
+    );
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "forger",
+                "image": "localhost/fleetward/kafka:4.1.1",
+                "imagePullPolicy": "Never",
+                "env": [{"name": "RECORD", "value": record}],
+                "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "k", "mountPath": "/k", "readOnly": true}],
+            }],
+            "volumes": [{"name": "k", "secret": {"secretName": secret}}],
+        },
+    });
+    kubectl_apply(&manifest.to_string());
+    fleetward_testkit::wait_until_blocking(
+        "the forging pod to finish",
+        120,
+        || jsonpath(ns, &["pod", pod], "{.status.phase}") == "Succeeded",
+        || kubectl_try(&["-n", ns, "logs", pod]).1,
+    );
+    let log = kubectl_try(&["-n", ns, "logs", pod]).1;
+    kubectl(&["-n", ns, "delete", "pod", pod, "--wait=false"]);
+    log
+}
+
+/// The attacks on Kafka from a pod of the cluster, each writing a reading
+/// of 999,999 kWh for meter-001 to the example gateway's topic:
+/// - with no client certificate (only the CA, which is public): the broker
+///   ends the TLS handshake;
+/// - with billing's certificate (stolen from a billing pod): the broker's
+///   ACLs refuse billing any write;
+/// - with the ingestor's certificate (the ingestor may write): the record
+///   lands but carries no gateway MAC, so the telemetry writer
+///   dead-letters it and billing counts it `unsigned` (both seen in
+///   Prometheus); no row holds it.
 pub fn a_reading_forged_in_the_cluster_is_refused(ns: &str, prom: &str) {
     let refused_by_billing = format!(r#"sum(fleetward_billing_readings_total{{namespace="{ns}", result="unsigned"}})"#);
     let dead_letters = format!(r#"sum(fleetward_encryptor_records_total{{namespace="{ns}", result="dead_letter"}})"#);
@@ -272,32 +323,20 @@ pub fn a_reading_forged_in_the_cluster_is_refused(ns: &str, prom: &str) {
         chrono::Utc::now().timestamp(),
         chrono::Utc::now().to_rfc3339(),
     );
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "forger", "namespace": ns},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "forger",
-                "image": "localhost/fleetward/kafka:4.1.1",
-                "imagePullPolicy": "Never",
-                "env": [{"name": "RECORD", "value": record}],
-                "command": ["sh", "-c", format!(
-                    "echo \"$RECORD\" | java -Xmx64m -XX:-UsePerfData -cp '/opt/kafka/libs/*' \
-                     org.apache.kafka.tools.ConsoleProducer --bootstrap-server {RELEASE}-kafka:9092 \
-                     --topic fleet-telemetry --property parse.key=true --property 'key.separator=|'"
-                )],
-            }],
-        },
-    });
-    kubectl_apply(&pod.to_string());
-    fleetward_testkit::wait_until_blocking(
-        "the forging pod to finish",
-        120,
-        || jsonpath(ns, &["pod", "forger"], "{.status.phase}") == "Succeeded",
-        || kubectl_try(&["-n", ns, "logs", "forger"]).1,
+    let billing = "residential-2026-billing-kafka";
+    let log = forge_with(ns, "forger-anonymous", billing, false, &record);
+    assert!(
+        !log.contains("exit=0")
+            && (log.contains("SslAuthenticationException") || log.contains("Failed authentication")),
+        "a client with no certificate: {log}"
     );
-    kubectl(&["-n", ns, "delete", "pod", "forger", "--wait=false"]);
+    let log = forge_with(ns, "forger-billing", billing, true, &record);
+    assert!(
+        !log.contains("exit=0") && log.contains("TopicAuthorizationException"),
+        "billing's certificate writing telemetry: {log}"
+    );
+    let log = forge_with(ns, "forger-ingestor", "dublin-bikes-ingestor-kafka", true, &record);
+    assert!(log.contains("exit=0"), "the ingestor's certificate may write: {log}");
     fleetward_testkit::wait_until_blocking(
         "the forged reading refused by billing and dead-lettered by the telemetry writer",
         90,

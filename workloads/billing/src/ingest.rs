@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use fleetward_protocol::record::{RecordKey, is_signed};
 use fleetward_protocol::telemetry::TelemetryRecord;
 use fleetward_service::backoff::Backoff;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
@@ -30,9 +29,10 @@ use crate::metrics::Metrics;
 const BATCH: usize = 5000;
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
-pub fn consumer(brokers: &str, topic: &str, group: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+/// Billing's consumer of a Gateway's telemetry topic, connected with the
+/// security of this process's environment.
+pub fn consumer(brokers: &str, topic: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+    let c: StreamConsumer = fleetward_protocol::kafka::client_config(brokers)?
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")

@@ -12,10 +12,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetward_protocol::kafka::client_config;
 use fleetward_protocol::record::{RecordKey, is_signed};
 use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
@@ -101,8 +101,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(settings: Settings, pool: PgPool, keyring: SharedKeyring, metrics: Arc<Metrics>) -> Result<Self, Error> {
-        let consumer: StreamConsumer<Ctx> = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        let consumer: StreamConsumer<Ctx> = client_config(&settings.brokers)?
             .set("group.id", &settings.group_id)
             .set("client.id", "fleetward-encryptor")
             // Offsets move only when rows are durable (see module docs).
@@ -123,8 +122,7 @@ impl Pipeline {
                 metrics: metrics.clone(),
             })?;
         consumer.subscribe(&[&settings.topic])?;
-        let dlq: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        let dlq: FutureProducer = client_config(&settings.brokers)?
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("client.id", "fleetward-encryptor-dlq")

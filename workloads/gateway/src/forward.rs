@@ -11,7 +11,6 @@ use fleetward_protocol::record::{RecordKey, mac_header};
 use fleetward_protocol::response_topic;
 use fleetward_protocol::telemetry::TelemetryRecord;
 use fleetward_service::backoff::Backoff;
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
@@ -37,6 +36,8 @@ pub enum ForwardError {
     BackendStatus(u16),
     #[error("kafka client: {0}")]
     KafkaClient(#[from] rdkafka::error::KafkaError),
+    #[error("kafka connection settings: {0}")]
+    KafkaSettings(#[from] fleetward_protocol::kafka::KafkaSecurityError),
     /// Kafka's answer about this record (too large, invalid): asking again
     /// gets the same answer.
     #[error("kafka refused the record: {0}")]
@@ -212,8 +213,7 @@ impl Sinks {
 
 /// An idempotent producer: retries never duplicate or reorder a partition.
 pub fn producer(brokers: &str) -> Result<FutureProducer, ForwardError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    Ok(fleetward_protocol::kafka::client_config(brokers)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")

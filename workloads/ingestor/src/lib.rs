@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use fleetward_protocol::record::{RecordKey, mac_header};
 use fleetward_service::http::MetricsServer;
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::metrics::Metrics;
@@ -100,6 +99,8 @@ pub enum Error {
     HttpClient(#[source] reqwest::Error),
     #[error("Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("Kafka connection settings: {0}")]
+    KafkaSettings(#[from] fleetward_protocol::kafka::KafkaSecurityError),
     #[error("metrics server on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -143,8 +144,7 @@ impl Args {
 /// Idempotent producer: a retried send after a lost acknowledgement does
 /// not duplicate the record in the partition.
 pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    Ok(fleetward_protocol::kafka::client_config(brokers)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "20")

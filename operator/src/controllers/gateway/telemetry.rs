@@ -13,6 +13,7 @@ use super::{child_meta, record_key_secret_name};
 
 use crate::context::Context;
 use crate::controllers::applier::{apply, delete_if_owned};
+use crate::controllers::kafka_client;
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{EncryptorSpec, encryptor, objects};
 use crate::crd::Gateway;
@@ -103,7 +104,16 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
             return Ok(None);
         }
     };
-    let deployment = writer(gw, storage, ctx)?;
+    let mut deployment = writer(gw, storage, ctx)?;
+    if let Some(spec) = deployment.spec.as_mut() {
+        let who = kafka_client::Workload {
+            namespace: ns,
+            name: &deployment_name(&name),
+            owner: owner_ref(gw)?,
+            role: kafka_client::Role::Encryptor,
+        };
+        kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+    }
     apply(&deploys, &deployment_name(&name), &deployment, None).await?;
     Ok(Some(keyring.primary_id().to_string()))
 }
