@@ -29,6 +29,7 @@ ETCD_PORT=${FLEETWARD_ETCD_PORT:-12379}
 PG_PORT=${FLEETWARD_PG_PORT:-15432}
 KAFKA_PORT=${FLEETWARD_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${FLEETWARD_KAFKA_CONTROLLER_PORT:-19093}
+KAFKA_TLS_PORT=${FLEETWARD_KAFKA_TLS_PORT:-19094}
 MQTT_PORT=${FLEETWARD_MQTT_PORT:-18883}
 COMMAND_PORT=${FLEETWARD_COMMAND_PORT:-18443}
 HELM_VERSION=v3.22.0
@@ -247,19 +248,71 @@ start_postgres() {
   fi
 }
 
+# kafka_certificates <dir>: a CA, the broker's keystore for 127.0.0.1 and
+# a client identity per role of the chart's broker (its CN is the
+# principal), as the operator makes them: <dir>/<role>/{ca.crt,tls.crt,
+# tls.key}; <dir>/anonymous holds only the CA, <dir>/rogue an identity
+# from another CA. Made once.
+kafka_certificates() {
+  local dir=$1 role
+  [ -f "$dir/server/keystore.pem" ] && return 0
+  mkdir -p "$dir/server" "$dir/anonymous" "$dir/rogue"
+  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+  ca() { # ca <dir>: a self-signed CA in <dir>/ca.{crt,key}
+    key "$1/ca.key"
+    openssl req -x509 -new -key "$1/ca.key" -days 3650 -subj "/O=fleetward/CN=fleetward Kafka CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out "$1/ca.crt"
+  }
+  leaf() { # leaf <ca dir> <out dir> <cn> <extensions>
+    key "$2/tls.key"
+    openssl req -new -key "$2/tls.key" -subj "/O=fleetward/CN=$3" -out "$2/tls.csr"
+    printf '%s\n' "$4" >"$2/ext"
+    openssl x509 -req -in "$2/tls.csr" -CA "$1/ca.crt" -CAkey "$1/ca.key" -CAcreateserial -days 3650 \
+      -extfile "$2/ext" -out "$2/tls.crt" 2>/dev/null
+    cp "$1/ca.crt" "$2/ca.crt"
+    rm -f "$2/tls.csr" "$2/ext"
+  }
+  ca "$dir"
+  leaf "$dir" "$dir/server" fleetward-kafka-broker "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth,clientAuth"
+  cat "$dir/server/tls.key" "$dir/server/tls.crt" >"$dir/server/keystore.pem"
+  for role in gateway ingestor encryptor billing; do
+    mkdir -p "$dir/$role"
+    leaf "$dir" "$dir/$role" "fleetward-$role" "extendedKeyUsage=clientAuth"
+  done
+  cp "$dir/ca.crt" "$dir/anonymous/ca.crt"
+  mkdir -p "$dir/rogue/ca"
+  ca "$dir/rogue/ca"
+  leaf "$dir/rogue/ca" "$dir/rogue" fleetward-gateway "extendedKeyUsage=clientAuth"
+  cp "$dir/ca.crt" "$dir/rogue/ca.crt"
+}
+
 start_kafka() {
   local dir=$STATE/kafka libs=$CACHE/kafka/libs
   mkdir -p "$dir"
   alive "$STATE/pids/kafka" && return 0
+  kafka_certificates "$dir/tls" || die "openssl could not make Kafka's certificates"
+  # PLAINTEXT for most tests (its anonymous principal may do anything);
+  # SSL as in the chart's broker (mutual TLS, principal = the CN, only the
+  # chart's ACLs grant anything) for the tests and benchmarks of it.
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
+ssl.client.auth=required
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/server/keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$dir/tls/ca.crt
+ssl.principal.mapping.rules=RULE:^.*CN=([^,]+).*\$/\$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 log.dirs=$dir/data
 num.partitions=3
 offsets.topic.replication.factor=1
@@ -280,6 +333,10 @@ EOF
   nohup "${java[@]}" kafka.Kafka "$dir/server.properties" >"$STATE/logs/kafka.log" 2>&1 &
   echo $! >"$STATE/pids/kafka"
   wait_for 90 Kafka port_open "$KAFKA_PORT"
+  # The chart's ACLs, written through the plaintext listener (a super
+  # user here).
+  wait_for 60 "Kafka's ACLs" env KAFKA_ACL_BOOTSTRAP="127.0.0.1:$KAFKA_PORT" KAFKA_LIBS="$libs" \
+    sh "$ROOT/helm/fleetward/files/kafka-acls.sh"
 }
 
 stop_pid() { # stop_pid <name>
@@ -308,6 +365,10 @@ write_env() {
 export KUBECONFIG=$STATE/kube/kubeconfig
 export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+# The same broker with mutual TLS and the chart's ACLs; one client identity
+# per role under the directory (see kafka_certificates in devenv/dev.sh).
+export FLEETWARD_KAFKA_TLS_BROKERS=127.0.0.1:$KAFKA_TLS_PORT
+export FLEETWARD_KAFKA_TLS_IDENTITIES=$STATE/kafka/tls
 export MQTT_HOST=localhost
 export MQTT_PORT=$MQTT_PORT
 export FLEETWARD_NODE_IP=$NODE_IP
