@@ -221,10 +221,10 @@ async fn keyring_deployments_and_status() {
     let args = argv(&fleetward_encryptor::Args::command(), &enc, &secrets);
     let parsed = fleetward_encryptor::Args::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert_eq!(parsed.kafka_topic, "stations.dublin");
-    assert_eq!(parsed.settings().dead_letter_topic, "stations.dublin.dlq");
+    assert_eq!(parsed.settings().unwrap().dead_letter_topic, "stations.dublin.dlq");
     assert_eq!(parsed.kafka_group_id, format!("fleetward.{}.dublin", ns.name));
     assert_eq!(parsed.database_url, DB_URL);
-    assert_eq!(parsed.settings().table.as_str(), "dublin_stations");
+    assert_eq!(parsed.settings().unwrap().table.as_str(), "dublin_stations");
     assert_eq!(
         parsed.record_key,
         Some(ingestor_key),
@@ -476,8 +476,8 @@ async fn gbfs_feed_configures_the_ingestor_for_gbfs() {
     let enc = deployment(&ns, "helsinki-encryptor").await;
     let args = argv(&fleetward_encryptor::Args::command(), &enc, &secrets);
     let parsed = fleetward_encryptor::Args::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert_eq!(parsed.settings().dead_letter_topic, "stations.hel.dead");
-    assert_eq!(parsed.settings().table.as_str(), "stations");
+    assert_eq!(parsed.settings().unwrap().dead_letter_topic, "stations.hel.dead");
+    assert_eq!(parsed.settings().unwrap().table.as_str(), "stations");
     // The CRD's default sensitive fields are seed 000's.
     assert_eq!(parsed.sensitive_fields.names(), ["address", "contract_name"]);
     ns.cleanup().await;

@@ -15,6 +15,8 @@
 //!    process on the path (Mosquitto, gateway, Kafka, PostgreSQL, the
 //!    local control plane, this bench), read from /proc: on this machine
 //!    they all share two cores, so their sum per message bounds the rate.
+//!    (b') is (b) again with the gateway producing over mutual TLS (the
+//!    dev broker's TLS listener, the gateway's identity), run last.
 //! 2. Latency: devices offer RATE msg/s for SECONDS; the send time rides in
 //!    each message id. p50/p99 of publish→raw-subscriber and of
 //!    publish→Kafka-record-through-the-gateway; the difference is what the
@@ -446,6 +448,33 @@ async fn main() {
     let (raw_live, mut raw_lat) = counter.await.unwrap();
     assert_eq!(raw_live.len() as u64, sent_raw, "live raw subscriber got every message");
 
+    // 1b'. The gateway drain again, producing over mutual TLS as the
+    //      chart's gateway does (the dev broker's TLS listener, the
+    //      gateway's identity): what TLS to Kafka costs, against (b).
+    fresh_session(&h).await;
+    burst(&pubs, per_device).await;
+    let identity = std::path::Path::new(&env("FLEETWARD_KAFKA_TLS_IDENTITIES")).join("gateway");
+    h.gateway = start_gateway_with(
+        &h.ns,
+        "gw",
+        &h.broker,
+        &h.tmp.path().join("restart-tls"),
+        &[
+            ("KAFKA_BROKERS", env("FLEETWARD_KAFKA_TLS_BROKERS")),
+            ("KAFKA_SECURITY_PROTOCOL", "ssl".into()),
+            ("KAFKA_TLS_DIR", identity.display().to_string()),
+        ],
+    )
+    .await;
+    let tls_parts = CpuParts::new(h.broker.pid(), Some(h.gateway.pid()));
+    let before = tls_parts.snapshot();
+    let (tls_times, _) = kafka_drain(&consumer, n, Duration::from_secs(60), &h.gateway).await;
+    tls_parts.report("the gateway drain, mutual TLS to Kafka", &before, n);
+    assert_eq!(tls_times.len(), n, "the gateway over TLS produced every message");
+    let tls_rate = rate(&tls_times);
+    eprintln!("gateway (Kafka over TLS) drained {n} at {tls_rate:.0} msg/s");
+    h.gateway.signal("-KILL");
+
     let (g50, g99) = (percentile(&mut gw_lat, 50.0), percentile(&mut gw_lat, 99.0));
     let (r50, r99) = (percentile(&mut raw_lat, 50.0), percentile(&mut raw_lat, 99.0));
     println!();
@@ -455,7 +484,9 @@ async fn main() {
         "(b) gateway, checked + produced to Kafka: {gw_rate:>9.0} msg/s  ({queued} messages, {rejected} rejected)"
     );
     println!("(c) mosquitto_sub, no checks:             {sub_rate:>9.0} msg/s  ({n} messages; the issue's reference)");
+    println!("(b') the same, mutual TLS to Kafka:      {tls_rate:>9.0} msg/s  ({n} messages)");
     println!("(b)/(a):                                  {:>9.2}", gw_rate / raw_rate);
+    println!("(b')/(b), what TLS to Kafka costs:        {:>9.2}", tls_rate / gw_rate);
     println!("(b)/(c):                                  {:>9.2}", gw_rate / sub_rate);
     println!(
         "latency, {:.0} msg/s offered for {seconds}s (achieved: gateway run {:.0}, raw run {:.0} msg/s), µs:",

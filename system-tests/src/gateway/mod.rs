@@ -11,7 +11,7 @@ mod process;
 
 pub use backend::{Backend, BackendCall};
 pub use mqtt::{RawSeen, flood, raw_client, raw_client_v5, settled};
-pub use process::{GatewayProc, container_env, spawn_with_env, start_gateway};
+pub use process::{GatewayProc, container_env, spawn_with_env, start_gateway, start_gateway_with};
 
 use std::process::Command;
 use std::sync::Arc;

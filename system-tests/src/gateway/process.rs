@@ -44,6 +44,18 @@ impl GatewayProc {
 
 /// Starts the gateway binary with the env of the operator's StatefulSet.
 pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -> GatewayProc {
+    start_gateway_with(ns, gw, broker, tmp, &[]).await
+}
+
+/// `start_gateway` with some variables set otherwise (e.g. another Kafka
+/// listener).
+pub async fn start_gateway_with(
+    ns: &TestNs,
+    gw: &str,
+    broker: &Broker,
+    tmp: &Path,
+    overrides: &[(&str, String)],
+) -> GatewayProc {
     let deploy = ns.api::<StatefulSet>().get(&format!("{gw}-gateway")).await.unwrap();
     let pod = deploy.spec.unwrap().template.spec.unwrap();
     let container = pod.containers.into_iter().find(|c| c.name == "gateway").unwrap();
@@ -73,6 +85,9 @@ pub async fn start_gateway(ns: &TestNs, gw: &str, broker: &Broker, tmp: &Path) -
     env_map.insert("MOSQUITTO_PID".into(), broker.pid().to_string());
     env_map.insert("KUBECONFIG".into(), env("KUBECONFIG"));
     env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
+    for (k, v) in overrides {
+        env_map.insert(k.to_string(), v.clone());
+    }
     let process = spawn_with_env("fleetward-gateway", &env_map, metrics_port, tmp.join("gateway.log"));
     GatewayProc {
         process,

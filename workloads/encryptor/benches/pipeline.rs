@@ -3,9 +3,12 @@
 //!
 //! 1. the encryptor pipeline: batches, Fernet-encrypted fields, one
 //!    binary COPY (an idempotent multi-row INSERT when a row is already
-//!    stored) and one commit per batch, offsets after; over TLS to
-//!    PostgreSQL (`sslmode=require`), as the chart's workloads connect;
-//! 2. the same pipeline without TLS (`sslmode=disable`): what TLS costs;
+//!    stored) and one commit per batch, offsets after; as the chart's
+//!    workloads connect: mutual TLS to Kafka (the dev broker's TLS
+//!    listener, the encryptor's identity and ACLs) and TLS to PostgreSQL
+//!    (`sslmode=require`);
+//! 2. the same pipeline with Kafka in plaintext, and with neither TLS
+//!    (`sslmode=disable` too): what each TLS costs;
 //! 3. (a) seed 000's design: one INSERT and one commit per record (same
 //!    encryption, same table);
 //! 4. (b) a plain binary COPY of the same rows, no encryption, one COPY for
@@ -29,6 +32,7 @@ use fleetward_encryptor::metrics::Metrics;
 use fleetward_encryptor::pipeline::{self, Settings};
 use fleetward_encryptor::record::{CheckedStation, Sensitive};
 use fleetward_keyring::Keyring;
+use fleetward_protocol::kafka::{SECURITY_PROTOCOL_ENV, Security, TLS_DIR_ENV};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -121,11 +125,36 @@ fn database_url(sslmode: &str) -> String {
     format!("{url}{sep}sslmode={sslmode}")
 }
 
-async fn bench_pipeline(topic: &str, n: usize, pool: &PgPool, ring: &Keyring, sslmode: &str) -> (Duration, TableName) {
+/// The dev broker as the pipeline reaches it: its plaintext listener, or
+/// its TLS one with the encryptor's identity (as in the chart).
+fn kafka(tls: bool) -> (String, Security) {
+    if !tls {
+        return (env("KAFKA_BROKERS"), Security::from_lookup(|_| None).unwrap());
+    }
+    let dir = Path::new(&env("FLEETWARD_KAFKA_TLS_IDENTITIES")).join("encryptor");
+    let security = Security::from_lookup(|k| match k {
+        SECURITY_PROTOCOL_ENV => Some("ssl".into()),
+        TLS_DIR_ENV => Some(dir.display().to_string()),
+        _ => None,
+    })
+    .unwrap();
+    (env("FLEETWARD_KAFKA_TLS_BROKERS"), security)
+}
+
+async fn bench_pipeline(
+    topic: &str,
+    n: usize,
+    pool: &PgPool,
+    ring: &Keyring,
+    kafka_tls: bool,
+    sslmode: &str,
+) -> (Duration, TableName) {
     let table = fresh_table(pool, &format!("bench_pipeline_{}", suffix())).await;
     let metrics = Arc::new(Metrics::default());
+    let (brokers, security) = kafka(kafka_tls);
     let settings = Settings {
-        brokers: env("KAFKA_BROKERS"),
+        brokers,
+        kafka: security,
         topic: topic.into(),
         group_id: format!("bench-pipeline-{}", suffix()),
         session_timeout_ms: 10_000,
@@ -253,10 +282,17 @@ async fn main() {
     let mut tables = Vec::new();
     let only_pipeline = std::env::var("BENCH_ONLY_PIPELINE").is_ok();
     let mut runs = vec![
-        ("pipeline", bench_pipeline(&topic, n, &pool, &ring, "require").await),
+        (
+            "pipeline",
+            bench_pipeline(&topic, n, &pool, &ring, true, "require").await,
+        ),
+        (
+            "pipeline, Kafka plaintext",
+            bench_pipeline(&topic, n, &pool, &ring, false, "require").await,
+        ),
         (
             "pipeline, no TLS",
-            bench_pipeline(&topic, n, &pool, &ring, "disable").await,
+            bench_pipeline(&topic, n, &pool, &ring, false, "disable").await,
         ),
     ];
     if !only_pipeline {
@@ -270,12 +306,20 @@ async fn main() {
         results.insert(name, rate);
         tables.push(table);
         println!(
-            "{name:>16}: {n} records in {:>7.2} s = {rate:>9.0} records/s",
+            "{name:>25}: {n} records in {:>7.2} s = {rate:>9.0} records/s",
             took.as_secs_f64()
         );
     }
     println!(
-        "TLS to PostgreSQL: pipeline with / without: {:.2}x",
+        "mutual TLS to Kafka: pipeline with / without: {:.2}x",
+        results["pipeline"] / results["pipeline, Kafka plaintext"]
+    );
+    println!(
+        "TLS to PostgreSQL: pipeline (Kafka plaintext) with / without: {:.2}x",
+        results["pipeline, Kafka plaintext"] / results["pipeline, no TLS"]
+    );
+    println!(
+        "both: pipeline with / without: {:.2}x",
         results["pipeline"] / results["pipeline, no TLS"]
     );
     if !only_pipeline {

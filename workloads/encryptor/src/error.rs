@@ -6,8 +6,6 @@
 pub enum Error {
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("Kafka connection settings: {0}")]
-    KafkaSettings(#[from] fleetward_protocol::kafka::KafkaSecurityError),
     #[error("PostgreSQL: {0}")]
     Db(#[from] sqlx::Error),
     #[error("migrations: {0}")]

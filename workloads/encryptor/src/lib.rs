@@ -86,9 +86,12 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The pipeline's settings: these arguments and the Kafka connection's
+    /// security from the environment.
+    pub fn settings(&self) -> Result<Settings, fleetward_protocol::kafka::KafkaSecurityError> {
+        Ok(Settings {
             brokers: self.kafka_brokers.clone(),
+            kafka: fleetward_protocol::kafka::Security::from_env()?,
             topic: self.kafka_topic.clone(),
             group_id: self.kafka_group_id.clone(),
             session_timeout_ms: self.kafka_session_timeout_ms,
@@ -109,7 +112,7 @@ impl Args {
             batch_size: self.batch_size as usize,
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
             record_key: self.record_key.clone(),
-        }
+        })
     }
 }
 

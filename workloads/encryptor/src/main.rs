@@ -29,7 +29,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let keyring = SharedKeyring::new(keys::from_file(&args.keyring_file)?);
     let metrics = Arc::new(Metrics::default());
-    let settings = args.settings();
+    let settings = args.settings()?;
     tracing::info!(
         topic = %settings.topic,
         group = %settings.group_id,

@@ -12,10 +12,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetward_protocol::kafka::client_config;
+use fleetward_protocol::kafka::Security;
 use fleetward_protocol::record::{RecordKey, is_signed};
 use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
@@ -36,6 +37,8 @@ pub use crate::error::Error;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub brokers: String,
+    /// How the pipeline's clients connect (`fleetward_protocol::kafka`).
+    pub kafka: Security,
     pub topic: String,
     pub group_id: String,
     pub session_timeout_ms: u32,
@@ -50,6 +53,15 @@ pub struct Settings {
     /// StationFeed's for stations): a record without its valid MAC is
     /// dead-lettered (`unsigned`), never stored.
     pub record_key: Option<RecordKey>,
+}
+
+impl Settings {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        self.kafka.apply(&mut config);
+        config
+    }
 }
 
 /// Batches being stored at once: PostgreSQL runs each transaction on one
@@ -101,7 +113,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(settings: Settings, pool: PgPool, keyring: SharedKeyring, metrics: Arc<Metrics>) -> Result<Self, Error> {
-        let consumer: StreamConsumer<Ctx> = client_config(&settings.brokers)?
+        let consumer: StreamConsumer<Ctx> = settings
+            .client_config()
             .set("group.id", &settings.group_id)
             .set("client.id", "fleetward-encryptor")
             // Offsets move only when rows are durable (see module docs).
@@ -122,7 +135,8 @@ impl Pipeline {
                 metrics: metrics.clone(),
             })?;
         consumer.subscribe(&[&settings.topic])?;
-        let dlq: FutureProducer = client_config(&settings.brokers)?
+        let dlq: FutureProducer = settings
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("client.id", "fleetward-encryptor-dlq")
