@@ -10,9 +10,13 @@
 //! The broker's own keystore and the ACL writer's are issued here too,
 //! when the operator certifies the chart's Kafka (`KafkaTls::broker`).
 //!
-//! Certificates last a year and are replaced 30 days before they expire;
-//! the pod template carries the certificate's serial, so a replaced one
-//! rolls its workload (librdkafka reads its certificate at start).
+//! Client certificates last a year and are replaced 30 days before they
+//! expire; the pod template carries the certificate's serial, so a
+//! replaced one rolls its workload (librdkafka reads its certificate at
+//! start). The broker's and the ACL writer's last as long as the CA: the
+//! broker reads its keystore at start, and the chart's StatefulSet is not
+//! the operator's to roll, so they are replaced with the CA (or when their
+//! Secret is deleted, taken up at the Kafka pod's next start).
 //! A resource that names its own `bootstrapServers` gets none of this:
 //! that Kafka does not know the operator's CA.
 
@@ -166,6 +170,7 @@ pub struct Leaf<'a> {
     pub common_name: &'a str,
     pub dns_names: &'a [String],
     pub usage: Usage,
+    pub validity_days: i64,
     /// Controller owner: the Secret goes when its resource goes.
     pub owner: Option<OwnerReference>,
 }
@@ -207,7 +212,7 @@ pub async fn ensure(client: &kube::Client, ca: &CaBundle, leaf: &Leaf<'_>) -> Re
         dns_names: leaf.dns_names,
         ip_addresses: &[],
         usage: leaf.usage,
-        validity_days: VALIDITY_DAYS,
+        validity_days: leaf.validity_days,
     })?;
     let secret = Secret {
         metadata: ObjectMeta {
@@ -275,6 +280,7 @@ pub async fn certify(
             common_name: role.principal(),
             dns_names: &[],
             usage: Usage::Client,
+            validity_days: VALIDITY_DAYS,
             owner: Some(owner.clone()),
         },
     )
@@ -324,6 +330,7 @@ async fn certify_broker(client: &kube::Client, tls: &KafkaTls, broker: &crate::c
                 common_name: cn,
                 dns_names: names,
                 usage,
+                validity_days: CA_VALIDITY_DAYS,
                 owner: None,
             },
         )
