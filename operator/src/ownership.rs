@@ -38,18 +38,23 @@ pub fn controlled_by<K: Resource>(obj: &K, owner: &OwnerReference) -> bool {
 /// Whether the operator made `obj`: it carries the operator's managed-by
 /// label, or a fleetward resource owns it.
 pub fn made_by_operator<K: Resource>(obj: &K) -> bool {
-    let meta = obj.meta();
-    let labelled = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY.0))
-        .is_some_and(|v| v == MANAGED_BY.1);
-    let owned = meta
+    let owned = obj
+        .meta()
         .owner_references
         .iter()
         .flatten()
         .any(|r| r.api_version.starts_with("fleetward.io/"));
-    labelled || owned
+    labelled_by_operator(obj) || owned
+}
+
+/// Whether `obj` carries the operator's managed-by label (for objects that
+/// have no owner to tell, e.g. those of the operator's own namespace).
+pub fn labelled_by_operator<K: Resource>(obj: &K) -> bool {
+    obj.meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .is_some_and(|v| v == MANAGED_BY.1)
 }
 
 /// `Ok` when `existing` is controlled by `owner` (same uid), else the

@@ -33,10 +33,7 @@ fn config(identity: &str) -> ClientConfig {
         _ => None,
     })
     .expect("the identity's files");
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", env("FLEETWARD_KAFKA_TLS_BROKERS"));
-    security.apply(&mut c);
-    c
+    security.client_config(&env("FLEETWARD_KAFKA_TLS_BROKERS"))
 }
 
 /// Writes one record keyed by the identity; Kafka's answer.

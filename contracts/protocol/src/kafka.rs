@@ -157,6 +157,15 @@ impl Security {
         })
     }
 
+    /// A client configuration for `brokers` with this security.
+    #[cfg(feature = "kafka")]
+    pub fn client_config(&self, brokers: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", brokers);
+        self.apply(&mut config);
+        config
+    }
+
     /// Sets the connection's security on a client configuration.
     #[cfg(feature = "kafka")]
     pub fn apply(&self, config: &mut ClientConfig) {
@@ -185,10 +194,7 @@ impl Security {
 /// A client configuration for `brokers` with the security of this
 /// process's environment: where every fleetward Kafka client starts.
 pub fn client_config(brokers: &str) -> Result<ClientConfig, KafkaSecurityError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    Security::from_env()?.apply(&mut config);
-    Ok(config)
+    Ok(Security::from_env()?.client_config(brokers))
 }
 
 #[cfg(all(test, feature = "kafka"))]

@@ -474,7 +474,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             owner: owner_ref(gw)?,
             role: kafka_client::Role::Gateway,
         };
-        kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+        kafka_client::certify(ctx, &who, &mut spec.template).await?;
     }
     apply(&sets, &workload_name(&name), &set, None).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);

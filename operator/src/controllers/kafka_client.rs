@@ -20,20 +20,18 @@
 //! A resource that names its own `bootstrapServers` gets none of this:
 //! that Kafka does not know the operator's CA.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
 use crate::config::{Config, KafkaTls};
+use crate::context::Context;
 use crate::controllers::applier::create_once;
 use crate::controllers::objects;
-use crate::controllers::secret_str;
-use crate::ownership::{MANAGED_BY, MANAGER, labels, refuse_unless_owned};
+use crate::controllers::{secret_str, tls_secret};
+use crate::ownership::{MANAGER, labelled_by_operator, labels, refuse_unless_owned};
 use crate::pki::{self, CaBundle, LeafRequest, Usage};
 use crate::{Error, Result};
 
@@ -137,10 +135,13 @@ pub async fn authority(client: &kube::Client, tls: &KafkaTls) -> Result<CaBundle
                 labels: Some(labels(&[])),
                 ..Default::default()
             },
-            data: Some(data([
-                (CA_CERT_KEY, ca.cert_pem.clone()),
-                (CA_KEY_KEY, ca.key_pem.clone()),
-            ])),
+            string_data: Some(
+                [
+                    (CA_CERT_KEY.to_string(), ca.cert_pem.clone()),
+                    (CA_KEY_KEY.to_string(), ca.key_pem.clone()),
+                ]
+                .into(),
+            ),
             ..Default::default()
         };
         if create_once(&api, &tls.ca_secret, &secret).await?.is_some() {
@@ -198,7 +199,7 @@ pub async fn ensure(client: &kube::Client, ca: &CaBundle, leaf: &Leaf<'_>) -> Re
     // Never overwrite a Secret someone else made under the name.
     match (&current, &leaf.owner) {
         (Some(existing), Some(owner)) => refuse_unless_owned(existing, owner)?,
-        (Some(existing), None) if !is_managed(existing) => {
+        (Some(existing), None) if !labelled_by_operator(existing) => {
             return Err(Error::NameConflict {
                 kind: "Secret".into(),
                 name: leaf.secret.into(),
@@ -214,22 +215,21 @@ pub async fn ensure(client: &kube::Client, ca: &CaBundle, leaf: &Leaf<'_>) -> Re
         usage: leaf.usage,
         validity_days: leaf.validity_days,
     })?;
-    let secret = Secret {
-        metadata: ObjectMeta {
+    let secret = tls_secret(
+        ObjectMeta {
             name: Some(leaf.secret.into()),
             labels: Some(labels(&[])),
             owner_references: leaf.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(data([
-            ("ca.crt", ca.cert_pem.clone()),
-            ("tls.crt", issued.cert_pem.clone()),
-            ("tls.key", issued.key_pem.clone()),
-            (KEYSTORE_KEY, format!("{}{}", issued.key_pem, issued.cert_pem)),
-        ])),
-        ..Default::default()
-    };
+        &issued.cert_pem,
+        &issued.key_pem,
+        Some(&ca.cert_pem),
+        [(
+            KEYSTORE_KEY.to_string(),
+            format!("{}{}", issued.key_pem, issued.cert_pem),
+        )],
+    )?;
     api.patch(
         leaf.secret,
         &PatchParams::apply(MANAGER).force(),
@@ -254,12 +254,8 @@ pub struct Workload<'a> {
 /// A workload's client certificate (`secret_name(workload)` beside it)
 /// and its pod template pointed at it; nothing when the workload's Kafka
 /// is not the operator's (see [`applies`]).
-pub async fn certify(
-    client: &kube::Client,
-    config: &Config,
-    workload: &Workload<'_>,
-    template: &mut PodTemplateSpec,
-) -> Result<()> {
+pub async fn certify(ctx: &Context, workload: &Workload<'_>, template: &mut PodTemplateSpec) -> Result<()> {
+    let (client, config) = (&ctx.client, &ctx.config);
     let Some(tls) = config.kafka_tls.as_ref().filter(|_| applies(config, template)) else {
         return Ok(());
     };
@@ -337,22 +333,6 @@ async fn certify_broker(client: &kube::Client, tls: &KafkaTls, broker: &crate::c
         .await?;
     }
     Ok(())
-}
-
-fn is_managed(s: &Secret) -> bool {
-    s.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY.0))
-        .map(String::as_str)
-        == Some(MANAGED_BY.1)
-}
-
-fn data<const N: usize>(items: [(&str, String); N]) -> BTreeMap<String, ByteString> {
-    items
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-        .collect()
 }
 
 #[cfg(test)]

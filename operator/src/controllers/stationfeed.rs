@@ -159,7 +159,7 @@ async fn reconcile_feed(feed: &StationFeed, ctx: &Context) -> Result<Action> {
                 owner: owner_ref(feed)?,
                 role,
             };
-            kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+            kafka_client::certify(ctx, &who, &mut spec.template).await?;
         }
         apply(&deploys, &d_name, &d, None).await?;
     }

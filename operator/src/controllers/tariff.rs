@@ -181,7 +181,7 @@ async fn apply_plan(tariff: &Tariff, ctx: &Context, ns: &str, plan: plan::Plan) 
                     owner: owner_ref(tariff)?,
                     role: kafka_client::Role::Billing,
                 };
-                kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+                kafka_client::certify(ctx, &who, &mut spec.template).await?;
             }
             apply(&deploys, &name, &d, None).await?;
         }

@@ -16,7 +16,6 @@ use fleetward_protocol::kafka::Security;
 use fleetward_protocol::record::{RecordKey, is_signed};
 use fleetward_service::backoff::Backoff;
 use rayon::prelude::*;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
@@ -53,15 +52,6 @@ pub struct Settings {
     /// StationFeed's for stations): a record without its valid MAC is
     /// dead-lettered (`unsigned`), never stored.
     pub record_key: Option<RecordKey>,
-}
-
-impl Settings {
-    fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        self.kafka.apply(&mut config);
-        config
-    }
 }
 
 /// Batches being stored at once: PostgreSQL runs each transaction on one
@@ -114,7 +104,8 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(settings: Settings, pool: PgPool, keyring: SharedKeyring, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let consumer: StreamConsumer<Ctx> = settings
-            .client_config()
+            .kafka
+            .client_config(&settings.brokers)
             .set("group.id", &settings.group_id)
             .set("client.id", "fleetward-encryptor")
             // Offsets move only when rows are durable (see module docs).
@@ -136,7 +127,8 @@ impl Pipeline {
             })?;
         consumer.subscribe(&[&settings.topic])?;
         let dlq: FutureProducer = settings
-            .client_config()
+            .kafka
+            .client_config(&settings.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("client.id", "fleetward-encryptor-dlq")

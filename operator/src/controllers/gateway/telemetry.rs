@@ -112,7 +112,7 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
             owner: owner_ref(gw)?,
             role: kafka_client::Role::Encryptor,
         };
-        kafka_client::certify(&ctx.client, &ctx.config, &who, &mut spec.template).await?;
+        kafka_client::certify(ctx, &who, &mut spec.template).await?;
     }
     apply(&deploys, &deployment_name(&name), &deployment, None).await?;
     Ok(Some(keyring.primary_id().to_string()))
