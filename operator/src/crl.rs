@@ -6,6 +6,13 @@
 //! kept a `revoked.json` copy, three times larger; it is still read, and
 //! dropped at the next write.)
 //!
+//! Beside it, `holders` names who held each certificate revoked in the
+//! last day (`<serial> <device id>` lines): the gateway hands these to the
+//! broker's plugin, which closes the sessions of those clients even when
+//! they have done nothing since they connected (the plugin knows a
+//! session's certificate only from its first publish or subscription).
+//! Older holders are dropped; the CRL alone keeps refusing them.
+//!
 //! This module is the CRL's state and how it is read from its ConfigMap,
 //! pure (the plans and the stores use it); `writer` creates, re-signs and
 //! adds to it through the API.
@@ -21,6 +28,9 @@ use crate::{Error, Result};
 
 pub const CRL_KEY: &str = "crl.pem";
 pub const ENTRIES_KEY: &str = "revoked.json";
+pub use fleetward_protocol::broker::CRL_HOLDERS_KEY as HOLDERS_KEY;
+/// How long a revocation's holder stays listed.
+const HOLDERS_KEPT_HOURS: i64 = 24;
 const NUMBER_ANNOTATION: &str = "fleetward.io/crl-number";
 const NEXT_UPDATE_ANNOTATION: &str = "fleetward.io/crl-next-update";
 /// A CRL is valid this long; it is re-signed when half of it has passed.
@@ -86,6 +96,34 @@ impl CrlState {
     }
 }
 
+/// The `holders` text after a write of `entries` at `now`: those already
+/// `listed` and those of `entries` that name their holder, kept while the
+/// revocation is less than a day old (and listed in the CRL), sorted by
+/// serial.
+pub fn holders(listed: &str, entries: &[Revocation], now: Timestamp) -> String {
+    let since = now - SignedDuration::from_hours(HOLDERS_KEPT_HOURS);
+    let recent: std::collections::HashMap<&str, bool> = entries
+        .iter()
+        .map(|e| {
+            let fresh = e.revoked_at.parse::<Timestamp>().is_ok_and(|t| t >= since);
+            (e.serial.as_str(), fresh)
+        })
+        .collect();
+    let mut held: std::collections::BTreeMap<&str, &str> = listed
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let pair = (words.next()?, words.next()?);
+            words.next().is_none().then_some(pair)
+        })
+        .collect();
+    for e in entries.iter().filter(|e| !e.subject.is_empty()) {
+        held.insert(&e.serial, &e.subject);
+    }
+    held.retain(|serial, _| recent.get(serial).copied().unwrap_or(false));
+    held.iter().map(|(serial, id)| format!("{serial} {id}\n")).collect()
+}
+
 /// The number of a CRL ConfigMap, from its annotation.
 pub fn number(cm: &ConfigMap) -> Option<u64> {
     cm.annotations().get(NUMBER_ANNOTATION)?.parse().ok()
@@ -115,4 +153,36 @@ pub fn parse(cm: &ConfigMap) -> Result<CrlState> {
         .transpose()?
         .unwrap_or(Timestamp::UNIX_EPOCH);
     Ok(CrlState::new(entries, number, next_update))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(serial: &str, at: &str, subject: &str) -> Revocation {
+        Revocation {
+            serial: serial.into(),
+            revoked_at: at.into(),
+            subject: subject.into(),
+            reason: "cessationOfOperation".into(),
+        }
+    }
+
+    #[test]
+    fn holders_of_the_last_day_are_listed_and_older_ones_dropped() {
+        let now: Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let entries = [
+            // Read back from the CRL: no subject; its holder was listed.
+            entry("0A", "2026-12-07T11:00:00Z", ""),
+            // A day and more ago: dropped.
+            entry("0B", "2026-12-06T11:59:59Z", ""),
+            // Just revoked.
+            entry("0C", "2026-12-07T12:00:00Z", "lock-7"),
+            // Revoked long ago, its holder named again: not listed.
+            entry("0D", "2026-11-01T00:00:00Z", "meter-1"),
+        ];
+        let listed = "0A door-2\n0B door-3\nnot a line\n0E gone-from-the-crl\n";
+        assert_eq!(holders(listed, &entries, now), "0A door-2\n0C lock-7\n");
+        assert_eq!(holders("", &[], now), "");
+    }
 }

@@ -10,7 +10,12 @@
 /// Where the pod mounts things; the config refers to these paths.
 pub const CONFIG_DIR: &str = "/mosquitto/config";
 pub const CERTS_DIR: &str = "/mosquitto/certs";
+/// The CRL Mosquitto reads: an emptyDir the gateway writes (from the API,
+/// as soon as the operator changes the CRL) and an init container fills
+/// from the ConfigMap (mounted at [`CRL_SOURCE_DIR`]) before either starts.
 pub const CRL_DIR: &str = "/mosquitto/crl";
+pub const CRL_FILE: &str = "/mosquitto/crl/crl.pem";
+pub const CRL_SOURCE_DIR: &str = "/mosquitto/crl-source";
 pub const DATA_DIR: &str = "/mosquitto/data";
 /// Shared by the broker and the gateway (an emptyDir): the plugin's
 /// receipt token, which the gateway needs to trust the broker's stamps.
@@ -32,7 +37,9 @@ pub const GATEWAY_IDENTITY: &str = "fleetward:gateway";
 pub const BROKER_PLUGIN: &str = "/usr/lib/fleetward/fleetward_broker.so";
 /// Where the gateway publishes revoked serials for the plugin, and the
 /// plugin's option naming who may.
-pub use fleetward_protocol::broker::{CONTROLLER_OPTION, RECEIPT_TOKEN_OPTION, REVOKE_TOPIC};
+pub use fleetward_protocol::broker::{
+    CLOSE_TOPIC, CONTROLLER_OPTION, CRL_FILE_OPTION, RECEIPT_TOKEN_OPTION, REVOKE_TOPIC,
+};
 
 /// `max_message_bytes` is the gateway's limit: the broker accepts packets
 /// up to twice that, so oversized messages still reach the gateway and are
@@ -75,12 +82,13 @@ use_identity_as_username true
 # asked for: no certificate can take over another's session (or the
 # gateway's) by connecting with its client id.
 use_username_as_clientid true
-crlfile {CRL_DIR}/crl.pem
+crlfile {CRL_FILE}
 
 acl_file {CONFIG_DIR}/acl
 plugin {BROKER_PLUGIN}
 plugin_opt_{CONTROLLER_OPTION} {GATEWAY_IDENTITY}
 plugin_opt_{RECEIPT_TOKEN_OPTION} {RECEIPT_TOKEN_FILE}
+plugin_opt_{CRL_FILE_OPTION} {CRL_FILE}
 "
     )
 }
@@ -98,8 +106,9 @@ user {GATEWAY_IDENTITY}
 topic read device/+/data
 topic write device/+/command
 topic write device/+/response
-# Revoked certificate serials, for the fleetward_broker plugin.
+# Revoked certificate serials and their holders, for the fleetward_broker plugin.
 topic write {REVOKE_TOPIC}
+topic write {CLOSE_TOPIC}
 "
     )
 }
@@ -123,6 +132,7 @@ mod tests {
             "plugin /usr/lib/fleetward/fleetward_broker.so",
             "plugin_opt_controller fleetward:gateway",
             "plugin_opt_receipt_token_file /mosquitto/receipt/token",
+            "plugin_opt_crl_file /mosquitto/crl/crl.pem",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?}");
         }
@@ -137,5 +147,6 @@ mod tests {
                 .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
         );
         assert!(acl().contains(&format!("user {GATEWAY_IDENTITY}")));
+        assert!(acl().contains("topic write $CONTROL/fleetward/v1/close\n"));
     }
 }

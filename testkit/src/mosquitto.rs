@@ -109,16 +109,6 @@ impl Broker {
         open_up(Path::new(&p), 0o644);
     }
 
-    /// What the gateway sidecar does when the CRL ConfigMap changes.
-    pub fn reload(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        std::thread::sleep(Duration::from_millis(500));
-    }
-
     /// Graceful stop (SIGTERM): Mosquitto writes its persistence file.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -11,6 +11,26 @@ use crate::topics::{DATA_TOPIC_SUFFIX, DEVICE_TOPIC_PREFIX};
 /// reads it; only the gateway identity may write it).
 pub const REVOKE_TOPIC: &str = "$CONTROL/fleetward/v1/revoke";
 
+/// The broker's control topic for the holders of newly revoked
+/// certificates: lines `<serial> <client id>`. A session that has done
+/// nothing since it connected is unknown to the plugin (Mosquitto 2.0 calls
+/// a plugin first at a session's first publish or subscription), so the
+/// plugin closes the session of each named client id unless the session it
+/// knows under that id holds a certificate that is not revoked.
+pub const CLOSE_TOPIC: &str = "$CONTROL/fleetward/v1/close";
+
+/// The key of a Gateway's CRL ConfigMap listing who held the certificates
+/// revoked in the last day (lines `<serial> <device id>`): what the gateway
+/// sends on [`CLOSE_TOPIC`]. The CRL itself names no holder.
+pub const CRL_HOLDERS_KEY: &str = "holders";
+
+/// The plugin's option naming the CRL file Mosquitto reads
+/// (`plugin_opt_crl_file`): when the file changes (the gateway rewrote it),
+/// the plugin has the broker reload it (SIGHUP to its own process), so a
+/// revoked certificate's handshake is refused within a second, with no
+/// process of another container involved.
+pub const CRL_FILE_OPTION: &str = "crl_file";
+
 /// The MQTT 5 user property the plugin appends to every message: Unix
 /// milliseconds at the broker's receipt.
 pub const RECEIVED_PROPERTY: &str = "fleetward-received-ms";
@@ -46,6 +66,16 @@ pub fn c_header() -> String {
             "FLEETWARD_REVOKE_TOPIC",
             REVOKE_TOPIC,
             "The control topic for revoked certificate serials.",
+        ),
+        (
+            "FLEETWARD_CLOSE_TOPIC",
+            CLOSE_TOPIC,
+            "The control topic for the holders of newly revoked certificates (lines: serial, client id).",
+        ),
+        (
+            "FLEETWARD_CRL_FILE_OPTION",
+            CRL_FILE_OPTION,
+            "The plugin option naming the CRL file: when it changes, the broker reloads it.",
         ),
         (
             "FLEETWARD_RECEIVED_PROPERTY",
@@ -131,6 +161,11 @@ mod tests {
             h.contains("#define FLEETWARD_RECEIVED_PROPERTY \"fleetward-received-ms\"\n"),
             "{h}"
         );
+        assert!(
+            h.contains("#define FLEETWARD_CLOSE_TOPIC \"$CONTROL/fleetward/v1/close\"\n"),
+            "{h}"
+        );
+        assert!(h.contains("#define FLEETWARD_CRL_FILE_OPTION \"crl_file\"\n"), "{h}");
         assert!(h.contains("#define FLEETWARD_DEVICE_TOPIC_PREFIX \"device/\"\n"), "{h}");
         assert!(h.contains("#define FLEETWARD_DATA_TOPIC_SUFFIX \"/data\"\n"), "{h}");
         assert!(

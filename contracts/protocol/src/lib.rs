@@ -52,7 +52,7 @@ mod topics;
 
 pub use serde_json::value::RawValue;
 
-pub use broker::REVOKE_TOPIC;
+pub use broker::{CLOSE_TOPIC, REVOKE_TOPIC};
 pub use category::Category;
 pub use command::Command;
 pub use envelope::{Envelope, MAX_DEVICE_ID_LEN, MAX_MESSAGE_ID_LEN, VERSION};

@@ -14,7 +14,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
-use super::{CRL_KEY, CrlState, ENTRIES_KEY, NEXT_UPDATE_ANNOTATION, NUMBER_ANNOTATION, VALIDITY_DAYS, name, parse};
+use super::{
+    CRL_KEY, CrlState, ENTRIES_KEY, HOLDERS_KEY, NEXT_UPDATE_ANNOTATION, NUMBER_ANNOTATION, VALIDITY_DAYS, holders,
+    name, parse,
+};
 use crate::controllers::applier::create_once;
 use crate::crd::Gateway;
 use crate::ownership::{controller_of, labels, owner_ref};
@@ -29,7 +32,9 @@ fn render(cm: &mut ConfigMap, ca: &CaBundle, entries: Vec<Revocation>, number: u
     let pem = ca.sign_crl(&entries, number, now, VALIDITY_DAYS)?;
     let next_update = now + SignedDuration::from_hours(24 * VALIDITY_DAYS);
     let data = cm.data.get_or_insert_with(BTreeMap::new);
+    let held = holders(data.get(HOLDERS_KEY).map_or("", String::as_str), &entries, now);
     data.insert(CRL_KEY.into(), pem);
+    data.insert(HOLDERS_KEY.into(), held);
     data.remove(ENTRIES_KEY);
     let ann = cm.metadata.annotations.get_or_insert_with(BTreeMap::new);
     ann.insert(NUMBER_ANNOTATION.into(), number.to_string());

@@ -75,14 +75,13 @@ pub async fn start_gateway_with(
     })
     .await;
     // What differs on this machine: the broker's port, free ports for the
-    // gateway's own listeners, the broker's pid, and API access.
+    // gateway's own listeners, and API access.
     let metrics_port = free_port();
     let api_port = free_port();
     env_map.insert("MQTT_PORT".into(), broker.port.to_string());
     env_map.insert("METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}"));
     env_map.insert("COMMAND_API_PORT".into(), api_port.to_string());
     env_map.insert("COMMAND_API_BIND".into(), "127.0.0.1".into());
-    env_map.insert("MOSQUITTO_PID".into(), broker.pid().to_string());
     env_map.insert("KUBECONFIG".into(), env("KUBECONFIG"));
     env_map.insert("RUST_LOG".into(), "info,rdkafka=warn".into());
     for (k, v) in overrides {

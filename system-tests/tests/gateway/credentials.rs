@@ -81,8 +81,9 @@ async fn rotation_with_grace_rejects_none_of_a_devices_messages() {
     h.ns.cleanup().await;
 }
 
-/// When the CRL file changes, the gateway makes Mosquitto reload it and a
-/// revoked device can no longer connect.
+/// When the CRL changes, the gateway writes Mosquitto's CRL file from the
+/// API (no kubelet sync awaited), the broker's plugin has Mosquitto reload
+/// it, and a revoked device's TLS handshake is refused.
 #[tokio::test]
 async fn crl_change_is_applied_to_the_broker() {
     let h = Harness::start(Setup {
@@ -97,6 +98,7 @@ async fn crl_change_is_applied_to_the_broker() {
     let r1 = identity(&h.ns, "r1-credentials", &ids).await;
     let r2 = identity(&h.ns, "r2-credentials", &ids).await;
     assert!(mosquitto_pub(&h.broker, &r1, "device/r1/data", "{}").0);
+    let written = h.gateway.metric("fleetward_gateway_crl_reloads_total");
     h.ns.api::<Device>()
         .patch(
             "r1",
@@ -118,29 +120,61 @@ async fn crl_change_is_applied_to_the_broker() {
         |cm| fleetward_operator::crl::parse(cm).is_ok_and(|c| c.contains(&serial)),
     )
     .await;
-    // What the kubelet does with the ConfigMap volume.
-    h.broker.write_crl(&h.ns.crl_pem("gw").await);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while h.gateway.metric("fleetward_gateway_crl_reloads_total") < 1.0 {
-        assert!(Instant::now() < deadline, "gateway did not reload the CRL");
+    while h.gateway.metric("fleetward_gateway_crl_reloads_total") <= written {
+        assert!(Instant::now() < deadline, "gateway did not write the new CRL");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, out) = mosquitto_pub(&h.broker, &r1, "device/r1/data", "{}");
-    assert!(!ok, "revoked r1 still connects: {out}");
+    assert_eq!(
+        std::fs::read_to_string(h.broker.dir.join("crl/crl.pem")).unwrap(),
+        h.ns.crl_pem("gw").await,
+        "the broker's CRL file is the ConfigMap's"
+    );
+    // The plugin looks at the file every second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_handshake_refused(&h.broker, &r1, "device/r1/data");
     assert!(mosquitto_pub(&h.broker, &r2, "device/r2/data", "{}").0, "r2 unaffected");
     h.audit_has("crl reload", |r| r.0 == "crl_reload").await;
     h.ns.cleanup().await;
 }
 
-/// Disabling a device revokes its certificate, and its open MQTT session
-/// is closed within seconds (before any CRL file reload), its reconnect
-/// gets nothing through, and other devices are untouched.
+/// How many TLS handshakes the broker has refused for a certificate that
+/// did not verify (a revoked one, here): mosquitto_pub reports only a lost
+/// connection, the broker's log says why.
+fn handshakes_refused(b: &Broker) -> usize {
+    std::fs::read_to_string(b.dir.join("mosquitto.log"))
+        .unwrap_or_default()
+        .matches("certificate verify failed")
+        .count()
+}
+
+/// Publishes with a revoked certificate and asserts the broker refused its
+/// TLS handshake (the broker may log it a moment after the client gave up).
+fn assert_handshake_refused(b: &Broker, files: &Identity, topic: &str) {
+    let before = handshakes_refused(b);
+    let (ok, out) = mosquitto_pub(b, files, topic, "{}");
+    assert!(!ok, "the revoked certificate still publishes on {topic}: {out}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while handshakes_refused(b) == before {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: the revoked certificate got past the TLS handshake ({out}); broker log:\n{}",
+            std::fs::read_to_string(b.dir.join("mosquitto.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Disabling a device revokes its certificate: its open MQTT sessions are
+/// closed within seconds whatever they have done since connecting (a busy
+/// one, and an idle one that never published or subscribed, which the
+/// broker's plugin knows only through the holder the gateway names), the
+/// reconnect's TLS handshake is refused, and other devices are untouched.
 #[tokio::test]
 async fn revocation_closes_the_open_session_and_refuses_the_reconnect() {
     let h = Harness::start(Setup {
         prefix: "gw-revoke",
-        devices: &[("rv1", WEATHER, ""), ("rv2", WEATHER, "")],
+        devices: &[("rv1", WEATHER, ""), ("rv2", WEATHER, ""), ("rv3", WEATHER, "")],
         security: "",
         backend: false,
     })
@@ -148,20 +182,36 @@ async fn revocation_closes_the_open_session_and_refuses_the_reconnect() {
     let ids = h.tmp.path().join("ids");
     std::fs::create_dir_all(&ids).unwrap();
     let rv1_files = identity(&h.ns, "rv1-credentials", &ids).await;
+    let rv3_files = identity(&h.ns, "rv3-credentials", &ids).await;
     let (rv1, mut rv1_events) = h.device("rv1").await;
     let (rv2, mut rv2_events) = h.device("rv2").await;
+    // rv3 connects and does nothing: no subscription, no publish.
+    let (_idle, idle_seen, idle_task) = raw_client(&h, "rv3", "rv3", None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !idle_seen.lock().unwrap().connected {
+        assert!(Instant::now() < deadline, "rv3 did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rv1.send_reading().await.unwrap();
     read_records(&h.consumer(), 20, |r| !r.is_empty()).await;
 
     let revoked_at = Instant::now();
-    h.ns.api::<Device>()
-        .patch(
-            "rv1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"enabled": false}})),
-        )
-        .await
-        .unwrap();
+    for device in ["rv1", "rv3"] {
+        h.ns.api::<Device>()
+            .patch(
+                device,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"enabled": false}})),
+            )
+            .await
+            .unwrap();
+    }
+    let idle_closed = tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(10), idle_task).await {
+            Ok(_) => Some(revoked_at.elapsed()),
+            Err(_) => None,
+        }
+    });
     let closed = loop {
         match tokio::time::timeout(Duration::from_secs(10), rv1_events.recv()).await {
             Ok(Some(DeviceEvent::Disconnected(_))) => break revoked_at.elapsed(),
@@ -172,13 +222,29 @@ async fn revocation_closes_the_open_session_and_refuses_the_reconnect() {
             ),
         }
     };
-    println!("session closed {} ms after the Device was disabled", closed.as_millis());
+    println!(
+        "busy session closed {} ms after the Device was disabled",
+        closed.as_millis()
+    );
     assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+    let idle = idle_closed.await.unwrap().unwrap_or_else(|| {
+        panic!(
+            "rv3's idle session still open 10 s after it was disabled; broker log:\n{}",
+            std::fs::read_to_string(h.broker.dir.join("mosquitto.log")).unwrap_or_default()
+        )
+    });
+    println!(
+        "idle session closed {} ms after the Device was disabled",
+        idle.as_millis()
+    );
+    assert!(idle < Duration::from_secs(5), "idle session closed after {idle:?}");
+    assert!(idle_seen.lock().unwrap().dropped > 0, "the broker closed rv3's session");
 
-    // The mounted CRL has not been rewritten (the kubelet may take a
-    // minute): the handshake still passes, but nothing else does.
-    let (ok, out) = mosquitto_pub(&h.broker, &rv1_files, "device/rv1/data", "{}");
-    assert!(!ok, "the revoked certificate still publishes: {out}");
+    // The gateway wrote the CRL file before it told the plugin, and the
+    // plugin had it reloaded: no new handshake for either certificate.
+    for (files, topic) in [(&rv1_files, "device/rv1/data"), (&rv3_files, "device/rv3/data")] {
+        assert_handshake_refused(&h.broker, files, topic);
+    }
     let before = h.gateway.metric("fleetward_gateway_mqtt_messages_total");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.gateway.metric("fleetward_gateway_mqtt_messages_total"), before);

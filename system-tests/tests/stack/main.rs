@@ -131,6 +131,12 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     .expect("a NodePort");
     let devices = connect_devices(&ns, &node, node_port).await;
 
+    // 3b. The broker as an attacker who took it over sees it: no API
+    //     token, no gateway process (so no /proc/<gateway>/environ with the
+    //     command keys and database URL, no memory with the devices' HMAC
+    //     keys), another user, and a CRL it cannot rewrite.
+    broker_cannot_reach_the_gateway(&ns);
+
     // Latency over 1,002 messages: publish → row stored in PostgreSQL.
     let per_device = 334;
     let sent = publish(&devices, per_device, Duration::from_millis(125)).await;
@@ -500,4 +506,39 @@ async fn nothing_lost_across(
     let unique: HashSet<_> = kept.keys().collect();
     assert_eq!(unique.len(), during.len());
     during.len()
+}
+
+fn broker_cannot_reach_the_gateway(ns: &str) {
+    let run = |container: &str, script: &str| {
+        kubectl_try(&[
+            "-n",
+            ns,
+            "exec",
+            "edge-gateway-0",
+            "-c",
+            container,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let (read, out) = run("mosquitto", "cat /var/run/secrets/kubernetes.io/serviceaccount/token");
+    assert!(!read, "the broker container reads an API token: {out:.40}");
+    let (_, processes) = run("mosquitto", "cat /proc/[0-9]*/comm");
+    assert!(processes.contains("mosquitto"), "{processes}");
+    assert!(
+        !processes.contains("fleetward-gatew"),
+        "the broker sees the gateway's process: {processes}"
+    );
+    let (wrote, out) = run("mosquitto", "echo >> /mosquitto/crl/crl.pem");
+    assert!(!wrote, "the broker container rewrites its CRL: {out}");
+    let (_, broker_user) = run("mosquitto", "id -u");
+    let (_, gateway_user) = run("gateway", "id -u");
+    assert_eq!((broker_user.trim(), gateway_user.trim()), ("65532", "65533"));
+    // What the gateway must still read: the broker's receipt token, and its token.
+    let (_, token) = run("gateway", "wc -c < /mosquitto/receipt/token");
+    assert_eq!(token.trim(), "64", "the gateway reads the broker's receipt token");
+    let (has_token, out) = run("gateway", "test -s /var/run/secrets/kubernetes.io/serviceaccount/token");
+    assert!(has_token, "the gateway has its API token: {out}");
 }

@@ -88,8 +88,9 @@ pub struct Config {
     #[arg(long, env = "RECEIPT_TOKEN_FILE")]
     pub receipt_token_file: Option<PathBuf>,
 
-    /// CRL file Mosquitto reads; when it changes the gateway makes Mosquitto
-    /// reload it (SIGHUP).
+    /// The CRL file Mosquitto reads (in a volume both containers mount):
+    /// the gateway writes it from the CRL ConfigMap on every change, and
+    /// the broker's plugin has Mosquitto reload it.
     #[arg(long, env = "CRL_FILE")]
     pub crl_file: Option<PathBuf>,
     /// The CRL's ConfigMap (key `crl.pem`), watched through the API: the
@@ -97,9 +98,10 @@ pub struct Config {
     /// closes their sessions at once.
     #[arg(long, env = "CRL_CONFIGMAP")]
     pub crl_configmap: Option<String>,
-    /// Mosquitto's pid; by default found by name in the (shared) process namespace.
-    #[arg(long, env = "MOSQUITTO_PID")]
-    pub mosquitto_pid: Option<i32>,
+    /// A file the gateway holds locked while it runs: the broker's preStop
+    /// waits for the lock, so the broker outlives the gateway's drain.
+    #[arg(long, env = "RUN_LOCK_FILE")]
+    pub run_lock_file: Option<PathBuf>,
 
     #[arg(long, env = "LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_json: bool,

@@ -1,17 +1,24 @@
-//! Keeps the broker's view of revocations current, two ways:
+//! Keeps the broker's view of revocations current. The CRL ConfigMap,
+//! watched through the API, is on every change:
 //!
-//! - `revocations`: the CRL ConfigMap, watched through the API, is parsed on
-//!   every change and its serials are published to the broker's
-//!   fleetward_broker plugin (`$CONTROL/fleetward/v1/revoke`), again on
-//!   every reconnect. The plugin closes the sessions of those certificates
-//!   at once and refuses them everything from then on: revocation takes
-//!   effect in about a second, not when the kubelet next syncs the volume.
-//! - `watch`: when the mounted CRL file changes, Mosquitto is sent SIGHUP so
-//!   it re-reads it and refuses revoked certificates at the TLS handshake.
+//! - written to the CRL file Mosquitto reads (`CRL_FILE`, an emptyDir the
+//!   two containers share), which the broker's fleetward_broker plugin
+//!   notices within a second and has Mosquitto reload: a revoked
+//!   certificate's TLS handshake is refused from then on, not when the
+//!   kubelet next syncs a ConfigMap volume (up to a minute or more);
+//! - parsed, and its serials published to the plugin
+//!   (`$CONTROL/fleetward/v1/revoke`, again after every reconnect), which
+//!   closes the sessions of those certificates that it knows and refuses
+//!   them everything from then on;
+//! - and the holders of newly revoked certificates (the ConfigMap's
+//!   `holders`: `<serial> <device id>`) published on
+//!   `$CONTROL/fleetward/v1/close`, so the plugin also closes sessions that
+//!   have done nothing since they connected, which it cannot know by
+//!   certificate.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -24,7 +31,8 @@ use x509_parser::prelude::FromDer;
 use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
 
-use fleetward_protocol::REVOKE_TOPIC;
+use fleetward_protocol::broker::CRL_HOLDERS_KEY;
+use fleetward_protocol::{CLOSE_TOPIC, REVOKE_TOPIC};
 /// Serials per control message: well under the broker's packet limit.
 const CHUNK: usize = 2000;
 
@@ -39,46 +47,124 @@ pub fn serials(pem: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Sends the serials of CRL ConfigMap `name` to the broker on every change
-/// of the ConfigMap and after every (re)connection (`connections` counts
-/// them): the plugin keeps its list in memory only.
-pub async fn revocations(
-    kube: kube::Client,
-    namespace: String,
-    name: String,
-    mqtt: AsyncClient,
-    mut connections: signal::Receiver<u64>,
-    audit: Audit,
-) {
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut changes = watcher(api, config).default_backoff().applied_objects().boxed();
-    let mut current: Vec<String> = Vec::new();
-    loop {
-        tokio::select! {
-            change = changes.next() => match change {
-                Some(Ok(cm)) => {
-                    let pem = cm.data.as_ref().and_then(|d| d.get("crl.pem")).cloned().unwrap_or_default();
-                    match serials(&pem) {
-                        Ok(now) if now != current => {
-                            current = now;
-                            send(&mqtt, &current, &audit).await;
+/// The `holders` lines (`<serial> <device id>`) whose serial is one of
+/// `new` (compared as the plugin does: leading zeros and case aside).
+pub fn holders_of<'a>(holders: &'a str, new: &HashSet<&str>) -> Vec<&'a str> {
+    let norm = |s: &str| s.trim_start_matches('0').to_ascii_uppercase();
+    let new: HashSet<String> = new.iter().map(|s| norm(s)).collect();
+    holders
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            matches!((words.next(), words.next(), words.next()), (Some(serial), Some(_), None) if new.contains(&norm(serial)))
+        })
+        .collect()
+}
+
+/// Where the CRL goes and what is told of it: Mosquitto's CRL file (none
+/// on AWS IoT Core) and the plugin.
+pub struct Revocations {
+    pub kube: kube::Client,
+    pub namespace: String,
+    pub configmap: String,
+    pub crl_file: Option<PathBuf>,
+    pub mqtt: AsyncClient,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Revocations {
+    /// Follows the CRL ConfigMap until the watch ends (module docs);
+    /// `connections` counts the gateway's (re)connections to the broker,
+    /// after each of which the plugin is told everything again (it keeps
+    /// its list in memory only).
+    pub async fn run(self, mut connections: signal::Receiver<u64>) {
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(self.kube.clone(), &self.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.configmap));
+        let mut changes = watcher(api, config).default_backoff().applied_objects().boxed();
+        let mut written: Option<String> = None;
+        let mut current: Vec<String> = Vec::new();
+        let mut holders = String::new();
+        loop {
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(cm)) => {
+                        let data = cm.data.unwrap_or_default();
+                        let pem = data.get("crl.pem").cloned().unwrap_or_default();
+                        holders = data.get(CRL_HOLDERS_KEY).cloned().unwrap_or_default();
+                        let now = match serials(&pem) {
+                            Ok(now) => now,
+                            Err(e) => {
+                                tracing::error!(configmap = %self.configmap, error = %e, "unreadable CRL");
+                                continue;
+                            }
+                        };
+                        if written.as_deref() != Some(pem.as_str()) {
+                            self.write_file(&pem).await;
+                            written = Some(pem);
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(configmap = %name, error = %e, "unreadable CRL"),
+                        if now != current {
+                            let before: HashSet<&str> = current.iter().map(String::as_str).collect();
+                            let new: HashSet<&str> = now.iter().map(String::as_str).filter(|s| !before.contains(s)).collect();
+                            let close = holders_of(&holders, &new).join("\n");
+                            send(&self.mqtt, &now, &self.audit).await;
+                            self.close(close).await;
+                            current = now;
+                        }
                     }
+                    Some(Err(e)) => tracing::warn!(configmap = %self.configmap, error = %e, "CRL watch"),
+                    None => return,
+                },
+                changed = connections.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    send(&self.mqtt, &current, &self.audit).await;
+                    let all: HashSet<&str> = current.iter().map(String::as_str).collect();
+                    self.close(holders_of(&holders, &all).join("\n")).await;
                 }
-                Some(Err(e)) => tracing::warn!(configmap = %name, error = %e, "CRL watch"),
-                None => return,
-            },
-            changed = connections.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                send(&mqtt, &current, &audit).await;
             }
         }
     }
+
+    /// Replaces Mosquitto's CRL file (a new file renamed over it: the
+    /// broker never reads half of one).
+    async fn write_file(&self, pem: &str) {
+        let Some(path) = &self.crl_file else { return };
+        // At start the file usually holds this CRL already (the pod's init
+        // container copied it): rewriting it would reload the broker.
+        if tokio::fs::read(path).await.is_ok_and(|b| b == pem.as_bytes()) {
+            return;
+        }
+        match replace_file(path, pem.as_bytes()).await {
+            Ok(()) => {
+                self.metrics.crl_reloads.inc();
+                self.audit
+                    .record(AuditEvent::new("crl_reload").detail(format!("CRL written to {}", path.display())));
+            }
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "could not write the broker's CRL file"),
+        }
+    }
+
+    async fn close(&self, lines: String) {
+        if lines.is_empty() {
+            return;
+        }
+        if let Err(e) = self.mqtt.publish(CLOSE_TOPIC, QoS::AtLeastOnce, false, lines).await {
+            tracing::error!(error = %e, "could not queue revoked holders for the broker");
+        }
+    }
+}
+
+async fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("crl.pem");
+    let tmp = dir.join(format!(".{name}.new"));
+    tokio::fs::write(&tmp, bytes).await?;
+    // Mosquitto (another user) reads it.
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).await?;
+    tokio::fs::rename(&tmp, path).await
 }
 
 async fn send(mqtt: &AsyncClient, serials: &[String], audit: &Audit) {
@@ -98,36 +184,21 @@ async fn send(mqtt: &AsyncClient, serials: &[String], audit: &Audit) {
         .record(AuditEvent::new("revocations_sent").detail(format!("{} revoked serials to the broker", serials.len())));
 }
 
-pub async fn watch(path: PathBuf, pid: Option<i32>, audit: Audit, metrics: Arc<Metrics>) {
-    let mut last = tokio::fs::read(&path).await.ok();
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = tokio::fs::read(&path).await.ok();
-        if now.is_none() || now == last {
-            continue;
-        }
-        last = now;
-        match pid.or_else(find_mosquitto) {
-            Some(pid) => {
-                // SAFETY: kill(2) with a valid signal number has no memory effects.
-                let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
-                if rc == 0 {
-                    metrics.crl_reloads.inc();
-                    audit.record(AuditEvent::new("crl_reload").detail(format!("SIGHUP to mosquitto pid {pid}")));
-                } else {
-                    tracing::error!(pid, error = %std::io::Error::last_os_error(), "could not signal mosquitto");
-                }
-            }
-            None => tracing::error!("CRL changed but no mosquitto process found to reload it"),
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Finds Mosquitto in the pod's shared process namespace.
-fn find_mosquitto() -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim() == "mosquitto").then_some(pid)
-    })
+    #[test]
+    fn holders_are_those_of_the_new_serials() {
+        let holders = "0A door-2\n0B lock-7\nmalformed\n0C a b\n";
+        let new: HashSet<&str> = ["0B", "0C", "0D"].into_iter().collect();
+        assert_eq!(holders_of(holders, &new), vec!["0B lock-7"]);
+        // The CRL's serial keeps DER's leading zero byte; the holder's does not.
+        let new: HashSet<&str> = ["00A0", "0b"].into_iter().collect();
+        assert_eq!(
+            holders_of("A0 meter-3\n0B lock-7\n", &new),
+            vec!["A0 meter-3", "0B lock-7"]
+        );
+        assert!(holders_of("", &new).is_empty());
+    }
 }

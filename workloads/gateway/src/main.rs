@@ -29,6 +29,11 @@ async fn main() -> anyhow::Result<()> {
     logging::init(logging::Format::json_if(cfg.log_json), "info");
     // From the start: a SIGTERM during start-up still ends in a clean stop.
     let stop = Shutdown::on_signal();
+    // Held until the process exits.
+    let _run_lock = match &cfg.run_lock_file {
+        Some(path) => Some(hold_run_lock(path).map_err(|e| anyhow::anyhow!("RUN_LOCK_FILE {}: {e}", path.display()))?),
+        None => None,
+    };
     anyhow::ensure!(
         cfg.command_api_key.trim().len() >= fleetward_gateway::command::MIN_KEY_LEN,
         "COMMAND_API_KEY is shorter than {} characters; use a long random key (the operator generates one \
@@ -150,19 +155,18 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %e, "command API stopped");
         }
     });
-    if let Some(path) = cfg.crl_file.clone() {
-        tokio::spawn(crl::watch(path, cfg.mosquitto_pid, audit.clone(), metrics.clone()));
-    }
     let (connections, connected) = tokio::sync::watch::channel(0u64);
     if let Some(name) = cfg.crl_configmap.clone() {
-        tokio::spawn(crl::revocations(
-            kube.clone(),
-            cfg.namespace.clone(),
-            name,
-            client.clone(),
-            connected,
-            audit.clone(),
-        ));
+        let revocations = crl::Revocations {
+            kube: kube.clone(),
+            namespace: cfg.namespace.clone(),
+            configmap: name,
+            crl_file: cfg.crl_file.clone(),
+            mqtt: client.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(revocations.run(connected));
     }
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -195,4 +199,20 @@ async fn main() -> anyhow::Result<()> {
     .await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Holds `path` locked (exclusively) for as long as the returned file is
+/// open, i.e. while the gateway runs: Mosquitto's preStop waits for the
+/// lock, so on a pod's deletion the broker stays up until the gateway has
+/// drained, without sharing a process namespace to see it.
+fn hold_run_lock(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
 }

@@ -124,7 +124,7 @@ impl Default for Metrics {
                 .expect("metric"),
             crl_reloads: IntCounter::new(
                 "fleetward_gateway_crl_reloads_total",
-                "Times Mosquitto was told to reload its CRL",
+                "CRL files written for Mosquitto (its plugin has it reload each)",
             )
             .expect("metric"),
             registry,

@@ -7,6 +7,12 @@
 /* The control topic for revoked certificate serials. */
 #define FLEETWARD_REVOKE_TOPIC "$CONTROL/fleetward/v1/revoke"
 
+/* The control topic for the holders of newly revoked certificates (lines: serial, client id). */
+#define FLEETWARD_CLOSE_TOPIC "$CONTROL/fleetward/v1/close"
+
+/* The plugin option naming the CRL file: when it changes, the broker reloads it. */
+#define FLEETWARD_CRL_FILE_OPTION "crl_file"
+
 /* The user property stamped with the receipt time (Unix milliseconds). */
 #define FLEETWARD_RECEIVED_PROPERTY "fleetward-received-ms"
 

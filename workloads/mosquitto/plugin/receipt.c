@@ -63,8 +63,10 @@ int receipt_token_load(const char *path, char token[FLEETWARD_RECEIPT_TOKEN_LEN 
 	for(size_t i = 0; i < sizeof(bytes); i++){
 		snprintf(token + 2 * i, 3, "%02x", bytes[i]);
 	}
-	/* O_EXCL: of two brokers starting at once, one writes, the other reads. */
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	/* O_EXCL: of two brokers starting at once, one writes, the other reads.
+	 * Readable by the group: the gateway, another user, reads it through
+	 * the pod's fsGroup (the emptyDir's group); no device ever can. */
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 	if(fd < 0){
 		if(errno != EEXIST) return MOSQ_ERR_UNKNOWN;
 		fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -88,3 +88,32 @@ void serial_set_free(struct serial_set *set)
 	set->items = NULL;
 	set->len = set->cap = 0;
 }
+
+/* The next whitespace-free word of [*p, end) on the current line. */
+static bool word(const char **p, const char *end, const char **start, size_t *len)
+{
+	while(*p < end && (**p == ' ' || **p == '\t' || **p == '\r')) (*p)++;
+	*start = *p;
+	while(*p < end && !isspace((unsigned char)**p)) (*p)++;
+	*len = (size_t)(*p - *start);
+	return *len > 0;
+}
+
+bool holder_next(const char **p, const char *end, char serial[SERIAL_MAX], char id[HOLDER_ID_MAX])
+{
+	while(*p < end){
+		const char *line_end = memchr(*p, '\n', (size_t)(end - *p));
+		if(!line_end) line_end = end;
+		const char *s, *i, *extra;
+		size_t slen, ilen, elen;
+		bool ok = word(p, line_end, &s, &slen) && word(p, line_end, &i, &ilen) && !word(p, line_end, &extra, &elen)
+			&& ilen < HOLDER_ID_MAX && serial_normalise(s, slen, serial);
+		*p = line_end < end ? line_end + 1 : end;
+		if(ok){
+			memcpy(id, i, ilen);
+			id[ilen] = '\0';
+			return true;
+		}
+	}
+	return false;
+}

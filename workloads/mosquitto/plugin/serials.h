@@ -34,4 +34,14 @@ bool serial_set_add_all(struct serial_set *set, const char *payload, size_t len,
 
 void serial_set_free(struct serial_set *set);
 
+/* Longest client id kept from a holders message, with its NUL (device ids
+ * are Kubernetes names: at most 253 characters). */
+#define HOLDER_ID_MAX 256
+
+/* Reads the next line `<serial> <client id>` of a holders message
+ * (FLEETWARD_CLOSE_TOPIC) from `*p` (before `end`), advancing `*p` past
+ * it. Lines that are not one serial and one client id are skipped. False
+ * when no line is left. */
+bool holder_next(const char **p, const char *end, char serial[SERIAL_MAX], char id[HOLDER_ID_MAX]);
+
 #endif

@@ -65,20 +65,58 @@ struct session *session_of(const struct mosquitto *client, const struct serial_s
 	return s;
 }
 
-void session_kick_later(struct session *s)
+static bool queue_kick(const char *id)
 {
-	if(s->kick_pending || !s->id[0]) return;
 	if(kicks_len == kicks_cap){
 		size_t n = kicks_cap ? kicks_cap * 2 : 64;
 		char **grown = realloc(kicks, n * sizeof(char *));
-		if(!grown) return;
+		if(!grown) return false;
 		kicks = grown;
 		kicks_cap = n;
 	}
-	kicks[kicks_len] = strdup(s->id);
-	if(!kicks[kicks_len]) return;
+	kicks[kicks_len] = strdup(id);
+	if(!kicks[kicks_len]) return false;
 	kicks_len++;
-	s->kick_pending = true;
+	return true;
+}
+
+void session_kick_later(struct session *s)
+{
+	if(s->kick_pending || !s->id[0]) return;
+	if(queue_kick(s->id)) s->kick_pending = true;
+}
+
+/* The tracked session of client id `id`, if any. A scan: holders come
+ * with revocations, which are rare. */
+static struct session *session_by_id(const char *id)
+{
+	for(size_t b = 0; b < BUCKETS; b++){
+		for(struct session *s = sessions[b]; s; s = s->next){
+			if(!strcmp(s->id, id)) return s;
+		}
+	}
+	return NULL;
+}
+
+size_t sessions_close_holders(const char *payload, size_t len, const struct serial_set *revoked)
+{
+	size_t queued = 0;
+	const char *p = payload, *end = payload + len;
+	char serial[SERIAL_MAX], id[HOLDER_ID_MAX];
+	while(holder_next(&p, end, serial, id)){
+		if(!serial_set_contains(revoked, serial)) continue;
+		struct session *s = session_by_id(id);
+		if(s && !serial_set_contains(revoked, s->serial)) continue;
+		if(s){
+			if(!s->kick_pending){
+				session_kick_later(s);
+				queued++;
+			}
+		}else if(queue_kick(id)){
+			queued++;
+		}
+	}
+	return queued;
 }
 
 size_t sessions_revoke(const struct serial_set *revoked)

@@ -1,7 +1,9 @@
 /*
  * The broker's sessions, as far as revocation needs them: tracked from a
- * session's first ACL check (a device subscribes or publishes as soon as
- * it connects) until it disconnects, keyed by the client pointer, with the
+ * session's first ACL check (its first publish or subscription: Mosquitto
+ * 2.0 tells a plugin nothing at a certificate client's connect, so a
+ * session that has done nothing yet is reached by client id, through the
+ * holders the gateway names) until it disconnects, keyed by the client pointer, with the
  * certificate serial read once. A client without a certificate is not
  * tracked: every device connection has one, and the only checks without
  * one are those of a will, made after the connection closed (tracking it
@@ -39,6 +41,14 @@ void session_kick_later(struct session *s);
 /* Marks every session whose certificate is now in `revoked` and queues
  * it; returns how many were newly revoked. */
 size_t sessions_revoke(const struct serial_set *revoked);
+
+/* For each line `<serial> <client id>` of a holders message whose serial
+ * is in `revoked`, queues the session of that client id to be closed,
+ * unless the session tracked under the id holds a certificate that is not
+ * revoked (the device reconnected with its new one). This reaches sessions
+ * that have done nothing since they connected, which are not tracked.
+ * Returns how many were queued. */
+size_t sessions_close_holders(const char *payload, size_t len, const struct serial_set *revoked);
 
 /* Disconnects every queued session. */
 void sessions_kick_queued(void);

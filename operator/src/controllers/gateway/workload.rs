@@ -13,8 +13,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, Service, ServiceAccount, ServiceSpec, Volume,
+    ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction, KeyToPath,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    ProjectedVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServiceSpec,
+    Volume, VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -37,14 +39,89 @@ use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 /// stop.
 const TERMINATION_GRACE_SECONDS: i64 = 45;
 
-/// Mosquitto's preStop: wait while the gateway process runs (`comm` holds
-/// the first 15 characters of its name).
-const WAIT_FOR_GATEWAY: &str = "while grep -qsx fleetward-gatew /proc/[0-9]*/comm; do sleep 1; done";
+/// The file the gateway holds locked while it runs (in the CRL volume,
+/// which only the gateway may write).
+const RUN_LOCK_FILE: &str = "/mosquitto/crl/gateway.lock";
 
-/// Both containers run as this user: the gateway signals Mosquitto (SIGHUP
-/// on a new CRL) through the shared process namespace, which needs the
-/// same user, and fsGroup lets Mosquitto write its volume.
+/// Mosquitto's preStop: wait while the gateway holds its lock (the lock
+/// goes with the process, however it ends; a gateway that never ran left
+/// no file).
+const WAIT_FOR_GATEWAY: &str = "f=/mosquitto/crl/gateway.lock; [ ! -e \"$f\" ] || flock -s \"$f\" true";
+
+/// The init container's copy of the CRL from its ConfigMap into the volume
+/// the gateway keeps current and Mosquitto reads.
+const SEED_CRL: &str = "cp /mosquitto/crl-source/crl.pem /mosquitto/crl/crl.pem";
+
+/// Mosquitto runs as the pod's user (its persistence volume, from earlier
+/// releases too, is this user's), fsGroup lets it write its volumes.
 const POD_USER: i64 = 65532;
+/// The gateway runs as another user, in its own process namespace, and
+/// alone holds the API token: a compromised broker cannot read the
+/// gateway's environment (the command keys, the database URL), its
+/// memory (every device's HMAC key) or act on the API as it. It reads
+/// what the broker shares (the receipt token) through the pod's group.
+const GATEWAY_USER: i64 = 65533;
+
+/// Where a container finds its ServiceAccount token (client libraries
+/// look there).
+const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The gateway's API credentials, as the kubelet would mount them into every
+/// container: mounted into the gateway's container only (the pod has
+/// `automountServiceAccountToken: false`).
+fn api_token_volume() -> Volume {
+    Volume {
+        name: "api-token".into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o440),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `locked_down`, as the gateway's user.
+fn as_gateway_user() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(GATEWAY_USER),
+        run_as_group: Some(GATEWAY_USER),
+        ..objects::locked_down()
+    }
+}
 
 pub fn broker_volume_name(gateway: &str) -> String {
     format!("{gateway}-broker-data")
@@ -91,8 +168,9 @@ pub fn statefulset(
         env("MQTT_CA_FILE", format!("{CLIENT_DIR}/ca.crt")),
         env("MQTT_CERT_FILE", format!("{CLIENT_DIR}/tls.crt")),
         env("MQTT_KEY_FILE", format!("{CLIENT_DIR}/tls.key")),
-        env("CRL_FILE", format!("{}/crl.pem", mosquitto::CRL_DIR)),
+        env("CRL_FILE", mosquitto::CRL_FILE),
         env("CRL_CONFIGMAP", crl::name(&name)),
+        env("RUN_LOCK_FILE", RUN_LOCK_FILE),
         env("RECEIPT_TOKEN_FILE", mosquitto::RECEIPT_TOKEN_FILE),
         env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
         env("MAX_QUEUE_SECONDS", sec.max_queue_seconds.to_string()),
@@ -114,6 +192,7 @@ pub fn statefulset(
             "MQTT_CA_FILE",
             "CRL_FILE",
             "CRL_CONFIGMAP",
+            "RUN_LOCK_FILE",
             "RECEIPT_TOKEN_FILE",
         ];
         vars.retain(|v| !local_only.contains(&v.name.as_str()));
@@ -177,9 +256,9 @@ pub fn statefulset(
         ]),
         ports: Some(vec![port("mqtts", gw.spec.mqtt_port)]),
         readiness_probe: Some(objects::tcp_probe(gw.spec.mqtt_port, 10)),
-        // On pod deletion both containers get SIGTERM at once; the broker
+        // On pod deletion the gateway gets SIGTERM at once; the broker
         // stays until the gateway has drained (its acks and its DISCONNECT
-        // reach the broker), which the shared process namespace shows.
+        // reach the broker) and let go of its lock.
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 exec: Some(ExecAction {
@@ -209,18 +288,38 @@ pub fn statefulset(
         ]),
         readiness_probe: Some(objects::http_probe("/health", METRICS_PORT, 10, None)),
         liveness_probe: Some(objects::http_probe("/health", METRICS_PORT, 20, Some(6))),
-        security_context: Some(objects::locked_down()),
+        security_context: Some(as_gateway_user()),
         volume_mounts: Some(vec![
+            mount("api-token", TOKEN_DIR, true),
             mount("client-tls", CLIENT_DIR, true),
             mount("broker-tls", mosquitto::CERTS_DIR, true),
-            mount("crl", mosquitto::CRL_DIR, true),
+            mount("crl", mosquitto::CRL_DIR, false),
             mount("receipt", mosquitto::RECEIPT_DIR, true),
+        ]),
+        ..Default::default()
+    };
+    // Fills the CRL volume before the broker starts (Mosquitto will not
+    // start without its CRL file); from then on the gateway keeps it.
+    let seed_crl = Container {
+        name: "crl".into(),
+        image: mosquitto.image.clone(),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), SEED_CRL.into()]),
+        security_context: Some(as_gateway_user()),
+        volume_mounts: Some(vec![
+            mount("crl-source", mosquitto::CRL_SOURCE_DIR, true),
+            mount("crl", mosquitto::CRL_DIR, false),
         ]),
         ..Default::default()
     };
     let mut volumes = vec![
         objects::configmap_volume("config", &mosquitto_configmap_name(&name)),
-        objects::configmap_volume("crl", &crl::name(&name)),
+        objects::configmap_volume("crl-source", &crl::name(&name)),
+        Volume {
+            name: "crl".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+        api_token_volume(),
         objects::secret_volume("broker-tls", &broker_secret_name(&name), None),
         objects::secret_volume("client-tls", &client_secret_name(&name), None),
         data_volume,
@@ -232,19 +331,20 @@ pub fn statefulset(
     ];
     if aws_endpoint.is_some() {
         gateway.volume_mounts = Some(vec![
+            mount("api-token", TOKEN_DIR, true),
             mount("client-tls", CLIENT_DIR, true),
             mount("broker-tls", mosquitto::CERTS_DIR, true),
         ]);
-        volumes.retain(|v| v.name == "client-tls" || v.name == "broker-tls");
+        volumes.retain(|v| ["api-token", "client-tls", "broker-tls"].contains(&v.name.as_str()));
     }
     if let Some(db) = database {
         gateway.volume_mounts.get_or_insert_default().push(db.mount);
         volumes.push(db.volume);
     }
     // On AWS IoT Core the gateway is the pod's only container.
-    let containers = match aws_endpoint {
-        Some(_) => vec![gateway],
-        None => vec![mosquitto, gateway],
+    let (init, containers) = match aws_endpoint {
+        Some(_) => (None, vec![gateway]),
+        None => (Some(vec![seed_crl]), vec![mosquitto, gateway]),
     };
     Ok(StatefulSet {
         metadata: child_meta(gw, workload_name(&name))?,
@@ -267,12 +367,13 @@ pub fn statefulset(
                     &[("fleetward.io/rollout-hash", rollout_hash)],
                 )),
                 spec: Some(PodSpec {
-                    // The gateway sends SIGHUP to Mosquitto when the CRL changes.
-                    share_process_namespace: Some(aws_endpoint.is_none()),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-                    // It watches its devices' credential Secrets (the Role below).
+                    // The gateway watches its devices' key Secrets and its CRL
+                    // (the Role below); only its container gets the token.
                     service_account_name: Some(workload_name(&name)),
+                    automount_service_account_token: Some(false),
                     security_context: Some(objects::pod_security(POD_USER)),
+                    init_containers: init,
                     containers,
                     volumes: Some(volumes),
                     ..Default::default()

@@ -31,7 +31,7 @@ fn mounts_and_volumes_match() {
     let pod = set.spec.unwrap().template.spec.unwrap();
     let volumes: Vec<String> = pod.volumes.clone().unwrap().iter().map(|v| v.name.clone()).collect();
     let mut used = std::collections::HashSet::new();
-    for c in &pod.containers {
+    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
         for m in c.volume_mounts.clone().unwrap() {
             assert!(volumes.contains(&m.name), "{} mounts unknown volume {}", c.name, m.name);
             used.insert(m.name);
@@ -40,6 +40,8 @@ fn mounts_and_volumes_match() {
         let sc = c.security_context.clone().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+    }
+    for c in &pod.containers {
         assert!(c.readiness_probe.is_some(), "{} has a readiness probe", c.name);
     }
     assert_eq!(used.len(), volumes.len(), "every volume is mounted");
@@ -47,7 +49,8 @@ fn mounts_and_volumes_match() {
     let by_name = |n: &str| v.as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
     assert_eq!(by_name("broker-tls")["secret"]["secretName"], "gw-broker-tls");
     assert_eq!(by_name("client-tls")["secret"]["secretName"], "gw-gateway-client");
-    assert_eq!(by_name("crl")["configMap"]["name"], "gw-crl");
+    assert_eq!(by_name("crl-source")["configMap"]["name"], "gw-crl");
+    assert!(by_name("crl")["emptyDir"].is_object());
     assert_eq!(by_name("config")["configMap"]["name"], "gw-mosquitto");
     assert_eq!(by_name("data")["persistentVolumeClaim"]["claimName"], "gw-broker-data");
     // The audit database's CA, from the same Secret as its URL, only the
@@ -64,15 +67,51 @@ fn mounts_and_volumes_match() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(mounted_in, ["gateway"]);
-    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
-    assert_eq!(pod.share_process_namespace, Some(true));
+    assert_eq!(pod.security_context.clone().unwrap().run_as_non_root, Some(true));
     // The broker outlives the gateway's drain on pod deletion.
     assert_eq!(pod.termination_grace_period_seconds, Some(45));
     let broker = pod.containers.iter().find(|c| c.name == "mosquitto").unwrap();
     let pre_stop = broker.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).unwrap();
     let command = pre_stop.exec.as_ref().and_then(|e| e.command.clone()).unwrap();
-    assert!(command[2].contains("fleetward-gatew"), "{command:?}");
+    assert!(command[2].contains("flock -s \"$f\""), "{command:?}");
+    assert!(command[2].contains(RUN_LOCK_FILE), "{command:?}");
     assert_eq!(pod.service_account_name.as_deref(), Some("gw-gateway"));
+}
+
+/// A compromised broker gets nothing of the gateway's: no shared process
+/// namespace (no /proc/<gateway>/environ with the command keys), another
+/// user, no API token; the CRL it reads only the gateway may write.
+#[test]
+fn the_broker_is_isolated_from_the_gateway() {
+    let set = statefulset(&full(), &Config::default(), "h1", None).unwrap();
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    assert_ne!(pod.share_process_namespace, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let container = |n: &str| pod.containers.iter().find(|c| c.name == n).unwrap().clone();
+    let (broker, gateway) = (container("mosquitto"), container("gateway"));
+    let pod_user = pod.security_context.as_ref().and_then(|s| s.run_as_user);
+    let user = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_user);
+    assert_eq!(user(&broker), Some(65532));
+    assert_eq!(user(&gateway), Some(65533));
+    let mount = |c: &Container, volume: &str| c.volume_mounts.iter().flatten().find(|m| m.name == volume).cloned();
+    assert!(mount(&broker, "api-token").is_none());
+    assert_eq!(mount(&gateway, "api-token").unwrap().mount_path, TOKEN_DIR);
+    assert_eq!(mount(&broker, "crl").unwrap().read_only, Some(true));
+    assert_eq!(mount(&gateway, "crl").unwrap().read_only, None);
+    assert_eq!(mount(&gateway, "receipt").unwrap().read_only, Some(true));
+    for secret in ["client-tls", "database-ca"] {
+        assert!(mount(&broker, secret).is_none(), "{secret}");
+    }
+    assert!(broker.env.is_none(), "the broker has no environment of secrets");
+    let token = serde_json::to_value(pod.volumes.unwrap().iter().find(|v| v.name == "api-token")).unwrap();
+    assert_eq!(token["projected"]["sources"][0]["serviceAccountToken"]["path"], "token");
+    // The init container seeds the CRL as the gateway's user.
+    let init = pod.init_containers.unwrap();
+    assert_eq!(
+        init[0].security_context.as_ref().and_then(|s| s.run_as_user),
+        Some(65533)
+    );
+    assert!(init[0].command.as_ref().unwrap()[2].contains("crl-source/crl.pem"));
 }
 
 /// With AWS IoT Core the pod is the gateway alone, connected to the
@@ -101,8 +140,9 @@ fn with_aws_iot_the_gateway_connects_to_the_endpoint_alone() {
     assert_eq!(env["MQTT_CA_FILE"].as_deref(), Some(PUBLIC_ROOTS));
     assert_eq!(env["MQTT_CLIENT_ID"].as_deref(), Some("fleetward-gateway-ns-gw"));
     assert!(!env.contains_key("CRL_FILE") && !env.contains_key("CRL_CONFIGMAP"));
+    assert!(!env.contains_key("RUN_LOCK_FILE"));
     let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
-    assert_eq!(volumes, ["broker-tls", "client-tls", "database-ca"]);
+    assert_eq!(volumes, ["api-token", "broker-tls", "client-tls", "database-ca"]);
     let mounts: Vec<String> = pod.containers[0]
         .volume_mounts
         .iter()
@@ -110,7 +150,8 @@ fn with_aws_iot_the_gateway_connects_to_the_endpoint_alone() {
         .map(|m| m.mount_path.clone())
         .collect();
     assert!(mounts.contains(&objects::DATABASE_CA_DIR.to_string()), "{mounts:?}");
-    assert_eq!(pod.share_process_namespace, Some(false));
+    assert!(mounts.contains(&TOKEN_DIR.to_string()), "{mounts:?}");
+    assert!(pod.init_containers.is_none());
 }
 
 #[test]
@@ -137,6 +178,7 @@ fn the_gateway_environment_carries_every_spec_section() {
         "MQTT_PORT",
         "CRL_FILE",
         "CRL_CONFIGMAP",
+        "RUN_LOCK_FILE",
         "RATE_PER_SECOND",
         "COMMAND_API_KEY",
         "COMMAND_METER_KEY",

@@ -1,6 +1,6 @@
 /*
- * The plugin's own logic, without a broker: the revoked-serial set
- * (serials.c) and receipt stamping (receipt.c), built with AddressSanitizer
+ * The plugin's own logic, without a broker: the revoked-serial set and
+ * the holders message (serials.c) and receipt stamping (receipt.c), built with AddressSanitizer
  * and UndefinedBehaviorSanitizer by `make test`. The broker glue
  * (sessions.c, plugin.c) is exercised against a real Mosquitto by the
  * gateway's tests.
@@ -215,6 +215,35 @@ static void recognising_device_data_topics(void)
 	CHECK(!receipt_is_device_data_topic(NULL));
 }
 
+static void reading_holders(void)
+{
+	const char *msg = "00ab12 dev-1\n"
+		"zz dev-2\n"              /* not a serial */
+		"CD dev-3 extra\n"        /* a third word */
+		"\n"
+		"  ef\tdev-4\r\n"
+		"ab13\n"                  /* no client id */
+		"1F dev-5";
+	const char *p = msg, *end = msg + strlen(msg);
+	char serial[SERIAL_MAX], id[HOLDER_ID_MAX];
+	CHECK(holder_next(&p, end, serial, id) && !strcmp(serial, "AB12") && !strcmp(id, "dev-1"));
+	CHECK(holder_next(&p, end, serial, id) && !strcmp(serial, "EF") && !strcmp(id, "dev-4"));
+	CHECK(holder_next(&p, end, serial, id) && !strcmp(serial, "1F") && !strcmp(id, "dev-5"));
+	CHECK(!holder_next(&p, end, serial, id));
+	CHECK(p == end);
+	/* A client id too long to be a device id is skipped, not cut. */
+	char long_line[HOLDER_ID_MAX + 16];
+	memcpy(long_line, "AA ", 3);
+	memset(long_line + 3, 'x', HOLDER_ID_MAX);
+	p = long_line;
+	end = long_line + 3 + HOLDER_ID_MAX;
+	CHECK(!holder_next(&p, end, serial, id));
+	/* Only `len` bytes count: no NUL needed. */
+	const char unterminated[] = {'0', '1', ' ', 'd'};
+	p = unterminated;
+	CHECK(holder_next(&p, unterminated + sizeof(unterminated), serial, id) && !strcmp(serial, "1") && !strcmp(id, "d"));
+}
+
 int main(void)
 {
 	normalising_serials();
@@ -222,6 +251,7 @@ int main(void)
 	stamping_the_receipt_time();
 	making_and_keeping_the_receipt_token();
 	recognising_device_data_topics();
+	reading_holders();
 	if(failures){
 		fprintf(stderr, "%d checks failed\n", failures);
 		return 1;
