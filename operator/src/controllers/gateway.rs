@@ -258,7 +258,14 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
     let crl = stores.crl(ns, &name).transpose()?.map(|c| c.as_ref().clone());
     let had_crl = gw.status.as_ref().and_then(|s| s.crl_number).is_some();
     let revoked_by_devices = match crl {
-        None if had_crl => Some(devices_revocations(ctx, ns, &name).await?),
+        None if had_crl => {
+            // The Devices' status, and what deleted Devices left with the CA.
+            let recorded = match stores.secret(ns, &ca_secret_name(&name)) {
+                Some(secret) => crate::crl::record_of(&secret)?,
+                None => Vec::new(),
+            };
+            Some(crate::crl::merged(devices_revocations(ctx, ns, &name).await?, &recorded))
+        }
         _ => None,
     };
     // The StatefulSet is not cached (a handful per cluster): one GET.

@@ -10,15 +10,17 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::{
-    CRL_KEY, CrlState, ENTRIES_KEY, HOLDERS_KEY, NEXT_UPDATE_ANNOTATION, NUMBER_ANNOTATION, VALIDITY_DAYS, holders,
-    name, parse,
+    CRL_KEY, CrlState, ENTRIES_KEY, HOLDERS_KEY, NEXT_UPDATE_ANNOTATION, NUMBER_ANNOTATION, RECORD_KEY, VALIDITY_DAYS,
+    holders, merged, name, parse, record_of, record_text,
 };
 use crate::controllers::applier::create_once;
+use crate::controllers::gateway::ca_secret_name;
 use crate::crd::Gateway;
 use crate::ownership::{controller_of, labels, owner_ref};
 use crate::pki::{CaBundle, Revocation};
@@ -116,6 +118,8 @@ pub struct Batcher {
 struct Queued {
     ca: CaBundle,
     entries: Vec<Revocation>,
+    /// Revocations to record with the CA: those of a deleted Device.
+    outlive: Vec<Revocation>,
     done: tokio::sync::oneshot::Sender<std::result::Result<CrlState, String>>,
 }
 
@@ -131,10 +135,37 @@ impl Batcher {
     }
 
     pub async fn revoke(&self, ns: &str, gateway: &str, ca: &CaBundle, entries: Vec<Revocation>) -> Result<CrlState> {
+        self.queue(ns, gateway, ca, entries, Vec::new()).await
+    }
+
+    /// `revoke` for a Device being deleted: `entries` and what its status
+    /// remembers having had revoked (`history`) are also recorded with the
+    /// CA, so a CRL rebuilt after the Device is gone still lists them.
+    pub async fn revoke_deleted(
+        &self,
+        ns: &str,
+        gateway: &str,
+        ca: &CaBundle,
+        entries: Vec<Revocation>,
+        history: Vec<Revocation>,
+    ) -> Result<CrlState> {
+        let outlive = merged(entries.clone(), &history);
+        self.queue(ns, gateway, ca, entries, outlive).await
+    }
+
+    async fn queue(
+        &self,
+        ns: &str,
+        gateway: &str,
+        ca: &CaBundle,
+        entries: Vec<Revocation>,
+        outlive: Vec<Revocation>,
+    ) -> Result<CrlState> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let queued = Queued {
             ca: ca.clone(),
             entries,
+            outlive,
             done,
         };
         {
@@ -143,7 +174,8 @@ impl Batcher {
             let sender = queues.entry(key).or_insert_with(|| {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-                tokio::spawn(write_queued(api, gateway.to_string(), rx));
+                let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+                tokio::spawn(write_queued(api, secrets, gateway.to_string(), rx));
                 tx
             });
             sender.send(queued).map_err(|_| Error::CrlWrite {
@@ -164,7 +196,12 @@ impl Batcher {
     }
 }
 
-async fn write_queued(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+async fn write_queued(
+    api: Api<ConfigMap>,
+    secrets: Api<Secret>,
+    gateway: String,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -177,7 +214,13 @@ async fn write_queued(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sy
         // replaced, and then the newest is the one to use).
         let ca = batch.last().expect("non-empty").ca.clone();
         let entries: Vec<Revocation> = batch.iter().flat_map(|q| q.entries.iter().cloned()).collect();
-        let result = revoke(&api, &gateway, &ca, &entries).await.map_err(|e| e.to_string());
+        let outlive: Vec<Revocation> = batch.iter().flat_map(|q| q.outlive.iter().cloned()).collect();
+        let mut result = revoke(&api, &gateway, &ca, &entries).await.map_err(|e| e.to_string());
+        if result.is_ok() && !outlive.is_empty() {
+            if let Err(e) = record(&secrets, &gateway, &outlive).await {
+                result = Err(e.to_string());
+            }
+        }
         tracing::debug!(
             gateway,
             requests = batch.len(),
@@ -190,18 +233,58 @@ async fn write_queued(api: Api<ConfigMap>, gateway: String, mut queue: tokio::sy
     }
 }
 
+/// Adds `revocations` to the record in the Gateway's CA Secret (module
+/// docs of `crl`): read, merge, replace guarded by `resourceVersion`,
+/// retried on conflict. Without a CA Secret nothing trusts the
+/// certificates any more, so there is nothing to record.
+pub async fn record(secrets: &Api<Secret>, gateway: &str, revocations: &[Revocation]) -> Result<()> {
+    let name = ca_secret_name(gateway);
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(mut secret) = secrets.get_opt(&name).await? else {
+            return Ok(());
+        };
+        refuse_unless_gateways(&secret, "Secret", gateway)?;
+        let before = record_of(&secret)?;
+        let known = before.len();
+        let after = merged(before, revocations);
+        if after.len() == known {
+            return Ok(());
+        }
+        secret
+            .data
+            .get_or_insert_with(BTreeMap::new)
+            .insert(RECORD_KEY.into(), ByteString(record_text(&after).into_bytes()));
+        match secrets.replace(&name, &PostParams::default(), &secret).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            // Past what one Secret holds the CRL (smaller per entry) is
+            // full too, and its write already said so.
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("Too long") => {
+                tracing::warn!(gateway, entries = after.len(), "the CA's revocation record is full");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict {
+        name,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
 /// Read-modify-write with optimistic concurrency. `change` edits the entry
 /// list and says whether anything must be written.
-/// A CRL ConfigMap is only ever rewritten when it is this Gateway's (a
-/// ConfigMap someone else made under the name is never taken over).
-fn refuse_unless_gateways(cm: &ConfigMap, gateway: &str) -> Result<()> {
-    let ours = controller_of(cm).is_some_and(|r| r.kind == "Gateway" && r.name == gateway);
+/// A CRL ConfigMap (or CA Secret) is only ever rewritten when it is this
+/// Gateway's (an object someone else made under the name is never taken
+/// over).
+fn refuse_unless_gateways<K: kube::Resource>(obj: &K, kind: &str, gateway: &str) -> Result<()> {
+    let ours = controller_of(obj).is_some_and(|r| r.kind == "Gateway" && r.name == gateway);
     if ours {
         return Ok(());
     }
     Err(Error::NameConflict {
-        kind: "ConfigMap".into(),
-        name: cm.metadata.name.clone().unwrap_or_default(),
+        kind: kind.into(),
+        name: obj.meta().name.clone().unwrap_or_default(),
         owner: format!("Gateway {gateway}"),
     })
 }
@@ -215,7 +298,7 @@ async fn modify(
     let cm_name = name(gateway);
     for _ in 0..MAX_ATTEMPTS {
         let mut cm = api.get(&cm_name).await?;
-        refuse_unless_gateways(&cm, gateway)?;
+        refuse_unless_gateways(&cm, "ConfigMap", gateway)?;
         let state = parse(&cm)?;
         let mut entries = state.entries.clone();
         if !change(&mut entries, &state) {

@@ -76,8 +76,9 @@ async fn disabling_revokes_and_reenabling_reissues() {
 
 /// A deleted CRL ConfigMap comes back with what the Devices had revoked
 /// (a rotated device's superseded certificate, a disabled device's
-/// certificate), numbered after the lost CRL, not empty: the revoked
-/// certificates still fail `openssl verify -crl_check`.
+/// certificate) and what deleted Devices had (recorded with the CA),
+/// numbered after the lost CRL, not empty: the revoked certificates still
+/// fail `openssl verify -crl_check`.
 #[tokio::test]
 async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
     operator();
@@ -85,8 +86,10 @@ async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
     ns.apply_yaml(GATEWAY_YAML).await;
     ns.apply_yaml(&device_yaml("d1", "gw", "")).await;
     ns.apply_yaml(&device_yaml("d2", "gw", "")).await;
+    ns.apply_yaml(&device_yaml("d3", "gw", "")).await;
     let d1 = ready_device(&ns, "d1").await;
     ready_device(&ns, "d2").await;
+    let d3_first = status(&ready_device(&ns, "d3").await).serial.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "ca.crt", &ns.secret_value("gw-ca", "tls.crt").await);
     let d2_cert = write(
@@ -99,16 +102,49 @@ async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
     let d1_first = status(&d1).serial.clone().unwrap();
     patch_spec(&ns, "d1", json!({"rotation": 1, "hmacGracePeriodSeconds": 0})).await;
     patch_spec(&ns, "d2", json!({"enabled": false})).await;
+    // d3 rotates, then is deleted: its status (which remembered the first
+    // certificate) goes with it.
+    let d3_cert = write(
+        dir.path(),
+        "d3.crt",
+        &ns.secret_value("d3-credentials", "tls.crt").await,
+    );
+    patch_spec(&ns, "d3", json!({"rotation": 1, "hmacGracePeriodSeconds": 0})).await;
+    let api = ns.api::<Device>();
+    let d3 = wait_for(
+        "d3's first certificate in its status",
+        60,
+        || get_opt(&api, "d3"),
+        |d| {
+            d.status
+                .as_ref()
+                .is_some_and(|s| s.revoked_certificates.iter().any(|r| r.serial == d3_first))
+        },
+    )
+    .await;
+    let d3_second = status(&d3).serial.clone().unwrap();
+    assert_ne!(d3_second, d3_first);
+    api.delete("d3", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "d3 gone",
+        60,
+        || async { Some(get_opt(&api, "d3").await.is_none()) },
+        |gone| *gone,
+    )
+    .await;
     let cms = ns.api::<ConfigMap>();
     let before = wait_for(
         "both revocations in the CRL",
         60,
         || get_opt(&cms, "gw-crl"),
-        |cm| fleetward_operator::crl::parse(cm).is_ok_and(|c| c.contains(&d1_first) && c.contains(&d2_serial)),
+        |cm| {
+            fleetward_operator::crl::parse(cm).is_ok_and(|c| {
+                c.contains(&d1_first) && c.contains(&d2_serial) && c.contains(&d3_first) && c.contains(&d3_second)
+            })
+        },
     )
     .await;
     let number = fleetward_operator::crl::parse(&before).unwrap().number;
-    let api = ns.api::<Device>();
     for (name, serial) in [("d1", &d1_first), ("d2", &d2_serial)] {
         let d = wait_for(
             "the revocation in the Device's status",
@@ -134,10 +170,14 @@ async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
     .await;
     let state = fleetward_operator::crl::parse(&rebuilt).unwrap();
     assert!(state.contains(&d1_first) && state.contains(&d2_serial), "{state:?}");
+    // The deleted Device's certificates do not come back.
+    assert!(state.contains(&d3_first) && state.contains(&d3_second), "{state:?}");
     assert!(state.number > number, "CRL number {} after {number}", state.number);
     let crl = write(dir.path(), "crl.pem", &ns.crl_pem("gw").await);
-    let (ok, out) = openssl(&["verify", "-crl_check", "-CAfile", &ca, "-CRLfile", &crl, &d2_cert]);
-    assert!(!ok && out.contains("revoked"), "{out}");
+    for cert in [&d2_cert, &d3_cert] {
+        let (ok, out) = openssl(&["verify", "-crl_check", "-CAfile", &ca, "-CRLfile", &crl, cert]);
+        assert!(!ok && out.contains("revoked"), "{out}");
+    }
     // The event follows the rest of the reconcile (workload, status), a
     // moment after the ConfigMap.
     let events = ns.api::<Event>();

@@ -398,7 +398,7 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
     if let Some(creds) = &seen.current {
         // Without the gateway's CA nothing trusts the certificate any more,
         // so there is nothing to revoke.
-        if let (Some(ca), Some(_)) = (&seen.ca, &seen.crl) {
+        if let Some(ca) = &seen.ca {
             let now = Timestamp::now().to_string();
             let serial = crate::pki::inspect(&creds.cert_pem)?.serial;
             let entries: Vec<Revocation> = std::iter::once(serial.clone())
@@ -410,7 +410,26 @@ async fn cleanup(dev: &Device, ctx: &Context, ns: &str) -> Result<()> {
                     reason: "cessationOfOperation".into(),
                 })
                 .collect();
-            ctx.crl.revoke(ns, &dev.spec.gateway_ref, ca, entries).await?;
+            // What the status remembers goes with the Device: recorded with the CA.
+            let history: Vec<Revocation> = dev
+                .status
+                .iter()
+                .flat_map(|s| &s.revoked_certificates)
+                .map(|r| r.revocation(&name))
+                .collect();
+            match &seen.crl {
+                Some(_) => {
+                    ctx.crl
+                        .revoke_deleted(ns, &dev.spec.gateway_ref, ca, entries, history)
+                        .await?;
+                }
+                // The CRL is being rebuilt: the Gateway takes these from the record.
+                None => {
+                    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+                    let all = crate::crl::merged(entries, &history);
+                    crate::crl::writer::record(&secrets, &dev.spec.gateway_ref, &all).await?;
+                }
+            }
             ctx.event(
                 dev,
                 false,

@@ -306,8 +306,8 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
                 "CrlRebuilt",
                 "Revoke",
                 format!(
-                    "the CRL ConfigMap {} was missing: rebuilt from the Devices' status with {} revoked \
-                     certificate(s)",
+                    "the CRL ConfigMap {} was missing: rebuilt from the Devices' status and the CA's record with {} \
+                     revoked certificate(s)",
                     crate::crl::name(&name),
                     entries.len()
                 ),
