@@ -300,7 +300,13 @@ mod tests {
         assert_eq!(holders("", &[], now), "");
         // Past the cap, the newest revocations' holders stay.
         let many: Vec<Revocation> = (0..MAX_HOLDERS + 5)
-            .map(|i| entry(&format!("{i:04X}"), &(now - SignedDuration::from_secs(i as i64)).to_string(), "d"))
+            .map(|i| {
+                entry(
+                    &format!("{i:04X}"),
+                    &(now - SignedDuration::from_secs(i as i64)).to_string(),
+                    "d",
+                )
+            })
             .collect();
         let text = holders("", &many, now);
         assert_eq!(text.lines().count(), MAX_HOLDERS);

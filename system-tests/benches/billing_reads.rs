@@ -50,7 +50,7 @@ async fn main() {
     println!("{meters} meters connected over TLS: {:.1} s", t.elapsed().as_secs_f64());
 
     let pool = db::connect(&env("DATABASE_URL"), 8).await.unwrap();
-    db::migrator().run(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     let metrics = Arc::new(Metrics::default());
     let consumer = ingest::consumer(&env("KAFKA_BROKERS"), &h.topic, &format!("bench-{}", h.ns.name)).unwrap();
     tokio::spawn(ingest::run(

@@ -137,7 +137,7 @@ async fn migrate_and_write(gateway_url: &str, encryptor: &PgPool, billing: &PgPo
     .execute(encryptor)
     .await
     .expect("the encryptor writes a station row");
-    billing_db::migrator().run(billing).await.expect("billing migrations");
+    billing_db::migrate(billing).await.expect("billing migrations");
     let reading = billing_db::Reading {
         namespace: "fleet".into(),
         device_id: "meter-1".into(),
@@ -181,7 +181,14 @@ async fn each_workload_reaches_only_its_own_tables_as_its_own_role() {
     let stations: TableName = "stations".parse().unwrap();
     let admin = PgPool::connect(&db.admin_url()).await.unwrap();
 
-    // An older release: every workload as the admin.
+    // An older release: every workload as the admin, billing's migration
+    // record in public.
+    let mut legacy = billing_db::migrator();
+    legacy.dangerous_set_table_name("_fleetward_billing_migrations");
+    legacy
+        .run(&admin)
+        .await
+        .expect("billing migrations as an older release ran them");
     migrate_and_write(&db.admin_url(), &admin, &admin, &stations, "before").await;
 
     let pw = Passwords::new();
@@ -209,6 +216,24 @@ async fn each_workload_reaches_only_its_own_tables_as_its_own_role() {
         count(&admin, "SELECT count(*) FROM fleetward_billing.readings").await,
         2
     );
+    // Billing's migration record moved into its schema, every migration
+    // still recorded once (none ran again).
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM pg_tables WHERE tablename = '_fleetward_billing_migrations'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM fleetward_billing._fleetward_billing_migrations"
+        )
+        .await,
+        billing_db::migrator().iter().count() as i64
+    );
 
     let attacks: [(&PgPool, &str, &[&str]); 3] = [
         // Billing's credentials: the gateway's replay window (emptied,
@@ -227,6 +252,8 @@ async fn each_workload_reaches_only_its_own_tables_as_its_own_role() {
                 "CREATE ROLE intruder LOGIN SUPERUSER",
                 "ALTER ROLE fleetward_billing_app SUPERUSER",
                 "GRANT pg_execute_server_program TO fleetward_billing_app",
+                // A StationFeed's table not made yet, taken by its name.
+                "CREATE TABLE public.stations_paris (x int)",
             ],
         ),
         // The encryptor's: bills and the audit trail.

@@ -50,11 +50,11 @@ BEGIN
         EXECUTE format('ALTER ROLE %I NOSUPERUSER NOREPLICATION NOBYPASSRLS', r);
     END LOOP;
 END $$;
--- Unqualified names resolve in public (the encryptor's tables, billing's
--- migration record), whatever schemas exist.
+-- Unqualified names resolve in each workload's own schema (the
+-- encryptor's is public), whatever schemas exist.
 ALTER ROLE fleetward_gateway_app SET search_path = fleetward_gateway;
 ALTER ROLE fleetward_encryptor_app SET search_path = public;
-ALTER ROLE fleetward_billing_app SET search_path = public;
+ALTER ROLE fleetward_billing_app SET search_path = fleetward_billing;
 
 -- Members of no other role (pg_execute_server_program, pg_read_all_data,
 -- ...): whatever was granted to them by hand is taken back.
@@ -94,10 +94,13 @@ ALTER SCHEMA fleetward_gateway OWNER TO fleetward_gateway_app;
 CREATE SCHEMA IF NOT EXISTS fleetward_billing AUTHORIZATION fleetward_billing_app;
 ALTER SCHEMA fleetward_billing OWNER TO fleetward_billing_app;
 
--- public: only the encryptor (its tables) and billing (its migration
--- record) create there; PostgreSQL before 15 let every role.
+-- public: only the encryptor (its tables) creates there; PostgreSQL
+-- before 15 let every role. Billing keeps its migration record in its own
+-- schema (an older release's in public it moves there itself).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT USAGE, CREATE ON SCHEMA public TO fleetward_encryptor_app, fleetward_billing_app;
+REVOKE CREATE ON SCHEMA public FROM fleetward_billing_app;
+GRANT USAGE, CREATE ON SCHEMA public TO fleetward_encryptor_app;
+GRANT USAGE ON SCHEMA public TO fleetward_billing_app;
 
 -- Objects made before there were roles (by the admin, which every
 -- workload used) go to their workload. Owned sequences follow their table.

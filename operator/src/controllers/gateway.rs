@@ -264,7 +264,10 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
                 Some(secret) => crate::crl::record_of(&secret)?,
                 None => Vec::new(),
             };
-            Some(crate::crl::merged(devices_revocations(ctx, ns, &name).await?, &recorded))
+            Some(crate::crl::merged(
+                devices_revocations(ctx, ns, &name).await?,
+                &recorded,
+            ))
         }
         _ => None,
     };

@@ -98,7 +98,7 @@ async fn main() {
     let per_meter = args.get(1).copied().unwrap_or(100);
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (. .dev/env after ./deploy.sh dev-up)");
     let pool = db::connect(&url, 4).await.unwrap();
-    db::migrator().run(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     let tag = std::process::id();
     let (fast_ns, naive_ns) = (format!("bench-fast-{tag}"), format!("bench-naive-{tag}"));
     let period = Period::parse("2026-10").unwrap();

@@ -19,12 +19,36 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::bill::Period;
 
-/// Billing's migrations, tracked in a table of their own (the database is
-/// shared with the other fleetward workloads and their migrators).
+/// Billing's migrations, tracked in a table of their own in billing's own
+/// schema (the database is shared with the other fleetward workloads and
+/// their migrators; billing's role may create nothing in `public`).
 pub fn migrator() -> sqlx::migrate::Migrator {
     let mut m = sqlx::migrate!("./migrations");
-    m.dangerous_set_table_name("_fleetward_billing_migrations");
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
     m
+}
+
+const MIGRATIONS_TABLE: &str = "fleetward_billing._fleetward_billing_migrations";
+
+/// Runs billing's migrations. Their record lives in `fleetward_billing`,
+/// made first if need be; a record an older release kept in `public` is
+/// moved there (billing's role owns both), so nothing runs twice.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    // One billing replica at a time (several start together): the lock
+    // lasts until this statement's transaction ends.
+    sqlx::query(
+        "DO $$ BEGIN \
+           PERFORM pg_advisory_xact_lock(hashtext('fleetward_billing.migrate')); \
+           CREATE SCHEMA IF NOT EXISTS fleetward_billing; \
+           IF to_regclass('public._fleetward_billing_migrations') IS NOT NULL \
+              AND to_regclass('fleetward_billing._fleetward_billing_migrations') IS NULL THEN \
+             ALTER TABLE public._fleetward_billing_migrations SET SCHEMA fleetward_billing; \
+           END IF; \
+         END $$",
+    )
+    .execute(pool)
+    .await?;
+    migrator().run(pool).await
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {

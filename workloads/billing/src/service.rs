@@ -161,7 +161,7 @@ impl Service {
     /// namespace's accounts and tenancies from before they belonged to a
     /// Tariff (once; see `store::adopt_namespace_records`).
     async fn prepare_database(&self) -> Result<(), sqlx::Error> {
-        crate::db::migrator().run(&self.pool).await?;
+        crate::db::migrate(&self.pool).await?;
         let (accounts, tenancies) =
             crate::store::adopt_namespace_records(&self.pool, &self.namespace, &self.tariff).await?;
         if accounts + tenancies > 0 {

@@ -26,7 +26,7 @@ fn d(s: &str) -> Decimal {
 
 async fn pool() -> PgPool {
     let pool = db::connect(&env("DATABASE_URL"), 4).await.expect("the dev PostgreSQL");
-    db::migrator().run(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     pool
 }
 
