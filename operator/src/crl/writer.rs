@@ -216,10 +216,11 @@ async fn write_queued(
         let entries: Vec<Revocation> = batch.iter().flat_map(|q| q.entries.iter().cloned()).collect();
         let outlive: Vec<Revocation> = batch.iter().flat_map(|q| q.outlive.iter().cloned()).collect();
         let mut result = revoke(&api, &gateway, &ca, &entries).await.map_err(|e| e.to_string());
-        if result.is_ok() && !outlive.is_empty() {
-            if let Err(e) = record(&secrets, &gateway, &outlive).await {
-                result = Err(e.to_string());
-            }
+        if result.is_ok()
+            && !outlive.is_empty()
+            && let Err(e) = record(&secrets, &gateway, &outlive).await
+        {
+            result = Err(e.to_string());
         }
         tracing::debug!(
             gateway,
