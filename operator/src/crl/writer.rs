@@ -93,13 +93,8 @@ pub async fn revoke(
     revocations: &[Revocation],
 ) -> Result<CrlState> {
     modify(api, gateway, ca, |entries, _| {
-        let mut listed: std::collections::HashSet<String> = entries.iter().map(|e| e.serial.clone()).collect();
         let before = entries.len();
-        for r in revocations {
-            if listed.insert(r.serial.clone()) {
-                entries.push(r.clone());
-            }
-        }
+        *entries = merged(std::mem::take(entries), revocations);
         entries.len() != before
     })
     .await
