@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleetward_operator::crd::Device;
+use fleetward_operator::crd::{Device, Gateway};
 use fleetward_testkit::Workload;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -147,10 +147,7 @@ async fn run(client: &Client, ns: &str, n: usize, operator: &Workload) -> anyhow
     // The gateway pod (Mosquitto and the gateway, which watches its keys
     // shards) runs on the node during the whole run: each shard write is
     // also sent to it.
-    let pod_name = format!(
-        "{}-0",
-        fleetward_operator::controllers::gateway::workload_name("bench-gw")
-    );
+    let pod_name = format!("{}-0", Gateway::workload_name("bench-gw"));
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {

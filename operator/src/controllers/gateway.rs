@@ -42,52 +42,9 @@ mod plan_tests;
 pub mod telemetry;
 mod workload;
 mod writes;
-pub use workload::broker_volume_name;
 
 const KIND: &str = "gateway";
 pub const AWS_FINALIZER: &str = "fleetward.io/aws-iot";
-
-pub fn ca_secret_name(gateway: &str) -> String {
-    format!("{gateway}-ca")
-}
-pub fn broker_secret_name(gateway: &str) -> String {
-    format!("{gateway}-broker-tls")
-}
-pub fn client_secret_name(gateway: &str) -> String {
-    format!("{gateway}-gateway-client")
-}
-pub fn command_secret_name(gateway: &str) -> String {
-    format!("{gateway}-command-api")
-}
-/// The meter key: the command API admits it only for `read_meter` to
-/// electricity meters; the Tariffs' billing workloads hold it.
-pub fn meter_key_secret_name(gateway: &str) -> String {
-    format!("{gateway}-command-meter")
-}
-
-/// The Gateway's record key: the HMAC key of every Kafka record its gateway
-/// produces, held by the gateway and the consumers of its topic (the
-/// telemetry writer, billing), key `record.key`.
-pub fn record_key_secret_name(gateway: &str) -> String {
-    format!("{gateway}-record-key")
-}
-
-/// The ClusterIP Service of the command API and metrics.
-pub fn api_service_name(gateway: &str) -> String {
-    format!("{gateway}-api")
-}
-pub fn mosquitto_configmap_name(gateway: &str) -> String {
-    format!("{gateway}-mosquitto")
-}
-/// The StatefulSet, and the gateway's ServiceAccount, Role and RoleBinding.
-pub fn workload_name(gateway: &str) -> String {
-    format!("{gateway}-gateway")
-}
-
-/// The gateway workload's policy in AWS IoT Core.
-pub fn aws_iot_policy_name(ns: &str, gateway: &str) -> String {
-    format!("{ns}_{gateway}_gateway")
-}
 
 /// The CA held by a gateway's CA Secret.
 pub fn ca_from_secret(secret: &Secret) -> Result<CaBundle> {
@@ -242,7 +199,7 @@ fn leaf_cert(secret: Option<Arc<Secret>>, ca: &CaView) -> Option<String> {
 async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed> {
     let name = gw.name_any();
     let stores = &ctx.stores;
-    let ca = match stores.secret(ns, &ca_secret_name(&name)) {
+    let ca = match stores.secret(ns, &Gateway::ca_secret_name(&name)) {
         None => CaView::Missing,
         Some(secret) => match ca_from_secret(&secret) {
             Ok(ca) => match ca.validate() {
@@ -253,14 +210,14 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
             Err(e) => return Err(e),
         },
     };
-    let broker_cert = leaf_cert(stores.secret(ns, &broker_secret_name(&name)), &ca);
-    let client_cert = leaf_cert(stores.secret(ns, &client_secret_name(&name)), &ca);
+    let broker_cert = leaf_cert(stores.secret(ns, &Gateway::broker_secret_name(&name)), &ca);
+    let client_cert = leaf_cert(stores.secret(ns, &Gateway::client_secret_name(&name)), &ca);
     let crl = stores.crl(ns, &name).transpose()?.map(|c| c.as_ref().clone());
     let had_crl = gw.status.as_ref().and_then(|s| s.crl_number).is_some();
     let revoked_by_devices = match crl {
         None if had_crl => {
             // The Devices' status, and what deleted Devices left with the CA.
-            let recorded = match stores.secret(ns, &ca_secret_name(&name)) {
+            let recorded = match stores.secret(ns, &Gateway::ca_secret_name(&name)) {
                 Some(secret) => crate::crl::record_of(&secret)?,
                 None => Vec::new(),
             };
@@ -274,7 +231,7 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
     // The StatefulSet is not cached (a handful per cluster): one GET.
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let broker_available = sets
-        .get_opt(&workload_name(&name))
+        .get_opt(&Gateway::workload_name(&name))
         .await?
         .and_then(|s| s.status?.available_replicas)
         .unwrap_or(0)
@@ -291,9 +248,9 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         ca,
         broker_cert,
         client_cert,
-        command_key: stores.secret(ns, &command_secret_name(&name)).is_some(),
-        meter_key: stores.secret(ns, &meter_key_secret_name(&name)).is_some(),
-        record_key: stores.secret(ns, &record_key_secret_name(&name)).is_some(),
+        command_key: stores.secret(ns, &Gateway::command_secret_name(&name)).is_some(),
+        meter_key: stores.secret(ns, &Gateway::meter_key_secret_name(&name)).is_some(),
+        record_key: stores.secret(ns, &Gateway::record_key_secret_name(&name)).is_some(),
         crl,
         revoked_by_devices,
         last_crl_number: stores.last_crl_number(ns, &name),
@@ -327,7 +284,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     };
     if plan.create_ca {
         let secret = tls_secret(
-            child_meta(gw, ca_secret_name(&name))?,
+            child_meta(gw, Gateway::ca_secret_name(&name))?,
             &ca.cert_pem,
             &ca.key_pem,
             None,
@@ -336,7 +293,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         // Another reconcile (or replica) created the CA first: keep
         // theirs and plan again with it. A Secret someone else made under
         // the name is refused, never used as this Gateway's CA.
-        match create_once(&secrets, &ca_secret_name(&name), &secret).await? {
+        match create_once(&secrets, &Gateway::ca_secret_name(&name), &secret).await? {
             Some(created) => ctx.stores.wrote_secret(created),
             None => return Ok(Action::requeue(Duration::from_secs(1))),
         }
@@ -355,10 +312,10 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         ctx.stores.wrote_secret(written);
     }
     let keys = [
-        (command_secret_name(&name), "api-key", plan.command_key.take()),
-        (meter_key_secret_name(&name), "api-key", plan.meter_key.take()),
+        (Gateway::command_secret_name(&name), "api-key", plan.command_key.take()),
+        (Gateway::meter_key_secret_name(&name), "api-key", plan.meter_key.take()),
         (
-            record_key_secret_name(&name),
+            Gateway::record_key_secret_name(&name),
             fleetward_protocol::record::RECORD_KEY_SECRET_KEY,
             plan.record_key.take(),
         ),
@@ -418,7 +375,7 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     // operator runs the broker (not with AWS IoT Core).
     let own_broker = gw.spec.provider == Provider::Mosquitto;
     let cm = ConfigMap {
-        metadata: child_meta(gw, mosquitto_configmap_name(&name))?,
+        metadata: child_meta(gw, Gateway::mosquitto_configmap_name(&name))?,
         data: Some(
             [
                 ("mosquitto.conf".to_string(), plan.mosquitto_conf.clone()),
@@ -429,20 +386,20 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         ..Default::default()
     };
     if own_broker {
-        apply(&cms, &mosquitto_configmap_name(&name), &cm, None).await?;
+        apply(&cms, &Gateway::mosquitto_configmap_name(&name), &cm, None).await?;
     }
     if let (Provider::AwsIot, Some(aws)) = (gw.spec.provider, gw.spec.aws_iot.as_ref()) {
         let client = ctx.iot.get(aws).await;
         let known = gw.status.as_ref().and_then(|s| s.aws_iot.as_ref());
         let cert_pem = ctx
             .stores
-            .secret(ns, &client_secret_name(&name))
+            .secret(ns, &Gateway::client_secret_name(&name))
             .and_then(|s| secret_str(&s, "tls.crt"))
-            .ok_or_else(|| Error::NotYet(format!("Secret {}", client_secret_name(&name))))?;
+            .ok_or_else(|| Error::NotYet(format!("Secret {}", Gateway::client_secret_name(&name))))?;
         let client_id = workload::mqtt_client_id(gw);
         let identity = aws_iot::gateway::Workload {
             client_id: &client_id,
-            policy: &aws_iot_policy_name(ns, &name),
+            policy: &Gateway::aws_iot_policy_name(ns, &name),
             cert_pem: &cert_pem,
         };
         match aws_iot::gateway::sync(&client, &ca, known, &identity).await {
@@ -480,18 +437,24 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     if let Some(spec) = set.spec.as_mut() {
         let who = kafka_client::Workload {
             namespace: ns,
-            name: &workload_name(&name),
+            name: &Gateway::workload_name(&name),
             owner: owner_ref(gw)?,
             role: kafka_client::Role::Gateway,
         };
         kafka_client::certify(ctx, &who, &mut spec.template).await?;
     }
-    apply(&sets, &workload_name(&name), &set, None).await?;
+    apply(&sets, &Gateway::workload_name(&name), &set, None).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     if own_broker {
         apply(&services, &name, &workload::service(gw)?, None).await?;
     }
-    apply(&services, &api_service_name(&name), &workload::api_service(gw)?, None).await?;
+    apply(
+        &services,
+        &Gateway::api_service_name(&name),
+        &workload::api_service(gw)?,
+        None,
+    )
+    .await?;
     // The telemetry keyring's decisions (create, rotate, refuse an
     // unusable one) are the keyring module's; its key id goes to status.
     plan.status.telemetry_key_id = telemetry::apply_storage(gw, ctx, ns).await?;

@@ -2,6 +2,8 @@
 
 pub mod applier;
 pub mod backoff;
+pub mod carry_out;
+pub mod desired;
 pub mod device;
 pub mod events;
 pub mod gateway;

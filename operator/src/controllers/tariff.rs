@@ -5,9 +5,9 @@
 //! **observe** reads the referenced Gateway (its Kafka topic, command API
 //! and Secrets), whether the Secrets the pod reads exist (never their
 //! values), whether the API key Secret exists, and the Deployment's
-//! availability; **plan** (`plan.rs`, pure) decides the objects, status,
-//! events and next look; **apply** writes them with server-side apply, each
-//! owned by the Tariff.
+//! availability; **plan** (`plan.rs`, pure) returns the `Desired` objects,
+//! status, events and next look; `carry_out` writes them, each owned by the
+//! Tariff.
 //!
 //! The workload reports its runs in `status.billing` with its own field
 //! manager; the operator never writes that field and compares only the
@@ -19,18 +19,17 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::applier::{apply, create_once, delete_if_owned};
-use super::{kafka_client, policy, secret_refs};
+use super::carry_out::carry_out;
+use super::{policy, secret_refs};
 use crate::context::Context;
 use crate::crd::{Gateway, Tariff};
-use crate::ownership::{MANAGED_BY, owner_ref};
+use crate::ownership::MANAGED_BY;
 use crate::{Error, Result};
 
 pub mod plan;
@@ -43,12 +42,6 @@ const KIND: &str = "tariff";
 pub const LABEL_TARIFF: &str = "fleetward.io/tariff";
 /// Where the billing pod finds the gateway's CA certificate (`ca.crt`).
 pub const GATEWAY_CA_DIR: &str = "/etc/fleetward/gateway-ca";
-
-/// One consumer group per Tariff: two Tariffs on one gateway's topic each
-/// see every reading.
-pub fn consumer_group(ns: &str, tariff: &str) -> String {
-    format!("fleetward.{ns}.{tariff}.billing")
-}
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -95,8 +88,9 @@ async fn reconcile_tariff(tariff: &Tariff, ctx: &Context) -> Result<Action> {
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let observed = observe(tariff, ctx, &ns).await?;
-    let plan = plan::plan(tariff, observed, &ctx.config, crate::pki::random_secret_hex)?;
-    apply_plan(tariff, ctx, &ns, plan).await
+    let desired = plan::plan(tariff, observed, &ctx.config, crate::pki::random_secret_hex)?;
+    let current = tariff.status.as_ref().map(|s| s.operator_owned());
+    carry_out(ctx, tariff, current.as_ref(), desired).await
 }
 
 async fn observe(tariff: &Tariff, ctx: &Context, ns: &str) -> Result<plan::Observed> {
@@ -134,73 +128,4 @@ async fn observe(tariff: &Tariff, ctx: &Context, ns: &str) -> Result<plan::Obser
         api_key,
         available,
     })
-}
-
-async fn apply_plan(tariff: &Tariff, ctx: &Context, ns: &str, plan: plan::Plan) -> Result<Action> {
-    let name = fleetward_tariff::workload_name(&tariff.name_any());
-    if let Some(secret) = &plan.api_secret {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-        let secret_name = fleetward_tariff::api_secret_name(&tariff.name_any());
-        // Made once and never replaced (clients hold the key); but a
-        // Secret someone else made under the name is not used as one.
-        if let Some(created) = create_once(&secrets, &secret_name, secret).await? {
-            ctx.stores.wrote_secret(created);
-        }
-    }
-    let (sa, role, binding) = &plan.rbac;
-    apply(
-        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns),
-        &name,
-        sa,
-        None,
-    )
-    .await?;
-    apply(&Api::<Role>::namespaced(ctx.client.clone(), ns), &name, role, None).await?;
-    apply(
-        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
-        &name,
-        binding,
-        None,
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(ctx.client.clone(), ns),
-        &name,
-        &plan.service,
-        None,
-    )
-    .await?;
-    let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    match &plan.deployment {
-        Some(d) => {
-            let mut d = d.clone();
-            if let Some(spec) = d.spec.as_mut() {
-                let who = kafka_client::Workload {
-                    namespace: ns,
-                    name: &name,
-                    owner: owner_ref(tariff)?,
-                    role: kafka_client::Role::Billing,
-                };
-                kafka_client::certify(ctx, &who, &mut spec.template).await?;
-            }
-            apply(&deploys, &name, &d, None).await?;
-        }
-        None => delete_own_deployment(tariff, &deploys, &name).await?,
-    }
-    let current = tariff.status.as_ref().map(|s| s.operator_owned());
-    policy::write_status(ctx, tariff, current.as_ref(), &plan.status).await?;
-    for ev in plan.events {
-        ctx.event(tariff, ev.warning, ev.reason, ev.action, ev.note).await;
-    }
-    Ok(Action::requeue(plan.requeue))
-}
-
-/// Removes the billing Deployment when the Gateway it read from is gone or
-/// lost its Kafka topic: only this Tariff's own, and only that very object
-/// (uid precondition), so one someone else made under the name stays.
-async fn delete_own_deployment(tariff: &Tariff, deploys: &Api<Deployment>, name: &str) -> Result<()> {
-    if delete_if_owned(deploys, name, &owner_ref(tariff)?, None).await? {
-        tracing::info!(deployment = %name, "deleted the billing Deployment: its Gateway is gone or has no Kafka");
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod gateway;
+mod names;
 pub mod stationfeed;
 pub mod tariff;
 

@@ -20,7 +20,6 @@ use super::{
     holders, merged, name, parse, record_of, record_text,
 };
 use crate::controllers::applier::create_once;
-use crate::controllers::gateway::ca_secret_name;
 use crate::crd::Gateway;
 use crate::ownership::{controller_of, labels, owner_ref};
 use crate::pki::{CaBundle, Revocation};
@@ -234,7 +233,7 @@ async fn write_queued(
 /// retried on conflict. Without a CA Secret nothing trusts the
 /// certificates any more, so there is nothing to record.
 pub async fn record(secrets: &Api<Secret>, gateway: &str, revocations: &[Revocation]) -> Result<()> {
-    let name = ca_secret_name(gateway);
+    let name = Gateway::ca_secret_name(gateway);
     for _ in 0..MAX_ATTEMPTS {
         let Some(mut secret) = secrets.get_opt(&name).await? else {
             return Ok(());

@@ -163,9 +163,9 @@ fn check_operator(c: &Config, repo: &Repo, f: &mut Findings) {
 /// fall in the role's resources, and another namespace's do not.
 fn check_operator_scope(c: &Config, f: &mut Findings) {
     use fleetward_operator::aws_iot::device::thing_name;
-    use fleetward_operator::controllers::gateway::aws_iot_policy_name;
+    use fleetward_operator::crd::Gateway;
     let device = thing_name("ns", "device");
-    let gateway_policy = aws_iot_policy_name("ns", "gw");
+    let gateway_policy = Gateway::aws_iot_policy_name("ns", "gw");
     let named = [
         ("iot_thing_arns", "a Device's thing", format!("thing/{device}")),
         ("iot_policy_arns", "a Device's policy", format!("policy/{device}")),

@@ -248,7 +248,7 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
     let gw = &dev.spec.gateway_ref;
     let stores = &ctx.stores;
     let ca = stores
-        .secret(ns, &super::gateway::ca_secret_name(gw))
+        .secret(ns, &Gateway::ca_secret_name(gw))
         .and_then(|s| super::gateway::ca_from_secret(&s).ok());
     let crl = stores.crl(ns, gw).and_then(Result::ok);
     let secret = stores.secret(ns, &secret_name(&dev.name_any()));

@@ -162,7 +162,7 @@ const INVALID_CA_RETRY: Duration = Duration::from_secs(300);
 pub fn broker_names(gw: &Gateway) -> (Vec<String>, Vec<IpAddr>) {
     let (name, ns) = (gw.name_any(), gw.namespace().unwrap_or_default());
     let mut dns = Vec::new();
-    for service in [name.clone(), super::api_service_name(&name)] {
+    for service in [name.clone(), Gateway::api_service_name(&name)] {
         dns.extend([
             format!("{service}.{ns}"),
             format!("{service}.{ns}.svc"),
@@ -234,7 +234,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
             (ca, true)
         }
         CaView::Invalid(reason) => {
-            let message = format!("CA Secret {} is not usable: {reason}", super::ca_secret_name(&name));
+            let message = format!("CA Secret {} is not usable: {reason}", Gateway::ca_secret_name(&name));
             not_ready(
                 &mut status.conditions,
                 &mut events,
@@ -254,7 +254,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     let broker = leaf(
         &ca,
         obs.broker_cert.as_deref().filter(|_| !create_ca),
-        super::broker_secret_name(&name),
+        Gateway::broker_secret_name(&name),
         LeafRequest {
             common_name: &name,
             dns_names: &dns,
@@ -270,7 +270,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
     let client = leaf(
         &ca,
         obs.client_cert.as_deref().filter(|_| !create_ca),
-        super::client_secret_name(&name),
+        Gateway::client_secret_name(&name),
         LeafRequest {
             common_name: mosquitto::GATEWAY_IDENTITY,
             dns_names: &[],

@@ -9,10 +9,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::{child_meta, record_key_secret_name};
+use super::child_meta;
 
 use crate::context::Context;
 use crate::controllers::applier::{apply, delete_if_owned};
+use crate::controllers::carry_out;
 use crate::controllers::kafka_client;
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{EncryptorSpec, encryptor, objects};
@@ -27,18 +28,6 @@ use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 /// gateway workload reads as device credentials.
 pub const LABEL_TELEMETRY_OF: &str = "fleetward.io/telemetry-of";
 
-pub fn keyring_secret_name(gateway: &str) -> String {
-    format!("{gateway}-telemetry-keyring")
-}
-
-pub fn deployment_name(gateway: &str) -> String {
-    format!("{gateway}-telemetry")
-}
-
-pub fn consumer_group(ns: &str, gateway: &str) -> String {
-    format!("fleetward.{ns}.{gateway}.telemetry")
-}
-
 /// Makes the storage match `spec.storage`. Returns the keyring's primary
 /// key id while storage is on and its keyring usable.
 pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Option<String>> {
@@ -47,19 +36,32 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
     let Some(storage) = &gw.spec.storage else {
         // Only this Gateway's own writer: a Deployment someone else made
         // under the name stays.
-        if delete_if_owned(&deploys, &deployment_name(&name), &owner_ref(gw)?, None).await? {
+        if delete_if_owned(
+            &deploys,
+            &Gateway::telemetry_deployment_name(&name),
+            &owner_ref(gw)?,
+            None,
+        )
+        .await?
+        {
             tracing::info!(gateway = %name, "deleted the telemetry writer: spec.storage was removed");
         }
         return Ok(None);
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret_name = keyring_secret_name(&name);
+    let secret_name = Gateway::telemetry_keyring_secret_name(&name);
     let want = KeyringSecret {
         name: &secret_name,
         labels: labels(&[(LABEL_TELEMETRY_OF, &name)]),
         rotation: storage.key_rotation,
     };
-    let keyring = match keyring::ensure(&secrets, &want).await? {
+    // Read, not taken from a store: a rotation replaces the Secret at the
+    // resourceVersion read.
+    let (outcome, write) = keyring::decide(secrets.get_opt(&secret_name).await?, &want);
+    if let Some(write) = write {
+        carry_out::write_one(ctx, gw, ns, write).await?;
+    }
+    let keyring = match outcome {
         Outcome::Unchanged(k) => k,
         Outcome::Created(k) => {
             ctx.event(
@@ -108,13 +110,13 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
     if let Some(spec) = deployment.spec.as_mut() {
         let who = kafka_client::Workload {
             namespace: ns,
-            name: &deployment_name(&name),
+            name: &Gateway::telemetry_deployment_name(&name),
             owner: owner_ref(gw)?,
             role: kafka_client::Role::Encryptor,
         };
         kafka_client::certify(ctx, &who, &mut spec.template).await?;
     }
-    apply(&deploys, &deployment_name(&name), &deployment, None).await?;
+    apply(&deploys, &Gateway::telemetry_deployment_name(&name), &deployment, None).await?;
     Ok(Some(keyring.primary_id().to_string()))
 }
 
@@ -145,20 +147,20 @@ pub fn writer(gw: &Gateway, storage: &TelemetryStorage, ctx: &Context) -> Result
         kind: "telemetry",
         brokers,
         topic: &kafka.topic,
-        group: consumer_group(&ns, &name),
+        group: Gateway::telemetry_consumer_group(&ns, &name),
         dead_letter_topic: format!("{}.dlq", kafka.topic),
         database: &storage.postgres.connection_secret_ref,
         table: &storage.postgres.table,
-        keyring_secret: keyring_secret_name(&name),
+        keyring_secret: Gateway::telemetry_keyring_secret_name(&name),
         // Only records the gateway signed are stored.
         extra_env: vec![objects::env_from_secret(
             RECORD_KEY_ENV,
-            &record_key_secret_name(&name),
+            &Gateway::record_key_secret_name(&name),
             RECORD_KEY_SECRET_KEY,
         )],
     };
     Ok(encryptor(
-        child_meta(gw, deployment_name(&name))?,
+        child_meta(gw, Gateway::telemetry_deployment_name(&name))?,
         selector,
         "fleetward-telemetry",
         image,

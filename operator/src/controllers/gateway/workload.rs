@@ -22,10 +22,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use super::{
-    api_service_name, broker_secret_name, child_meta, client_secret_name, command_secret_name, meter_key_secret_name,
-    mosquitto_configmap_name, record_key_secret_name, workload_name,
-};
+use super::child_meta;
 use crate::config::Config;
 use crate::controllers::METRICS_PORT;
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
@@ -123,10 +120,6 @@ fn as_gateway_user() -> SecurityContext {
     }
 }
 
-pub fn broker_volume_name(gateway: &str) -> String {
-    format!("{gateway}-broker-data")
-}
-
 /// The MQTT client id the gateway connects with (its IoT Core policy names it).
 pub fn mqtt_client_id(gw: &Gateway) -> String {
     format!(
@@ -158,7 +151,7 @@ pub fn statefulset(
     let sec = &gw.spec.security;
     let (key_secret, key_key) = match &gw.spec.command_api.api_key_secret_ref {
         Some(r) => (r.name.clone(), r.key.clone()),
-        None => (command_secret_name(&name), "api-key".to_string()),
+        None => (Gateway::command_secret_name(&name), "api-key".to_string()),
     };
     let mut vars = vec![
         env("FLEETWARD_GATEWAY", name.as_str()),
@@ -181,7 +174,7 @@ pub fn statefulset(
         env("COMMAND_TLS_CERT_FILE", format!("{}/tls.crt", mosquitto::CERTS_DIR)),
         env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),
         env_from_secret("COMMAND_API_KEY", &key_secret, &key_key),
-        env_from_secret("COMMAND_METER_KEY", &meter_key_secret_name(&name), "api-key"),
+        env_from_secret("COMMAND_METER_KEY", &Gateway::meter_key_secret_name(&name), "api-key"),
         env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env("MQTT_CLIENT_ID", mqtt_client_id(gw)),
     ];
@@ -221,7 +214,7 @@ pub fn statefulset(
         vars.push(env("KAFKA_TOPIC", k.topic.as_str()));
         vars.push(env_from_secret(
             RECORD_KEY_ENV,
-            &record_key_secret_name(&name),
+            &Gateway::record_key_secret_name(&name),
             RECORD_KEY_SECRET_KEY,
         ));
     }
@@ -230,7 +223,7 @@ pub fn statefulset(
         Some(_) => Volume {
             name: "data".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: broker_volume_name(&name),
+                claim_name: Gateway::broker_volume_name(&name),
                 ..Default::default()
             }),
             ..Default::default()
@@ -312,7 +305,7 @@ pub fn statefulset(
         ..Default::default()
     };
     let mut volumes = vec![
-        objects::configmap_volume("config", &mosquitto_configmap_name(&name)),
+        objects::configmap_volume("config", &Gateway::mosquitto_configmap_name(&name)),
         objects::configmap_volume("crl-source", &crl::name(&name)),
         Volume {
             name: "crl".into(),
@@ -320,8 +313,8 @@ pub fn statefulset(
             ..Default::default()
         },
         api_token_volume(),
-        objects::secret_volume("broker-tls", &broker_secret_name(&name), None),
-        objects::secret_volume("client-tls", &client_secret_name(&name), None),
+        objects::secret_volume("broker-tls", &Gateway::broker_secret_name(&name), None),
+        objects::secret_volume("client-tls", &Gateway::client_secret_name(&name), None),
         data_volume,
         Volume {
             name: "receipt".into(),
@@ -347,7 +340,7 @@ pub fn statefulset(
         None => (Some(vec![seed_crl]), vec![mosquitto, gateway]),
     };
     Ok(StatefulSet {
-        metadata: child_meta(gw, workload_name(&name))?,
+        metadata: child_meta(gw, Gateway::workload_name(&name))?,
         spec: Some(StatefulSetSpec {
             // One broker per gateway: Mosquitto does not cluster, and
             // sessions live in its persistence directory (module docs).
@@ -370,7 +363,7 @@ pub fn statefulset(
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     // The gateway watches its devices' key Secrets and its CRL
                     // (the Role below); only its container gets the token.
-                    service_account_name: Some(workload_name(&name)),
+                    service_account_name: Some(Gateway::workload_name(&name)),
                     automount_service_account_token: Some(false),
                     security_context: Some(objects::pod_security(POD_USER)),
                     init_containers: init,
@@ -400,7 +393,7 @@ fn selector(gateway: &str) -> BTreeMap<String, String> {
 /// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
 /// filters by `fleetward.io/gateway=<name>` itself.
 pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
-    let name = workload_name(&gw.name_any());
+    let name = Gateway::workload_name(&gw.name_any());
     let meta = child_meta(gw, name.clone())?;
     let sa = ServiceAccount {
         metadata: meta.clone(),
@@ -468,7 +461,7 @@ pub fn service(gw: &Gateway) -> Result<Service> {
 pub fn api_service(gw: &Gateway) -> Result<Service> {
     let name = gw.name_any();
     Ok(Service {
-        metadata: child_meta(gw, api_service_name(&name))?,
+        metadata: child_meta(gw, Gateway::api_service_name(&name))?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector(&name)),

@@ -11,8 +11,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{Api, ResourceExt};
 
-use super::workload::{broker_volume_name, rbac};
-use super::{child_meta, workload_name};
+use super::child_meta;
+use super::workload::rbac;
 use crate::Result;
 use crate::context::Context;
 use crate::controllers::applier::{apply, delete_if_owned};
@@ -20,7 +20,7 @@ use crate::crd::Gateway;
 use crate::ownership::owner_ref;
 
 pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
-    let name = workload_name(&gw.name_any());
+    let name = Gateway::workload_name(&gw.name_any());
     let (sa, role, binding) = rbac(gw)?;
     apply(
         &Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns),
@@ -43,7 +43,7 @@ pub async fn apply_rbac(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
 /// The broker's volume claim when `spec.persistence` asks for one; without
 /// it, a claim left from earlier is deleted (the pod no longer mounts it).
 pub async fn apply_broker_volume(gw: &Gateway, ctx: &Context, ns: &str) -> Result<()> {
-    let name = broker_volume_name(&gw.name_any());
+    let name = Gateway::broker_volume_name(&gw.name_any());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let Some(p) = &gw.spec.persistence else {
         // Only this Gateway's own claim, and only that very object: a

@@ -6,21 +6,28 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::{encryptor_deployment, ingestor_deployment};
+use super::LABEL_FEED;
+use super::workload::{encryptor_deployment, ingestor_deployment, record_key_secret};
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::config::Config;
+use crate::controllers::desired::{Desired, Write};
 use crate::controllers::events::{PlannedEvent, not_ready};
-use crate::controllers::keyring::Outcome;
+use crate::controllers::kafka_client;
+use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::crd::stationfeed::StationFeedStatus;
 use crate::crd::{SecretKeyRef, StationFeed};
+use crate::ownership::labels;
 
 pub struct Observed {
-    pub keyring: Outcome,
+    /// The keyring Secret as read; `None`: there is none.
+    pub keyring: Option<Secret>,
+    /// The feed's record key Secret exists.
+    pub record_key: bool,
     /// Referenced Secrets (or keys) that do not exist, described.
     pub missing: Vec<String>,
     /// Why a Secret the spec names may not be used (the operator made it),
@@ -28,16 +35,6 @@ pub struct Observed {
     pub refused: Option<String>,
     /// The ingestor and the encryptor each have an available pod.
     pub available: bool,
-}
-
-pub struct Plan {
-    /// Applied even while a referenced Secret is missing, so the pods
-    /// start as soon as it appears; none while the keyring is unusable or
-    /// a referenced Secret is refused.
-    pub deployments: Vec<Deployment>,
-    pub status: StationFeedStatus,
-    pub events: Vec<PlannedEvent>,
-    pub requeue: Duration,
 }
 
 /// The Secrets a feed's workloads read, by the spec field naming them.
@@ -57,7 +54,34 @@ const INVALID_KEYRING_RETRY: Duration = Duration::from_secs(300);
 const MISSING_SECRET_RETRY: Duration = Duration::from_secs(10);
 const RESYNC: Duration = Duration::from_secs(3600);
 
-pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> {
+/// `new_key` makes the record key when its Secret does not exist.
+pub fn plan(
+    feed: &StationFeed,
+    mut obs: Observed,
+    config: &Config,
+    new_key: impl FnOnce() -> String,
+) -> Result<Desired<StationFeedStatus>> {
+    let name = feed.name_any();
+    let want = KeyringSecret {
+        name: &fleetward_keyring::secret_name(&name),
+        labels: labels(&[(LABEL_FEED, &name)]),
+        rotation: feed.spec.key_rotation,
+    };
+    let (outcome, keyring_write) = keyring::decide(obs.keyring.take(), &want);
+    let mut desired = decide(feed, outcome, obs, config, new_key)?;
+    // The keyring first: the status and the workloads follow from it.
+    desired.writes.splice(0..0, keyring_write);
+    Ok(desired)
+}
+
+/// The plan once the keyring's outcome is known.
+fn decide(
+    feed: &StationFeed,
+    keyring: Outcome,
+    obs: Observed,
+    config: &Config,
+    new_key: impl FnOnce() -> String,
+) -> Result<Desired<StationFeedStatus>> {
     let name = feed.name_any();
     let generation = feed.metadata.generation;
     let mut status = feed.status.clone().unwrap_or_default();
@@ -65,7 +89,7 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
     let mut events = Vec::new();
     let secret_name = fleetward_keyring::secret_name(&name);
 
-    let keyring = match obs.keyring {
+    let keyring = match keyring {
         Outcome::Invalid(reason) => {
             let message = format!(
                 "Secret {secret_name} does not hold a usable keyring ({reason}); it is left untouched. Restore it, or \
@@ -78,9 +102,9 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
                 message,
                 generation,
             );
-            return Ok(Plan {
-                deployments: Vec::new(),
-                status,
+            return Ok(Desired {
+                writes: Vec::new(),
+                status: Some(status),
                 events,
                 requeue: INVALID_KEYRING_RETRY,
             });
@@ -138,9 +162,9 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
             message,
             generation,
         );
-        return Ok(Plan {
-            deployments: Vec::new(),
-            status,
+        return Ok(Desired {
+            writes: Vec::new(),
+            status: Some(status),
             events,
             requeue: RESYNC,
         });
@@ -190,9 +214,23 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
         },
         generation,
     );
-    Ok(Plan {
-        deployments: vec![ingestor_deployment(feed, config)?, encryptor_deployment(feed, config)?],
-        status,
+    // Applied even while a referenced Secret is missing, so the pods start
+    // as soon as it appears; the record key they read is made once first.
+    let mut writes = Vec::new();
+    if !obs.record_key {
+        writes.push(Write::create_once(record_key_secret(feed, new_key())?));
+    }
+    writes.push(Write::ApplyKafkaClient(
+        ingestor_deployment(feed, config)?,
+        kafka_client::Role::Ingestor,
+    ));
+    writes.push(Write::ApplyKafkaClient(
+        encryptor_deployment(feed, config)?,
+        kafka_client::Role::Encryptor,
+    ));
+    Ok(Desired {
+        writes,
+        status: Some(status),
         events,
         requeue,
     })
@@ -201,8 +239,41 @@ pub fn plan(feed: &StationFeed, obs: Observed, config: &Config) -> Result<Plan> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::desired::Object;
     use fleetward_keyring::Keyring;
+    use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
+
+    type Plan = Desired<StationFeedStatus>;
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// What the tests observe: the keyring's outcome as `keyring::decide`
+    /// gives it (its own tests cover the Secret), the rest as read.
+    struct Seen {
+        keyring: Outcome,
+        missing: Vec<String>,
+        refused: Option<String>,
+        available: bool,
+    }
+
+    fn plan(feed: &StationFeed, seen: Seen, config: &Config) -> Result<Plan> {
+        let obs = Observed {
+            keyring: None,
+            record_key: true,
+            missing: seen.missing,
+            refused: seen.refused,
+            available: seen.available,
+        };
+        decide(feed, seen.keyring, obs, config, || KEY.into())
+    }
+
+    fn status(p: &Plan) -> &StationFeedStatus {
+        p.status.as_ref().unwrap()
+    }
+
+    fn deployments(p: &Plan) -> Vec<&Deployment> {
+        p.applied::<Deployment>()
+    }
 
     fn feed(status: serde_json::Value) -> StationFeed {
         serde_json::from_value(json!({
@@ -218,8 +289,8 @@ mod tests {
         .unwrap()
     }
 
-    fn observed(keyring: Outcome) -> Observed {
-        Observed {
+    fn observed(keyring: Outcome) -> Seen {
+        Seen {
             keyring,
             missing: Vec::new(),
             refused: None,
@@ -232,7 +303,7 @@ mod tests {
     }
 
     fn ready(p: &Plan) -> (String, String) {
-        let c = p.status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        let c = status(p).conditions.iter().find(|c| c.type_ == READY).unwrap();
         (c.status.clone(), c.reason.clone())
     }
 
@@ -247,11 +318,14 @@ mod tests {
         .unwrap();
         assert_eq!(reasons(&p), ["KeyringCreated"]);
         assert!(!p.events[0].warning);
-        let names: Vec<_> = p.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = deployments(&p)
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["lyon-ingestor", "lyon-encryptor"]);
         assert_eq!(ready(&p), ("True".into(), "Deployed".into()));
-        assert_eq!(p.status.primary_key_id.as_deref(), Some(k.primary_id()));
-        assert_eq!(p.status.observed_generation, Some(4));
+        assert_eq!(status(&p).primary_key_id.as_deref(), Some(k.primary_id()));
+        assert_eq!(status(&p).observed_generation, Some(4));
         assert_eq!(p.requeue, RESYNC);
     }
 
@@ -282,8 +356,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reasons(&p), ["KeyRotated"]);
-        assert_eq!(p.status.key_ids.len(), 2);
-        assert!(p.status.last_rotation_time.is_some());
+        assert_eq!(status(&p).key_ids.len(), 2);
+        assert!(status(&p).last_rotation_time.is_some());
         assert!(p.events[0].note.contains(&previous));
     }
 
@@ -295,11 +369,11 @@ mod tests {
             &Config::default(),
         )
         .unwrap();
-        assert!(p.deployments.is_empty());
+        assert!(deployments(&p).is_empty());
         assert_eq!(ready(&p), ("False".into(), "InvalidKeyring".into()));
         assert_eq!(reasons(&p), ["InvalidKeyring"]);
         assert_eq!(p.requeue, INVALID_KEYRING_RETRY);
-        let again = feed(serde_json::to_value(&p.status).unwrap());
+        let again = feed(serde_json::to_value(status(&p)).unwrap());
         let p2 = plan(
             &again,
             observed(Outcome::Invalid("not JSON".into())),
@@ -314,10 +388,10 @@ mod tests {
         let mut obs = observed(Outcome::Unchanged(Keyring::generate()));
         obs.refused = Some("refused: postgres.connectionSecretRef (Secret \"gw-ca\", key \"tls.key\")".into());
         let p = plan(&feed(json!({})), obs, &Config::default()).unwrap();
-        assert!(p.deployments.is_empty(), "the CA key never reaches a pod");
+        assert!(deployments(&p).is_empty(), "the CA key never reaches a pod");
         assert_eq!(ready(&p), ("False".into(), "SecretNotAllowed".into()));
         assert_eq!(reasons(&p), ["SecretNotAllowed"]);
-        let again = feed(serde_json::to_value(&p.status).unwrap());
+        let again = feed(serde_json::to_value(status(&p)).unwrap());
         let mut obs = observed(Outcome::Unchanged(Keyring::generate()));
         obs.refused = Some("refused: postgres.connectionSecretRef (Secret \"gw-ca\", key \"tls.key\")".into());
         let p2 = plan(&again, obs, &Config::default()).unwrap();
@@ -330,11 +404,11 @@ mod tests {
         obs.missing = vec!["postgres.connectionSecretRef (Secret \"db\", key \"url\")".into()];
         obs.available = false;
         let p = plan(&feed(json!({})), obs, &Config::default()).unwrap();
-        assert_eq!(p.deployments.len(), 2);
+        assert_eq!(deployments(&p).len(), 2);
         assert_eq!(ready(&p), ("False".into(), "SecretNotFound".into()));
         assert_eq!(reasons(&p), ["SecretNotFound"]);
         assert_eq!(p.requeue, MISSING_SECRET_RETRY);
-        let avail = p.status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+        let avail = status(&p).conditions.iter().find(|c| c.type_ == "Available").unwrap();
         assert_eq!(avail.status, "False");
     }
 
@@ -346,7 +420,7 @@ mod tests {
             &Config::default(),
         )
         .unwrap();
-        let d = serde_json::to_value(&p.deployments[0]).unwrap();
+        let d = serde_json::to_value(deployments(&p)[0]).unwrap();
         assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
         assert_eq!(d["spec"]["replicas"], 1);
         let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -356,8 +430,88 @@ mod tests {
         let key = env.iter().find(|e| e["name"] == "JCDECAUX_API_KEY").unwrap();
         assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "jcd");
         assert!(key.get("value").is_none(), "the key itself is never in the Deployment");
-        let enc = serde_json::to_value(&p.deployments[1]).unwrap();
+        let enc = serde_json::to_value(deployments(&p)[1]).unwrap();
         let vols = &enc["spec"]["template"]["spec"]["volumes"];
         assert_eq!(vols[0]["secret"]["secretName"], "lyon-keyring");
+    }
+
+    fn keyring_secret(k: &Keyring, rotation: &str) -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {"name": "lyon-keyring", "resourceVersion": "7",
+                         "annotations": {ANN: rotation}},
+            "data": {"keyring.json": base64(k.to_json().as_bytes())},
+        }))
+        .unwrap()
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    const ANN: &str = crate::controllers::keyring::ANN_ROTATION;
+
+    /// The order a new feed's writes are carried out in; names only.
+    fn writes(p: &Plan) -> Vec<String> {
+        p.writes
+            .iter()
+            .map(|w| match w {
+                Write::CreateNew(Object::Secret(s)) => format!("new {}", s.name_any()),
+                Write::Replace(Object::Secret(s)) => format!("replace {}", s.name_any()),
+                Write::CreateOnce(Object::Secret(s)) => format!("once {}", s.name_any()),
+                Write::ApplyKafkaClient(d, _) => format!("apply {}", d.name_any()),
+                _ => panic!("a write a StationFeed never plans"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_feed_writes_its_keyring_then_its_record_key_then_its_workloads() {
+        let obs = Observed {
+            keyring: None,
+            record_key: false,
+            missing: Vec::new(),
+            refused: None,
+            available: false,
+        };
+        let p = super::plan(&feed(json!({})), obs, &Config::default(), || KEY.into()).unwrap();
+        assert_eq!(
+            writes(&p),
+            [
+                "new lyon-keyring",
+                "once lyon-record-key",
+                "apply lyon-ingestor",
+                "apply lyon-encryptor"
+            ]
+        );
+        assert_eq!(reasons(&p), ["KeyringCreated"]);
+        let notes: Vec<_> = p.events.iter().map(|e| &e.note).collect();
+        let text = serde_json::to_string(&(deployments(&p), status(&p), notes)).unwrap();
+        assert!(!text.contains(KEY), "the record key leaks out of its Secret");
+    }
+
+    #[test]
+    fn a_new_rotation_counter_replaces_the_keyring_read_and_keeps_the_record_key() {
+        let k = Keyring::generate();
+        let obs = Observed {
+            keyring: Some(keyring_secret(&k, "0")),
+            record_key: true,
+            missing: Vec::new(),
+            refused: None,
+            available: true,
+        };
+        let mut f = feed(json!({}));
+        f.spec.key_rotation = 1;
+        let p = super::plan(&f, obs, &Config::default(), || KEY.into()).unwrap();
+        assert_eq!(
+            writes(&p),
+            ["replace lyon-keyring", "apply lyon-ingestor", "apply lyon-encryptor"]
+        );
+        let Write::Replace(Object::Secret(s)) = &p.writes[0] else {
+            unreachable!()
+        };
+        assert_eq!(s.metadata.resource_version.as_deref(), Some("7"), "at the version read");
+        assert_eq!(reasons(&p), ["KeyRotated"]);
+        assert_eq!(status(&p).key_ids.len(), 2);
     }
 }

@@ -18,16 +18,15 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 
 use super::workload::{self, CA_CERT_KEY, gateway_url, meter_key_ref, record_key_ref};
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::config::Config;
-use crate::controllers::events::{PlannedEvent, not_ready};
-use crate::controllers::gateway::ca_secret_name;
+use crate::controllers::desired::{Desired, Write};
+use crate::controllers::events::not_ready;
+use crate::controllers::kafka_client;
 use crate::crd::tariff::TariffStatus;
 use crate::crd::{Gateway, SecretKeyRef, Tariff};
 
@@ -44,19 +43,6 @@ pub struct Observed {
     pub api_key: bool,
     /// The billing Deployment has an available pod.
     pub available: bool,
-}
-
-pub struct Plan {
-    /// The API key Secret, to create when it does not exist yet.
-    pub api_secret: Option<Secret>,
-    pub rbac: (ServiceAccount, Role, RoleBinding),
-    pub service: Service,
-    /// `None`: no Deployment is wanted, and one left from before goes.
-    pub deployment: Option<Deployment>,
-    /// Conditions and observedGeneration; `billing` is always `None`.
-    pub status: TariffStatus,
-    pub events: Vec<PlannedEvent>,
-    pub requeue: Duration,
 }
 
 /// Referenced Secrets are not watched: look again soon while one is missing.
@@ -79,7 +65,7 @@ pub fn gateway_secret_refs(gw: &Gateway) -> Vec<(&'static str, SecretKeyRef)> {
         (
             "the gateway's CA certificate",
             SecretKeyRef {
-                name: ca_secret_name(&gw.name_any()),
+                name: Gateway::ca_secret_name(&gw.name_any()),
                 key: CA_CERT_KEY.into(),
             },
         ),
@@ -87,7 +73,12 @@ pub fn gateway_secret_refs(gw: &Gateway) -> Vec<(&'static str, SecretKeyRef)> {
 }
 
 /// `new_key` makes the billing API key when its Secret does not exist.
-pub fn plan(tariff: &Tariff, obs: Observed, config: &Config, new_key: impl FnOnce() -> String) -> Result<Plan> {
+pub fn plan(
+    tariff: &Tariff,
+    obs: Observed,
+    config: &Config,
+    new_key: impl FnOnce() -> String,
+) -> Result<Desired<TariffStatus>> {
     let generation = tariff.metadata.generation;
     let name = tariff.name_any();
     let gw_name = &tariff.spec.gateway;
@@ -178,14 +169,23 @@ pub fn plan(tariff: &Tariff, obs: Observed, config: &Config, new_key: impl FnOnc
             RESYNC
         }
     };
-    Ok(Plan {
-        api_secret: (!obs.api_key)
-            .then(|| workload::api_secret(tariff, new_key()))
-            .transpose()?,
-        rbac: workload::rbac(tariff)?,
-        service: workload::service(tariff)?,
-        deployment,
-        status,
+    // The API key Secret is made once (clients hold the key); then the
+    // account, the Service, and the Deployment or the removal of one left
+    // from before (its Gateway is gone or has no Kafka).
+    let mut writes = Vec::new();
+    if !obs.api_key {
+        writes.push(Write::create_once(workload::api_secret(tariff, new_key())?));
+    }
+    let (sa, role, binding) = workload::rbac(tariff)?;
+    writes.extend([Write::apply(sa), Write::apply(role), Write::apply(binding)]);
+    writes.push(Write::apply(workload::service(tariff)?));
+    writes.push(match deployment {
+        Some(d) => Write::ApplyKafkaClient(d, kafka_client::Role::Billing),
+        None => Write::delete_owned::<Deployment>(workload_name),
+    });
+    Ok(Desired {
+        writes,
+        status: Some(status),
         events,
         requeue,
     })

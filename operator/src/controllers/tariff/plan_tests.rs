@@ -5,12 +5,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{EnvVar, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde_json::json;
 
 use super::plan::*;
 use crate::conditions::READY;
 use crate::config::Config;
+use crate::controllers::desired::Desired;
+use crate::crd::tariff::TariffStatus;
 use crate::crd::{Gateway, Tariff};
 
 const KEY: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
@@ -50,12 +53,41 @@ fn settled() -> Observed {
     }
 }
 
+type Plan = Desired<TariffStatus>;
+
 fn run(t: &Tariff, obs: Observed) -> Plan {
     plan(t, obs, &Config::default(), || KEY.to_string()).unwrap()
 }
 
+fn status(p: &Plan) -> &TariffStatus {
+    p.status.as_ref().expect("a Tariff's plan always has its status")
+}
+
+/// The billing Deployment the plan applies, if any.
+fn deployment(p: &Plan) -> Option<&Deployment> {
+    let all = p.applied::<Deployment>();
+    assert!(all.len() <= 1);
+    all.first().copied()
+}
+
+fn service(p: &Plan) -> &Service {
+    p.applied::<Service>()[0]
+}
+
+fn rbac(p: &Plan) -> (&ServiceAccount, &Role, &RoleBinding) {
+    (
+        p.applied::<ServiceAccount>()[0],
+        p.applied::<Role>()[0],
+        p.applied::<RoleBinding>()[0],
+    )
+}
+
+fn api_secret(p: &Plan) -> Option<&Secret> {
+    p.created_once::<Secret>().first().copied()
+}
+
 fn ready(p: &Plan) -> (String, String, String) {
-    let c = p.status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+    let c = status(p).conditions.iter().find(|c| c.type_ == READY).unwrap();
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
@@ -82,7 +114,7 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
     let p = run(&tariff(json!({})), obs);
     assert_eq!(ready(&p).1, "Ready");
 
-    let d = p.deployment.as_ref().expect("a Deployment");
+    let d = deployment(&p).expect("a Deployment");
     assert_eq!(d.metadata.name.as_deref(), Some("homes-billing"));
     assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "t-1");
     let spec = d.spec.as_ref().unwrap();
@@ -177,13 +209,13 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
     );
 
     // The new API key is in its Secret and nowhere else.
-    let s = p.api_secret.as_ref().expect("the API key Secret is made");
+    let s = api_secret(&p).expect("the API key Secret is made");
     assert_eq!(s.metadata.name.as_deref(), Some("homes-billing-api"));
     assert_eq!(s.string_data.as_ref().unwrap()["api-key"], KEY);
-    let text = serde_json::to_string(&(d, &p.service, &p.rbac, &p.status)).unwrap();
+    let text = serde_json::to_string(&(d, service(&p), rbac(&p), status(&p))).unwrap();
     assert!(!text.contains(KEY), "the key leaks out of its Secret");
 
-    let svc = p.service.spec.as_ref().unwrap();
+    let svc = service(&p).spec.as_ref().unwrap();
     assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
     assert_eq!(svc.selector, spec.selector.match_labels);
     let ports: Vec<_> = svc
@@ -198,7 +230,7 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
 #[test]
 fn the_api_key_is_made_once() {
     let p = run(&tariff(json!({})), settled());
-    assert!(p.api_secret.is_none(), "an existing key is never replaced");
+    assert!(api_secret(&p).is_none(), "an existing key is never replaced");
 }
 
 #[test]
@@ -209,7 +241,7 @@ fn billing_holds_the_meter_key_even_when_the_user_brings_the_command_key() {
         "commandApi": {"port": 9443, "apiKeySecretRef": {"name": "mine", "key": "k"}},
     })));
     let p = run(&tariff(json!({})), obs);
-    let env = env_of(p.deployment.as_ref().unwrap());
+    let env = env_of(deployment(&p).unwrap());
     assert_eq!(
         from_secret(&env, "GATEWAY_API_KEY"),
         ("edge-command-meter".into(), "api-key".into()),
@@ -222,7 +254,7 @@ fn billing_holds_the_meter_key_even_when_the_user_brings_the_command_key() {
 #[test]
 fn the_workload_may_read_devices_and_only_its_own_tariff() {
     let p = run(&tariff(json!({})), settled());
-    let (sa, role, binding) = &p.rbac;
+    let (sa, role, binding) = rbac(&p);
     assert_eq!(sa.metadata.name.as_deref(), Some("homes-billing"));
     let rules: Vec<_> = role
         .rules
@@ -278,7 +310,12 @@ fn without_its_gateway_nothing_is_deployed() {
     let mut obs = settled();
     obs.gateway = None;
     let p = run(&tariff(json!({})), obs);
-    assert!(p.deployment.is_none());
+    assert!(deployment(&p).is_none());
+    assert_eq!(
+        p.deleted::<Deployment>(),
+        ["homes-billing"],
+        "one left from before goes"
+    );
     let (status, reason, message) = ready(&p);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "GatewayNotFound"));
     assert!(message.contains("Gateway edge"), "{message}");
@@ -291,7 +328,7 @@ fn a_gateway_without_kafka_deploys_nothing() {
     let mut obs = settled();
     obs.gateway = Some(gateway(json!({})));
     let p = run(&tariff(json!({})), obs);
-    assert!(p.deployment.is_none());
+    assert!(deployment(&p).is_none());
     let (_, reason, message) = ready(&p);
     assert_eq!(reason, "GatewayHasNoKafka");
     assert!(message.contains("spec.kafka"), "{message}");
@@ -309,7 +346,7 @@ fn a_missing_secret_is_named_and_looked_at_again_soon() {
         "{message}"
     );
     assert!(
-        p.deployment.is_some(),
+        deployment(&p).is_some(),
         "deployed already: it starts once the Secret exists"
     );
     assert!(p.requeue.as_secs() <= 10);
@@ -320,7 +357,7 @@ fn a_database_secret_the_operator_made_deploys_nothing() {
     let mut obs = settled();
     obs.refused = Some("refused: spec.database.connectionSecretRef (Secret \"edge-ca\", key \"tls.key\")".into());
     let p = run(&tariff(json!({})), obs);
-    assert!(p.deployment.is_none(), "the CA key never reaches a pod");
+    assert!(deployment(&p).is_none(), "the CA key never reaches a pod");
     let (status, reason, message) = ready(&p);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretNotAllowed"));
     assert!(message.contains("edge-ca"), "{message}");
@@ -363,7 +400,7 @@ fn no_available_pod_is_deploying() {
     obs.available = false;
     let p = run(&tariff(json!({})), obs);
     assert_eq!(ready(&p).1, "Deploying");
-    assert!(p.deployment.is_some());
+    assert!(deployment(&p).is_some());
 }
 
 #[test]
@@ -371,17 +408,17 @@ fn the_operator_never_writes_the_billing_report() {
     let report = json!({"lastRunBills": 40, "lastRunPeriod": "2026-01", "nextRunTime": "2026-02-01T00:00:00Z"});
     let t = tariff(json!({"billing": report, "observedGeneration": 2}));
     let p = run(&t, settled());
-    assert!(p.status.billing.is_none());
-    assert!(serde_json::to_value(&p.status).unwrap().get("billing").is_none());
-    assert_eq!(p.status.observed_generation, Some(3));
+    assert!(status(&p).billing.is_none());
+    assert!(serde_json::to_value(status(&p)).unwrap().get("billing").is_none());
+    assert_eq!(status(&p).observed_generation, Some(3));
     // Planned again once the workload reported anew: nothing the operator
     // owns changed, so write_status (which compares operator_owned) has
     // nothing to write.
-    let mut stored = serde_json::to_value(&p.status).unwrap();
+    let mut stored = serde_json::to_value(status(&p)).unwrap();
     stored["billing"] = json!({"lastRunBills": 41});
     let t = tariff(stored);
     let again = run(&t, settled());
-    assert_eq!(t.status.as_ref().map(|s| s.operator_owned()), Some(again.status));
+    assert_eq!(t.status.as_ref().map(|s| s.operator_owned()), again.status);
 }
 
 #[test]

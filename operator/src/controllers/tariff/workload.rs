@@ -11,10 +11,9 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
-use super::{GATEWAY_CA_DIR, LABEL_TARIFF, consumer_group};
+use super::{GATEWAY_CA_DIR, LABEL_TARIFF};
 use crate::Result;
 use crate::config::Config;
-use crate::controllers::gateway::{api_service_name, ca_secret_name, meter_key_secret_name, record_key_secret_name};
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::controllers::{METRICS_PORT, data_workload};
 use crate::crd::gateway::KafkaSinkSpec;
@@ -46,7 +45,7 @@ fn selector(tariff: &str) -> BTreeMap<String, String> {
 /// (never the gateway's command key, which may unlock a lock).
 pub fn meter_key_ref(gw: &Gateway) -> SecretKeyRef {
     SecretKeyRef {
-        name: meter_key_secret_name(&gw.name_any()),
+        name: Gateway::meter_key_secret_name(&gw.name_any()),
         key: "api-key".into(),
     }
 }
@@ -54,7 +53,7 @@ pub fn meter_key_ref(gw: &Gateway) -> SecretKeyRef {
 /// The gateway's record key: billing takes only records that carry its MAC.
 pub fn record_key_ref(gw: &Gateway) -> SecretKeyRef {
     SecretKeyRef {
-        name: record_key_secret_name(&gw.name_any()),
+        name: Gateway::record_key_secret_name(&gw.name_any()),
         key: RECORD_KEY_SECRET_KEY.into(),
     }
 }
@@ -64,7 +63,7 @@ pub fn record_key_ref(gw: &Gateway) -> SecretKeyRef {
 pub fn gateway_url(gw: &Gateway) -> String {
     format!(
         "https://{}.{}.svc:{}",
-        api_service_name(&gw.name_any()),
+        Gateway::api_service_name(&gw.name_any()),
         gw.namespace().unwrap_or_default(),
         gw.spec.command_api.port
     )
@@ -168,7 +167,7 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
         database.env,
         env("KAFKA_BROKERS", brokers),
         env("KAFKA_TOPIC", kafka.topic.as_str()),
-        env("KAFKA_GROUP_ID", consumer_group(&ns, &name)),
+        env("KAFKA_GROUP_ID", Tariff::consumer_group(&ns, &name)),
         env("GATEWAY_URL", gateway_url(gw)),
         env_from_secret("GATEWAY_API_KEY", &command_key.name, &command_key.key),
         env_from_secret(RECORD_KEY_ENV, &record_key.name, &record_key.key),
@@ -183,7 +182,7 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
     let volumes = vec![
         objects::secret_items_volume(
             "gateway-ca",
-            &ca_secret_name(&gw.name_any()),
+            &Gateway::ca_secret_name(&gw.name_any()),
             &[(CA_CERT_KEY, CA_FILE)],
             Some(0o440),
         ),
