@@ -70,9 +70,15 @@ pub async fn run(ctx: Arc<Context>) {
         .stores
         .secret_changes()
         .filter_map(move |change| std::future::ready(shards.gateway_woken_by(&change)));
+    // ConfigMaps (Mosquitto's, the CRL) come from the stores' watch too, so
+    // a reconcile they wake reads the store as the change left it: a
+    // deleted CRL is seen missing and rebuilt at once.
+    let configmaps = ctx
+        .stores
+        .configmap_changes()
+        .filter_map(|cm| std::future::ready(controlling_gateway(cm.as_ref())));
     Controller::new(Api::<Gateway>::all(client.clone()), watcher::Config::default())
-        .reconcile_on(secrets)
-        .owns(Api::<ConfigMap>::all(client.clone()), wc.clone())
+        .reconcile_on(futures::stream::select(secrets, configmaps))
         .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
         .owns(Api::<Service>::all(client.clone()), wc.clone())
@@ -88,6 +94,15 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// The Gateway that controls `obj`, if one does.
+fn controlling_gateway<K: Resource<DynamicType = ()>>(obj: &K) -> Option<ObjectRef<Gateway>> {
+    let owner = obj
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Gateway")?;
+    Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
 }
 
 /// The shape of each keys shard last seen (uid, labels, owners): a shard
@@ -108,11 +123,7 @@ impl ShardShapes {
         if let Some(gateway) = s.labels().get(telemetry::LABEL_TELEMETRY_OF) {
             return Some(ObjectRef::new(gateway).within(&ns));
         }
-        let owner = s
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true) && o.kind == "Gateway")?;
-        let gateway = Some(ObjectRef::new(&owner.name).within(&ns));
+        let gateway = Some(controlling_gateway(s)?);
         if !s.labels().contains_key(LABEL_DEVICE_KEYS) {
             return gateway;
         }

@@ -53,7 +53,7 @@ impl SecretChange {
     }
 }
 
-type Subscribers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<SecretChange>>>>;
+type Subscribers<T> = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<T>>>>;
 
 #[derive(Clone)]
 pub struct Stores {
@@ -61,7 +61,8 @@ pub struct Stores {
     pub secrets: Store<Secret>,
     pub configmaps: Store<ConfigMap>,
     own: Arc<OwnWrites>,
-    subscribers: Subscribers,
+    subscribers: Subscribers<SecretChange>,
+    configmap_subscribers: Subscribers<Arc<ConfigMap>>,
     /// Parsed CRLs by ConfigMap, with the resourceVersion they were parsed
     /// from.
     crls: Arc<Mutex<HashMap<ObjectRef<ConfigMap>, ParsedCrl>>>,
@@ -79,17 +80,24 @@ impl Stores {
     pub async fn start(client: Client) -> Result<Self, StoresError> {
         let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
         let own: Arc<OwnWrites> = Arc::default();
-        let subscribers: Subscribers = Arc::default();
+        let subscribers: Subscribers<SecretChange> = Arc::default();
+        let configmap_subscribers: Subscribers<Arc<ConfigMap>> = Arc::default();
         let gateways = reflect(Api::<Gateway>::all(client.clone()), watcher::Config::default(), |_| {});
         let (to, seen_by) = (subscribers.clone(), own.clone());
         let secrets = reflect(Api::<Secret>::all(client.clone()), managed.clone(), move |ev| {
             publish_secret_change(ev, &to, &seen_by)
         });
         let crl_numbers: CrlNumbers = Arc::default();
-        let seen = crl_numbers.clone();
+        let (seen, to) = (crl_numbers.clone(), configmap_subscribers.clone());
         let configmaps = reflect(Api::<ConfigMap>::all(client), managed, move |ev| {
-            let (watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) = ev else {
-                return;
+            let cm = match ev {
+                watcher::Event::Apply(cm) | watcher::Event::Delete(cm) => {
+                    let cm = Arc::new(cm);
+                    publish(&to, &cm);
+                    cm
+                }
+                watcher::Event::InitApply(cm) => Arc::new(cm),
+                _ => return,
             };
             if let Some(number) = crl::number(&cm) {
                 let mut seen = seen.lock().expect("crl numbers");
@@ -124,6 +132,7 @@ impl Stores {
             configmaps,
             own,
             subscribers,
+            configmap_subscribers,
             crls: Arc::default(),
             crl_numbers,
         })
@@ -133,6 +142,16 @@ impl Stores {
     pub fn last_crl_number(&self, ns: &str, gateway: &str) -> Option<u64> {
         let key = ObjectRef::new(&crl::name(gateway)).within(ns);
         self.crl_numbers.lock().expect("crl numbers").get(&key).copied()
+    }
+
+    /// Every change to or deletion of a managed ConfigMap from now on, seen
+    /// after the store has it: a reconcile it wakes reads the store as the
+    /// change left it (a separate watch could wake it before the store
+    /// knows, and a lost CRL would look present).
+    pub fn configmap_changes(&self) -> impl Stream<Item = Arc<ConfigMap>> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.configmap_subscribers.lock().expect("subscribers").push(tx);
+        tokio_stream_from(rx)
     }
 
     /// Every change to a managed Secret from now on (creations, updates and
@@ -257,7 +276,7 @@ where
 /// What the Secrets reflector does with each event: hands the change to
 /// the subscribers of `secret_changes` (a subscriber that went away is
 /// dropped).
-fn publish_secret_change(ev: watcher::Event<Secret>, subscribers: &Subscribers, own: &OwnWrites) {
+fn publish_secret_change(ev: watcher::Event<Secret>, subscribers: &Subscribers<SecretChange>, own: &OwnWrites) {
     let change = match ev {
         watcher::Event::Apply(s) => SecretChange::Applied(Arc::new(s)),
         watcher::Event::Delete(s) => {
@@ -266,10 +285,15 @@ fn publish_secret_change(ev: watcher::Event<Secret>, subscribers: &Subscribers, 
         }
         _ => return,
     };
+    publish(subscribers, &change);
+}
+
+/// Hands `item` to every subscriber; one that went away is dropped.
+fn publish<T: Clone>(subscribers: &Subscribers<T>, item: &T) {
     subscribers
         .lock()
         .expect("subscribers")
-        .retain(|tx| tx.send(change.clone()).is_ok());
+        .retain(|tx| tx.send(item.clone()).is_ok());
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -326,6 +350,7 @@ mod tests {
             configmaps,
             own: Arc::default(),
             subscribers: Arc::default(),
+            configmap_subscribers: Arc::default(),
             crls: Arc::default(),
             crl_numbers: Arc::default(),
         };

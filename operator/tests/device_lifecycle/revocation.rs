@@ -161,11 +161,12 @@ async fn a_lost_crl_is_rebuilt_from_the_devices_status() {
     }
 
     cms.delete("gw-crl", &DeleteParams::default()).await.unwrap();
-    // Generous: one CI run saw no rebuild within 60 s (under investigation:
-    // a Gateway reconcile waiting out its error backoff is suspected).
+    // The Gateway is woken by the stores' own ConfigMap watch, after the
+    // store has the deletion (before, a separate watch could wake it first:
+    // it saw the CRL still there and slept until its resync).
     let rebuilt = wait_for(
         "the CRL rebuilt",
-        180,
+        60,
         || get_opt(&cms, "gw-crl"),
         |cm| cm.metadata.uid != before.metadata.uid,
     )
