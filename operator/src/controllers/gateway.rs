@@ -16,23 +16,23 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use self::plan::{CaView, CrlStep};
+use self::workload::child_meta;
 use super::applier::{apply, create_once};
 use super::events::PlannedEvent;
 use super::kafka_client;
 use super::stores::SecretChange;
-use super::{policy, secret_refs};
+use super::{carry_out, policy, secret_refs};
 use super::{secret_str, tls_secret};
 use crate::context::Context;
 use crate::crd::gateway::Provider;
 use crate::crd::{Device, Gateway};
-use crate::ownership::{labels, owner_ref, refuse_unless_owned};
+use crate::ownership::{owner_ref, refuse_unless_owned};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result, aws_iot, crl};
 
@@ -41,7 +41,6 @@ pub mod plan;
 mod plan_tests;
 pub mod telemetry;
 mod workload;
-mod writes;
 
 const KIND: &str = "gateway";
 pub const AWS_FINALIZER: &str = "fleetward.io/aws-iot";
@@ -382,23 +381,6 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         plan.status.crl_number = Some(state.number as i64);
     }
 
-    // Mosquitto's configuration, volume and MQTT Service exist only when the
-    // operator runs the broker (not with AWS IoT Core).
-    let own_broker = gw.spec.provider == Provider::Mosquitto;
-    let cm = ConfigMap {
-        metadata: child_meta(gw, Gateway::mosquitto_configmap_name(&name))?,
-        data: Some(
-            [
-                ("mosquitto.conf".to_string(), plan.mosquitto_conf.clone()),
-                ("acl".to_string(), plan.mosquitto_acl.clone()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    if own_broker {
-        apply(&cms, &Gateway::mosquitto_configmap_name(&name), &cm, None).await?;
-    }
     if let (Provider::AwsIot, Some(aws)) = (gw.spec.provider, gw.spec.aws_iot.as_ref()) {
         let client = ctx.iot.get(aws).await;
         let known = gw.status.as_ref().and_then(|s| s.aws_iot.as_ref());
@@ -434,9 +416,10 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             }
         }
     }
-    writes::apply_rbac(gw, ctx, ns).await?;
-    if own_broker {
-        writes::apply_broker_volume(gw, ctx, ns).await?;
+    // Mosquitto's configuration, the account, the broker's volume claim
+    // and the Services, as the plan lists them.
+    for write in std::mem::take(&mut plan.workload) {
+        carry_out::write_one(ctx, gw, ns, write).await?;
     }
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let mut set = workload::statefulset(
@@ -455,17 +438,6 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
         kafka_client::certify(ctx, &who, &mut spec.template).await?;
     }
     apply(&sets, &Gateway::workload_name(&name), &set, None).await?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    if own_broker {
-        apply(&services, &name, &workload::service(gw)?, None).await?;
-    }
-    apply(
-        &services,
-        &Gateway::api_service_name(&name),
-        &workload::api_service(gw)?,
-        None,
-    )
-    .await?;
     // The telemetry keyring's decisions (create, rotate, refuse an
     // unusable one) are the keyring module's; its key id goes to status.
     plan.status.telemetry_key_id = telemetry::apply_storage(gw, ctx, ns).await?;
@@ -485,13 +457,4 @@ async fn publish(gw: &Gateway, ctx: &Context, events: Vec<PlannedEvent>) {
     for ev in events {
         ctx.event(gw, ev.warning, ev.reason, ev.action, ev.note).await;
     }
-}
-
-fn child_meta(gw: &Gateway, name: String) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        labels: Some(labels(&[("fleetward.io/gateway", &gw.name_any())])),
-        owner_references: Some(vec![owner_ref(gw)?]),
-        ..Default::default()
-    })
 }

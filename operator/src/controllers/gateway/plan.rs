@@ -22,8 +22,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
+use super::workload;
 use crate::Result;
 use crate::conditions::{self, READY};
+use crate::controllers::desired::Write;
 use crate::controllers::events::{PlannedEvent, not_ready};
 use crate::controllers::until;
 use crate::crd::{Gateway, GatewayStatus, SecretKeyRef};
@@ -142,8 +144,10 @@ pub struct Plan {
     pub crl: CrlStep,
     /// The entries of a rebuilt CRL.
     pub rebuilt: Vec<Revocation>,
-    pub mosquitto_conf: String,
-    pub mosquitto_acl: String,
+    /// The workload's objects but the StatefulSet (which waits for the
+    /// AWS IoT endpoint and its Kafka certificate), in order: see
+    /// `workload::workload_writes`.
+    pub workload: Vec<Write>,
     /// Changes when the broker must restart (config or certificate).
     pub rollout_hash: String,
     pub status: GatewayStatus,
@@ -195,8 +199,7 @@ impl Plan {
             record_key: None,
             crl: CrlStep::Keep,
             rebuilt: Vec::new(),
-            mosquitto_conf: String::new(),
-            mosquitto_acl: String::new(),
+            workload: Vec::new(),
             rollout_hash: String::new(),
             status,
             events,
@@ -375,8 +378,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
             Vec::new()
         },
         crl: crl_step,
-        mosquitto_conf: conf,
-        mosquitto_acl: acl,
+        workload: workload::workload_writes(gw, &conf, &acl)?,
         rollout_hash,
         status,
         events,

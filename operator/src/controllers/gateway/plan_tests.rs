@@ -34,7 +34,7 @@ impl Mint for Counting {
 fn gateway(spec: serde_json::Value) -> Gateway {
     serde_json::from_value(json!({
         "apiVersion": "fleetward.io/v1alpha1", "kind": "Gateway",
-        "metadata": {"name": "gw", "namespace": "ns", "generation": 2},
+        "metadata": {"name": "gw", "namespace": "ns", "generation": 2, "uid": "gw-uid"},
         "spec": spec,
     }))
     .unwrap()
@@ -362,4 +362,72 @@ fn a_lost_crl_is_rebuilt_from_the_devices_with_the_next_number() {
     let p = plan(&gateway(json!({})), obs, now, &mut RealMint).unwrap();
     assert_eq!(p.crl, CrlStep::Create);
     assert!(p.rebuilt.is_empty());
+}
+
+/// What the workload's objects (but the StatefulSet) are, by kind and name,
+/// in the order they are written.
+fn workload(p: &Plan) -> Vec<String> {
+    use crate::controllers::desired::{Object, Write};
+    use kube::ResourceExt;
+    p.workload
+        .iter()
+        .map(|w| match w {
+            Write::Apply(o) => match o {
+                Object::ConfigMap(x) => format!("ConfigMap {}", x.name_any()),
+                Object::ServiceAccount(x) => format!("ServiceAccount {}", x.name_any()),
+                Object::Role(x) => format!("Role {}", x.name_any()),
+                Object::RoleBinding(x) => format!("RoleBinding {}", x.name_any()),
+                Object::PersistentVolumeClaim(x) => format!("PersistentVolumeClaim {}", x.name_any()),
+                Object::Service(x) => format!("Service {}", x.name_any()),
+                other => panic!("a Gateway's workload never applies {other:?}"),
+            },
+            Write::DeleteOwned(kind, name) => format!("delete {kind:?} {name}"),
+            _ => panic!("a Gateway's workload is applied or deleted only"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_workload_objects_follow_the_provider_and_persistence() {
+    let mut mint = Counting::default();
+    let now = Timestamp::now();
+    let p = plan(&gateway(json!({})), new_gateway(), now, &mut mint).unwrap();
+    assert_eq!(
+        workload(&p),
+        [
+            "ConfigMap gw-mosquitto",
+            "ServiceAccount gw-gateway",
+            "Role gw-gateway",
+            "RoleBinding gw-gateway",
+            "delete PersistentVolumeClaim gw-broker-data",
+            "Service gw",
+            "Service gw-api",
+        ],
+        "without spec.persistence a claim left from before goes"
+    );
+    let kept = plan(
+        &gateway(json!({"persistence": {"size": "1Gi"}})),
+        new_gateway(),
+        now,
+        &mut mint,
+    )
+    .unwrap();
+    assert!(workload(&kept).contains(&"PersistentVolumeClaim gw-broker-data".to_string()));
+    let aws = plan(
+        &gateway(json!({"provider": "awsIot", "awsIot": {"region": "eu-west-1"}})),
+        new_gateway(),
+        now,
+        &mut mint,
+    )
+    .unwrap();
+    assert_eq!(
+        workload(&aws),
+        [
+            "ServiceAccount gw-gateway",
+            "Role gw-gateway",
+            "RoleBinding gw-gateway",
+            "Service gw-api"
+        ],
+        "no broker of its own: no configuration, volume or MQTT Service"
+    );
 }

@@ -1,7 +1,8 @@
 //! The Gateway's workload objects: the StatefulSet (Mosquitto + gateway in
 //! one pod), its Service, the ServiceAccount/Role the gateway reads its
-//! devices' Secrets with, and the broker's volume claim. Pure builders:
-//! the writes that need more than an apply are in `writes.rs`.
+//! devices' Secrets with, Mosquitto's configuration and the broker's
+//! volume claim. Pure builders; `workload_writes` lists all but the
+//! StatefulSet as the plan's writes, which `carry_out` makes.
 //!
 //! A StatefulSet, not a Deployment: a broker's sessions and queued QoS 1
 //! messages live in its persistence file, and two Mosquittos on one volume
@@ -13,20 +14,24 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction, KeyToPath,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServiceSpec,
-    Volume, VolumeProjection,
+    ConfigMap, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction,
+    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServiceAccountTokenProjection, ServiceSpec, Volume, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
+use kube::api::ObjectMeta;
 
-use super::child_meta;
 use crate::config::Config;
 use crate::controllers::METRICS_PORT;
+use crate::controllers::desired::Write;
 use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
 use crate::crd::Gateway;
+use crate::crd::gateway::Provider;
+use crate::ownership::{labels, owner_ref};
 use crate::{Result, crl, mosquitto};
 use fleetward_credentials::keys_secret_names;
 use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
@@ -478,3 +483,73 @@ pub fn api_service(gw: &Gateway) -> Result<Service> {
 #[cfg(test)]
 #[path = "workload_tests.rs"]
 mod tests;
+
+/// Labels and the controller reference of every object a Gateway owns.
+pub fn child_meta(gw: &Gateway, name: String) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        labels: Some(labels(&[("fleetward.io/gateway", &gw.name_any())])),
+        owner_references: Some(vec![owner_ref(gw)?]),
+        ..Default::default()
+    })
+}
+
+/// Mosquitto's configuration and ACL.
+pub fn broker_config(gw: &Gateway, conf: &str, acl: &str) -> Result<ConfigMap> {
+    Ok(ConfigMap {
+        metadata: child_meta(gw, Gateway::mosquitto_configmap_name(&gw.name_any()))?,
+        data: Some(
+            [
+                ("mosquitto.conf".to_string(), conf.to_string()),
+                ("acl".to_string(), acl.to_string()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    })
+}
+
+/// The broker's volume claim when `spec.persistence` asks for one.
+pub fn broker_volume(gw: &Gateway) -> Result<Option<PersistentVolumeClaim>> {
+    let Some(p) = &gw.spec.persistence else {
+        return Ok(None);
+    };
+    Ok(Some(PersistentVolumeClaim {
+        metadata: child_meta(gw, Gateway::broker_volume_name(&gw.name_any()))?,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(p.size.clone()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+}
+
+/// The workload's objects other than the StatefulSet, in the order they
+/// are written: with the operator's own broker (not with AWS IoT Core)
+/// Mosquitto's configuration; the account (ServiceAccount, Role,
+/// RoleBinding); with the own broker its volume claim, or the removal of
+/// this Gateway's claim when `spec.persistence` went; the MQTT Service
+/// (own broker) and the command API's Service.
+pub fn workload_writes(gw: &Gateway, conf: &str, acl: &str) -> Result<Vec<Write>> {
+    let own_broker = gw.spec.provider == Provider::Mosquitto;
+    let mut writes = Vec::new();
+    if own_broker {
+        writes.push(Write::apply(broker_config(gw, conf, acl)?));
+    }
+    let (sa, role, binding) = rbac(gw)?;
+    writes.extend([Write::apply(sa), Write::apply(role), Write::apply(binding)]);
+    if own_broker {
+        writes.push(match broker_volume(gw)? {
+            Some(claim) => Write::apply(claim),
+            None => Write::delete_owned::<PersistentVolumeClaim>(Gateway::broker_volume_name(&gw.name_any())),
+        });
+        writes.push(Write::apply(service(gw)?));
+    }
+    writes.push(Write::apply(api_service(gw)?));
+    Ok(writes)
+}
