@@ -40,6 +40,10 @@ pub struct Desired<'a> {
     pub ca_pem: &'a str,
     pub device: &'a str,
     pub enabled: bool,
+    /// The account's ARN base, from the Gateway's registered CA: the
+    /// policy names the thing's client id by ARN, so the plan is complete
+    /// before anything, the thing included, is created.
+    pub base: ArnBase,
 }
 
 /// A certificate attached to the thing, as IoT Core describes it.
@@ -110,9 +114,9 @@ pub fn policy_document(base: &ArnBase, thing: &str, device: &str) -> String {
     .to_string()
 }
 
-/// Every decision, from what IoT Core holds. `base` is the account's ARN
-/// base (known once the thing exists; `None` before, when the policy is
-/// created after the thing anyway).
+/// Every decision, from what IoT Core holds, the thing's creation
+/// included; `document` is the policy the device should have (`None`:
+/// leave a policy that exists as it is).
 pub fn plan(want: &Desired<'_>, seen: &Observed, document: Option<&str>) -> Plan {
     let mut plan = Plan {
         create_thing: seen.thing_arn.is_none(),
@@ -215,12 +219,14 @@ pub async fn observe(client: &Client, thing: &str, policy: &str) -> Result<Obser
 pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
     let thing = &want.thing;
     let seen = observe(client, thing, thing).await?;
-    let mut thing_arn = seen.thing_arn.clone();
+    let document = policy_document(&want.base, thing, want.device);
+    let plan = plan(want, &seen, Some(&document));
     let attributes = AttributePayload::builder()
         .set_attributes(Some(want.attributes.clone().into_iter().collect()))
         .merge(false)
         .build();
-    if thing_arn.is_none() {
+    let mut thing_arn = seen.thing_arn.clone().unwrap_or_default();
+    if plan.create_thing {
         let made = client
             .create_thing()
             .thing_name(thing)
@@ -228,12 +234,8 @@ pub async fn sync(client: &Client, want: &Desired<'_>) -> Result<DeviceAwsIot> {
             .send()
             .await
             .map_err(|e| failed("CreateThing", e))?;
-        thing_arn = made.thing_arn().map(str::to_string);
+        thing_arn = made.thing_arn().unwrap_or_default().to_string();
     }
-    let thing_arn = thing_arn.unwrap_or_default();
-    let base = ArnBase::of("DescribeThing", &thing_arn)?;
-    let document = policy_document(&base, thing, want.device);
-    let plan = plan(want, &seen, Some(&document));
     if plan.update_attributes {
         client
             .update_thing()
@@ -378,6 +380,7 @@ mod tests {
             ca_pem: "CA",
             device: "d1",
             enabled,
+            base: ArnBase::parse("arn:aws:iot:eu-west-1:123456789012:cacert/x").unwrap(),
         }
     }
 

@@ -309,7 +309,7 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan,
     let creds = plan.store.as_ref().or(observed.current.as_ref());
     if let (Some(aws), Some(creds), Some(ca)) = (aws_iot_spec(ctx, ns, dev), creds, ca) {
         let client = ctx.iot.get(&aws).await;
-        match iot_sync(&client, dev, ns, creds, ca).await {
+        match iot_sync(ctx, &client, dev, ns, creds, ca).await {
             Ok(iot) => {
                 if dev.spec.enabled && iot.certificate_status == "REVOKED" {
                     let msg = format!(
@@ -350,7 +350,15 @@ fn aws_iot_spec(ctx: &Context, ns: &str, dev: &Device) -> Option<AwsIotSpec> {
         .flatten()
 }
 
+/// The account's ARN base, from the CA the Gateway registered.
+fn gateway_arn_base(ctx: &Context, ns: &str, gateway: &str) -> Option<aws_iot::ArnBase> {
+    let gw = ctx.stores.gateway(ns, gateway)?;
+    let registered = gw.status.as_ref()?.aws_iot.as_ref()?;
+    aws_iot::ArnBase::parse(&registered.ca_certificate_arn)
+}
+
 async fn iot_sync(
+    ctx: &Context,
     client: &aws_sdk_iot::Client,
     dev: &Device,
     ns: &str,
@@ -359,6 +367,9 @@ async fn iot_sync(
 ) -> Result<DeviceAwsIot> {
     let name = dev.name_any();
     let serial = crate::pki::inspect(&creds.cert_pem)?.serial;
+    let gateway = &dev.spec.gateway_ref;
+    let base = gateway_arn_base(ctx, ns, gateway)
+        .ok_or_else(|| Error::NotYet(format!("Gateway {gateway}'s CA registered in AWS IoT Core")))?;
     let want = aws_iot::device::Desired {
         thing: aws_iot::device::thing_name(ns, &name),
         attributes: [
@@ -373,6 +384,7 @@ async fn iot_sync(
         ca_pem: &ca.cert_pem,
         device: &name,
         enabled: dev.spec.enabled && creds.enabled,
+        base,
     };
     aws_iot::device::sync(client, &want).await
 }
