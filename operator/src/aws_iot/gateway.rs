@@ -55,10 +55,73 @@ pub fn policy_document(base: &ArnBase, client_id: &str) -> String {
     .to_string()
 }
 
+/// What to do about the CA registration, from what IoT Core holds and the
+/// status knows.
+#[derive(Debug, Default, PartialEq)]
+pub struct CaPlan {
+    /// Not registered (or the registration the status names is gone).
+    pub register: bool,
+    /// Registered but not ACTIVE: activate it.
+    pub activate: Option<String>,
+    /// The status has no data endpoint yet: ask for it.
+    pub describe_endpoint: bool,
+}
+
+pub fn plan_ca(registered: Option<&Registered>, known: Option<&GatewayAwsIot>) -> CaPlan {
+    CaPlan {
+        register: registered.is_none(),
+        activate: registered.filter(|r| r.status != "ACTIVE").map(|r| r.id.clone()),
+        describe_endpoint: known.and_then(|k| k.data_endpoint.as_ref()).is_none(),
+    }
+}
+
+/// A certificate the workload's policy is attached to, with its PEM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub id: String,
+    pub arn: String,
+    pub pem: Option<String>,
+}
+
+/// What IoT Core holds for the workload: its policy and the certificates
+/// attached to it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WorkloadSeen {
+    pub policy_document: Option<String>,
+    pub targets: Vec<Target>,
+}
+
+/// What to do about the workload's policy and certificates.
+#[derive(Debug, Default, PartialEq)]
+pub struct WorkloadPlan {
+    /// Put the policy: `Some(false)` creates it, `Some(true)` adds a
+    /// version with the wanted document.
+    pub put_policy: Option<bool>,
+    /// The certificate in effect, when it is registered already.
+    pub current: Option<String>,
+    /// Every other certificate: detached, revoked and deleted (a renewed
+    /// certificate replaces the old one).
+    pub retire: Vec<Target>,
+}
+
+pub fn plan_workload(seen: &WorkloadSeen, document: &str, cert_pem: &str) -> WorkloadPlan {
+    let put_policy = match &seen.policy_document {
+        None => Some(false),
+        Some(have) if !same_document(have, document) => Some(true),
+        Some(_) => None,
+    };
+    let is_current = |t: &Target| t.pem.as_deref().map(str::trim) == Some(cert_pem.trim());
+    WorkloadPlan {
+        put_policy,
+        current: seen.targets.iter().find(|t| is_current(t)).map(|t| t.id.clone()),
+        retire: seen.targets.iter().filter(|t| !is_current(t)).cloned().collect(),
+    }
+}
+
 /// Registers the CA when it is not, activates it when it is not active,
 /// reads the data endpoint when the status lacks it, and keeps the
-/// workload's certificate registered with its policy (a renewed
-/// certificate replaces the old one, which is revoked and deleted).
+/// workload's certificate registered with its policy: each step observed,
+/// planned (`plan_ca`, `plan_workload`, pure), then carried out.
 pub async fn sync(
     client: &Client,
     ca: &CaBundle,
@@ -66,22 +129,29 @@ pub async fn sync(
     workload: &Workload<'_>,
 ) -> Result<GatewayAwsIot> {
     let registered = observe(client, known.map(|k| k.ca_certificate_id.as_str())).await?;
-    let registered = match registered {
+    let plan = plan_ca(registered.as_ref(), known);
+    let mut registered = match registered {
         Some(r) => r,
         None => register(client, ca).await?,
     };
-    if registered.status != "ACTIVE" {
+    // A registration that `register` found made already (a crash before
+    // the status was written) is planned like an observed one.
+    let activate = plan
+        .activate
+        .or_else(|| (registered.status != "ACTIVE").then(|| registered.id.clone()));
+    if let Some(id) = &activate {
         client
             .update_ca_certificate()
-            .certificate_id(&registered.id)
+            .certificate_id(id)
             .new_status(CaCertificateStatus::Active)
             .send()
             .await
             .map_err(|e| failed("UpdateCACertificate", e))?;
+        registered.status = "ACTIVE".into();
     }
-    let data_endpoint = match known.and_then(|k| k.data_endpoint.clone()) {
-        Some(e) => Some(e),
-        None => client
+    let data_endpoint = match plan.describe_endpoint {
+        false => known.and_then(|k| k.data_endpoint.clone()),
+        true => client
             .describe_endpoint()
             .endpoint_type("iot:Data-ATS")
             .send()
@@ -92,7 +162,9 @@ pub async fn sync(
     };
     let base = ArnBase::of("DescribeCACertificate", &registered.arn)?;
     let document = policy_document(&base, workload.client_id);
-    let certificate_id = sync_workload(client, ca, workload, &document).await?;
+    let seen = observe_workload(client, workload.policy).await?;
+    let plan = plan_workload(&seen, &document, workload.cert_pem);
+    let certificate_id = sync_workload(client, ca, workload, &document, plan).await?;
     Ok(GatewayAwsIot {
         ca_certificate_id: registered.id,
         ca_certificate_arn: registered.arn,
@@ -102,22 +174,20 @@ pub async fn sync(
     })
 }
 
-/// The workload's certificate and policy; returns the certificate's id.
-async fn sync_workload(client: &Client, ca: &CaBundle, w: &Workload<'_>, document: &str) -> Result<String> {
-    match client.get_policy().policy_name(w.policy).send().await {
-        Ok(p) if p.policy_document().is_some_and(|d| same_document(d, document)) => {}
-        Ok(_) => super::put_policy(client, w.policy, document, true).await?,
-        Err(e) if not_found(&e) => super::put_policy(client, w.policy, document, false).await?,
+/// The workload's policy and the certificates attached to it (reads only).
+async fn observe_workload(client: &Client, policy: &str) -> Result<WorkloadSeen> {
+    let mut seen = WorkloadSeen::default();
+    match client.get_policy().policy_name(policy).send().await {
+        Ok(p) => seen.policy_document = Some(p.policy_document().unwrap_or_default().to_string()),
+        Err(e) if not_found(&e) => return Ok(seen),
         Err(e) => return Err(failed("GetPolicy", e)),
     }
     let targets = client
         .list_targets_for_policy()
-        .policy_name(w.policy)
+        .policy_name(policy)
         .send()
         .await
         .map_err(|e| failed("ListTargetsForPolicy", e))?;
-    let mut current = None;
-    let mut others = Vec::new();
     for arn in targets.targets() {
         let Some(id) = super::cert_id(arn) else { continue };
         let pem = match client.describe_certificate().certificate_id(id).send().await {
@@ -128,13 +198,27 @@ async fn sync_workload(client: &Client, ca: &CaBundle, w: &Workload<'_>, documen
             Err(e) if not_found(&e) => continue,
             Err(e) => return Err(failed("DescribeCertificate", e)),
         };
-        if pem.as_deref().map(str::trim) == Some(w.cert_pem.trim()) {
-            current = Some(id.to_string());
-        } else {
-            others.push((id.to_string(), arn.clone()));
-        }
+        seen.targets.push(Target {
+            id: id.to_string(),
+            arn: arn.clone(),
+            pem,
+        });
     }
-    let current = match current {
+    Ok(seen)
+}
+
+/// Carries out the workload's plan; returns its certificate's id.
+async fn sync_workload(
+    client: &Client,
+    ca: &CaBundle,
+    w: &Workload<'_>,
+    document: &str,
+    plan: WorkloadPlan,
+) -> Result<String> {
+    if let Some(update) = plan.put_policy {
+        super::put_policy(client, w.policy, document, update).await?;
+    }
+    let current = match plan.current {
         Some(id) => id,
         None => {
             let Registered { id, arn, .. } = super::register_certificate(client, w.cert_pem, &ca.cert_pem).await?;
@@ -148,8 +232,8 @@ async fn sync_workload(client: &Client, ca: &CaBundle, w: &Workload<'_>, documen
             id
         }
     };
-    for (id, arn) in others {
-        retire(client, w.policy, &id, &arn).await?;
+    for old in plan.retire {
+        retire(client, w.policy, &old.id, &old.arn).await?;
     }
     Ok(current)
 }
@@ -257,4 +341,92 @@ pub async fn remove(client: &Client, id: &str, policy: Option<&str>) -> Result<(
         "DeleteCACertificate",
         client.delete_ca_certificate().certificate_id(id).send().await,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(status: &str) -> Registered {
+        Registered {
+            id: "ca1".into(),
+            arn: "arn:aws:iot:eu-west-1:123456789012:cacert/ca1".into(),
+            status: status.into(),
+        }
+    }
+
+    fn known(endpoint: Option<&str>) -> GatewayAwsIot {
+        GatewayAwsIot {
+            ca_certificate_id: "ca1".into(),
+            ca_certificate_arn: "arn".into(),
+            data_endpoint: endpoint.map(str::to_string),
+            client_certificate_id: None,
+            client_policy: None,
+        }
+    }
+
+    #[test]
+    fn the_ca_is_registered_once_activated_when_not_and_the_endpoint_read_once() {
+        let first = plan_ca(None, None);
+        assert!(first.register && first.describe_endpoint && first.activate.is_none());
+        let inactive = plan_ca(Some(&registered("INACTIVE")), Some(&known(Some("x.iot"))));
+        assert_eq!(
+            inactive,
+            CaPlan {
+                register: false,
+                activate: Some("ca1".into()),
+                describe_endpoint: false
+            }
+        );
+        assert_eq!(
+            plan_ca(Some(&registered("ACTIVE")), Some(&known(Some("x.iot")))),
+            CaPlan::default()
+        );
+    }
+
+    fn target(id: &str, pem: &str) -> Target {
+        Target {
+            id: id.into(),
+            arn: format!("arn:aws:iot:eu-west-1:1:cert/{id}"),
+            pem: Some(pem.into()),
+        }
+    }
+
+    #[test]
+    fn the_workload_policy_is_created_or_updated_only_when_it_differs() {
+        let doc = r#"{"a":1}"#;
+        assert_eq!(
+            plan_workload(&WorkloadSeen::default(), doc, "C").put_policy,
+            Some(false)
+        );
+        let same = WorkloadSeen {
+            policy_document: Some(r#"{ "a": 1 }"#.into()),
+            targets: vec![target("c1", "C")],
+        };
+        assert_eq!(
+            plan_workload(&same, doc, "C"),
+            WorkloadPlan {
+                put_policy: None,
+                current: Some("c1".into()),
+                retire: vec![]
+            }
+        );
+        let other = WorkloadSeen {
+            policy_document: Some(r#"{"a":2}"#.into()),
+            ..same
+        };
+        assert_eq!(plan_workload(&other, doc, "C").put_policy, Some(true));
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_registered_and_the_old_ones_retired() {
+        let seen = WorkloadSeen {
+            policy_document: Some("{}".into()),
+            targets: vec![target("old1", "OLD1"), target("old2", "OLD2")],
+        };
+        let p = plan_workload(&seen, "{}", "NEW\n");
+        assert_eq!(p.current, None, "the new certificate is registered");
+        let retired: Vec<_> = p.retire.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(retired, ["old1", "old2"]);
+    }
 }
