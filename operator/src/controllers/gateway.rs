@@ -440,7 +440,8 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     apply(&sets, &Gateway::workload_name(&name), &set, None).await?;
     // The telemetry keyring's decisions (create, rotate, refuse an
     // unusable one) are the keyring module's; its key id goes to status.
-    plan.status.telemetry_key_id = telemetry::apply_storage(gw, ctx, ns).await?;
+    let storage = telemetry::apply_storage(gw, ctx, ns).await?;
+    telemetry_status(&mut plan, storage, gw.metadata.generation);
 
     policy::write_status(ctx, gw, gw.status.as_ref(), &plan.status).await?;
     for (what, not_after) in &plan.expiries {
@@ -451,6 +452,35 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     }
     publish(gw, ctx, plan.events).await;
     Ok(Action::requeue(plan.requeue))
+}
+
+/// How soon to look again at an unusable telemetry keyring: one someone
+/// deletes (to have a new one made) may not be a Secret the operator
+/// watches.
+const INVALID_KEYRING_RETRY: Duration = Duration::from_secs(300);
+
+/// The telemetry storage's key id and condition in the status; a warning
+/// event when the keyring becomes unusable, not on every reconcile.
+fn telemetry_status(plan: &mut plan::Plan, storage: telemetry::Storage, generation: Option<i64>) {
+    use telemetry::{CONDITION, Storage};
+    let conditions = &mut plan.status.conditions;
+    plan.status.telemetry_key_id = None;
+    match storage {
+        Storage::Off => conditions.retain(|c| c.type_ != CONDITION),
+        Storage::On(key_id) => {
+            let message = format!("the telemetry writer is deployed; primary key {key_id}");
+            crate::conditions::set(conditions, CONDITION, true, "Deployed", message, generation);
+            plan.status.telemetry_key_id = Some(key_id);
+        }
+        Storage::InvalidKeyring(message) => {
+            if super::events::is_news(conditions, CONDITION, "InvalidKeyring") {
+                plan.events
+                    .push(PlannedEvent::warning("InvalidKeyring", "Validate", message.clone()));
+            }
+            crate::conditions::set(conditions, CONDITION, false, "InvalidKeyring", message, generation);
+            plan.requeue = plan.requeue.min(INVALID_KEYRING_RETRY);
+        }
+    }
 }
 
 async fn publish(gw: &Gateway, ctx: &Context, events: Vec<PlannedEvent>) {

@@ -1,6 +1,7 @@
 //! Device and Gateway reconcilers against the real kube-apiserver, checked
 //! with real openssl. One test binary; its tests by concern: `issuance`,
-//! `renewal`, `revocation`, `key_material` and `ownership`.
+//! `renewal`, `revocation`, `key_material`, `ownership` and the Gateway's
+//! `telemetry` storage.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -9,6 +10,7 @@ mod key_material;
 mod ownership;
 mod renewal;
 mod revocation;
+mod telemetry;
 
 use common::*;
 use fleetward_operator::crd::{Device, Gateway};

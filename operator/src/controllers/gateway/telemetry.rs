@@ -28,9 +28,24 @@ use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 /// gateway workload reads as device credentials.
 pub const LABEL_TELEMETRY_OF: &str = "fleetward.io/telemetry-of";
 
-/// Makes the storage match `spec.storage`. Returns the keyring's primary
-/// key id while storage is on and its keyring usable.
-pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Option<String>> {
+/// The Gateway's condition about its telemetry storage (only with
+/// `spec.storage`).
+pub const CONDITION: &str = "TelemetryStorage";
+
+/// What became of the storage.
+#[derive(Debug, PartialEq)]
+pub enum Storage {
+    /// No `spec.storage`.
+    Off,
+    /// The writer is deployed; the keyring's primary key id.
+    On(String),
+    /// The keyring Secret holds no usable keyring (why, for the
+    /// condition): it is left untouched and nothing is deployed.
+    InvalidKeyring(String),
+}
+
+/// Makes the storage match `spec.storage`.
+pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Storage> {
     let name = gw.name_any();
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let Some(storage) = &gw.spec.storage else {
@@ -46,7 +61,7 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
         {
             tracing::info!(gateway = %name, "deleted the telemetry writer: spec.storage was removed");
         }
-        return Ok(None);
+        return Ok(Storage::Off);
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret_name = Gateway::telemetry_keyring_secret_name(&name);
@@ -91,19 +106,12 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
         }
         Outcome::Invalid(reason) => {
             // Left untouched (see controllers::keyring); nothing is written
-            // until someone restores or deletes it.
-            ctx.event(
-                gw,
-                true,
-                "InvalidKeyring",
-                "Validate",
-                format!(
-                    "Secret {secret_name} does not hold a usable keyring ({reason}); telemetry is not stored until \
-                     it is restored, or deleted to make a new one"
-                ),
-            )
-            .await;
-            return Ok(None);
+            // until someone restores or deletes it. The Gateway's condition
+            // says so, with one event when it becomes so.
+            return Ok(Storage::InvalidKeyring(format!(
+                "Secret {secret_name} does not hold a usable keyring ({reason}); telemetry is not stored until it \
+                 is restored, or deleted to make a new one"
+            )));
         }
     };
     let mut deployment = writer(gw, storage, ctx)?;
@@ -117,7 +125,7 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Opti
         kafka_client::certify(ctx, &who, &mut spec.template).await?;
     }
     apply(&deploys, &Gateway::telemetry_deployment_name(&name), &deployment, None).await?;
-    Ok(Some(keyring.primary_id().to_string()))
+    Ok(Storage::On(keyring.primary_id().to_string()))
 }
 
 /// The telemetry writer's Deployment.
