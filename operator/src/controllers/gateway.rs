@@ -21,8 +21,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
+use self::objects::child_meta;
 use self::plan::{CaView, CrlStep};
-use self::workload::child_meta;
 use super::applier::{apply, create_once};
 use super::events::PlannedEvent;
 use super::kafka_client;
@@ -36,6 +36,7 @@ use crate::ownership::{owner_ref, refuse_unless_owned};
 use crate::pki::{CaBundle, Revocation};
 use crate::{Error, Result, aws_iot, crl};
 
+mod objects;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;

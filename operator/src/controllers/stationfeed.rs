@@ -35,6 +35,8 @@ use crate::ownership::MANAGED_BY;
 use crate::{Error, Result, pki};
 
 pub mod plan;
+#[cfg(test)]
+mod plan_tests;
 pub mod workload;
 
 const KIND: &str = "stationfeed";

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use super::workload;
+use super::objects;
 use crate::Result;
 use crate::conditions::{self, READY};
 use crate::controllers::desired::Write;
@@ -146,7 +146,7 @@ pub struct Plan {
     pub rebuilt: Vec<Revocation>,
     /// The workload's objects but the StatefulSet (which waits for the
     /// AWS IoT endpoint and its Kafka certificate), in order: see
-    /// `workload::workload_writes`.
+    /// `objects::workload_writes`.
     pub workload: Vec<Write>,
     /// Changes when the broker must restart (config or certificate).
     pub rollout_hash: String,
@@ -378,7 +378,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
             Vec::new()
         },
         crl: crl_step,
-        workload: workload::workload_writes(gw, &conf, &acl)?,
+        workload: objects::workload_writes(gw, &conf, &acl)?,
         rollout_hash,
         status,
         events,

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::child_meta;
+use super::objects::child_meta;
 
 use crate::context::Context;
 use crate::controllers::applier::{apply, delete_if_owned};

@@ -14,26 +14,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction,
-    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServiceAccountTokenProjection, ServiceSpec, Volume, VolumeProjection, VolumeResourceRequirements,
+    ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction, KeyToPath,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    ProjectedVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeProjection,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use kube::api::ObjectMeta;
 
+use super::objects::child_meta;
 use crate::config::Config;
 use crate::controllers::METRICS_PORT;
-use crate::controllers::desired::Write;
-use crate::controllers::objects::{self, env, env_from_secret, mount, service_port};
+use crate::controllers::objects::{self, env, env_from_secret, mount};
 use crate::crd::Gateway;
-use crate::crd::gateway::Provider;
-use crate::ownership::{labels, owner_ref};
 use crate::{Result, crl, mosquitto};
-use fleetward_credentials::keys_secret_names;
 use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
 /// The gateway's drain on SIGTERM (at most 20 s, SHUTDOWN_DRAIN_SECONDS),
@@ -386,170 +379,13 @@ pub fn statefulset(
 /// Where the gateway container finds its client certificate.
 const CLIENT_DIR: &str = "/etc/fleetward/client";
 
-fn selector(gateway: &str) -> BTreeMap<String, String> {
+pub(super) fn selector(gateway: &str) -> BTreeMap<String, String> {
     objects::map(&[
         ("app.kubernetes.io/name", "fleetward-gateway"),
         ("fleetward.io/gateway", gateway),
     ])
 }
 
-/// The gateway workload's identity: it may read Secrets in its namespace
-/// (its devices' credentials, for the device registry) and nothing else.
-/// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
-/// filters by `fleetward.io/gateway=<name>` itself.
-pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
-    let name = Gateway::workload_name(&gw.name_any());
-    let meta = child_meta(gw, name.clone())?;
-    let sa = ServiceAccount {
-        metadata: meta.clone(),
-        ..Default::default()
-    };
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(vec![
-            // Its devices' keys (fleetward_credentials::keys) and no other
-            // Secret: not the devices' private keys, not its CA's, not the
-            // command key or any other gateway's or workload's Secrets.
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["secrets".into()]),
-                resource_names: Some(keys_secret_names(&gw.name_any())),
-                verbs: vec!["get".into(), "list".into(), "watch".into()],
-                ..Default::default()
-            },
-            // Its own CRL, read from the API as soon as it changes (the
-            // mounted copy follows only when the kubelet syncs it).
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(vec![crl::name(&gw.name_any())]),
-                verbs: vec!["get".into(), "list".into(), "watch".into()],
-                ..Default::default()
-            },
-        ]),
-    };
-    let binding = RoleBinding {
-        metadata: meta,
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: gw.namespace(),
-            ..Default::default()
-        }]),
-    };
-    Ok((sa, role, binding))
-}
-
-/// The broker's Service, of `spec.serviceType` (devices reach it, perhaps
-/// from outside the cluster as a LoadBalancer): MQTT over TLS only.
-pub fn service(gw: &Gateway) -> Result<Service> {
-    let name = gw.name_any();
-    Ok(Service {
-        metadata: child_meta(gw, name.clone())?,
-        spec: Some(ServiceSpec {
-            type_: Some(gw.spec.service_type.as_str().into()),
-            selector: Some(selector(&name)),
-            ports: Some(vec![service_port("mqtts", gw.spec.mqtt_port)]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
-
-/// The command API and metrics: always a ClusterIP Service of their own,
-/// never on the one that may be exposed to the devices' network.
-pub fn api_service(gw: &Gateway) -> Result<Service> {
-    let name = gw.name_any();
-    Ok(Service {
-        metadata: child_meta(gw, Gateway::api_service_name(&name))?,
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector(&name)),
-            ports: Some(vec![
-                service_port("command", gw.spec.command_api.port),
-                service_port("metrics", METRICS_PORT),
-            ]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
-
 #[cfg(test)]
 #[path = "workload_tests.rs"]
 mod tests;
-
-/// Labels and the controller reference of every object a Gateway owns.
-pub fn child_meta(gw: &Gateway, name: String) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        labels: Some(labels(&[("fleetward.io/gateway", &gw.name_any())])),
-        owner_references: Some(vec![owner_ref(gw)?]),
-        ..Default::default()
-    })
-}
-
-/// Mosquitto's configuration and ACL.
-pub fn broker_config(gw: &Gateway, conf: &str, acl: &str) -> Result<ConfigMap> {
-    Ok(ConfigMap {
-        metadata: child_meta(gw, Gateway::mosquitto_configmap_name(&gw.name_any()))?,
-        data: Some(
-            [
-                ("mosquitto.conf".to_string(), conf.to_string()),
-                ("acl".to_string(), acl.to_string()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    })
-}
-
-/// The broker's volume claim when `spec.persistence` asks for one.
-pub fn broker_volume(gw: &Gateway) -> Result<Option<PersistentVolumeClaim>> {
-    let Some(p) = &gw.spec.persistence else {
-        return Ok(None);
-    };
-    Ok(Some(PersistentVolumeClaim {
-        metadata: child_meta(gw, Gateway::broker_volume_name(&gw.name_any()))?,
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: p.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_string(), Quantity(p.size.clone()))].into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-}
-
-/// The workload's objects other than the StatefulSet, in the order they
-/// are written: with the operator's own broker (not with AWS IoT Core)
-/// Mosquitto's configuration; the account (ServiceAccount, Role,
-/// RoleBinding); with the own broker its volume claim, or the removal of
-/// this Gateway's claim when `spec.persistence` went; the MQTT Service
-/// (own broker) and the command API's Service.
-pub fn workload_writes(gw: &Gateway, conf: &str, acl: &str) -> Result<Vec<Write>> {
-    let own_broker = gw.spec.provider == Provider::Mosquitto;
-    let mut writes = Vec::new();
-    if own_broker {
-        writes.push(Write::apply(broker_config(gw, conf, acl)?));
-    }
-    let (sa, role, binding) = rbac(gw)?;
-    writes.extend([Write::apply(sa), Write::apply(role), Write::apply(binding)]);
-    if own_broker {
-        writes.push(match broker_volume(gw)? {
-            Some(claim) => Write::apply(claim),
-            None => Write::delete_owned::<PersistentVolumeClaim>(Gateway::broker_volume_name(&gw.name_any())),
-        });
-        writes.push(Write::apply(service(gw)?));
-    }
-    writes.push(Write::apply(api_service(gw)?));
-    Ok(writes)
-}

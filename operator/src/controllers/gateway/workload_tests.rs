@@ -2,6 +2,7 @@
 //! and how their mounts, volumes, ports and environment fit together.
 
 use super::*;
+use crate::controllers::gateway::objects::{rbac, service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
