@@ -4,6 +4,8 @@
 //! the broker's volume claim; `workload_writes` lists them as the plan's
 //! writes, which `carry_out` makes.
 
+use std::collections::BTreeMap;
+
 use fleetward_credentials::keys_secret_names;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServiceAccount, ServiceSpec,
@@ -14,10 +16,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
-use super::workload::selector;
 use crate::controllers::METRICS_PORT;
 use crate::controllers::desired::Write;
-use crate::controllers::objects::service_port;
+use crate::controllers::objects::{self, service_port};
 use crate::crd::Gateway;
 use crate::crd::gateway::Provider;
 use crate::ownership::{labels, owner_ref};
@@ -178,4 +179,12 @@ pub fn workload_writes(gw: &Gateway, conf: &str, acl: &str) -> Result<Vec<Write>
     }
     writes.push(Write::apply(api_service(gw)?));
     Ok(writes)
+}
+
+/// The labels of the gateway's pod, which its Services select.
+pub fn selector(gateway: &str) -> BTreeMap<String, String> {
+    objects::map(&[
+        ("app.kubernetes.io/name", "fleetward-gateway"),
+        ("fleetward.io/gateway", gateway),
+    ])
 }

@@ -10,8 +10,6 @@
 //! once, while the old one is still writing its final state; a StatefulSet
 //! starts the replacement only once the old pod is gone.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction, KeyToPath,
@@ -21,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use super::objects::child_meta;
+use super::objects::{child_meta, selector};
 use crate::config::Config;
 use crate::controllers::METRICS_PORT;
 use crate::controllers::objects::{self, env, env_from_secret, mount};
@@ -378,13 +376,6 @@ pub fn statefulset(
 
 /// Where the gateway container finds its client certificate.
 const CLIENT_DIR: &str = "/etc/fleetward/client";
-
-pub(super) fn selector(gateway: &str) -> BTreeMap<String, String> {
-    objects::map(&[
-        ("app.kubernetes.io/name", "fleetward-gateway"),
-        ("fleetward.io/gateway", gateway),
-    ])
-}
 
 #[cfg(test)]
 #[path = "workload_tests.rs"]
