@@ -10,9 +10,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Result;
 use crate::merge_patch;
 use crate::ownership::{MANAGER, controlled_by, controller_of, refuse_unless_owned};
+use crate::{Error, Result};
 
 /// Server-side applies `obj` (a complete desired state) as our field
 /// manager, but never onto an object someone else made. When `obj` names a
@@ -65,16 +65,48 @@ where
     Ok(created)
 }
 
+/// Creates `obj` now: the name taken (another writer got there first)
+/// fails with `Error::Conflict`, and the next reconcile starts from what
+/// that writer stored.
+pub async fn create_new<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    create(api, obj).await?.ok_or_else(|| conflict(name))
+}
+
+/// Replaces the object at the resourceVersion `obj` carries (the one
+/// read): a concurrent change fails with `Error::Conflict`.
+pub async fn replace<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.replace(name, &as_manager(), obj).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(conflict(name)),
+        other => Ok(other?),
+    }
+}
+
+fn conflict(name: &str) -> Error {
+    Error::Conflict {
+        name: name.to_string(),
+        attempts: 1,
+    }
+}
+
+fn as_manager() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
+}
+
 /// One create as our field manager; `None` when the name is taken (409).
 async fn create<K>(api: &Api<K>, obj: &K) -> Result<Option<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    let params = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, obj).await {
+    match api.create(&as_manager(), obj).await {
         Ok(created) => Ok(Some(created)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(e) => Err(e.into()),

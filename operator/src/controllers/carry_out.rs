@@ -9,18 +9,18 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::applier::{apply, create_once, delete_if_owned};
+use super::applier::{apply, create_new, create_once, delete_if_owned, replace};
 use super::desired::{Desired, Object, ObjectKind, Write};
 use super::{kafka_client, policy};
 use crate::context::Context;
-use crate::ownership::{MANAGER, owner_ref};
+use crate::ownership::owner_ref;
 use crate::{Error, Result};
 
 /// Writes `desired` for `owner`; `current` is the status the caller's copy
@@ -54,18 +54,23 @@ where
         Write::CreateOnce(object) => (object, How::CreateOnce),
         Write::CreateNew(object) => (object, How::CreateNew),
         Write::Replace(object) => (object, How::Replace),
-        Write::ApplyKafkaClient(mut deployment, role) => {
-            let name = deployment.name_any();
-            if let Some(spec) = deployment.spec.as_mut() {
+        Write::ApplyKafkaClient(mut workload, role) => {
+            let name = workload.name();
+            let template = match &mut workload {
+                Object::Deployment(d) => d.spec.as_mut().map(|s| &mut s.template),
+                Object::StatefulSet(s) => s.spec.as_mut().map(|s| &mut s.template),
+                _ => None,
+            };
+            if let Some(template) = template {
                 let who = kafka_client::Workload {
                     namespace: ns,
                     name: &name,
                     owner: owner_ref(owner)?,
                     role,
                 };
-                kafka_client::certify(ctx, &who, &mut spec.template).await?;
+                kafka_client::certify(ctx, &who, template).await?;
             }
-            (Object::Deployment(deployment), How::Apply)
+            (workload, How::Apply)
         }
         Write::DeleteOwned(kind, name) => return delete_owned(ctx, owner, ns, kind, &name).await,
     };
@@ -109,26 +114,11 @@ where
 {
     let api = Api::namespaced(ctx.client.clone(), ns);
     let name = object.name_any();
-    let conflict_is_error = |result: kube::Result<T>| match result {
-        Ok(written) => Ok(Some(written)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict {
-            name: name.clone(),
-            attempts: 1,
-        }),
-        Err(e) => Err(e.into()),
-    };
     match how {
         How::Apply => apply(&api, &name, &object, None).await.map(Some),
         How::CreateOnce => create_once(&api, &name, &object).await,
-        How::CreateNew => conflict_is_error(api.create(&post(), &object).await),
-        How::Replace => conflict_is_error(api.replace(&name, &post(), &object).await),
-    }
-}
-
-fn post() -> PostParams {
-    PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
+        How::CreateNew => create_new(&api, &name, &object).await.map(Some),
+        How::Replace => replace(&api, &name, &object).await.map(Some),
     }
 }
 

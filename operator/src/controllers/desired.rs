@@ -22,6 +22,15 @@ macro_rules! objects {
             $($kind($kind),)*
         }
 
+        impl Object {
+            /// The object's name.
+            pub fn name(&self) -> String {
+                match self {
+                    $(Object::$kind(o) => o.metadata.name.clone().unwrap_or_default(),)*
+                }
+            }
+        }
+
         /// The kind of an object to delete.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum ObjectKind {
@@ -71,10 +80,11 @@ pub enum Write {
     /// Server-side applied as the operator's field manager, never onto an
     /// object someone else made under the name.
     Apply(Object),
-    /// A Deployment whose pods talk to Kafka as `role`: its client
-    /// certificate is issued or renewed first (when the Kafka is the
-    /// operator's), the pod template pointed at it, then it is applied.
-    ApplyKafkaClient(Deployment, kafka_client::Role),
+    /// A workload (Deployment or StatefulSet) whose pods talk to Kafka as
+    /// `role`: its client certificate is issued or renewed first (when the
+    /// Kafka is the operator's), the pod template pointed at it, then it is
+    /// applied.
+    ApplyKafkaClient(Object, kafka_client::Role),
     /// Made once and never replaced (a key clients hold): one of ours
     /// already there is kept, someone else's is refused.
     CreateOnce(Object),
@@ -93,6 +103,9 @@ pub enum Write {
 impl Write {
     pub fn apply(object: impl Typed) -> Self {
         Self::Apply(object.into_object())
+    }
+    pub fn kafka_client(workload: impl Typed, role: kafka_client::Role) -> Self {
+        Self::ApplyKafkaClient(workload.into_object(), role)
     }
     pub fn create_once(object: impl Typed) -> Self {
         Self::CreateOnce(object.into_object())
@@ -114,12 +127,11 @@ pub struct Desired<S> {
 
 impl<S> Desired<S> {
     /// The objects of type `T` applied, in order (Kafka clients included).
-    pub fn applied<T: Typed + 'static>(&self) -> Vec<&T> {
+    pub fn applied<T: Typed>(&self) -> Vec<&T> {
         self.writes
             .iter()
             .filter_map(|w| match w {
-                Write::Apply(o) => T::of(o),
-                Write::ApplyKafkaClient(d, _) => (d as &dyn std::any::Any).downcast_ref::<T>(),
+                Write::Apply(o) | Write::ApplyKafkaClient(o, _) => T::of(o),
                 _ => None,
             })
             .collect()
@@ -172,7 +184,7 @@ mod tests {
                     metadata,
                     ..Default::default()
                 })),
-                Write::ApplyKafkaClient(
+                Write::kafka_client(
                     named("app", |metadata| Deployment {
                         metadata,
                         ..Default::default()

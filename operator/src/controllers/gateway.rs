@@ -24,6 +24,7 @@ use kube::{Api, Resource, ResourceExt};
 use self::objects::child_meta;
 use self::plan::{CaView, CrlStep};
 use super::applier::{apply, create_once};
+use super::desired::Write;
 use super::events::PlannedEvent;
 use super::kafka_client;
 use super::stores::SecretChange;
@@ -422,23 +423,15 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
     for write in std::mem::take(&mut plan.workload) {
         carry_out::write_one(ctx, gw, ns, write).await?;
     }
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    let mut set = workload::statefulset(
+    // The StatefulSet waits for the AWS IoT endpoint; its Kafka client
+    // certificate comes first.
+    let set = workload::statefulset(
         gw,
         &ctx.config,
         &plan.rollout_hash,
         plan.status.aws_iot.as_ref().and_then(|a| a.data_endpoint.as_deref()),
     )?;
-    if let Some(spec) = set.spec.as_mut() {
-        let who = kafka_client::Workload {
-            namespace: ns,
-            name: &Gateway::workload_name(&name),
-            owner: owner_ref(gw)?,
-            role: kafka_client::Role::Gateway,
-        };
-        kafka_client::certify(ctx, &who, &mut spec.template).await?;
-    }
-    apply(&sets, &Gateway::workload_name(&name), &set, None).await?;
+    carry_out::write_one(ctx, gw, ns, Write::kafka_client(set, kafka_client::Role::Gateway)).await?;
     // The telemetry keyring's decisions (create, rotate, refuse an
     // unusable one) are the keyring module's; its key id goes to status.
     let storage = telemetry::apply_storage(gw, ctx, ns).await?;

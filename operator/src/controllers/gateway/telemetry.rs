@@ -12,14 +12,14 @@ use kube::{Api, ResourceExt};
 use super::objects::child_meta;
 
 use crate::context::Context;
-use crate::controllers::applier::{apply, delete_if_owned};
 use crate::controllers::carry_out;
+use crate::controllers::desired::Write;
 use crate::controllers::kafka_client;
 use crate::controllers::keyring::{self, KeyringSecret, Outcome};
 use crate::controllers::{EncryptorSpec, encryptor, objects};
 use crate::crd::Gateway;
 use crate::crd::gateway::TelemetryStorage;
-use crate::ownership::{labels, owner_ref};
+use crate::ownership::labels;
 use crate::{Error, Result};
 use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 
@@ -47,20 +47,11 @@ pub enum Storage {
 /// Makes the storage match `spec.storage`.
 pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Storage> {
     let name = gw.name_any();
-    let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let Some(storage) = &gw.spec.storage else {
         // Only this Gateway's own writer: a Deployment someone else made
         // under the name stays.
-        if delete_if_owned(
-            &deploys,
-            &Gateway::telemetry_deployment_name(&name),
-            &owner_ref(gw)?,
-            None,
-        )
-        .await?
-        {
-            tracing::info!(gateway = %name, "deleted the telemetry writer: spec.storage was removed");
-        }
+        let gone = Write::delete_owned::<Deployment>(Gateway::telemetry_deployment_name(&name));
+        carry_out::write_one(ctx, gw, ns, gone).await?;
         return Ok(Storage::Off);
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -114,17 +105,8 @@ pub async fn apply_storage(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Stor
             )));
         }
     };
-    let mut deployment = writer(gw, storage, ctx)?;
-    if let Some(spec) = deployment.spec.as_mut() {
-        let who = kafka_client::Workload {
-            namespace: ns,
-            name: &Gateway::telemetry_deployment_name(&name),
-            owner: owner_ref(gw)?,
-            role: kafka_client::Role::Encryptor,
-        };
-        kafka_client::certify(ctx, &who, &mut spec.template).await?;
-    }
-    apply(&deploys, &Gateway::telemetry_deployment_name(&name), &deployment, None).await?;
+    let deployment = Write::kafka_client(writer(gw, storage, ctx)?, kafka_client::Role::Encryptor);
+    carry_out::write_one(ctx, gw, ns, deployment).await?;
     Ok(Storage::On(keyring.primary_id().to_string()))
 }
 

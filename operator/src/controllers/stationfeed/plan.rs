@@ -220,11 +220,11 @@ pub(super) fn decide(
     if !obs.record_key {
         writes.push(Write::create_once(record_key_secret(feed, new_key())?));
     }
-    writes.push(Write::ApplyKafkaClient(
+    writes.push(Write::kafka_client(
         ingestor_deployment(feed, config)?,
         kafka_client::Role::Ingestor,
     ));
-    writes.push(Write::ApplyKafkaClient(
+    writes.push(Write::kafka_client(
         encryptor_deployment(feed, config)?,
         kafka_client::Role::Encryptor,
     ));

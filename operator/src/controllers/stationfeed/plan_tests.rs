@@ -231,7 +231,7 @@ fn writes(p: &Plan) -> Vec<String> {
             Write::CreateNew(Object::Secret(s)) => format!("new {}", s.name_any()),
             Write::Replace(Object::Secret(s)) => format!("replace {}", s.name_any()),
             Write::CreateOnce(Object::Secret(s)) => format!("once {}", s.name_any()),
-            Write::ApplyKafkaClient(d, _) => format!("apply {}", d.name_any()),
+            Write::ApplyKafkaClient(Object::Deployment(d), _) => format!("apply {}", d.name_any()),
             _ => panic!("a write a StationFeed never plans"),
         })
         .collect()

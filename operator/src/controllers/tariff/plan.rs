@@ -180,7 +180,7 @@ pub fn plan(
     writes.extend([Write::apply(sa), Write::apply(role), Write::apply(binding)]);
     writes.push(Write::apply(workload::service(tariff)?));
     writes.push(match deployment {
-        Some(d) => Write::ApplyKafkaClient(d, kafka_client::Role::Billing),
+        Some(d) => Write::kafka_client(d, kafka_client::Role::Billing),
         None => Write::delete_owned::<Deployment>(workload_name),
     });
     Ok(Desired {
