@@ -76,9 +76,26 @@ where
     };
     match object {
         Object::Secret(o) => {
-            // The operator's own Secret write, shown to the next reconcile
-            // before the watch brings it.
-            if let Some(written) = write_object(ctx, ns, o, how).await? {
+            // The operator's own Secret write: the answer is shown to the
+            // next reconcile before the watch brings it, and when the write
+            // sets the content its watch event is no news. A write of the
+            // metadata only (a keys shard, whose entries are its Devices')
+            // is news to whoever fills it: a shard made again after a
+            // deletion wakes its Devices. An apply checks ownership against
+            // the store's copy (the store holds the operator's Secrets; one
+            // it lacks is read).
+            let written = match how {
+                How::Apply => {
+                    if o.data.is_some() || o.string_data.is_some() {
+                        ctx.stores.writing_secret(&o, ns);
+                    }
+                    let api = Api::namespaced(ctx.client.clone(), ns);
+                    let known = ctx.stores.secret(ns, &o.name_any());
+                    Some(apply(&api, &o.name_any(), &o, known.as_deref()).await?)
+                }
+                _ => write_object(ctx, ns, o, how).await?,
+            };
+            if let Some(written) = written {
                 ctx.stores.wrote_secret(written);
             }
         }

@@ -128,24 +128,12 @@ pub struct Desired<S> {
 impl<S> Desired<S> {
     /// The objects of type `T` applied, in order (Kafka clients included).
     pub fn applied<T: Typed>(&self) -> Vec<&T> {
-        self.writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Apply(o) | Write::ApplyKafkaClient(o, _) => T::of(o),
-                _ => None,
-            })
-            .collect()
+        applied(&self.writes)
     }
 
     /// The objects of type `T` created once, in order.
     pub fn created_once<T: Typed>(&self) -> Vec<&T> {
-        self.writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::CreateOnce(o) => T::of(o),
-                _ => None,
-            })
-            .collect()
+        created_once(&self.writes)
     }
 
     /// The names of the objects of type `T` deleted if owned.
@@ -158,6 +146,29 @@ impl<S> Desired<S> {
             })
             .collect()
     }
+}
+
+/// The objects of type `T` that `writes` apply, in order (Kafka clients
+/// included).
+pub fn applied<T: Typed>(writes: &[Write]) -> Vec<&T> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Apply(o) | Write::ApplyKafkaClient(o, _) => T::of(o),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The objects of type `T` that `writes` create once, in order.
+pub fn created_once<T: Typed>(writes: &[Write]) -> Vec<&T> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::CreateOnce(o) => T::of(o),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use self::objects::child_meta;
 use self::plan::{CaView, CrlStep};
-use super::applier::{apply, create_once};
+use super::applier::create_once;
 use super::desired::Write;
 use super::events::PlannedEvent;
 use super::kafka_client;
@@ -263,11 +263,25 @@ async fn observe(gw: &Gateway, ctx: &Context, ns: &str) -> Result<plan::Observed
         command_key: stores.secret(ns, &Gateway::command_secret_name(&name)).is_some(),
         meter_key: stores.secret(ns, &Gateway::meter_key_secret_name(&name)).is_some(),
         record_key: stores.secret(ns, &Gateway::record_key_secret_name(&name)).is_some(),
+        shards_to_write: shards_to_write(gw, ctx, ns)?,
         crl,
         revoked_by_devices,
         last_crl_number: stores.last_crl_number(ns, &name),
         broker_available,
     })
+}
+
+/// The devices' keys shards the store lacks, or holds without this
+/// Gateway as their controller (the apply then refuses someone else's).
+fn shards_to_write(gw: &Gateway, ctx: &Context, ns: &str) -> Result<Vec<String>> {
+    let owner = owner_ref(gw)?;
+    Ok(keys_secret_names(&gw.name_any())
+        .into_iter()
+        .filter(|shard| {
+            let known = ctx.stores.secret(ns, shard);
+            known.is_none_or(|k| refuse_unless_owned(k.as_ref(), &owner).is_err())
+        })
+        .collect())
 }
 
 /// What the Devices of this gateway remember having had revoked (a rare
@@ -310,61 +324,9 @@ async fn apply_plan(gw: &Gateway, ctx: &Context, ns: &str, mut plan: plan::Plan)
             None => return Ok(Action::requeue(Duration::from_secs(1))),
         }
     }
-    for leaf in &plan.leaves {
-        let secret = tls_secret(
-            child_meta(gw, leaf.secret.clone())?,
-            &leaf.issued.cert_pem,
-            &leaf.issued.key_pem,
-            Some(&ca.cert_pem),
-            [],
-        )?;
-        ctx.stores.writing_secret(&secret, ns);
-        let known = ctx.stores.secret(ns, &leaf.secret);
-        let written = apply(&secrets, &leaf.secret, &secret, known.as_deref()).await?;
-        ctx.stores.wrote_secret(written);
-    }
-    let keys = [
-        (Gateway::command_secret_name(&name), "api-key", plan.command_key.take()),
-        (Gateway::meter_key_secret_name(&name), "api-key", plan.meter_key.take()),
-        (
-            Gateway::record_key_secret_name(&name),
-            fleetward_protocol::record::RECORD_KEY_SECRET_KEY,
-            plan.record_key.take(),
-        ),
-    ];
-    for (secret_name, data_key, key) in keys {
-        let Some(key) = key else { continue };
-        let secret = Secret {
-            metadata: child_meta(gw, secret_name.clone())?,
-            string_data: Some([(data_key.to_string(), key)].into()),
-            ..Default::default()
-        };
-        // A key is never replaced, but neither is a Secret someone else
-        // made under its name used as one.
-        if let Some(created) = create_once(&secrets, &secret_name, &secret).await? {
-            ctx.stores.wrote_secret(created);
-        }
-    }
-    // The shards of the devices' keys, empty (each Device writes its own
-    // entry): they exist before the Gateway is Ready, which is when its
-    // Devices start writing. Only their metadata is applied here, so the
-    // entries are left alone.
-    let owner = owner_ref(gw)?;
-    for shard in keys_secret_names(&name) {
-        let known = ctx.stores.secret(ns, &shard);
-        if known.as_deref().is_some_and(|k| refuse_unless_owned(k, &owner).is_ok()) {
-            continue;
-        }
-        let mut metadata = child_meta(gw, shard.clone())?;
-        metadata
-            .labels
-            .get_or_insert_default()
-            .insert(LABEL_DEVICE_KEYS.into(), name.clone());
-        let secret = Secret {
-            metadata,
-            ..Default::default()
-        };
-        apply(&secrets, &shard, &secret, known.as_deref()).await?;
+    // The certificates, the generated keys and the keys shards.
+    for write in std::mem::take(&mut plan.secrets) {
+        carry_out::write_one(ctx, gw, ns, write).await?;
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if plan.crl != CrlStep::Keep {

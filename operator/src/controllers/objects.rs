@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, Probe,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount, TCPSocketAction, Volume,
+    VolumeMount,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
@@ -194,6 +196,52 @@ pub fn pod_meta(selector: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> 
 /// `pairs` as a label (or annotation) map.
 pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A workload's account: a ServiceAccount, a Role with `rules` and the
+/// RoleBinding between them, all three named and labelled by `meta` (the
+/// owner's child metadata) in the namespace `namespace`.
+pub fn account(
+    meta: ObjectMeta,
+    namespace: Option<String>,
+    rules: Vec<PolicyRule>,
+) -> (ServiceAccount, Role, RoleBinding) {
+    let name = meta.name.clone().unwrap_or_default();
+    let binding = RoleBinding {
+        metadata: meta.clone(),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace,
+            ..Default::default()
+        }]),
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(rules),
+    };
+    let sa = ServiceAccount {
+        metadata: meta,
+        ..Default::default()
+    };
+    (sa, role, binding)
+}
+
+/// A Role rule: `verbs` on `resource` of API group `group` (`""` for the
+/// core group), only the objects named `names` when given.
+pub fn rule(group: &str, resource: &str, names: Option<Vec<String>>, verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(vec![resource.into()]),
+        resource_names: names,
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 /// A Service port that targets the container port of the same name.

@@ -6,19 +6,21 @@
 
 use std::collections::BTreeMap;
 
-use fleetward_credentials::keys_secret_names;
+use fleetward_credentials::{LABEL_DEVICE_KEYS, keys_secret_names};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServiceAccount, ServiceSpec,
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServiceAccount, ServiceSpec,
     VolumeResourceRequirements,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
+use super::plan::LeafWrite;
 use crate::controllers::METRICS_PORT;
 use crate::controllers::desired::Write;
 use crate::controllers::objects::{self, service_port};
+use crate::controllers::tls_secret;
 use crate::crd::Gateway;
 use crate::crd::gateway::Provider;
 use crate::ownership::{labels, owner_ref};
@@ -29,51 +31,21 @@ use crate::{Result, crl};
 /// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
 /// filters by `fleetward.io/gateway=<name>` itself.
 pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
-    let name = Gateway::workload_name(&gw.name_any());
-    let meta = child_meta(gw, name.clone())?;
-    let sa = ServiceAccount {
-        metadata: meta.clone(),
-        ..Default::default()
-    };
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(vec![
+    let meta = child_meta(gw, Gateway::workload_name(&gw.name_any()))?;
+    let read = ["get", "list", "watch"];
+    Ok(objects::account(
+        meta,
+        gw.namespace(),
+        vec![
             // Its devices' keys (fleetward_credentials::keys) and no other
             // Secret: not the devices' private keys, not its CA's, not the
             // command key or any other gateway's or workload's Secrets.
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["secrets".into()]),
-                resource_names: Some(keys_secret_names(&gw.name_any())),
-                verbs: vec!["get".into(), "list".into(), "watch".into()],
-                ..Default::default()
-            },
+            objects::rule("", "secrets", Some(keys_secret_names(&gw.name_any())), &read),
             // Its own CRL, read from the API as soon as it changes (the
             // mounted copy follows only when the kubelet syncs it).
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(vec![crl::name(&gw.name_any())]),
-                verbs: vec!["get".into(), "list".into(), "watch".into()],
-                ..Default::default()
-            },
-        ]),
-    };
-    let binding = RoleBinding {
-        metadata: meta,
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: gw.namespace(),
-            ..Default::default()
-        }]),
-    };
-    Ok((sa, role, binding))
+            objects::rule("", "configmaps", Some(vec![crl::name(&gw.name_any())]), &read),
+        ],
+    ))
 }
 
 /// The broker's Service, of `spec.serviceType` (devices reach it, perhaps
@@ -119,6 +91,55 @@ pub fn child_meta(gw: &Gateway, name: String) -> Result<ObjectMeta> {
         owner_references: Some(vec![owner_ref(gw)?]),
         ..Default::default()
     })
+}
+
+/// A key the plan generated: the Secret it goes to, under which data key.
+#[derive(Debug)]
+pub struct NewKey {
+    pub secret: String,
+    pub data_key: &'static str,
+    pub value: String,
+}
+
+/// The PKI's Secrets as writes, in order: the broker's and the gateway
+/// client's certificates (applied, the CA's certificate beside each), the
+/// generated keys (created once: a key is never replaced, and a Secret
+/// someone else made under its name is never used as one), and the devices'
+/// keys shards not yet ours, with their metadata only (each Device writes
+/// its own entry; they exist before the Gateway is Ready, which is when its
+/// Devices start writing).
+pub fn pki_writes(
+    gw: &Gateway,
+    ca_pem: &str,
+    leaves: &[LeafWrite],
+    keys: Vec<NewKey>,
+    shards: &[String],
+) -> Result<Vec<Write>> {
+    let mut writes = Vec::new();
+    for leaf in leaves {
+        let meta = child_meta(gw, leaf.secret.clone())?;
+        let secret = tls_secret(meta, &leaf.issued.cert_pem, &leaf.issued.key_pem, Some(ca_pem), [])?;
+        writes.push(Write::apply(secret));
+    }
+    for key in keys {
+        writes.push(Write::create_once(Secret {
+            metadata: child_meta(gw, key.secret)?,
+            string_data: Some([(key.data_key.to_string(), key.value)].into()),
+            ..Default::default()
+        }));
+    }
+    for shard in shards {
+        let mut metadata = child_meta(gw, shard.clone())?;
+        metadata
+            .labels
+            .get_or_insert_default()
+            .insert(LABEL_DEVICE_KEYS.into(), gw.name_any());
+        writes.push(Write::apply(Secret {
+            metadata,
+            ..Default::default()
+        }));
+    }
+    Ok(writes)
 }
 
 /// Mosquitto's configuration and ACL.

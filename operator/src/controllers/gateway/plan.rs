@@ -32,6 +32,7 @@ use crate::crd::{Gateway, GatewayStatus, SecretKeyRef};
 use crate::crl::CrlState;
 use crate::mosquitto;
 use crate::pki::{self, CaBundle, CertInfo, Issued, LeafRequest, Revocation, Usage};
+use fleetward_protocol::record::RECORD_KEY_SECRET_KEY;
 
 /// The gateway's CA as observed in its Secret.
 pub enum CaView {
@@ -53,6 +54,8 @@ pub struct Observed {
     pub meter_key: bool,
     /// The record key Secret exists.
     pub record_key: bool,
+    /// The devices' keys shards that are missing or not yet ours.
+    pub shards_to_write: Vec<String>,
     pub crl: Option<CrlState>,
     /// When the CRL is missing although the Gateway had one (its status
     /// has a CRL number): the revocations its Devices' status remember.
@@ -135,12 +138,12 @@ pub struct Plan {
     /// reconcile won the race, its CA is kept and this plan is dropped).
     pub create_ca: bool,
     pub leaves: Vec<LeafWrite>,
-    /// A generated command API key to store.
-    pub command_key: Option<String>,
-    /// A generated meter key (`read_meter` to meters only) to store.
-    pub meter_key: Option<String>,
-    /// A generated record key (the HMAC of its Kafka records) to store.
-    pub record_key: Option<String>,
+    /// The Secrets of the PKI but the CA, in order: the leaves, the keys
+    /// generated (the command API key unless the user brings one; the meter
+    /// key, `read_meter` to meters only; the record key, the HMAC of its
+    /// Kafka records) and the keys shards to label (see
+    /// `objects::pki_writes`).
+    pub secrets: Vec<Write>,
     pub crl: CrlStep,
     /// The entries of a rebuilt CRL.
     pub rebuilt: Vec<Revocation>,
@@ -194,9 +197,7 @@ impl Plan {
             ca: None,
             create_ca: false,
             leaves: Vec::new(),
-            command_key: None,
-            meter_key: None,
-            record_key: None,
+            secrets: Vec::new(),
             crl: CrlStep::Keep,
             rebuilt: Vec::new(),
             workload: Vec::new(),
@@ -294,12 +295,28 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         ));
     }
 
-    let command_key = (gw.spec.command_api.api_key_secret_ref.is_none() && !obs.command_key).then(|| mint.api_key());
+    let mut keys = Vec::new();
+    let mut generate = |wanted: bool, secret: String, data_key: &'static str| {
+        if wanted {
+            keys.push(objects::NewKey {
+                secret,
+                data_key,
+                value: mint.api_key(),
+            });
+        }
+    };
+    let command = gw.spec.command_api.api_key_secret_ref.is_none() && !obs.command_key;
+    generate(command, Gateway::command_secret_name(&name), "api-key");
     // Made whoever brings the command key: billing never holds that one.
-    let meter_key = (!obs.meter_key).then(|| mint.api_key());
+    generate(!obs.meter_key, Gateway::meter_key_secret_name(&name), "api-key");
     // Always made: a Gateway given a Kafka topic later signs from its first
     // record on.
-    let record_key = (!obs.record_key).then(|| mint.api_key());
+    generate(
+        !obs.record_key,
+        Gateway::record_key_secret_name(&name),
+        RECORD_KEY_SECRET_KEY,
+    );
+    let secrets = objects::pki_writes(gw, &ca.cert_pem, &leaves, keys, &obs.shards_to_write)?;
 
     // The CRL as it will be once the step is applied.
     let previous_number = status.crl_number.map(|n| n as u64).max(obs.last_crl_number);
@@ -369,9 +386,7 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         ca: Some(ca),
         create_ca,
         leaves,
-        command_key,
-        meter_key,
-        record_key,
+        secrets,
         rebuilt: if crl_step == CrlStep::Rebuild {
             crl.entries.clone()
         } else {

@@ -3,10 +3,13 @@
 //! test can say "nothing new was minted".
 
 use super::plan::*;
+use crate::controllers::desired::{applied, created_once};
 use crate::crd::Gateway;
 use crate::crl::CrlState;
 use crate::pki::{self, CaBundle, Issued, LeafRequest, Revocation};
+use fleetward_credentials::keys_secret_names;
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
 
 #[derive(Default)]
@@ -61,6 +64,7 @@ fn settled(first: &Plan, crl: CrlState) -> Observed {
         command_key: true,
         meter_key: true,
         record_key: true,
+        shards_to_write: Vec::new(),
         crl: Some(crl),
         revoked_by_devices: None,
         last_crl_number: None,
@@ -77,6 +81,7 @@ fn new_gateway() -> Observed {
         command_key: false,
         meter_key: false,
         record_key: false,
+        shards_to_write: keys_secret_names("gw"),
         crl: None,
         revoked_by_devices: None,
         last_crl_number: None,
@@ -114,9 +119,36 @@ fn a_new_gateway_gets_a_ca_two_certificates_a_key_and_a_crl() {
         &p.leaves[0].issued.cert_pem,
         &p.ca.as_ref().unwrap().cert_pem
     ));
-    assert_eq!(p.command_key.as_deref(), Some("key-1"));
-    assert_eq!(p.meter_key.as_deref(), Some("key-2"), "billing's scoped key");
-    assert_eq!(p.record_key.as_deref(), Some("key-3"), "the Kafka records' key");
+    let keys: Vec<(String, String)> = created_once::<Secret>(&p.secrets)
+        .into_iter()
+        .flat_map(|s| {
+            let name = s.metadata.name.clone().unwrap();
+            s.string_data
+                .iter()
+                .flatten()
+                .map(move |(_, v)| (name.clone(), v.clone()))
+        })
+        .collect();
+    let keys: Vec<(&str, &str)> = keys.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            ("gw-command-api", "key-1"),
+            ("gw-command-meter", "key-2"),
+            ("gw-record-key", "key-3")
+        ],
+        "the command key, billing's scoped key, the Kafka records' key: each created once"
+    );
+    let applied: Vec<String> = applied::<Secret>(&p.secrets)
+        .into_iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        applied[..2],
+        ["gw-broker-tls", "gw-gateway-client"],
+        "the certificates first"
+    );
+    assert_eq!(applied[2..], keys_secret_names("gw"), "then every keys shard, labelled");
     assert_eq!(p.crl, CrlStep::Create);
     assert_eq!(p.status.crl_number, Some(1));
     assert_eq!(p.status.revoked_certificates, Some(0));
@@ -141,7 +173,7 @@ fn a_settled_gateway_needs_no_new_key_material_and_no_events() {
     let mut mint = Counting::default();
     let p = plan(&gw, settled(&first, CrlState::empty(now)), now + day(1), &mut mint).unwrap();
     assert_eq!((mint.cas, mint.leaves, mint.keys), (0, 0, 0));
-    assert!(!p.create_ca && p.leaves.is_empty() && p.command_key.is_none());
+    assert!(!p.create_ca && p.leaves.is_empty() && p.secrets.is_empty());
     assert_eq!(p.crl, CrlStep::Keep);
     assert!(p.events.is_empty());
     assert_eq!(p.rollout_hash, first.rollout_hash, "nothing restarts the broker");
@@ -242,7 +274,7 @@ fn an_invalid_ca_stops_everything_and_warns_once() {
     obs.ca = CaView::Invalid("missing tls.key".into());
     let mut mint = Counting::default();
     let p = plan(&gw, obs, now, &mut mint).unwrap();
-    assert!(p.ca.is_none() && p.leaves.is_empty() && p.command_key.is_none());
+    assert!(p.ca.is_none() && p.leaves.is_empty() && p.secrets.is_empty());
     assert_eq!(
         (mint.cas, mint.leaves, mint.keys),
         (0, 0, 0),
@@ -287,12 +319,15 @@ fn a_user_supplied_command_key_is_not_generated() {
     let gw = gateway(json!({"commandApi": {"apiKeySecretRef": {"name": "mine", "key": "k"}}}));
     let mut mint = Counting::default();
     let p = plan(&gw, new_gateway(), Timestamp::now(), &mut mint).unwrap();
-    assert!(p.command_key.is_none());
-    assert!(
-        p.meter_key.is_some(),
-        "billing's meter key is the operator's in any case"
+    let created: Vec<String> = created_once::<Secret>(&p.secrets)
+        .into_iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        created,
+        ["gw-command-meter", "gw-record-key"],
+        "no command key; billing's meter key is the operator's in any case"
     );
-    assert!(p.record_key.is_some());
     assert_eq!(mint.keys, 2);
 }
 

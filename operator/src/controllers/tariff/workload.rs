@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use fleetward_tariff::{API_KEY, HTTP_PORT, api_secret_name, workload_name};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{ContainerPort, Secret, Service, ServiceAccount, ServiceSpec};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
@@ -84,44 +84,20 @@ pub fn api_secret(tariff: &Tariff, key: String) -> Result<Secret> {
 /// Tariff's `status.billing`. No Secrets: its keys come as environment.
 pub fn rbac(tariff: &Tariff) -> Result<(ServiceAccount, Role, RoleBinding)> {
     let tariff_name = tariff.name_any();
-    let name = workload_name(&tariff_name);
-    let meta = child_meta(tariff, name.clone())?;
-    let rule = |resources: &str, names: Option<Vec<String>>, verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![crate::crd::GROUP.into()]),
-        resources: Some(vec![resources.into()]),
-        resource_names: names,
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        ..Default::default()
-    };
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(vec![
-            rule("devices", None, &["get", "list", "watch"]),
+    let meta = child_meta(tariff, workload_name(&tariff_name))?;
+    let read = ["get", "list", "watch"];
+    let group = crate::crd::GROUP;
+    Ok(objects::account(
+        meta,
+        tariff.namespace(),
+        vec![
+            objects::rule(group, "devices", None, &read),
             // Its own Tariff only: a list or watch must select it by
             // `metadata.name` (RBAC's rule for resourceNames).
-            rule("tariffs", Some(vec![tariff_name.clone()]), &["get", "list", "watch"]),
-            rule("tariffs/status", Some(vec![tariff_name]), &["patch"]),
-        ]),
-    };
-    let binding = RoleBinding {
-        metadata: meta.clone(),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: tariff.namespace(),
-            ..Default::default()
-        }]),
-    };
-    let sa = ServiceAccount {
-        metadata: meta,
-        ..Default::default()
-    };
-    Ok((sa, role, binding))
+            objects::rule(group, "tariffs", Some(vec![tariff_name.clone()]), &read),
+            objects::rule(group, "tariffs/status", Some(vec![tariff_name]), &["patch"]),
+        ],
+    ))
 }
 
 /// The billing API (bills, payments, accounts) and metrics, in-cluster only.
