@@ -73,3 +73,38 @@ fn want_header(pages: &[String], dir: &std::path::Path) -> String {
     let first = std::fs::read_to_string(dir.join(&pages[0])).unwrap();
     first.lines().next().unwrap().to_string()
 }
+
+/// Names that do not collide in a real cluster: short names other projects
+/// do not take (`gw` is Istio's Gateway, `dv` KubeVirt's DataVolume, `tf`
+/// Flux's Terraform), all in the `fleetward` category (`kubectl get
+/// fleetward`), and a description of each kind for `kubectl explain`
+/// rather than kube-rs's placeholder.
+#[test]
+fn kinds_have_unique_short_names_a_category_and_a_description() {
+    let taken = ["gw", "gtw", "dv", "dev", "tf", "sf", "feed", "tariff"];
+    for (file, def) in crd::all() {
+        let names = &def.spec.names;
+        let short = names.short_names.clone().unwrap_or_default();
+        assert!(!short.is_empty(), "{file}: a short name");
+        for s in &short {
+            assert!(
+                s.starts_with("fw") && !taken.contains(&s.as_str()),
+                "{file}: short name {s}"
+            );
+        }
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["fleetward".to_string()][..]),
+            "{file}"
+        );
+        let schema = def.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref());
+        let description = schema.and_then(|s| s.description.clone()).unwrap_or_default();
+        assert!(
+            description.len() > 40 && !description.contains("Auto-generated"),
+            "{file}: description {description:?}"
+        );
+    }
+}

@@ -20,7 +20,8 @@ use super::{PostgresTarget, SecretKeyRef};
     kind = "Gateway",
     namespaced,
     status = "GatewayStatus",
-    shortname = "gw",
+    shortname = "fwgw",
+    doc = "An MQTT security gateway: its CA, the broker's and the gateway's certificates, a CRL, Mosquitto with mutual TLS, the gateway workload that checks every device message (signature, replay, rate, schema) and forwards it to Kafka, and its command API.",
     category = "fleetward",
     printcolumn(
         name = "Ready",

@@ -16,7 +16,8 @@ use super::SecretKeyRef;
     kind = "StationFeed",
     namespaced,
     status = "StationFeedStatus",
-    shortname = "sf",
+    shortname = "fwfeed",
+    doc = "A bike-station feed: an ingestor polls the station API and produces each record to Kafka; an encryptor encrypts its sensitive fields with the feed's keyring and stores them in PostgreSQL.",
     category = "fleetward",
     printcolumn(
         name = "Ready",
