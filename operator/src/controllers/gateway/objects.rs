@@ -16,7 +16,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
-use super::plan::LeafWrite;
 use crate::controllers::METRICS_PORT;
 use crate::controllers::desired::Write;
 use crate::controllers::objects::{self, service_port};
@@ -24,6 +23,7 @@ use crate::controllers::tls_secret;
 use crate::crd::Gateway;
 use crate::crd::gateway::Provider;
 use crate::ownership::{labels, owner_ref};
+use crate::pki::Issued;
 use crate::{Result, crl};
 
 /// The gateway workload's identity: it may read Secrets in its namespace
@@ -111,14 +111,14 @@ pub struct NewKey {
 pub fn pki_writes(
     gw: &Gateway,
     ca_pem: &str,
-    leaves: &[LeafWrite],
+    leaves: &[(&str, &Issued)],
     keys: Vec<NewKey>,
     shards: &[String],
 ) -> Result<Vec<Write>> {
     let mut writes = Vec::new();
-    for leaf in leaves {
-        let meta = child_meta(gw, leaf.secret.clone())?;
-        let secret = tls_secret(meta, &leaf.issued.cert_pem, &leaf.issued.key_pem, Some(ca_pem), [])?;
+    for (name, issued) in leaves {
+        let meta = child_meta(gw, name.to_string())?;
+        let secret = tls_secret(meta, &issued.cert_pem, &issued.key_pem, Some(ca_pem), [])?;
         writes.push(Write::apply(secret));
     }
     for key in keys {

@@ -316,7 +316,8 @@ pub fn plan(gw: &Gateway, obs: Observed, now: Timestamp, mint: &mut impl Mint) -
         Gateway::record_key_secret_name(&name),
         RECORD_KEY_SECRET_KEY,
     );
-    let secrets = objects::pki_writes(gw, &ca.cert_pem, &leaves, keys, &obs.shards_to_write)?;
+    let issued: Vec<(&str, &Issued)> = leaves.iter().map(|l| (l.secret.as_str(), &l.issued)).collect();
+    let secrets = objects::pki_writes(gw, &ca.cert_pem, &issued, keys, &obs.shards_to_write)?;
 
     // The CRL as it will be once the step is applied.
     let previous_number = status.crl_number.map(|n| n as u64).max(obs.last_crl_number);
