@@ -86,6 +86,7 @@ case "$cmd" in
     # The tests run their own operators from this build; the dev stack's
     # operator reconciling the same kinds would race with them.
     "$DEV" pause-stack-operator
+    trap '"$DEV" resume-stack-operator || true' EXIT
     # shellcheck disable=SC1090
     . "$("$DEV" env)"
     cd "$ROOT"
@@ -105,6 +106,7 @@ case "$cmd" in
     # its keys shards) on the node: it needs the images.
     "$DEV" images node
     "$DEV" pause-stack-operator
+    trap '"$DEV" resume-stack-operator || true' EXIT
     # shellcheck disable=SC1090
     . "$("$DEV" env)"
     cd "$ROOT"

@@ -436,7 +436,7 @@ fleetward local services are up:
   Kubernetes      https://$HOST_IP:$APISERVER_PORT, node $NODE_NAME ($NODE_IP)   (KUBECONFIG=$STATE/kube/kubeconfig)
 $services
 $(stack_summary)
-Use them:   . $ENV_FILE && kubectl get pods,gateways,devices,stationfeeds -A
+Use them:   . $ENV_FILE && kubectl get pods,fleetward -A
 Stop them:  ./deploy.sh dev-down (keeps the stack installed) or ./deploy.sh local-down (removes it)
 EOF
 }
@@ -486,5 +486,6 @@ case "${1:-}" in
   minikube-up) minikube_up ;;
   minikube-down) minikube_down ;;
   pause-stack-operator) export KUBECONFIG=$STATE/kube/kubeconfig; pause_stack_operator ;;
-  *) die "usage: $0 up [--no-stack] [--no-test-services] | down | images [node|minikube] | stack-up | stack-down | minikube-up | minikube-down | status | env" ;;
+  resume-stack-operator) export KUBECONFIG=$STATE/kube/kubeconfig; resume_stack_operator ;;
+  *) die "usage: $0 up [--no-stack] [--no-test-services] | down | images [node|minikube] | stack-up | stack-down | minikube-up | minikube-down | pause-stack-operator | resume-stack-operator | status | env" ;;
 esac

@@ -56,9 +56,12 @@ stack_down() {
   fi
   if [ -x "$CACHE/bin/helm" ] && helm_cmd status "$STACK_RELEASE" -n "$STACK_NS" >/dev/null 2>&1; then
     log "removing the fleet's resources and the release $STACK_RELEASE"
+    # A test or bench may have left the operator paused: it must run to
+    # release the resources' finalizers.
+    resume_stack_operator
     # The resources first, while the operator runs: it revokes and cleans up
     # after them (finalizers); the release and its namespace after.
-    kubectl_cmd -n "$STACK_NS" delete gateways,devices,stationfeeds,tariffs --all --wait=true --timeout=120s \
+    kubectl_cmd -n "$STACK_NS" delete gateways.fleetward.io,devices.fleetward.io,stationfeeds.fleetward.io,tariffs.fleetward.io --all --wait=true --timeout=120s \
       >/dev/null || log "some resources were not deleted in time (kubectl -n $STACK_NS get gateways,devices)"
     helm_cmd uninstall "$STACK_RELEASE" -n "$STACK_NS" --wait --timeout 5m >/dev/null ||
       log "helm uninstall failed; see: helm -n $STACK_NS list"
@@ -77,12 +80,38 @@ no_volumes_of() {
 }
 
 # The dev stack's operator would race the tests' own operators for the
-# same objects: `./deploy.sh test` scales it to zero (`up` restores it).
+# same objects: `./deploy.sh test` and `bench-devices` scale it to zero
+# while they run and back when they end (failed or not), as
+# `resume_stack_operator` does; its replica count waits in $STATE.
 pause_stack_operator() {
-  if kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" >/dev/null 2>&1; then
-    log "scaling the dev stack's operator to 0 while the tests run (./deploy.sh dev-up restores it)"
-    kubectl_cmd -n "$STACK_NS" scale deployment "$STACK_RELEASE-operator" --replicas=0 >/dev/null
+  local replicas
+  replicas=$(kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" \
+    -o jsonpath='{.spec.replicas}' 2>/dev/null) || return 0
+  if [ "${replicas:-0}" -gt 0 ]; then
+    echo "$replicas" >"$STATE/stack-operator-replicas"
   fi
+  log "scaling the dev stack's operator to 0 while the tests run (restored when they end)"
+  kubectl_cmd -n "$STACK_NS" scale deployment "$STACK_RELEASE-operator" --replicas=0 >/dev/null
+}
+
+# Brings a paused stack operator back (to the replicas it had, or the
+# chart's) and waits for it: without it a Device's finalizer is never
+# released, and deleting the stack's namespace hangs.
+resume_stack_operator() {
+  local replicas saved=$STATE/stack-operator-replicas
+  replicas=$(kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" \
+    -o jsonpath='{.spec.replicas}' 2>/dev/null) || return 0
+  [ "${replicas:-0}" -gt 0 ] && { rm -f "$saved"; return 0; }
+  replicas=$(cat "$saved" 2>/dev/null || true)
+  if [ -z "$replicas" ]; then
+    replicas=$(helm_cmd get values "$STACK_RELEASE" -n "$STACK_NS" --all -o json 2>/dev/null |
+      jq -r '.operator.replicas // 1' 2>/dev/null || echo 1)
+  fi
+  log "scaling the dev stack's operator back to $replicas"
+  kubectl_cmd -n "$STACK_NS" scale deployment "$STACK_RELEASE-operator" --replicas="$replicas" >/dev/null
+  kubectl_cmd -n "$STACK_NS" rollout status deployment "$STACK_RELEASE-operator" --timeout=120s >/dev/null ||
+    log "the stack's operator is not available yet: kubectl -n $STACK_NS get pods"
+  rm -f "$saved"
 }
 
 # kubectl port-forward on loopback, like a user reaching a cluster from
@@ -139,7 +168,7 @@ minikube_up() {
   cat >&2 <<EOF
 
 fleetward runs on minikube (namespace $STACK_NS):
-  kubectl -n $STACK_NS get pods,gateways,devices,stationfeeds
+  kubectl -n $STACK_NS get pods,fleetward
   broker:      kubectl -n $STACK_NS port-forward svc/edge 8883:8883
   command API: kubectl -n $STACK_NS port-forward svc/edge-api 8443:8443
   Prometheus:  kubectl -n $STACK_NS port-forward svc/$STACK_RELEASE-prometheus 9090:9090
