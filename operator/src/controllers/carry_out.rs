@@ -84,29 +84,22 @@ where
             // deletion wakes its Devices. An apply checks ownership against
             // the store's copy (the store holds the operator's Secrets; one
             // it lacks is read).
-            let written = match how {
-                How::Apply => {
-                    if o.data.is_some() || o.string_data.is_some() {
-                        ctx.stores.writing_secret(&o, ns);
-                    }
-                    let api = Api::namespaced(ctx.client.clone(), ns);
-                    let known = ctx.stores.secret(ns, &o.name_any());
-                    Some(apply(&api, &o.name_any(), &o, known.as_deref()).await?)
-                }
-                _ => write_object(ctx, ns, o, how).await?,
-            };
-            if let Some(written) = written {
+            if matches!(how, How::Apply) && (o.data.is_some() || o.string_data.is_some()) {
+                ctx.stores.writing_secret(&o, ns);
+            }
+            let known = ctx.stores.secret(ns, &o.name_any());
+            if let Some(written) = write_object(ctx, ns, o, how, known.as_deref()).await? {
                 ctx.stores.wrote_secret(written);
             }
         }
-        Object::ConfigMap(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::ServiceAccount(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::Role(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::RoleBinding(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::Service(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::Deployment(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::StatefulSet(o) => drop(write_object(ctx, ns, o, how).await?),
-        Object::PersistentVolumeClaim(o) => drop(write_object(ctx, ns, o, how).await?),
+        Object::ConfigMap(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::ServiceAccount(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::Role(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::RoleBinding(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::Service(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::Deployment(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::StatefulSet(o) => drop(write_object(ctx, ns, o, how, None).await?),
+        Object::PersistentVolumeClaim(o) => drop(write_object(ctx, ns, o, how, None).await?),
     }
     Ok(())
 }
@@ -120,8 +113,9 @@ enum How {
 }
 
 /// Writes `object` as `how` says (see `Write`); what was written (`None`:
-/// created once before, ours kept).
-async fn write_object<T>(ctx: &Context, ns: &str, object: T, how: How) -> Result<Option<T>>
+/// created once before, ours kept). `known` is the object as a store holds
+/// it: an apply then checks ownership against it instead of reading first.
+async fn write_object<T>(ctx: &Context, ns: &str, object: T, how: How, known: Option<&T>) -> Result<Option<T>>
 where
     T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -132,7 +126,7 @@ where
     let api = Api::namespaced(ctx.client.clone(), ns);
     let name = object.name_any();
     match how {
-        How::Apply => apply(&api, &name, &object, None).await.map(Some),
+        How::Apply => apply(&api, &name, &object, known).await.map(Some),
         How::CreateOnce => create_once(&api, &name, &object).await,
         How::CreateNew => create_new(&api, &name, &object).await.map(Some),
         How::Replace => replace(&api, &name, &object).await.map(Some),
