@@ -78,9 +78,35 @@ struct Args {
     exit_on_stdin_eof: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(operate(args))
+}
+
+/// glibc's malloc gives each thread that allocates its own arena (up to
+/// eight per core) and returns little of an arena's freed memory to the
+/// system; the operator's allocations move between tokio's worker and
+/// blocking threads. Limited to two arenas, `./deploy.sh bench-devices
+/// 10000` peaked at 164–168 MiB until all were Ready, against 193–213 MiB
+/// with the default (docs/src/benchmarks.md, runs L–P). A
+/// `MALLOC_ARENA_MAX` in the environment is left to decide. Called before
+/// any other thread exists.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc parameter; no other thread
+        // exists yet to allocate concurrently.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+async fn operate(args: Args) -> anyhow::Result<()> {
     logging::init(logging::Format::json_if(args.log_json), "info,kube_runtime=warn");
 
     let mut config = Config::default();

@@ -35,7 +35,7 @@ where
     // Secret contents.
     let note = error.to_string();
     tokio::spawn(async move {
-        ctx.event(obj.as_ref(), true, "ReconcileFailed", "Reconcile", note)
+        ctx.repeated_event(obj.as_ref(), "ReconcileFailed", "Reconcile", note)
             .await;
     });
     Action::requeue(wait)

@@ -227,3 +227,35 @@ async fn metrics_report_ready_devices_and_expiry() {
     assert_eq!(http_get(&format!("{}/health", op.base_url)).as_deref(), Some("ok"));
     ns.cleanup().await;
 }
+
+/// Events: a failure published again and again (`repeated_event`, what a
+/// failing reconcile's retries publish) is one event whose series counts
+/// the repeats; news (`event`, what the plans publish once per change) is
+/// one event each, and the operator keeps none of them in memory.
+#[tokio::test]
+async fn repeated_failures_are_one_counted_event_and_news_one_event_each() {
+    let ns = TestNs::new("fw-events").await;
+    ns.apply_yaml(&device_yaml("d1", "no-such-gateway", "")).await;
+    let dev = ns.api::<Device>().get("d1").await.unwrap();
+    let ctx = Context::start(ns.client.clone(), Config::default(), Arc::new(Metrics::default()))
+        .await
+        .expect("context");
+    for _ in 0..3 {
+        ctx.repeated_event(&dev, "TestRepeated", "Test", "the same failure".into())
+            .await;
+    }
+    for n in 0..2 {
+        ctx.event(&dev, false, "TestNews", "Test", format!("news {n}")).await;
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let all = events.list(&ListParams::default()).await.unwrap().items;
+    let of = |reason: &str| -> Vec<_> { all.iter().filter(|e| e.reason.as_deref() == Some(reason)).collect() };
+    let repeated = of("TestRepeated");
+    assert_eq!(repeated.len(), 1, "{repeated:?}");
+    assert_eq!(repeated[0].series.as_ref().map(|s| s.count), Some(3), "{repeated:?}");
+    assert_eq!(repeated[0].type_.as_deref(), Some("Warning"));
+    let news = of("TestNews");
+    assert_eq!(news.len(), 2, "{news:?}");
+    assert!(news.iter().all(|e| e.series.is_none()), "{news:?}");
+    ns.cleanup().await;
+}
