@@ -145,13 +145,26 @@ build_controlplane() {
 }
 
 # helm, from the Go module proxy (pinned), for the chart's tests.
+# With the version flags helm's own Makefile sets: without them `helm
+# version` says v3.22 and `helm template` renders for Kubernetes v1.20 (the
+# default its source carries), so a chart's kubeVersion refused it. The
+# Kubernetes version is the one helm's client-go is built from, as in the
+# Makefile (client-go v0.N → Kubernetes 1.N).
 build_helm() {
-  [ -x "$CACHE/bin/helm" ] && [ -f "$CACHE/bin/.helm-$HELM_VERSION" ] && return 0
+  local stamp=$CACHE/bin/.helm-$HELM_VERSION-v2 dir minor flags
+  [ -x "$CACHE/bin/helm" ] && [ -f "$stamp" ] && return 0
   log "building helm $HELM_VERSION from the Go module proxy"
   mkdir -p "$CACHE/bin"
-  GOBIN=$CACHE/bin go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "helm build failed"
+  dir=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  minor=$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$dir/go.mod")
+  [ -n "$minor" ] || die "no k8s.io/client-go version in helm $HELM_VERSION's go.mod"
+  flags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in pkg/chartutil pkg/lint/rules; do
+    flags="$flags -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$minor"
+  done
+  GOBIN=$CACHE/bin go install -trimpath -ldflags="$flags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "helm build failed"
   rm -f "$CACHE"/bin/.helm-*
-  touch "$CACHE/bin/.helm-$HELM_VERSION"
+  touch "$stamp"
 }
 
 # Third-party clients the tests use as independent peers (PyPI): paho-mqtt

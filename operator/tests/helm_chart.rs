@@ -353,6 +353,11 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         (vec!["--set", "images.pullPolicy=Sometimes"], "pullPolicy"),
         (vec!["--set", "kafka.clusterId=short"], "clusterId"),
         (vec!["--set", "typo=1"], "typo"),
+        // The CRDs' CEL rules need 1.29: an older cluster is named.
+        (
+            vec!["--kube-version", "1.28.3"],
+            "requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.3",
+        ),
         (
             vec!["--set", "kafka.enabled=false"],
             "kafka.bootstrapServers is required",
