@@ -382,3 +382,119 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
     }
     ns.cleanup().await;
 }
+
+/// Whether `user` may `verb` `resource` (group `group`) in `ns`, as the API
+/// server's authorizer answers it.
+async fn may(ns: &TestNs, user: &str, verb: &str, group: &str, resource: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec!["system:serviceaccounts".into(), "system:authenticated".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.name.clone()),
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: kube::Api<SubjectAccessReview> = kube::Api::all(ns.client.clone());
+    let answer = api.create(&Default::default(), &review).await.unwrap();
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+/// A tenant bound to Kubernetes' own `view` in a namespace reads the
+/// fleetward kinds there and changes none; bound to `edit`, manages them;
+/// neither reads Secrets through the chart's roles. Two operator replicas
+/// get a PodDisruptionBudget and a spread over nodes; one gets no budget
+/// (it would block every drain).
+#[tokio::test]
+async fn tenants_get_fleetward_rights_through_the_builtin_roles_and_replicas_a_budget() {
+    install_crds();
+    let chart = repo_root().join("helm/fleetward");
+    let ns = TestNs::new("fw-helm-tenants").await;
+    let release = format!("fw{}", &ns.name[ns.name.len() - 4..]);
+    let roles = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
+        "--namespace",
+        &ns.name,
+        "--show-only",
+        "templates/tenant-rbac.yaml",
+    ]));
+    kubectl_apply(&roles, &[]);
+    ns.apply_yaml(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: viewer}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: editor}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: viewer}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: ServiceAccount, name: viewer}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: editor}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}\n\
+         subjects: [{kind: ServiceAccount, name: editor}]\n",
+    )
+    .await;
+    let viewer = format!("system:serviceaccount:{}:viewer", ns.name);
+    let editor = format!("system:serviceaccount:{}:editor", ns.name);
+    // The controller-manager folds the labelled roles into view and edit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(may(&ns, &viewer, "list", "fleetward.io", "devices").await
+        && may(&ns, &editor, "create", "fleetward.io", "devices").await)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "view/edit never gained the fleetward rules"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    for resource in ["devices", "gateways", "stationfeeds", "tariffs"] {
+        assert!(
+            may(&ns, &viewer, "get", "fleetward.io", resource).await,
+            "view gets {resource}"
+        );
+        assert!(
+            may(&ns, &viewer, "watch", "fleetward.io", resource).await,
+            "view watches {resource}"
+        );
+        for verb in ["create", "patch", "delete"] {
+            assert!(
+                !may(&ns, &viewer, verb, "fleetward.io", resource).await,
+                "view may not {verb} {resource}"
+            );
+            assert!(
+                may(&ns, &editor, verb, "fleetward.io", resource).await,
+                "edit may {verb} {resource}"
+            );
+        }
+    }
+    assert!(!may(&ns, &viewer, "get", "", "secrets").await, "view reads no Secrets");
+
+    let (ok, two, err) = render(&chart, &["--namespace", &ns.name, "--set", "operator.replicas=2"]);
+    assert!(ok, "{err}");
+    assert!(two.contains("kind: PodDisruptionBudget"), "two replicas get a budget");
+    assert!(two.contains("topologyKey: kubernetes.io/hostname"), "and a spread");
+    assert!(two.contains("app.kubernetes.io/component: operator"));
+    kubectl_apply(&two, &["--dry-run=server"]);
+    let (ok, one, err) = render(&chart, &["--namespace", &ns.name]);
+    assert!(ok, "{err}");
+    assert!(!one.contains("kind: PodDisruptionBudget"), "one replica: no budget");
+    let (ok, none, err) = render(
+        &chart,
+        &["--namespace", &ns.name, "--set", "rbac.aggregateToDefaultRoles=false"],
+    );
+    assert!(ok, "{err}");
+    assert!(!none.contains("aggregate-to-view"));
+
+    let _ = Command::new(kubectl())
+        .args([
+            "delete",
+            "clusterrole",
+            &format!("{release}-{}-view", ns.name),
+            &format!("{release}-{}-edit", ns.name),
+        ])
+        .env("KUBECONFIG", env("KUBECONFIG"))
+        .output();
+    ns.cleanup().await;
+}

@@ -7,6 +7,7 @@
 {{/* Labels on every object of the release; `component` names the part. */}}
 {{- define "fleetward.labels" -}}
 app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/component: {{ trimPrefix "fleetward-" .component }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: fleetward
