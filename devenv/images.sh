@@ -177,6 +177,10 @@ RUST_IMAGES=(operator gateway ingestor encryptor billing)
 RUST_PACKAGES=(fleetward-operator fleetward-gateway fleetward-ingestor fleetward-encryptor fleetward-billing)
 RUST_BINARIES=(fleetward-operator crdgen fleetward-gateway fleetward-ingestor fleetward-encryptor fleetward-stations
   fleetward-billing)
+# Tools for the user of the local stack, built with the images' binaries
+# and put in $CACHE/bin (`. .dev/env` adds it to the PATH).
+RUST_TOOLS=(fleetward-simulator)
+TOOL_BINARIES=(fleetward-sim)
 # The newest glibc the images' base (Debian bookworm) has: a binary linked
 # against a newer one would not start in the image.
 BASE_GLIBC=2.36
@@ -206,7 +210,7 @@ image_binaries_mode() {
 # <dir>/out/; refuses a binary that needs a newer glibc than the base's.
 host_release_build() {
   local out=$1/out target_dir=${CARGO_TARGET_DIR:-$ROOT/target} pkgs=() p b need
-  for p in "${RUST_PACKAGES[@]}"; do pkgs+=(-p "$p"); done
+  for p in "${RUST_PACKAGES[@]}" "${RUST_TOOLS[@]}"; do pkgs+=(-p "$p"); done
   if [ "${FLEETWARD_BUILD_TESTS:-0}" = 1 ]; then
     # The binaries are this build's own: cargo builds every binary of a
     # package that has integration tests (they run them) and links it into
@@ -228,6 +232,29 @@ host_release_build() {
       die "$b needs glibc $need, newer than the images' base ($BASE_GLIBC): build with FLEETWARD_IMAGE_BINARIES=build"
     cp "$target_dir/release/$b" "$out/$b"
   done
+  mkdir -p "$CACHE/bin"
+  for b in "${TOOL_BINARIES[@]}"; do
+    [ -x "$target_dir/release/$b" ] || die "the release build made no $target_dir/release/$b"
+    cp "$target_dir/release/$b" "$CACHE/bin/$b.tmp" && mv "$CACHE/bin/$b.tmp" "$CACHE/bin/$b"
+  done
+}
+
+# wait_release_build <pid> <log>: waits for the background release build,
+# saying every 30 s how far it got (a first build takes many minutes), and
+# returns its exit status.
+wait_release_build() {
+  local pid=$1 build_log=$2 total n last waited=0
+  total=$(grep -c '^\[\[package\]\]' "$ROOT/Cargo.lock")
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    waited=$((waited + 1))
+    if ((waited % 30 == 0)); then
+      n=$(grep -c '^ *Compiling ' "$build_log" || true)
+      last=$(grep '^ *Compiling ' "$build_log" | tail -n 1 | awk '{print $2}' || true)
+      log "release build: $n crates compiled (Cargo.lock lists $total; a first build compiles most), now ${last:-resolving}"
+    fi
+  done
+  wait "$pid"
 }
 
 build_product_images() {
@@ -245,7 +272,7 @@ build_product_images() {
     build_base_image
     build_image "$IMAGE_REGISTRY/mosquitto:$FLEETWARD_VERSION" "$ROOT/workloads/mosquitto"
     build_local_images
-    if ! wait "$build_pid"; then
+    if ! wait_release_build "$build_pid" "$build_log"; then
       tail -n 60 "$build_log" >&2
       die "the release build failed (its whole log: $build_log)"
     fi

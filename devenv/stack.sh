@@ -36,6 +36,12 @@ stack_up() {
     kubectl_cmd -n "$STACK_NS" wait --for=condition=Ready "$kind" --all --timeout=180s >/dev/null ||
       die "the example $kind are not Ready: kubectl -n $STACK_NS describe $kind"
   done
+  # The Tariffs once their meters' Gateway is Ready: each deploys its
+  # billing workload (a pod per Tariff).
+  log "applying examples/billing/"
+  kubectl_cmd apply -f "$ROOT/examples/billing/" >/dev/null || die "applying examples/billing/ failed"
+  kubectl_cmd -n "$STACK_NS" wait --for=condition=Ready tariffs --all --timeout=180s >/dev/null ||
+    die "the example tariffs are not Ready: kubectl -n $STACK_NS describe tariffs"
   wait_for 300 "the example workloads' pods" stack_pods_ready
   if [ "$target" = node ]; then
     start_port_forward mqtt "$MQTT_PORT" svc/edge 8883
@@ -142,7 +148,13 @@ stack_summary() {
   MQTT broker     localhost:$MQTT_PORT (mTLS, Gateway $STACK_NS/edge, via kubectl port-forward)
   command API     https://localhost:$COMMAND_PORT/command/<device> (bearer key: Secret edge-command-api; edge-command-meter sends read_meter to meters only)
   Prometheus      http://${prom:-?}:9090 (the host routes Service addresses to the node)
+  billing         kubectl -n $STACK_NS get fwtariff (each Tariff's API: Service <tariff>-billing, bearer key in Secret <tariff>-billing-api)
 EOF
+  if [ -x "$CACHE/bin/fleetward-sim" ]; then
+    echo "  simulator       fleetward-sim --namespace $STACK_NS --port $MQTT_PORT run --gateway edge   (on the PATH after . $ENV_FILE)"
+  else
+    echo "  simulator       cargo run --release -p fleetward-simulator --bin fleetward-sim -- --namespace $STACK_NS --port $MQTT_PORT run --gateway edge"
+  fi
 }
 
 # minikube: the same images, built by minikube's own container runtime from
