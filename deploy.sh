@@ -79,7 +79,7 @@ case "$cmd" in
     trap 'kill "$early_build" 2>/dev/null || true' EXIT
     "$DEV" up --no-stack
     t1=$SECONDS
-    FLEETWARD_BUILD_TESTS=1 "$DEV" images node
+    FLEETWARD_BUILD_TESTS=1 FLEETWARD_EARLY_BUILD_LOG="$ROOT/.dev/logs/release-build-early.log" "$DEV" images node
     wait "$early_build" || true
     trap - EXIT
     t2=$SECONDS

@@ -241,16 +241,19 @@ host_release_build() {
 
 # wait_release_build <pid> <log>: waits for the background release build,
 # saying every 30 s how far it got (a first build takes many minutes), and
-# returns its exit status.
+# returns its exit status. `./deploy.sh test` starts the same build earlier
+# (FLEETWARD_EARLY_BUILD_LOG): this one waits on cargo's lock meanwhile, and
+# the progress is that build's.
 wait_release_build() {
-  local pid=$1 build_log=$2 total n last waited=0
+  local pid=$1 logs=("$2") total n last waited=0
+  [ -f "${FLEETWARD_EARLY_BUILD_LOG:-}" ] && logs=("$FLEETWARD_EARLY_BUILD_LOG" "$2")
   total=$(grep -c '^\[\[package\]\]' "$ROOT/Cargo.lock")
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     waited=$((waited + 1))
     if ((waited % 30 == 0)); then
-      n=$(grep -c '^ *Compiling ' "$build_log" || true)
-      last=$(grep '^ *Compiling ' "$build_log" | tail -n 1 | awk '{print $2}' || true)
+      n=$(cat "${logs[@]}" | grep -c '^ *Compiling ' || true)
+      last=$(cat "${logs[@]}" | grep '^ *Compiling ' | tail -n 1 | awk '{print $2}' || true)
       log "release build: $n crates compiled (Cargo.lock lists $total; a first build compiles most), now ${last:-resolving}"
     fi
   done
