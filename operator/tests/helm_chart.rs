@@ -54,6 +54,32 @@ fn kubectl_apply(manifest: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A release name of the test namespace's own: cluster-scoped objects of
+/// two tests' releases do not collide.
+fn release_of(ns: &TestNs) -> String {
+    format!("fw{}", &ns.name[ns.name.len() - 4..])
+}
+
+/// One template of the chart, rendered for `release` in `ns`.
+fn show_only(chart: &std::path::Path, release: &str, ns: &TestNs, template: &str) -> String {
+    run(Command::new(helm()).args(["template", release]).arg(chart).args([
+        "--namespace",
+        &ns.name,
+        "--show-only",
+        template,
+    ]))
+}
+
+/// Removes cluster-scoped objects a test made (`kind` may list several,
+/// comma-separated); its outcome is not checked.
+fn kubectl_delete(kind: &str, names: &[String]) {
+    let _ = Command::new(kubectl())
+        .args(["delete", kind])
+        .args(names)
+        .env("KUBECONFIG", env("KUBECONFIG"))
+        .output();
+}
+
 #[tokio::test]
 async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
     install_crds();
@@ -61,7 +87,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
     run(Command::new(helm()).arg("lint").arg(&chart));
 
     let ns = TestNs::new("fw-helm").await;
-    let release = format!("fw{}", &ns.name[ns.name.len() - 4..]);
+    let release = release_of(&ns);
     let rendered = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
         "--namespace",
         &ns.name,
@@ -86,12 +112,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
 
     // Install only the RBAC objects for real, then run the operator (on
     // the host, from this build) as that ServiceAccount.
-    let rbac = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
-        "--namespace",
-        &ns.name,
-        "--show-only",
-        "templates/operator-rbac.yaml",
-    ]));
+    let rbac = show_only(&chart, &release, &ns, "templates/operator-rbac.yaml");
     kubectl_apply(&rbac, &[]);
     let sa = format!("system:serviceaccount:{}:{release}-operator", ns.name);
     let kubeconfig = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
@@ -211,14 +232,10 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
         refusals.join("\n")
     );
     assert!(!log.contains("could not publish event"), "events refused:\n{log}");
-    let _ = Command::new(kubectl())
-        .args([
-            "delete",
-            "clusterrole,clusterrolebinding",
-            &format!("{release}-{}-operator", ns.name),
-        ])
-        .env("KUBECONFIG", env("KUBECONFIG"))
-        .output();
+    kubectl_delete(
+        "clusterrole,clusterrolebinding",
+        &[format!("{release}-{}-operator", ns.name)],
+    );
     ns.cleanup().await;
 }
 
@@ -417,13 +434,8 @@ async fn tenants_get_fleetward_rights_through_the_builtin_roles_and_replicas_a_b
     install_crds();
     let chart = repo_root().join("helm/fleetward");
     let ns = TestNs::new("fw-helm-tenants").await;
-    let release = format!("fw{}", &ns.name[ns.name.len() - 4..]);
-    let roles = run(Command::new(helm()).args(["template", &release]).arg(&chart).args([
-        "--namespace",
-        &ns.name,
-        "--show-only",
-        "templates/tenant-rbac.yaml",
-    ]));
+    let release = release_of(&ns);
+    let roles = show_only(&chart, &release, &ns, "templates/tenant-rbac.yaml");
     kubectl_apply(&roles, &[]);
     ns.apply_yaml(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: viewer}\n---\n\
@@ -439,16 +451,18 @@ async fn tenants_get_fleetward_rights_through_the_builtin_roles_and_replicas_a_b
     let viewer = format!("system:serviceaccount:{}:viewer", ns.name);
     let editor = format!("system:serviceaccount:{}:editor", ns.name);
     // The controller-manager folds the labelled roles into view and edit.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !(may(&ns, &viewer, "list", "fleetward.io", "devices").await
-        && may(&ns, &editor, "create", "fleetward.io", "devices").await)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "view/edit never gained the fleetward rules"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
+    wait_for(
+        "view and edit to gain the fleetward rules (view lists, edit creates Devices)",
+        30,
+        || async {
+            Some((
+                may(&ns, &viewer, "list", "fleetward.io", "devices").await,
+                may(&ns, &editor, "create", "fleetward.io", "devices").await,
+            ))
+        },
+        |&(lists, creates)| lists && creates,
+    )
+    .await;
     for resource in ["devices", "gateways", "stationfeeds", "tariffs"] {
         assert!(
             may(&ns, &viewer, "get", "fleetward.io", resource).await,
@@ -487,14 +501,12 @@ async fn tenants_get_fleetward_rights_through_the_builtin_roles_and_replicas_a_b
     assert!(ok, "{err}");
     assert!(!none.contains("aggregate-to-view"));
 
-    let _ = Command::new(kubectl())
-        .args([
-            "delete",
-            "clusterrole",
-            &format!("{release}-{}-view", ns.name),
-            &format!("{release}-{}-edit", ns.name),
-        ])
-        .env("KUBECONFIG", env("KUBECONFIG"))
-        .output();
+    kubectl_delete(
+        "clusterrole",
+        &[
+            format!("{release}-{}-view", ns.name),
+            format!("{release}-{}-edit", ns.name),
+        ],
+    );
     ns.cleanup().await;
 }
