@@ -89,10 +89,14 @@ no_volumes_of() {
 # same objects: `./deploy.sh test` and `bench-devices` scale it to zero
 # while they run and back when they end (failed or not), as
 # `resume_stack_operator` does; its replica count waits in $STATE.
+# The stack operator's replica count; fails when it is not installed.
+stack_operator_replicas() {
+  kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" -o jsonpath='{.spec.replicas}' 2>/dev/null
+}
+
 pause_stack_operator() {
   local replicas
-  replicas=$(kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" \
-    -o jsonpath='{.spec.replicas}' 2>/dev/null) || return 0
+  replicas=$(stack_operator_replicas) || return 0
   if [ "${replicas:-0}" -gt 0 ]; then
     echo "$replicas" >"$STATE/stack-operator-replicas"
   fi
@@ -105,8 +109,7 @@ pause_stack_operator() {
 # released, and deleting the stack's namespace hangs.
 resume_stack_operator() {
   local replicas saved=$STATE/stack-operator-replicas
-  replicas=$(kubectl_cmd -n "$STACK_NS" get deployment "$STACK_RELEASE-operator" \
-    -o jsonpath='{.spec.replicas}' 2>/dev/null) || return 0
+  replicas=$(stack_operator_replicas) || return 0
   [ "${replicas:-0}" -gt 0 ] && { rm -f "$saved"; return 0; }
   replicas=$(cat "$saved" 2>/dev/null || true)
   if [ -z "$replicas" ]; then
