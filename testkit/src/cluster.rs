@@ -17,8 +17,21 @@ use serde::de::DeserializeOwned;
 
 use crate::wait::wait_for;
 
+/// The checkout the tests run from: the running package's directory (cargo
+/// sets `CARGO_MANIFEST_DIR` for `cargo test`) up to the workspace's
+/// Cargo.lock. Not testkit's compile-time path: another checkout sharing
+/// the target directory (CI's cache) may have built this crate, and cargo
+/// reuses it unchanged.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+    package
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", package.display()))
+        .canonicalize()
+        .unwrap()
 }
 
 /// A service endpoint from the environment, or from `.dev/env` written by
