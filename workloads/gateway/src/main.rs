@@ -8,6 +8,7 @@ use fleetward_gateway::checks::{Limits, Validator};
 use fleetward_gateway::command::{self, ApiState};
 use fleetward_gateway::config::Config;
 use fleetward_gateway::forward::Sinks;
+use fleetward_gateway::liveness::Liveness;
 use fleetward_gateway::metrics::Metrics;
 use fleetward_gateway::pipeline::Pipeline;
 use fleetward_gateway::registry::Registry;
@@ -171,10 +172,13 @@ async fn main() -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let liveness = Arc::new(Liveness::new(metrics.clone()));
+    tokio::spawn(liveness.clone().run(registry.clone()));
     let pipeline = Pipeline {
         validator,
         replay,
         registry,
+        liveness,
         sinks,
         audit,
         metrics: metrics.clone(),

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the gateway.
 
 use fleetward_protocol::Rejection;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Buckets from 50 µs to 5 s, for the gateway's own sub-millisecond times.
 const FINE_BUCKETS: [f64; 16] = [
@@ -32,6 +34,12 @@ pub struct Metrics {
     pub qos0_dropped: IntCounter,
     pub mqtt_connected: IntGauge,
     pub crl_reloads: IntCounter,
+    /// Per device: its last message that passed the checks (see `liveness`).
+    pub device_last_seen: GaugeVec,
+    /// Devices whose last message is at most three of their reports old.
+    pub devices_online: IntGauge,
+    /// Each category's reporting cadence, for the silent-device alert.
+    pub category_cadence: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -127,6 +135,27 @@ impl Default for Metrics {
                 "CRL files written for Mosquitto (its plugin has it reload each)",
             )
             .expect("metric"),
+            device_last_seen: GaugeVec::new(
+                Opts::new(
+                    "fleetward_gateway_device_last_seen_timestamp_seconds",
+                    "When the device's last message that passed the checks arrived, as a Unix timestamp",
+                ),
+                &["device", "category"],
+            )
+            .expect("metric"),
+            devices_online: IntGauge::new(
+                "fleetward_gateway_devices_online",
+                "Devices whose last message is at most three of their category's reports old",
+            )
+            .expect("metric"),
+            category_cadence: GaugeVec::new(
+                Opts::new(
+                    "fleetward_gateway_category_cadence_seconds",
+                    "Seconds between two reports of a device of the category",
+                ),
+                &["category"],
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -146,6 +175,9 @@ impl Default for Metrics {
             Box::new(m.qos0_dropped.clone()),
             Box::new(m.mqtt_connected.clone()),
             Box::new(m.crl_reloads.clone()),
+            Box::new(m.device_last_seen.clone()),
+            Box::new(m.devices_online.clone()),
+            Box::new(m.category_cadence.clone()),
         ] {
             m.registry.register(c).expect("registered once");
         }

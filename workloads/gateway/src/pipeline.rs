@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::audit::{Audit, AuditEvent, RefusalAudit};
 use crate::checks::{At, Incoming, Validator};
 use crate::forward::Sinks;
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replay_store::ReplayStore;
@@ -28,6 +29,7 @@ pub struct Pipeline {
     pub validator: Validator,
     pub replay: ReplayStore,
     pub registry: Arc<Registry>,
+    pub liveness: Arc<Liveness>,
     pub sinks: Arc<Sinks>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
@@ -42,6 +44,7 @@ impl Pipeline {
             mut validator,
             mut replay,
             registry,
+            liveness,
             sinks,
             audit,
             metrics,
@@ -55,11 +58,8 @@ impl Pipeline {
             .map(|(publish, received)| {
                 waiting.fetch_sub(publish.payload.len(), Ordering::Relaxed);
                 let clock = Instant::now();
-                let at = At::received(
-                    crate::mqtt::broker_received_ms(&publish, receipt.get()),
-                    chrono::Utc::now().timestamp_millis(),
-                    clock,
-                );
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let at = At::received(crate::mqtt::broker_received_ms(&publish, receipt.get()), now_ms, clock);
                 let incoming = Incoming {
                     // The broker only delivers UTF-8 topic names (MQTT 5 §1.5.4);
                     // anything else fails the topic check.
@@ -71,7 +71,10 @@ impl Pipeline {
                 metrics.replay_cache.set(validator.replay_entries() as i64);
                 // Refusals are counted, and audited on a budget, here.
                 match &verdict {
-                    Ok(_) => refusals.tick(clock),
+                    Ok(msg) => {
+                        refusals.tick(clock);
+                        liveness.seen(&msg.device_id, msg.category, now_ms as f64 / 1000.0);
+                    }
                     Err(refused) => {
                         let reason = refused.rejection.reason();
                         metrics.messages.with_label_values(&["rejected", reason]).inc();
