@@ -183,6 +183,7 @@ pub async fn run(
     .map_err(Error::HttpClient)?;
     let producer = producer(&args.kafka_brokers)?;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.poll_interval_seconds));
+    metrics.poll_interval.set(args.poll_interval_seconds as f64);
     // A poll that overran (retries) is not followed by a burst of catch-up polls.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(

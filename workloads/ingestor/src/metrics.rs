@@ -13,6 +13,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub retries: IntCounter,
     pub last_success: Gauge,
+    /// The configured seconds between polls, for the stale-feed alert.
+    pub poll_interval: Gauge,
     pub poll_duration: Histogram,
 }
 
@@ -49,6 +51,11 @@ impl Default for Metrics {
             "Unix time of the last poll whose stations all reached Kafka",
         )
         .expect("valid metric");
+        let poll_interval = Gauge::new(
+            "fleetward_ingestor_poll_interval_seconds",
+            "Seconds between two polls of the station source (the StationFeed's pollIntervalSeconds)",
+        )
+        .expect("valid metric");
         let poll_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "fleetward_ingestor_poll_duration_seconds",
@@ -64,6 +71,7 @@ impl Default for Metrics {
             Box::new(errors.clone()),
             Box::new(retries.clone()),
             Box::new(last_success.clone()),
+            Box::new(poll_interval.clone()),
             Box::new(poll_duration.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -76,6 +84,7 @@ impl Default for Metrics {
             errors,
             retries,
             last_success,
+            poll_interval,
             poll_duration,
         }
     }
