@@ -65,6 +65,17 @@ async fn valid_messages_reach_backend_and_kafka_and_reply_reaches_device() {
     }
     assert_eq!(h.gateway.accepted(), 5.0);
     assert!(h.gateway.metric("fleetward_gateway_mqtt_messages_total") >= 5.0);
+    // The device was seen just now, and counts online once the gateway's
+    // sweep (every 10 s) has run.
+    let seen = h.gateway.metric(&format!(
+        r#"fleetward_gateway_device_last_seen_timestamp_seconds{{category="{WEATHER}",device="d1"}}"#
+    ));
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    assert!((0.0..60.0).contains(&(now - seen)), "last seen {seen}, now {now}");
+    wait_until("d1 counted online", 20, || async {
+        h.gateway.metric("fleetward_gateway_devices_online") == 1.0
+    })
+    .await;
     h.ns.cleanup().await;
 }
 

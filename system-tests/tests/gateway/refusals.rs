@@ -327,6 +327,14 @@ async fn a_command_republished_as_data_is_refused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.gateway.accepted(), 0.0, "a command was accepted as data");
     assert_eq!(h.gateway.rejected("bad_signature"), 2.0, "{}", h.gateway.metrics());
+    // A refused message is no sign of life: the lock was never seen.
+    assert!(
+        !h.gateway
+            .metrics()
+            .contains("fleetward_gateway_device_last_seen_timestamp_seconds{"),
+        "{}",
+        h.gateway.metrics()
+    );
     h.audit_has("refused as a bad signature", |r| {
         r.0 == "rejected" && r.1.as_deref() == Some("bad_signature") && r.2.as_deref() == Some("lock-2")
     })
