@@ -5,6 +5,12 @@
 log() { TZ=UTC printf '==> %(%H:%M:%S)T %s\n' -1 "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Prometheus: the local stack's server (devenv/images.sh) and the rules'
+# promtool (devenv/lint.sh) come from this module version (v0.316.0 is
+# Prometheus 3.16.0).
+PROMETHEUS_VERSION=3.16.0
+PROMETHEUS_MODULE_VERSION=v0.316.0
+
 # Go may live outside the PATH (/usr/local/go/bin on a fresh machine).
 go_cmd() {
   if command -v go >/dev/null 2>&1; then

@@ -24,15 +24,18 @@ IMAGE_DIR=$CACHE/images
 DEBIAN_MIRROR=${FLEETWARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY_MIRROR=${FLEETWARD_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
-# Prometheus from its Go module (see devenv/images/prometheus/Dockerfile):
-# module version v0.316.0 is Prometheus 3.16.0.
-PROMETHEUS_VERSION=3.16.0
-PROMETHEUS_MODULE=github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
+# Prometheus from its Go module (see devenv/images/prometheus/Dockerfile;
+# the version is in devenv/common.sh).
+PROMETHEUS_MODULE=github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION
+# Alertmanager likewise (devenv/images/alertmanager/Dockerfile).
+ALERTMANAGER_VERSION=0.35.0
+ALERTMANAGER_MODULE=github.com/prometheus/alertmanager
 
 # The project's images: name -> how to build them.
 PRODUCT_IMAGES=(operator gateway ingestor encryptor billing mosquitto)
 # The local stack's images (tag -> build directory under devenv/images).
-LOCAL_IMAGES=(postgres:15 kafka:4.1.1 "prometheus:$PROMETHEUS_VERSION" station-api:0.1.0)
+LOCAL_IMAGES=(postgres:15 kafka:4.1.1 "prometheus:$PROMETHEUS_VERSION" "alertmanager:$ALERTMANAGER_VERSION"
+  station-api:0.1.0)
 
 # TMPDIR: buildah keeps RUN --mount=type=cache directories under it.
 bah() {
@@ -117,6 +120,30 @@ build_prometheus() {
   touch "$CACHE/bin/.prometheus-$PROMETHEUS_VERSION"
 }
 
+# Its module ships the web UI's sources, not the built assets it embeds
+# (a JavaScript and Elm build); the build gets a one-page stand-in for them,
+# so the server builds unchanged: the API (/api/v2) is all the stack uses.
+build_alertmanager() {
+  [ -x "$CACHE/bin/alertmanager" ] && [ -f "$CACHE/bin/.alertmanager-$ALERTMANAGER_VERSION" ] && return 0
+  log "building Alertmanager $ALERTMANAGER_VERSION from the Go module proxy (API only, no web UI)"
+  local src work=$CACHE/alertmanager-src
+  src=$(go mod download -json "$ALERTMANAGER_MODULE@v$ALERTMANAGER_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -d "$src" ] || die "could not download $ALERTMANAGER_MODULE@v$ALERTMANAGER_VERSION"
+  rm -rf "$work" && cp -r "$src" "$work" && chmod -R u+w "$work"
+  local ui
+  for ui in elm mantine; do
+    mkdir -p "$work/ui/app/dist/$ui"
+    echo '<p>Alertmanager built without its web UI: see /api/v2/alerts</p>' >"$work/ui/app/dist/$ui/index.html"
+  done
+  mkdir -p "$CACHE/bin"
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -o "$CACHE/bin/alertmanager" \
+    -ldflags="-s -w -X github.com/prometheus/common/version.Version=$ALERTMANAGER_VERSION" ./cmd/alertmanager) ||
+    die "Alertmanager build failed"
+  rm -rf "$work"
+  rm -f "$CACHE"/bin/.alertmanager-*
+  touch "$CACHE/bin/.alertmanager-$ALERTMANAGER_VERSION"
+}
+
 # The local stack's stand-ins for public images (once per run: the
 # prebuilt path below makes them while the workspace compiles).
 build_local_images() {
@@ -140,6 +167,13 @@ build_local_images() {
         rm -rf "$ctx" && mkdir -p "$ctx"
         cp "$CACHE/bin/prometheus" "$ctx/"
         build_image "localhost/fleetward/$item" "$ctx" -f "$ROOT/devenv/images/prometheus/Dockerfile"
+        rm -rf "$ctx"
+        ;;
+      alertmanager)
+        build_alertmanager
+        rm -rf "$ctx" && mkdir -p "$ctx"
+        cp "$CACHE/bin/alertmanager" "$ctx/"
+        build_image "localhost/fleetward/$item" "$ctx" -f "$ROOT/devenv/images/alertmanager/Dockerfile"
         rm -rf "$ctx"
         ;;
       station-api)
@@ -208,6 +242,14 @@ image_binaries_mode() {
 
 # host_release_build <dir>: the release binaries, compiled here, copied to
 # <dir>/out/; refuses a binary that needs a newer glibc than the base's.
+# kill_tree <pid>: the process and everything it started (a build's
+# subshells, cargo and its rustc), children first.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+
 host_release_build() {
   local out=$1/out target_dir=${CARGO_TARGET_DIR:-$ROOT/target} pkgs=() p b need
   for p in "${RUST_PACKAGES[@]}" "${RUST_TOOLS[@]}"; do pkgs+=(-p "$p"); done
@@ -252,8 +294,8 @@ wait_release_build() {
     sleep 1
     waited=$((waited + 1))
     if ((waited % 30 == 0)); then
-      n=$(cat "${logs[@]}" | grep -c '^ *Compiling ' || true)
-      last=$(cat "${logs[@]}" | grep '^ *Compiling ' | tail -n 1 | awk '{print $2}' || true)
+      n=$(cat "${logs[@]}" | grep -ac '^ *Compiling ' || true)
+      last=$(cat "${logs[@]}" | grep -a '^ *Compiling ' | tail -n 1 | awk '{print $2}' || true)
       log "release build: $n crates compiled (Cargo.lock lists $total; a first build compiles most), now ${last:-resolving}"
     fi
   done
@@ -272,6 +314,9 @@ build_product_images() {
     log "compiling the workspace in release (log: $build_log) while the other images are made"
     host_release_build "$ctx" >"$build_log" 2>&1 &
     build_pid=$!
+    # An image below that fails ends the script: the build goes with it
+    # (left running, it would write into the next run's log).
+    trap 'kill_tree $build_pid' EXIT
     build_base_image
     build_image "$IMAGE_REGISTRY/mosquitto:$FLEETWARD_VERSION" "$ROOT/workloads/mosquitto"
     build_local_images
@@ -279,6 +324,7 @@ build_product_images() {
       tail -n 60 "$build_log" >&2
       die "the release build failed (its whole log: $build_log)"
     fi
+    trap - EXIT
     cat "$build_log" >&2
     for target in "${RUST_IMAGES[@]}"; do
       build_image "$IMAGE_REGISTRY/$target:$FLEETWARD_VERSION" "$ctx" -f "$ROOT/Dockerfile" --target "$target" \

@@ -4,12 +4,15 @@
 #      checks every `run:` block);
 #   2. shellcheck on every shell script: *.sh, and files whose first line
 #      names bash or sh (deploy.sh, .ci/run, …), outside .git, .cache, .dev
-#      and target*.
+#      and target*;
+#   3. the chart's alert rules: `promtool check rules` and `promtool test
+#      rules` (every rule's cases in helm/fleetward/alerts/*.test.yaml).
 #
 #   devenv/lint.sh
 #
-# actionlint is built once from the Go module proxy into .cache/bin (pinned,
-# with a version stamp, as devenv/dev.sh builds helm); shellcheck is the
+# actionlint and promtool are built once from the Go module proxy into
+# .cache/bin (pinned, with a version stamp, as devenv/dev.sh builds helm);
+# shellcheck is the
 # Debian package, installed when running as root with apt-get.
 set -euo pipefail
 
@@ -28,6 +31,18 @@ build_actionlint() {
     "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" || die "actionlint build failed"
   rm -f "$CACHE"/bin/.actionlint-*
   touch "$CACHE/bin/.actionlint-$ACTIONLINT_VERSION"
+}
+
+build_promtool() {
+  [ -x "$CACHE/bin/promtool" ] && [ -f "$CACHE/bin/.promtool-$PROMETHEUS_VERSION" ] && return 0
+  log "building promtool $PROMETHEUS_VERSION from the Go module proxy"
+  mkdir -p "$CACHE/bin"
+  GOBIN=$CACHE/bin CGO_ENABLED=0 go_cmd install -trimpath \
+    -ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" ||
+    die "promtool build failed"
+  rm -f "$CACHE"/bin/.promtool-*
+  touch "$CACHE/bin/.promtool-$PROMETHEUS_VERSION"
 }
 
 need_shellcheck() {
@@ -57,6 +72,7 @@ main() {
   cd "$ROOT"
   need_shellcheck
   build_actionlint
+  build_promtool
   local status=0 scripts=()
   log "actionlint .github/workflows ($("$CACHE/bin/actionlint" -version | head -1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p'))"
   "$CACHE/bin/actionlint" -no-color || status=1
@@ -64,8 +80,13 @@ main() {
   log "shellcheck ${scripts[*]}"
   # -x: follow `source`s (paths relative to the root, as the scripts name them).
   shellcheck -x "${scripts[@]}" || status=1
+  local rules=helm/fleetward/alerts/fleetward.rules.yaml
+  log "promtool check rules $rules; promtool test rules ${rules%.yaml}.test.yaml"
+  "$CACHE/bin/promtool" check rules "$rules" || status=1
+  "$CACHE/bin/promtool" test rules "${rules%.yaml}.test.yaml" || status=1
   [ "$status" = 0 ] || die "lint found problems (above)"
-  log "lint clean: ${#scripts[@]} shell scripts, $(find .github/workflows -name '*.yml' | wc -l) workflows"
+  log "lint clean: ${#scripts[@]} shell scripts, $(find .github/workflows -name '*.yml' | wc -l) workflows," \
+    "$(grep -c '^ *- alert:' "$rules") alert rules"
 }
 
 main "$@"

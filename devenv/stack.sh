@@ -144,13 +144,16 @@ stack_summary() {
     echo "  stack           not installed (./deploy.sh dev-up installs it)"
     return 0
   }
-  local prom
+  local prom am rules
   prom=$(kubectl_cmd -n "$STACK_NS" get svc "$STACK_RELEASE-prometheus" -o jsonpath='{.spec.clusterIP}' 2>/dev/null)
+  am=$(kubectl_cmd -n "$STACK_NS" get svc "$STACK_RELEASE-alertmanager" -o jsonpath='{.spec.clusterIP}' 2>/dev/null)
+  rules=$(curl -fsS --max-time 5 "http://$prom:9090/api/v1/rules?type=alert" 2>/dev/null | grep -o '"type":"alerting"' | wc -l)
   cat <<EOF
   stack           helm release $STACK_RELEASE in namespace $STACK_NS (kubectl -n $STACK_NS get pods)
   MQTT broker     localhost:$MQTT_PORT (mTLS, Gateway $STACK_NS/edge, via kubectl port-forward)
   command API     https://localhost:$COMMAND_PORT/command/<device> (bearer key: Secret edge-command-api; edge-command-meter sends read_meter to meters only)
-  Prometheus      http://${prom:-?}:9090 (the host routes Service addresses to the node)
+  Prometheus      http://${prom:-?}:9090 (the host routes Service addresses to the node), $rules alert rules loaded
+  Alertmanager    http://${am:-?}:9093/api/v2/alerts (what fires; route it: alertmanager.webhookUrl or .config)
   billing         kubectl -n $STACK_NS get fwtariff (each Tariff's API: Service <tariff>-billing, bearer key in Secret <tariff>-billing-api)
 EOF
   if [ -x "$CACHE/bin/fleetward-sim" ]; then

@@ -320,12 +320,51 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
             &ns.name,
             "--api-versions",
             "monitoring.coreos.com/v1/PodMonitor",
+            "--api-versions",
+            "monitoring.coreos.com/v1/PrometheusRule",
         ],
     );
     assert!(ok, "{err}");
     assert!(
         with_operator.contains("kind: PodMonitor"),
         "a PodMonitor with the Prometheus Operator"
+    );
+    // The PrometheusRule holds the very rules the chart's Prometheus loads.
+    let rules_file: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart.join("alerts/fleetward.rules.yaml")).unwrap()).unwrap();
+    let rule = with_operator
+        .split("\n---")
+        .find(|doc| doc.contains("kind: PrometheusRule"))
+        .expect("a PrometheusRule with the Prometheus Operator");
+    let rule: serde_yaml::Value = serde_yaml::from_str(rule).unwrap();
+    assert_eq!(rule["spec"], rules_file, "the PrometheusRule is the rules file");
+    assert!(
+        !all.contains("kind: PrometheusRule"),
+        "no PrometheusRule without the operator"
+    );
+    let prometheus_config = all
+        .split("\n---")
+        .find(|doc| doc.contains("name: fw-prometheus\n") && doc.contains("kind: ConfigMap"))
+        .expect("the Prometheus ConfigMap");
+    let prometheus_config: serde_yaml::Value = serde_yaml::from_str(prometheus_config).unwrap();
+    let loaded: serde_yaml::Value =
+        serde_yaml::from_str(prometheus_config["data"]["fleetward.rules.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(loaded, rules_file, "the chart's Prometheus loads the rules file");
+
+    // Alertmanager: a webhook, or a whole configuration as given.
+    let (ok, custom, err) = render(
+        &chart,
+        &[
+            "--set",
+            "alertmanager.config.route.receiver=ops",
+            "--set",
+            "alertmanager.config.receivers[0].name=ops",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        custom.contains("alertmanager.yml: |\n    receivers:\n    - name: ops\n    route:\n      receiver: ops\n"),
+        "the given configuration, as it is: {custom}"
     );
 
     // Production: no bundled services, the operator pointed elsewhere.
@@ -352,6 +391,10 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         "no bundled PostgreSQL or Kafka"
     );
     assert!(
+        !production.contains("alertmanager"),
+        "no Alertmanager without the chart's Prometheus"
+    );
+    assert!(
         production.contains("b-1.example:9092"),
         "the operator uses the given Kafka"
     );
@@ -370,6 +413,7 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         (vec!["--set", "images.pullPolicy=Sometimes"], "pullPolicy"),
         (vec!["--set", "kafka.clusterId=short"], "clusterId"),
         (vec!["--set", "typo=1"], "typo"),
+        (vec!["--set", "alertmanager.webhookUrl=hooks.example.com"], "webhookUrl"),
         // The CRDs' CEL rules need 1.29: an older cluster is named.
         (
             vec!["--kube-version", "1.28.3"],
