@@ -6,12 +6,18 @@
 //! fails panics with the command's own output.
 
 pub mod gateway;
+pub mod webhook;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 pub use fleetward_testkit::{env, repo_root};
+
+/// The host's address on the link to the node (pods reach it).
+pub fn host_ip() -> String {
+    env("FLEETWARD_HOST_IP")
+}
 
 /// The local node's address (NodePorts listen there).
 pub fn node_ip() -> String {

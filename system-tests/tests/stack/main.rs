@@ -26,6 +26,11 @@
 //! 8. The gateway pod is deleted while devices publish at QoS 1: it comes
 //!    back and no message is lost.
 //! 9. The leader operator pod is deleted: the standby takes over.
+//!    Alerts: the chart's rules are loaded and none fires for the
+//!    healthy stack; once the devices stop, the silent thermometer's alert
+//!    reaches the webhook receiver the test runs (through the chart's
+//!    Alertmanager), and so does the alert of a StationFeed pointed at a
+//!    source that answers 404 (`alerts.rs`).
 //! 10. The examples are deleted and `helm uninstall` leaves no pod behind.
 //!
 //! It prints its timings (install → Ready, latency percentiles, wall time).
@@ -34,9 +39,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use fleetward_simulator::attack::{self, Attack, AttackOptions};
+use fleetward_system_tests::webhook::AlertReceiver;
 use fleetward_system_tests::*;
 use fleetward_testkit::{percentile, wait_until_blocking};
 
+mod alerts;
 mod billing;
 mod support;
 
@@ -52,6 +59,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     let _teardown = Teardown { namespace: ns.clone() };
     let chart = repo_root().join("helm/fleetward");
     let values = repo_root().join("devenv/values-local.yaml");
+    let receiver = AlertReceiver::start(&host_ip());
 
     // 1. Install.
     let t = Instant::now();
@@ -66,6 +74,10 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         values.to_str().unwrap(),
         "--set",
         "operator.replicas=2",
+        "--set",
+        &format!("alertmanager.webhookUrl={}", receiver.url),
+        "--set",
+        "alertmanager.groupWait=5s",
         "--wait",
         "--timeout",
         "10m",
@@ -348,6 +360,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     }
     assert!(checked >= 10, "the dashboards have their queries ({checked})");
     figures.add(format!("{checked} dashboard queries return data"));
+    alerts::rules_loaded_and_quiet(&ns, &prom, &mut figures);
 
     // 7b. A pod of the cluster writes a reading straight to the gateway's
     //     topic: refused by the broker, or neither stored nor billed.
@@ -383,6 +396,11 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     figures.add(format!(
         "gateway Kafka certificate rotated during {rotated} QoS 1 messages: all stored once"
     ));
+
+    // The devices publish no more from here: thermo-001 goes silent. The
+    // StationFeed is pointed at a path its source answers 404.
+    let silent = Instant::now();
+    alerts::break_the_feed(&ns);
 
     // 9. Leader failover: the leader's process is killed outright (SIGKILL
     //    through the node's containerd: no chance to release its lease), and
@@ -425,6 +443,9 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
          spec: {{gatewayRef: edge, category: indoorThermometer}}\n"
     ));
     ready(&ns, "devices");
+
+    // 9b. Both alerts reach the receiver.
+    alerts::reach_the_receiver(&ns, &receiver, silent, &mut figures);
 
     // 10. Down: the examples go (the operator cleans up after them), then the
     //    release; no pod stays behind.

@@ -1,0 +1,111 @@
+//! The chart's alerting, end to end: Prometheus loads the rules and sends
+//! to the chart's Alertmanager, which posts to the test's webhook receiver.
+
+use std::time::Instant;
+
+use fleetward_system_tests::webhook::AlertReceiver;
+use fleetward_system_tests::*;
+use fleetward_testkit::wait_until_blocking;
+
+use crate::support::*;
+
+/// Every rule of the chart's rules file is loaded, Prometheus has found
+/// the Alertmanager, and nothing fires for this healthy namespace but
+/// `FleetwardDeviceSilent`: the test's devices publish in bursts, minutes
+/// apart, not at their cadence, so a silent device is right by then.
+pub(crate) fn rules_loaded_and_quiet(ns: &str, prom: &str, figures: &mut Figures) {
+    let file = std::fs::read_to_string(repo_root().join("helm/fleetward/alerts/fleetward.rules.yaml")).unwrap();
+    let in_file = file.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
+    let loaded = || {
+        prometheus(prom, "/api/v1/rules?type=alert", None)["data"]["groups"]
+            .as_array()
+            .map(|groups| {
+                groups
+                    .iter()
+                    .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0)
+    };
+    assert!(in_file >= 12, "the rules file has its alerts ({in_file})");
+    assert_eq!(loaded(), in_file, "Prometheus loaded every alert rule");
+    wait_until_blocking(
+        "Prometheus to find the Alertmanager",
+        60,
+        || {
+            prometheus(prom, "/api/v1/alertmanagers", None)["data"]["activeAlertmanagers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        },
+        || prometheus(prom, "/api/v1/alertmanagers", None).to_string(),
+    );
+    let firing = prom_query(
+        prom,
+        &format!(r#"ALERTS{{alertstate="firing", namespace="{ns}", alertname!="FleetwardDeviceSilent"}}"#),
+    );
+    assert!(firing.is_empty(), "no alert fires for the healthy stack: {firing:?}");
+    figures.add(format!("{in_file} alert rules loaded, none firing"));
+}
+
+/// Points the StationFeed at a path its source answers 404.
+pub(crate) fn break_the_feed(ns: &str) {
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "stationfeed",
+        "dublin-bikes",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"source":{"jcdecaux":{"baseUrl":"http://fleetward-station-api:8080/no-such-api"}}}}"#,
+    ]);
+}
+
+/// The silent thermometer's alert and the broken feed's reach the webhook
+/// (through Alertmanager), each with its Kubernetes names, both started
+/// after `since` (the thermometer's earlier silences resolved when it
+/// published again).
+pub(crate) fn reach_the_receiver(ns: &str, receiver: &AlertReceiver, since: Instant, figures: &mut Figures) {
+    let since_unix = chrono::Utc::now() - chrono::Duration::from_std(since.elapsed()).unwrap();
+    let silent = [
+        ("alertname", "FleetwardDeviceSilent"),
+        ("namespace", ns),
+        ("device", "thermo-001"),
+        ("gateway", "edge"),
+    ];
+    let stale = [("alertname", "FleetwardStationFeedStale"), ("namespace", ns)];
+    let mut at = [None, None];
+    wait_until_blocking(
+        "the silent device's and the broken feed's alerts at the webhook",
+        300,
+        || {
+            for (i, labels) in [&silent[..], &stale[..]].into_iter().enumerate() {
+                if at[i].is_none() && !receiver.firing_since(since_unix, labels).is_empty() {
+                    at[i] = Some(since.elapsed().as_secs_f64());
+                }
+            }
+            at.iter().all(Option::is_some)
+        },
+        || receiver.all(),
+    );
+    let alert = &receiver.firing_since(since_unix, &silent)[0];
+    assert_eq!(alert["labels"]["category"], "indoorThermometer", "{alert}");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("thermo-001")),
+        "{alert}"
+    );
+    let feed = &receiver.firing_since(since_unix, &stale)[0];
+    assert!(
+        feed["labels"]["pod"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("dublin-bikes")),
+        "{feed}"
+    );
+    figures.add(format!(
+        "alerts at the webhook: device silent after {:.0} s (3 reports of 30 s), feed broken after {:.0} s",
+        at[0].unwrap(),
+        at[1].unwrap()
+    ));
+}
