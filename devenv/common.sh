@@ -8,7 +8,9 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Prometheus: the local stack's server (devenv/images.sh) and the rules'
 # promtool (devenv/lint.sh) come from this module version (v0.316.0 is
 # Prometheus 3.16.0).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 PROMETHEUS_VERSION=3.16.0
+# shellcheck disable=SC2034
 PROMETHEUS_MODULE_VERSION=v0.316.0
 
 # Go may live outside the PATH (/usr/local/go/bin on a fresh machine).

@@ -12,8 +12,8 @@
 #
 # actionlint and promtool are built once from the Go module proxy into
 # .cache/bin (pinned, with a version stamp, as devenv/dev.sh builds helm);
-# shellcheck is the
-# Debian package, installed when running as root with apt-get.
+# the Debian package provides shellcheck, installed when running as root
+# with apt-get.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(
             last,
             vec![
-                (vec![label("category", "indoorThermometer"), label("device", "t-1")], 1000.0),
+                (
+                    vec![label("category", "indoorThermometer"), label("device", "t-1")],
+                    1000.0
+                ),
                 (vec![label("category", "ipCamera"), label("device", "cam-1")], 1000.0),
             ]
         );
