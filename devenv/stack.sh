@@ -124,14 +124,30 @@ resume_stack_operator() {
 }
 
 # kubectl port-forward on loopback, like a user reaching a cluster from
-# outside: the example Gateway's broker and command API.
+# outside: the example Gateway's broker and command API. A forward ends
+# when the pod behind it goes (a Gateway change rolls its pod): the loop
+# starts it again, on the new pod, a second later.
 start_port_forward() { # start_port_forward <name> <local port> <target> <remote port>
   local name=port-forward-$1
   alive "$STATE/pids/$name" && return 0
-  nohup "$CACHE/bin/fleetward-cp" kubectl -n "$STACK_NS" port-forward --address 127.0.0.1 "$3" "$2:$4" \
-    >"$STATE/logs/$name.log" 2>&1 &
+  forward_forever "$3" "$2:$4" >"$STATE/logs/$name.log" 2>&1 &
   echo $! >"$STATE/pids/$name"
   wait_for 30 "port-forward to $3:$4" port_open "$2"
+}
+
+# Runs in the background until stop_pid sends TERM, which ends the running
+# kubectl too.
+forward_forever() { # forward_forever <target> <local:remote>
+  local child=''
+  trap '' HUP
+  trap '[ -n "$child" ] && kill "$child" 2>/dev/null; exit 0' TERM INT
+  while :; do
+    "$CACHE/bin/fleetward-cp" kubectl -n "$STACK_NS" port-forward --address 127.0.0.1 "$1" "$2" &
+    child=$!
+    wait "$child" || true
+    log "port-forward to $1 ended; starting it again"
+    sleep 1
+  done
 }
 
 stop_port_forwards() {
