@@ -329,6 +329,43 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         with_operator.contains("kind: PodMonitor"),
         "a PodMonitor with the Prometheus Operator"
     );
+    assert!(
+        !with_operator.contains("kind: ServiceMonitor"),
+        "no ServiceMonitor unless asked for"
+    );
+    let (ok, service_monitor, err) = render(
+        &chart,
+        &[
+            "--namespace",
+            &ns.name,
+            "--api-versions",
+            "monitoring.coreos.com/v1/ServiceMonitor",
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
+            "--set",
+            "monitoring.serviceMonitor.labels.release=kube-prometheus-stack",
+        ],
+    );
+    assert!(ok, "{err}");
+    let monitor = service_monitor
+        .split("\n---")
+        .find(|doc| doc.contains("kind: ServiceMonitor"))
+        .expect("a ServiceMonitor when asked for");
+    let monitor: serde_yaml::Value = serde_yaml::from_str(monitor).unwrap();
+    let operator_service = service_monitor
+        .split("\n---")
+        .find(|doc| doc.contains("name: fw-operator-metrics"))
+        .expect("the operator's metrics Service");
+    let operator_service: serde_yaml::Value = serde_yaml::from_str(operator_service).unwrap();
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let selects = monitor["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+    for (k, v) in selects {
+        assert_eq!(
+            &operator_service["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the operator's metrics Service ({k:?})"
+        );
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
     // The PrometheusRule holds the very rules the chart's Prometheus loads.
     let rules_file: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart.join("alerts/fleetward.rules.yaml")).unwrap()).unwrap();
