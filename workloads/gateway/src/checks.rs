@@ -43,7 +43,7 @@ use crate::bucket::Bucket;
 pub use crate::refusal::Refused;
 use crate::registry::DeviceEntry;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     pub window_secs: i64,
     /// Longest a message may have waited at the broker.
@@ -144,6 +144,12 @@ impl Validator {
             replay_total: 0,
             last_sweep: i64::MIN,
         }
+    }
+
+    /// New limits for the next message on (the Gateway's spec changed):
+    /// buckets refill at the new rate up to the new burst from then.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Message ids currently remembered, over all devices.

@@ -43,6 +43,11 @@ pub struct Config {
     pub rate_per_second: f64,
     #[arg(long, env = "RATE_BURST", default_value_t = 20.0)]
     pub rate_burst: f64,
+    /// Follow the rate limit, burst, timestamp window and queue age of the
+    /// Gateway FLEETWARD_GATEWAY from its spec, live (the operator sets it);
+    /// the variables above are then only the defaults of missing fields.
+    #[arg(long, env = "LIMITS_FROM_GATEWAY", default_value_t = false)]
+    pub limits_from_gateway: bool,
 
     /// HTTP backend base URL (seed 003): `POST {url}/device/{id}/data`.
     #[arg(long, env = "BACKEND_URL")]

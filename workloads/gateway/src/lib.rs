@@ -11,6 +11,7 @@ pub mod config;
 pub mod crl;
 pub mod forward;
 pub mod http;
+pub mod limits;
 pub mod liveness;
 pub mod metrics;
 pub mod mqtt;

@@ -172,6 +172,22 @@ async fn main() -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The Gateway's limits, followed live (the pod stays when they change);
+    // the first reading is in force before any message is checked.
+    let (limits_tx, mut limits_rx) = tokio::sync::watch::channel(limits);
+    if cfg.limits_from_gateway {
+        tokio::spawn(fleetward_gateway::limits::follow(
+            kube.clone(),
+            cfg.namespace.clone(),
+            cfg.gateway.clone(),
+            limits,
+            limits_tx,
+        ));
+        tokio::time::timeout(Duration::from_secs(60), limits_rx.changed())
+            .await
+            .map_err(|_| anyhow::anyhow!("the Gateway's limits were not read within 60s"))??;
+        validator.set_limits(*limits_rx.borrow_and_update());
+    }
     let liveness = Arc::new(Liveness::new(metrics.clone()));
     tokio::spawn(liveness.clone().run(registry.clone()));
     let pipeline = Pipeline {
@@ -179,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         replay,
         registry,
         liveness,
+        limits: limits_rx,
         sinks,
         audit,
         metrics: metrics.clone(),

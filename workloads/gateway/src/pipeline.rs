@@ -30,6 +30,8 @@ pub struct Pipeline {
     pub replay: ReplayStore,
     pub registry: Arc<Registry>,
     pub liveness: Arc<Liveness>,
+    /// The limits in force; a new value applies from the next message.
+    pub limits: tokio::sync::watch::Receiver<crate::checks::Limits>,
     pub sinks: Arc<Sinks>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
@@ -45,6 +47,7 @@ impl Pipeline {
             mut replay,
             registry,
             liveness,
+            mut limits,
             sinks,
             audit,
             metrics,
@@ -57,6 +60,9 @@ impl Pipeline {
             // one message at a time, in order.
             .map(|(publish, received)| {
                 waiting.fetch_sub(publish.payload.len(), Ordering::Relaxed);
+                if limits.has_changed().unwrap_or(false) {
+                    validator.set_limits(*limits.borrow_and_update());
+                }
                 let clock = Instant::now();
                 let now_ms = chrono::Utc::now().timestamp_millis();
                 let at = At::received(crate::mqtt::broker_received_ms(&publish, receipt.get()), now_ms, clock);
