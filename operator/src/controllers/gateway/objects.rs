@@ -26,8 +26,8 @@ use crate::ownership::{labels, owner_ref};
 use crate::pki::Issued;
 use crate::{Result, crl};
 
-/// The gateway workload's identity: it may read Secrets in its namespace
-/// (its devices' credentials, for the device registry) and nothing else.
+/// The gateway workload's identity: it may read its devices' keys, its CRL
+/// and its own Gateway (the limits), and nothing else.
 /// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
 /// filters by `fleetward.io/gateway=<name>` itself.
 pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
@@ -44,6 +44,8 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
             // Its own CRL, read from the API as soon as it changes (the
             // mounted copy follows only when the kubelet syncs it).
             objects::rule("", "configmaps", Some(vec![crl::name(&gw.name_any())]), &read),
+            // Its own Gateway, for the limits it follows live.
+            objects::rule("fleetward.io", "gateways", Some(vec![gw.name_any()]), &read),
         ],
     ))
 }

@@ -161,11 +161,12 @@ pub fn statefulset(
         env("CRL_CONFIGMAP", crl::name(&name)),
         env("RUN_LOCK_FILE", RUN_LOCK_FILE),
         env("RECEIPT_TOKEN_FILE", mosquitto::RECEIPT_TOKEN_FILE),
-        env("TIMESTAMP_WINDOW_SECONDS", sec.timestamp_window_seconds.to_string()),
-        env("MAX_QUEUE_SECONDS", sec.max_queue_seconds.to_string()),
+        // The rate limit, burst, timestamp window and queue age are read
+        // from the Gateway by the gateway itself, live: changing them keeps
+        // the pod, its broker and every device connection. The message size
+        // is the broker's packet limit too (its configuration), so it rolls.
+        env("LIMITS_FROM_GATEWAY", "true"),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
-        env("RATE_PER_SECOND", sec.rate_per_second.to_string()),
-        env("RATE_BURST", sec.burst.to_string()),
         env("COMMAND_API_PORT", gw.spec.command_api.port.to_string()),
         env("COMMAND_TLS_CERT_FILE", format!("{}/tls.crt", mosquitto::CERTS_DIR)),
         env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),

@@ -180,7 +180,8 @@ fn the_gateway_environment_carries_every_spec_section() {
         "CRL_FILE",
         "CRL_CONFIGMAP",
         "RUN_LOCK_FILE",
-        "RATE_PER_SECOND",
+        "LIMITS_FROM_GATEWAY",
+        "MAX_MESSAGE_BYTES",
         "COMMAND_API_KEY",
         "COMMAND_METER_KEY",
         "RECEIPT_TOKEN_FILE",
@@ -240,5 +241,40 @@ fn rbac_binds_the_role_to_the_account() {
         (subject.name.as_str(), subject.namespace.as_deref()),
         ("gw-gateway", Some("ns"))
     );
-    assert_eq!(role.rules.unwrap()[0].verbs, ["get", "list", "watch"]);
+    let rules = role.rules.unwrap();
+    assert!(rules.iter().all(|r| r.verbs == ["get", "list", "watch"]), "{rules:?}");
+    let gateways = rules
+        .iter()
+        .find(|r| r.resources.as_deref() == Some(&["gateways".to_string()][..]))
+        .expect("a rule for its Gateway");
+    assert_eq!(gateways.api_groups.as_deref(), Some(&["fleetward.io".to_string()][..]));
+    assert_eq!(
+        gateways.resource_names.as_deref(),
+        Some(&["gw".to_string()][..]),
+        "its own Gateway only"
+    );
+}
+
+/// The limits the gateway follows live are not in the pod template: a
+/// change of them leaves the StatefulSet as it is (no new pod, no broker
+/// restart, no device disconnected). The message size is, and rolls it.
+#[test]
+fn a_rate_limit_change_leaves_the_pod_template_alone() {
+    let before = statefulset(&full(), &Config::default(), "h1", None).unwrap();
+    let mut changed = full();
+    changed.spec.security.rate_per_second = 1;
+    changed.spec.security.burst = 2;
+    changed.spec.security.timestamp_window_seconds = 30;
+    changed.spec.security.max_queue_seconds = 10;
+    let after = statefulset(&changed, &Config::default(), "h1", None).unwrap();
+    assert_eq!(
+        before.spec, after.spec,
+        "the pod template does not carry the live limits"
+    );
+    changed.spec.security.max_message_bytes = 1024;
+    let resized = statefulset(&changed, &Config::default(), "h1", None).unwrap();
+    assert_ne!(
+        before.spec, resized.spec,
+        "the message size (the broker's too) rolls the pod"
+    );
 }
