@@ -31,6 +31,9 @@
 //!    reaches the webhook receiver the test runs (through the chart's
 //!    Alertmanager), and so does the alert of a StationFeed pointed at a
 //!    source that answers 404 (`alerts.rs`).
+//!    The example Gateway's rate limit lowered to 1/s: its pod stays (the
+//!    same uid, the broker not restarted), and a device's next burst is
+//!    refused as rate limited.
 //! 10. The examples are deleted and `helm uninstall` leaves no pod behind.
 //!
 //! It prints its timings (install → Ready, latency percentiles, wall time).
@@ -447,6 +450,11 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     // 9b. Both alerts reach the receiver.
     alerts::reach_the_receiver(&ns, &receiver, silent, &mut figures);
 
+    // 9c. The Gateway's rate limit is lowered while the devices are
+    //     connected: the gateway follows it live; the pod (and its broker)
+    //     stays, and the devices' connections with it.
+    limits_change_live(&ns, &devices, &mut figures).await;
+
     // 10. Down: the examples go (the operator cleans up after them), then the
     //    release; no pod stays behind.
     drop(devices);
@@ -467,6 +475,71 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     );
     figures.add(format!("end-to-end wall time: {:.1} s", wall.elapsed().as_secs_f64()));
     figures.save();
+}
+
+/// Lowers the example Gateway's rate limit to 1/s, burst 1, and sends
+/// bursts of five from thermo-001 until one is refused as rate limited;
+/// the gateway pod is the same one throughout.
+async fn limits_change_live(ns: &str, devices: &[std::sync::Arc<fleetward_simulator::Device>], figures: &mut Figures) {
+    let pod_uid = || jsonpath(ns, &["pod", "edge-gateway-0"], "{.metadata.uid}");
+    let before = pod_uid();
+    let since = psql(ns, RELEASE, "SELECT now()").trim().to_string();
+    let t = Instant::now();
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "gateway",
+        "edge",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"security":{"ratePerSecond":1,"burst":1}}}"#,
+    ]);
+    let thermo = devices
+        .iter()
+        .find(|d| d.id == "thermo-001")
+        .expect("thermo-001")
+        .clone();
+    let refused = || {
+        psql(
+            ns,
+            RELEASE,
+            &format!(
+                "SELECT count(*) FROM fleetward_gateway.gateway_audit WHERE reason = 'rate_limited' \
+                 AND device_id = 'thermo-001' AND at >= '{since}'"
+            ),
+        )
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        publish(std::slice::from_ref(&thermo), 5, Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if refused() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no burst refused at 1/s after 60 s");
+    }
+    let applied = t.elapsed().as_secs_f64();
+    assert_eq!(
+        pod_uid(),
+        before,
+        "the gateway pod was replaced for a rate limit change"
+    );
+    let restarts = jsonpath(
+        ns,
+        &["pod", "edge-gateway-0"],
+        "{.status.containerStatuses[*].restartCount}",
+    );
+    assert!(
+        restarts.split_whitespace().all(|n| n == "0"),
+        "a container restarted: {restarts}"
+    );
+    figures.add(format!(
+        "rate limit lowered to 1/s: a burst refused {applied:.1} s after the patch, the same gateway pod, no restart"
+    ));
 }
 
 /// Devices publish one QoS 1 message a second for 30 s while `disrupt`
