@@ -68,7 +68,26 @@ async fn main() -> anyhow::Result<()> {
         rate_per_second: cfg.rate_per_second,
         burst: cfg.rate_burst,
     };
-    let mut validator = Validator::new(limits);
+    let kube = kube::Client::try_default().await?;
+    // The Gateway's limits, followed live (the pod stays when they change).
+    // The first reading is in force before anything uses them: the replay
+    // window's restore below starts each device's bucket full at the burst,
+    // and a backlog at the broker is judged at its receipt, before the
+    // gateway started, so a bucket made with the defaults would refuse it.
+    let (limits_tx, mut limits_rx) = tokio::sync::watch::channel(limits);
+    if cfg.limits_from_gateway {
+        tokio::spawn(fleetward_gateway::limits::follow(
+            kube.clone(),
+            cfg.namespace.clone(),
+            cfg.gateway.clone(),
+            limits,
+            limits_tx,
+        ));
+        tokio::time::timeout(Duration::from_secs(60), limits_rx.changed())
+            .await
+            .map_err(|_| anyhow::anyhow!("the Gateway's limits were not read within 60s"))??;
+    }
+    let mut validator = Validator::new(*limits_rx.borrow_and_update());
     let (audit, replay) = match &cfg.database_url {
         Some(url) => {
             let pool = connect_pool(url).await?;
@@ -103,7 +122,6 @@ async fn main() -> anyhow::Result<()> {
     // Load the device registry before taking messages, so no device is
     // refused as unknown just because the gateway is still starting.
     let registry = Arc::new(Registry::default());
-    let kube = kube::Client::try_default().await?;
     tokio::spawn(registry.clone().watch(
         kube.clone(),
         cfg.namespace.clone(),
@@ -172,22 +190,6 @@ async fn main() -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // The Gateway's limits, followed live (the pod stays when they change);
-    // the first reading is in force before any message is checked.
-    let (limits_tx, mut limits_rx) = tokio::sync::watch::channel(limits);
-    if cfg.limits_from_gateway {
-        tokio::spawn(fleetward_gateway::limits::follow(
-            kube.clone(),
-            cfg.namespace.clone(),
-            cfg.gateway.clone(),
-            limits,
-            limits_tx,
-        ));
-        tokio::time::timeout(Duration::from_secs(60), limits_rx.changed())
-            .await
-            .map_err(|_| anyhow::anyhow!("the Gateway's limits were not read within 60s"))??;
-        validator.set_limits(*limits_rx.borrow_and_update());
-    }
     let liveness = Arc::new(Liveness::new(metrics.clone()));
     tokio::spawn(liveness.clone().run(registry.clone()));
     let pipeline = Pipeline {
