@@ -23,3 +23,18 @@ go_cmd() {
     die "missing 'go': install Go (https://go.dev/dl) or the Debian package golang-go"
   fi
 }
+
+# go_install_once <binary> <version> <go install arguments…>: builds
+# $CACHE/bin/<binary> from the Go module proxy, once per version (a stamp
+# file beside it says which version it is). The caller's environment
+# (CGO_ENABLED=0 …) applies to the build.
+go_install_once() {
+  local bin=$1 version=$2
+  shift 2
+  [ -x "$CACHE/bin/$bin" ] && [ -f "$CACHE/bin/.$bin-$version" ] && return 0
+  log "building $bin $version from the Go module proxy"
+  mkdir -p "$CACHE/bin"
+  GOBIN=$CACHE/bin go_cmd install -trimpath "$@" || die "$bin build failed"
+  rm -f "$CACHE/bin/.$bin-"*
+  touch "$CACHE/bin/.$bin-$version"
+}

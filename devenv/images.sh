@@ -109,15 +109,11 @@ build_node_images() {
   rm -rf "$ctx"
 }
 
+# Kubernetes discovery only: the one the chart's scrape configuration uses.
 build_prometheus() {
-  [ -x "$CACHE/bin/prometheus" ] && [ -f "$CACHE/bin/.prometheus-$PROMETHEUS_VERSION" ] && return 0
-  log "building Prometheus $PROMETHEUS_VERSION from the Go module proxy (Kubernetes discovery only)"
-  mkdir -p "$CACHE/bin"
-  GOBIN=$CACHE/bin CGO_ENABLED=0 go install -trimpath \
+  CGO_ENABLED=0 go_install_once prometheus "$PROMETHEUS_VERSION" \
     -ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
-    -tags remove_all_sd,enable_kubernetes_sd "$PROMETHEUS_MODULE" || die "Prometheus build failed"
-  rm -f "$CACHE"/bin/.prometheus-*
-  touch "$CACHE/bin/.prometheus-$PROMETHEUS_VERSION"
+    -tags remove_all_sd,enable_kubernetes_sd "$PROMETHEUS_MODULE"
 }
 
 # Its module ships the web UI's sources, not the built assets it embeds

@@ -24,25 +24,14 @@ ACTIONLINT_VERSION=v1.7.12
 . "$ROOT/devenv/common.sh"
 
 build_actionlint() {
-  [ -x "$CACHE/bin/actionlint" ] && [ -f "$CACHE/bin/.actionlint-$ACTIONLINT_VERSION" ] && return 0
-  log "building actionlint $ACTIONLINT_VERSION from the Go module proxy"
-  mkdir -p "$CACHE/bin"
-  GOBIN=$CACHE/bin go_cmd install -trimpath -ldflags="-s -w" \
-    "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" || die "actionlint build failed"
-  rm -f "$CACHE"/bin/.actionlint-*
-  touch "$CACHE/bin/.actionlint-$ACTIONLINT_VERSION"
+  go_install_once actionlint "$ACTIONLINT_VERSION" -ldflags="-s -w" \
+    "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
 }
 
 build_promtool() {
-  [ -x "$CACHE/bin/promtool" ] && [ -f "$CACHE/bin/.promtool-$PROMETHEUS_VERSION" ] && return 0
-  log "building promtool $PROMETHEUS_VERSION from the Go module proxy"
-  mkdir -p "$CACHE/bin"
-  GOBIN=$CACHE/bin CGO_ENABLED=0 go_cmd install -trimpath \
+  CGO_ENABLED=0 go_install_once promtool "$PROMETHEUS_VERSION" \
     -ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
-    -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" ||
-    die "promtool build failed"
-  rm -f "$CACHE"/bin/.promtool-*
-  touch "$CACHE/bin/.promtool-$PROMETHEUS_VERSION"
+    -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
 }
 
 need_shellcheck() {

@@ -29,15 +29,9 @@ TF_DIR=${1:-terraform}
 # shellcheck source=devenv/common.sh
 . "$ROOT/devenv/common.sh"
 
+# hclfmt is hashicorp/hcl's formatter, at that module's version.
 build_hclfmt() {
-  local bin=$CACHE/bin/hclfmt stamp=$CACHE/bin/.hclfmt-$HCL_VERSION
-  [ -x "$bin" ] && [ -f "$stamp" ] && return 0
-  log "building hclfmt (hashicorp/hcl $HCL_VERSION) from the Go module proxy"
-  mkdir -p "$CACHE/bin"
-  GOBIN=$CACHE/bin go_cmd install -trimpath -ldflags="-s -w" \
-    "github.com/hashicorp/hcl/v2/cmd/hclfmt@$HCL_VERSION" || die "hclfmt build failed"
-  rm -f "$CACHE"/bin/.hclfmt-*
-  touch "$stamp"
+  go_install_once hclfmt "$HCL_VERSION" -ldflags="-s -w" "github.com/hashicorp/hcl/v2/cmd/hclfmt@$HCL_VERSION"
 }
 
 checkov_env() {
