@@ -5,8 +5,6 @@
 //! limit is not followed: the broker's packet limit is derived from it, so
 //! a change of it rolls the pod (see the operator's workload plan).
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -56,10 +54,8 @@ pub async fn follow(client: Client, namespace: String, name: String, base: Limit
                     changed
                 });
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the Gateway's limits");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            // The watcher backs off by itself before it tries again.
+            Err(e) => tracing::warn!(error = %e, "watching the Gateway's limits"),
         }
     }
 }

@@ -47,17 +47,22 @@ impl Liveness {
     /// A message of `device` passed the checks at `at` (Unix seconds).
     pub fn seen(&self, device: &str, category: Category, at: f64) {
         let mut seen = self.seen.lock().expect("liveness lock");
-        match seen.get_mut(device) {
-            Some((c, last)) if *c == category => *last = last.max(at),
+        // One lookup: this runs for every accepted message.
+        let last = match seen.get_mut(device) {
+            Some((c, last)) if *c == category => {
+                *last = last.max(at);
+                *last
+            }
             Some((c, last)) => {
                 let _ = self.metrics.device_last_seen.remove_label_values(&[device, c.as_str()]);
                 (*c, *last) = (category, at);
+                at
             }
             None => {
                 seen.insert(device.to_string(), (category, at));
+                at
             }
-        }
-        let last = seen[device].1;
+        };
         self.metrics
             .device_last_seen
             .with_label_values(&[device, category.as_str()])
