@@ -240,6 +240,15 @@ async fn chart_installs_and_its_rbac_suffices_for_the_operator() {
 }
 
 /// `helm template fw <chart> args…`: (success, the manifests, the messages).
+/// The one document of a `helm template` output that `is` picks, parsed.
+fn document(rendered: &str, what: &str, is: impl Fn(&str) -> bool) -> serde_yaml::Value {
+    let doc = rendered
+        .split("\n---")
+        .find(|doc| is(doc))
+        .unwrap_or_else(|| panic!("no {what}"));
+    serde_yaml::from_str(doc).unwrap()
+}
+
 fn render(chart: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(helm())
         .args(["template", "fw"])
@@ -347,16 +356,12 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
         ],
     );
     assert!(ok, "{err}");
-    let monitor = service_monitor
-        .split("\n---")
-        .find(|doc| doc.contains("kind: ServiceMonitor"))
-        .expect("a ServiceMonitor when asked for");
-    let monitor: serde_yaml::Value = serde_yaml::from_str(monitor).unwrap();
-    let operator_service = service_monitor
-        .split("\n---")
-        .find(|doc| doc.contains("name: fw-operator-metrics"))
-        .expect("the operator's metrics Service");
-    let operator_service: serde_yaml::Value = serde_yaml::from_str(operator_service).unwrap();
+    let monitor = document(&service_monitor, "ServiceMonitor when asked for", |d| {
+        d.contains("kind: ServiceMonitor")
+    });
+    let operator_service = document(&service_monitor, "operator metrics Service", |d| {
+        d.contains("name: fw-operator-metrics")
+    });
     assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
     let selects = monitor["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
     for (k, v) in selects {
@@ -369,21 +374,17 @@ async fn optional_parts_render_valid_objects_and_bad_values_are_refused() {
     // The PrometheusRule holds the very rules the chart's Prometheus loads.
     let rules_file: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart.join("alerts/fleetward.rules.yaml")).unwrap()).unwrap();
-    let rule = with_operator
-        .split("\n---")
-        .find(|doc| doc.contains("kind: PrometheusRule"))
-        .expect("a PrometheusRule with the Prometheus Operator");
-    let rule: serde_yaml::Value = serde_yaml::from_str(rule).unwrap();
+    let rule = document(&with_operator, "PrometheusRule with the Prometheus Operator", |d| {
+        d.contains("kind: PrometheusRule")
+    });
     assert_eq!(rule["spec"], rules_file, "the PrometheusRule is the rules file");
     assert!(
         !all.contains("kind: PrometheusRule"),
         "no PrometheusRule without the operator"
     );
-    let prometheus_config = all
-        .split("\n---")
-        .find(|doc| doc.contains("name: fw-prometheus\n") && doc.contains("kind: ConfigMap"))
-        .expect("the Prometheus ConfigMap");
-    let prometheus_config: serde_yaml::Value = serde_yaml::from_str(prometheus_config).unwrap();
+    let prometheus_config = document(&all, "Prometheus ConfigMap", |d| {
+        d.contains("name: fw-prometheus\n") && d.contains("kind: ConfigMap")
+    });
     let loaded: serde_yaml::Value =
         serde_yaml::from_str(prometheus_config["data"]["fleetward.rules.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(loaded, rules_file, "the chart's Prometheus loads the rules file");
