@@ -500,24 +500,11 @@ async fn limits_change_live(ns: &str, devices: &[std::sync::Arc<fleetward_simula
         .find(|d| d.id == "thermo-001")
         .expect("thermo-001")
         .clone();
-    let refused = || {
-        psql(
-            ns,
-            RELEASE,
-            &format!(
-                "SELECT count(*) FROM fleetward_gateway.gateway_audit WHERE reason = 'rate_limited' \
-                 AND device_id = 'thermo-001' AND at >= '{since}'"
-            ),
-        )
-        .trim()
-        .parse::<u64>()
-        .unwrap_or(0)
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         publish(std::slice::from_ref(&thermo), 5, Duration::from_millis(20)).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if refused() > 0 {
+        if rate_limited_since(ns, &since, Some("thermo-001")) > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "no burst refused at 1/s after 60 s");
@@ -583,15 +570,11 @@ async fn nothing_lost_across(
         || pods(ns),
     );
     let kept = wait_stored(ns, &during, 180);
-    let refused = psql(
-        ns,
-        RELEASE,
-        &format!(
-            "SELECT count(*) FROM fleetward_gateway.gateway_audit WHERE reason = 'rate_limited' \
-             AND at >= '{phase_start}'"
-        ),
+    assert_eq!(
+        rate_limited_since(ns, &phase_start, None),
+        0,
+        "nothing was refused by the rate limit meanwhile"
     );
-    assert_eq!(refused.trim(), "0", "nothing was refused by the rate limit meanwhile");
     assert_eq!(
         kept.len(),
         during.len(),

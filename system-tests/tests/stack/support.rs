@@ -145,6 +145,23 @@ pub(crate) async fn publish(devices: &[Arc<Device>], per_device: usize, every: D
     all
 }
 
+/// Refusals for the rate limit audited since `since` (a PostgreSQL
+/// timestamp), of `device` or of every device.
+pub(crate) fn rate_limited_since(ns: &str, since: &str, device: Option<&str>) -> u64 {
+    let of_device = device.map_or(String::new(), |d| format!(" AND device_id = '{d}'"));
+    psql(
+        ns,
+        RELEASE,
+        &format!(
+            "SELECT count(*) FROM fleetward_gateway.gateway_audit WHERE reason = 'rate_limited' \
+             AND at >= '{since}'{of_device}"
+        ),
+    )
+    .trim()
+    .parse()
+    .expect("a count")
+}
+
 /// message_id → stored_at (ms) of the telemetry rows of these ids.
 pub(crate) fn stored(ns: &str, ids: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     let list: Vec<String> = ids.keys().map(|id| format!("'{id}'")).collect();
