@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
         priority = "1",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
+    printcolumn(name = "Online", type_ = "boolean", json_path = ".status.online"),
+    printcolumn(name = "LastSeen", type_ = "date", json_path = ".status.lastSeen"),
     printcolumn(name = "Cert-Expiry", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(name = "Serial", type_ = "string", priority = "1", json_path = ".status.serial"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -159,6 +161,30 @@ pub struct DeviceStatus {
     /// The device in AWS IoT Core, when its Gateway's provider is `awsIot`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_iot: Option<DeviceAwsIot>,
+    /// When the device's last message passed its Gateway's checks, to five
+    /// minutes: the gateway writes it when it moved that far (or the device
+    /// came online), never per message. Written by the gateway, never by the
+    /// operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+    /// True while the device's last accepted message is at most three of its
+    /// category's reports old; written by the gateway when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+}
+
+impl DeviceStatus {
+    /// The part of this status the operator writes: everything but the
+    /// gateway's `lastSeen` and `online`. What the operator plans from and
+    /// compares with, so a device's traffic never makes it write status,
+    /// and its own write never sets a newer `lastSeen` back.
+    pub fn operator_owned(&self) -> Self {
+        Self {
+            last_seen: None,
+            online: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// A Device's thing, certificate and policy in AWS IoT Core.

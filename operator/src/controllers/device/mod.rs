@@ -47,7 +47,7 @@ use crate::aws_iot;
 use crate::context::Context;
 use crate::crd::device::DeviceAwsIot;
 use crate::crd::gateway::{AwsIotSpec, Provider};
-use crate::crd::{Device, Gateway};
+use crate::crd::{Device, DeviceStatus, Gateway};
 use crate::crl::CrlState;
 use crate::ownership::{labels, owner_ref};
 use crate::pki::{CaBundle, Revocation};
@@ -275,6 +275,9 @@ fn observe(dev: &Device, ctx: &Context, ns: &str) -> Seen {
 async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan, observed: &Seen) -> Result<Action> {
     let name = dev.name_any();
     let ca = observed.ca.as_ref();
+    // What the plan is compared with: the gateway's `lastSeen` and `online`
+    // are not the operator's to write.
+    let current = dev.status.as_ref().map(DeviceStatus::operator_owned);
     // Revocations first: a disabled device is cut off before anything else
     // is written. Every serial revoked is one the new credentials drop (or
     // the CRL lost), so a crash before they are stored revokes nothing in
@@ -322,13 +325,13 @@ async fn apply_plan(dev: &Device, ctx: &Context, ns: &str, mut plan: plan::Plan,
             }
             Err(e) => {
                 not_ready(&mut plan, dev, "AwsIotFailed", e.to_string());
-                policy::write_status(ctx, dev, dev.status.as_ref(), &plan.status).await?;
+                policy::write_status(ctx, dev, current.as_ref(), &plan.status).await?;
                 ctx.metrics.device_ready(ns, &name, false);
                 return Err(e);
             }
         }
     }
-    policy::write_status(ctx, dev, dev.status.as_ref(), &plan.status).await?;
+    policy::write_status(ctx, dev, current.as_ref(), &plan.status).await?;
     ctx.metrics.device_ready(ns, &name, plan.ready);
     if let Some(not_after) = plan.not_after {
         ctx.metrics

@@ -172,7 +172,11 @@ fn remember_revocations(plan: &mut Plan, crl: &CrlState, device: &str, now: Time
 fn transition(dev: &Device, obs: Observed<'_>, now: Timestamp, mint: &mut dyn Mint) -> Result<Plan> {
     let name = dev.name_any();
     let generation = dev.metadata.generation;
-    let mut status = dev.status.clone().unwrap_or_default();
+    let mut status = dev
+        .status
+        .as_ref()
+        .map(DeviceStatus::operator_owned)
+        .unwrap_or_default();
     status.secret_name = Some(fleetward_credentials::secret_name(&name));
     status.observed_generation = generation;
     let not_ready = |mut status: DeviceStatus, reason: &'static str, message: String, retry: Duration| {

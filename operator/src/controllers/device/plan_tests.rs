@@ -500,3 +500,39 @@ fn an_enabled_device_never_has_its_current_certificate_revoked() {
     assert_eq!(p.revoke.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), ["0AB1"]);
     check(&p, &current);
 }
+
+/// The gateway writes `lastSeen` and `online`: the operator plans without
+/// them, so its status write neither sets an older `lastSeen` back nor
+/// happens because a device published.
+#[test]
+fn the_operator_never_writes_the_devices_liveness() {
+    let ca = ca();
+    let empty = crl(&[]);
+    let mut dev = device(json!({}));
+    let first = plan(&dev, observed(&ca, &empty, None), Timestamp::now(), &mut mint()).unwrap();
+    let settled = first.store.clone().unwrap();
+    let mut stored = serde_json::to_value(&first.status).unwrap();
+    stored["lastSeen"] = json!("2026-12-07T10:00:00Z");
+    stored["online"] = json!(true);
+    dev.status = Some(serde_json::from_value(stored).unwrap());
+
+    let again = plan(
+        &dev,
+        observed(&ca, &empty, Some(settled)),
+        Timestamp::now(),
+        &mut mint(),
+    )
+    .unwrap();
+    assert!(again.store.is_none(), "nothing to issue");
+    assert_eq!((again.status.last_seen.as_ref(), again.status.online), (None, None));
+    let written = serde_json::to_value(&again.status).unwrap();
+    assert!(
+        written.get("lastSeen").is_none() && written.get("online").is_none(),
+        "{written}"
+    );
+    // What the reconciler compares with: the same, so nothing is written.
+    assert_eq!(
+        dev.status.as_ref().map(DeviceStatus::operator_owned),
+        Some(again.status)
+    );
+}
