@@ -27,7 +27,8 @@ use crate::pki::Issued;
 use crate::{Result, crl};
 
 /// The gateway workload's identity: it may read its devices' keys, its CRL
-/// and its own Gateway (the limits), and nothing else.
+/// and its own Gateway (the limits), and write its devices' liveness, and
+/// nothing else.
 /// Kubernetes RBAC cannot narrow this to a label selector, so the gateway
 /// filters by `fleetward.io/gateway=<name>` itself.
 pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
@@ -46,6 +47,11 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
             objects::rule("", "configmaps", Some(vec![crl::name(&gw.name_any())]), &read),
             // Its own Gateway, for the limits it follows live.
             objects::rule("fleetward.io", "gateways", Some(vec![gw.name_any()]), &read),
+            // Its devices' `lastSeen` and `online` (the status only: no
+            // spec, no other object). RBAC cannot name an unbounded set, so
+            // this covers every Device status in the namespace; the
+            // operator never takes those two fields from it.
+            objects::rule("fleetward.io", "devices/status", None, &["patch"]),
         ],
     ))
 }

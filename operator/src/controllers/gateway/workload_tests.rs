@@ -181,6 +181,7 @@ fn the_gateway_environment_carries_every_spec_section() {
         "CRL_CONFIGMAP",
         "RUN_LOCK_FILE",
         "LIMITS_FROM_GATEWAY",
+        "DEVICE_STATUS_WRITES_PER_SECOND",
         "MAX_MESSAGE_BYTES",
         "COMMAND_API_KEY",
         "COMMAND_METER_KEY",
@@ -242,7 +243,19 @@ fn rbac_binds_the_role_to_the_account() {
         ("gw-gateway", Some("ns"))
     );
     let rules = role.rules.unwrap();
-    assert!(rules.iter().all(|r| r.verbs == ["get", "list", "watch"]), "{rules:?}");
+    // Reads only, but for its devices' liveness: a patch of their status
+    // (not their spec, not any other object).
+    let (writes, reads): (Vec<_>, Vec<_>) = rules.iter().partition(|r| r.verbs != ["get", "list", "watch"]);
+    assert_eq!(writes.len(), 1, "{rules:?}");
+    assert_eq!(writes[0].verbs, ["patch"]);
+    assert_eq!(
+        writes[0].resources.as_deref(),
+        Some(&["devices/status".to_string()][..])
+    );
+    assert!(
+        reads.iter().all(|r| r.resource_names.is_some()),
+        "every read is by name: {reads:?}"
+    );
     let gateways = rules
         .iter()
         .find(|r| r.resources.as_deref() == Some(&["gateways".to_string()][..]))
