@@ -48,6 +48,10 @@ pub struct Config {
     /// the variables above are then only the defaults of missing fields.
     #[arg(long, env = "LIMITS_FROM_GATEWAY", default_value_t = false)]
     pub limits_from_gateway: bool,
+    /// Write the Devices' `status.lastSeen` and `status.online`, at most this
+    /// many a second (the operator sets 20); 0 writes none.
+    #[arg(long, env = "DEVICE_STATUS_WRITES_PER_SECOND", default_value_t = 0.0)]
+    pub device_status_writes_per_second: f64,
 
     /// HTTP backend base URL (seed 003): `POST {url}/device/{id}/data`.
     #[arg(long, env = "BACKEND_URL")]

@@ -9,6 +9,7 @@ pub mod checks;
 pub mod command;
 pub mod config;
 pub mod crl;
+pub mod device_status;
 pub mod forward;
 pub mod http;
 pub mod limits;

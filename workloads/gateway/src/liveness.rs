@@ -22,7 +22,7 @@ use crate::registry::Registry;
 /// A device is online while it missed fewer reports than this.
 pub const ONLINE_WITHIN_REPORTS: u32 = 3;
 /// How often the online count is refreshed (and removed devices forgotten).
-const SWEEP: Duration = Duration::from_secs(10);
+pub const SWEEP: Duration = Duration::from_secs(10);
 
 pub struct Liveness {
     /// Device id → (category, last seen as Unix seconds).
@@ -86,6 +86,11 @@ impl Liveness {
         let online = seen.values().filter(|(c, last)| online(*c, *last, now)).count();
         self.metrics.devices_online.set(online as i64);
         online
+    }
+
+    /// When each device was seen last, as the status writer reads it.
+    pub fn last_seen(&self) -> HashMap<String, (Category, f64)> {
+        self.seen.lock().expect("liveness lock").clone()
     }
 
     /// Sweeps every ten seconds, for as long as the gateway runs.

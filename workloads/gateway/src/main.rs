@@ -7,6 +7,7 @@ use fleetward_gateway::audit::{Audit, connect_pool};
 use fleetward_gateway::checks::{Limits, Validator};
 use fleetward_gateway::command::{self, ApiState};
 use fleetward_gateway::config::Config;
+use fleetward_gateway::device_status::{self, StatusWriter};
 use fleetward_gateway::forward::Sinks;
 use fleetward_gateway::liveness::Liveness;
 use fleetward_gateway::metrics::Metrics;
@@ -192,6 +193,15 @@ async fn main() -> anyhow::Result<()> {
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let liveness = Arc::new(Liveness::new(metrics.clone()));
     tokio::spawn(liveness.clone().run(registry.clone()));
+    if cfg.device_status_writes_per_second > 0.0 {
+        let writer = StatusWriter::new(kube.clone(), &cfg.namespace, metrics.clone());
+        tokio::spawn(device_status::run(
+            writer,
+            cfg.device_status_writes_per_second,
+            liveness.clone(),
+            registry.clone(),
+        ));
+    }
     let pipeline = Pipeline {
         validator,
         replay,

@@ -40,6 +40,11 @@ pub struct Metrics {
     pub devices_online: IntGauge,
     /// Each category's reporting cadence, for the silent-device alert.
     pub category_cadence: GaugeVec,
+    /// Device status writes (`lastSeen`, `online`) by result: `written`,
+    /// `gone` (the Device was deleted), `failed` (tried again later).
+    pub device_status_writes: IntCounterVec,
+    /// Device status writes due but held back by the write budget.
+    pub device_status_pending: IntGauge,
 }
 
 impl Default for Metrics {
@@ -156,6 +161,19 @@ impl Default for Metrics {
                 &["category"],
             )
             .expect("metric"),
+            device_status_writes: IntCounterVec::new(
+                Opts::new(
+                    "fleetward_gateway_device_status_writes_total",
+                    "Device status writes of lastSeen and online, by result",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            device_status_pending: IntGauge::new(
+                "fleetward_gateway_device_status_pending",
+                "Device status writes due but held back by the write budget",
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -178,8 +196,13 @@ impl Default for Metrics {
             Box::new(m.device_last_seen.clone()),
             Box::new(m.devices_online.clone()),
             Box::new(m.category_cadence.clone()),
+            Box::new(m.device_status_writes.clone()),
+            Box::new(m.device_status_pending.clone()),
         ] {
             m.registry.register(c).expect("registered once");
+        }
+        for result in ["written", "gone", "failed"] {
+            m.device_status_writes.with_label_values(&[result]);
         }
         m
     }

@@ -78,6 +78,12 @@ impl Registry {
         self.devices.read().expect("registry lock").get(device_id).cloned()
     }
 
+    /// Every device's id and category.
+    pub fn categories(&self) -> Vec<(String, Category)> {
+        let devices = self.devices.read().expect("registry lock");
+        devices.iter().map(|(id, e)| (id.clone(), e.category)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.devices.read().expect("registry lock").len()
     }

@@ -1,0 +1,79 @@
+//! The gateway's Device status writer against the real API server: the
+//! patches land in the status subresource, a deleted Device is "gone" and
+//! not retried, and what the operator wrote in the status stays.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleetward_gateway::device_status::{StatusBook, StatusUpdate, StatusWriter};
+use fleetward_gateway::metrics::Metrics;
+use fleetward_protocol::Category;
+use fleetward_testkit::{TestNs, device_yaml, install_crds};
+use kube::api::{Patch, PatchParams};
+
+fn writes(metrics: &Metrics, result: &str) -> u64 {
+    metrics.device_status_writes.with_label_values(&[result]).get()
+}
+
+#[tokio::test]
+async fn the_writer_patches_liveness_into_the_status_and_leaves_the_rest() {
+    install_crds();
+    let ns = TestNs::new("gw-status").await;
+    ns.apply_yaml(&device_yaml("t-1", "gw", "")).await;
+    ns.apply_yaml(&device_yaml("t-2", "gw", "")).await;
+    let devices = ns.dynamic("fleetward.io/v1alpha1", "Device");
+    // What the operator wrote (a condition, a serial) stays.
+    let operator = serde_json::json!({"status": {"serial": "0A1B", "observedGeneration": 1}});
+    devices
+        .patch_status("t-1", &PatchParams::default(), &Patch::Merge(&operator))
+        .await
+        .unwrap();
+
+    let metrics = Arc::new(Metrics::default());
+    let writer = StatusWriter::new(ns.client.clone(), &ns.name, metrics.clone());
+    // The gateway started 100 s ago: t-1 published 5 s ago, t-2 never did,
+    // "ghost" was deleted meanwhile.
+    let now = chrono::Utc::now().timestamp() as f64;
+    let mut book = StatusBook::new(now - 100.0, 20.0);
+    let thermo = Category::IndoorThermometer;
+    let registry = vec![
+        ("t-1".to_string(), thermo),
+        ("t-2".to_string(), thermo),
+        ("ghost".to_string(), thermo),
+    ];
+    let seen = HashMap::from([
+        ("t-1".to_string(), (thermo, now - 5.0)),
+        ("ghost".to_string(), (thermo, now - 5.0)),
+    ]);
+    let (updates, held) = book.due(now, &registry, &seen);
+    assert_eq!((updates.len(), held), (3, 0));
+    writer.write(&mut book, updates).await;
+    assert_eq!(
+        (
+            writes(&metrics, "written"),
+            writes(&metrics, "gone"),
+            writes(&metrics, "failed")
+        ),
+        (2, 1, 0)
+    );
+
+    let t1 = devices.get_status("t-1").await.unwrap().data["status"].clone();
+    assert_eq!(t1["online"], true);
+    let seen_at = chrono::DateTime::parse_from_rfc3339(t1["lastSeen"].as_str().unwrap()).unwrap();
+    assert_eq!(seen_at.timestamp() as f64, now - 5.0);
+    assert_eq!(
+        (t1["serial"].as_str(), t1["observedGeneration"].as_i64()),
+        (Some("0A1B"), Some(1)),
+        "{t1}"
+    );
+    let t2 = devices.get_status("t-2").await.unwrap().data["status"].clone();
+    assert_eq!(t2["online"], false, "silent since the gateway started: offline");
+    assert!(t2.get("lastSeen").is_none(), "never seen: no lastSeen ({t2})");
+    // The spec is not the writer's: unchanged.
+    assert_eq!(devices.get("t-1").await.unwrap().data["spec"]["gatewayRef"], "gw");
+
+    // Nothing new: nothing written, and the gone device is not tried again.
+    let (again, held) = book.due(now + 10.0, &registry, &seen);
+    assert_eq!((again, held), (Vec::<StatusUpdate>::new(), 0));
+    ns.cleanup().await;
+}
