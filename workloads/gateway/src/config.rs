@@ -49,7 +49,7 @@ pub struct Config {
     #[arg(long, env = "LIMITS_FROM_GATEWAY", default_value_t = false)]
     pub limits_from_gateway: bool,
     /// Write the Devices' `status.lastSeen` and `status.online`, at most this
-    /// many a second (the operator sets 20); 0 writes none.
+    /// many a second (the operator sets 50); 0 writes none.
     #[arg(long, env = "DEVICE_STATUS_WRITES_PER_SECOND", default_value_t = 0.0)]
     pub device_status_writes_per_second: f64,
 
