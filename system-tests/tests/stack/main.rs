@@ -24,7 +24,9 @@
 //!    write) gets it dead-lettered for its missing gateway MAC, not
 //!    stored or billed.
 //! 8. The gateway pod is deleted while devices publish at QoS 1: it comes
-//!    back and no message is lost.
+//!    back and no message is lost. `kubectl get devices` shows a device
+//!    that published online with its `lastSeen` (`liveness.rs`); once it
+//!    is silent, offline.
 //! 9. The leader operator pod is deleted: the standby takes over.
 //!    Alerts: the chart's rules are loaded and none fires for the
 //!    healthy stack; once the devices stop, the silent thermometer's alert
@@ -48,6 +50,7 @@ use fleetward_testkit::{percentile, wait_until_blocking};
 
 mod alerts;
 mod billing;
+mod liveness;
 mod support;
 
 use support::*;
@@ -399,6 +402,8 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     figures.add(format!(
         "gateway Kafka certificate rotated during {rotated} QoS 1 messages: all stored once"
     ));
+    // 8c. The devices just published: `kubectl get devices` shows them online.
+    liveness::online_after_publishing(&ns, "thermo-001", &mut figures);
 
     // The devices publish no more from here: thermo-001 goes silent. The
     // StationFeed is pointed at a path its source answers 404.
@@ -449,8 +454,11 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
 
     // 9b. Both alerts reach the receiver.
     alerts::reach_the_receiver(&ns, &receiver, silent, &mut figures);
+    // 9c. … and the silent thermometer is offline in its status, as is the
+    //     Device made after the failover, which never published.
+    liveness::offline_when_silent(&ns, "thermo-001", silent, "after-failover", &mut figures);
 
-    // 9c. The Gateway's rate limit is lowered while the devices are
+    // 9d. The Gateway's rate limit is lowered while the devices are
     //     connected: the gateway follows it live; the pod (and its broker)
     //     stays, and the devices' connections with it.
     limits_change_live(&ns, &devices, &mut figures).await;

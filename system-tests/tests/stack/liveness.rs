@@ -1,0 +1,81 @@
+//! Devices' liveness in `kubectl get devices`: the gateway writes each
+//! Device's `status.online` and `status.lastSeen` (paced, never once per
+//! message), and the table shows them.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use fleetward_system_tests::*;
+use fleetward_testkit::wait_until_blocking;
+
+use crate::support::*;
+
+fn status(ns: &str, device: &str) -> (String, Option<DateTime<Utc>>) {
+    let online = jsonpath(ns, &["device", device], "{.status.online}");
+    let last_seen = jsonpath(ns, &["device", device], "{.status.lastSeen}");
+    (
+        online,
+        DateTime::parse_from_rfc3339(&last_seen).ok().map(|t| t.to_utc()),
+    )
+}
+
+fn yaml(ns: &str, device: &str) -> String {
+    kubectl_try(&["-n", ns, "get", "device", device, "-o", "yaml"]).1
+}
+
+/// `device` just published: it is online, seen within the gateway's
+/// resolution of five minutes, and the table shows both columns.
+pub(crate) fn online_after_publishing(ns: &str, device: &str, figures: &mut Figures) {
+    let t = Instant::now();
+    wait_until_blocking(
+        &format!("{device} online in its status"),
+        60,
+        || status(ns, device).0 == "true",
+        || yaml(ns, device),
+    );
+    let took = t.elapsed().as_secs_f64();
+    let (_, seen) = status(ns, device);
+    let seen = seen.unwrap_or_else(|| panic!("{device} has a lastSeen: {}", yaml(ns, device)));
+    let age = (Utc::now() - seen).num_seconds();
+    assert!((-5..=330).contains(&age), "lastSeen {seen} is {age} s old");
+    let table = kubectl(&["-n", ns, "get", "devices"]);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("ONLINE") && header.contains("LASTSEEN"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(device))
+        .unwrap_or_else(|| panic!("{device} in\n{table}"));
+    assert!(row.split_whitespace().any(|c| c == "true"), "{row}");
+    figures.add(format!(
+        "{device} online in `kubectl get devices` {took:.0} s after publishing (lastSeen {age} s old)"
+    ));
+}
+
+/// `device`, silent since `since`, is offline with a `lastSeen` before
+/// that; `never` (a Device that never published) is offline with none.
+pub(crate) fn offline_when_silent(ns: &str, device: &str, since: Instant, never: &str, figures: &mut Figures) {
+    let since_utc = Utc::now() - chrono::Duration::from_std(since.elapsed()).unwrap();
+    wait_until_blocking(
+        &format!("{device} offline in its status"),
+        60,
+        || status(ns, device).0 == "false",
+        || yaml(ns, device),
+    );
+    let offline_after = since.elapsed().as_secs_f64();
+    let (_, seen) = status(ns, device);
+    let seen = seen.unwrap_or_else(|| panic!("{device} keeps its lastSeen: {}", yaml(ns, device)));
+    assert!(
+        seen <= since_utc + chrono::Duration::seconds(1),
+        "lastSeen {seen} after the silence began ({since_utc})"
+    );
+    wait_until_blocking(
+        &format!("{never} offline in its status"),
+        120,
+        || status(ns, never).0 == "false",
+        || yaml(ns, never),
+    );
+    assert_eq!(status(ns, never).1, None, "{never} was never seen: {}", yaml(ns, never));
+    figures.add(format!(
+        "{device} offline in `kubectl get devices` {offline_after:.0} s into its silence; a device that never published is offline too"
+    ));
+}
