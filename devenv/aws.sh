@@ -361,7 +361,7 @@ install_chart() {
     "${args[@]}" \
     --set-string "operator.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=$role" \
     --set "operator.aws.region=$REGION" \
-    --wait --timeout 15m
+    --take-ownership --wait --timeout 15m
 }
 
 summary() {

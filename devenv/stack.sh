@@ -26,8 +26,10 @@ load_all_images() {
 stack_up() {
   local target=$1
   log "installing the chart: release $STACK_RELEASE in namespace $STACK_NS (first start takes a few minutes)"
+  # --take-ownership: the CRDs are the chart's templates, and the tests
+  # (or an older chart's crds/ folder) may have applied them before.
   helm_cmd upgrade --install "$STACK_RELEASE" "$ROOT/helm/fleetward" --namespace "$STACK_NS" --create-namespace \
-    -f "$LOCAL_VALUES" --wait --timeout 10m >"$STATE/logs/helm.log" 2>&1 ||
+    -f "$LOCAL_VALUES" --take-ownership --wait --timeout 10m >"$STATE/logs/helm.log" 2>&1 ||
     die "helm install failed: $(tail -5 "$STATE/logs/helm.log"); kubectl -n $STACK_NS get pods"
   log "applying examples/"
   kubectl_cmd apply -f "$ROOT/examples/" >/dev/null || die "applying examples/ failed"

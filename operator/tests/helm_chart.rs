@@ -592,3 +592,44 @@ async fn tenants_get_fleetward_rights_through_the_builtin_roles_and_replicas_a_b
     );
     ns.cleanup().await;
 }
+
+/// The CRDs are templates: rendered from the generated files, exactly
+/// (only the chart's labels and the keep policy added), kept on uninstall
+/// unless `crds.keep=false`, and left out with `crds.enabled=false`.
+#[test]
+fn the_crds_are_templates_with_a_keep_policy() {
+    let chart = repo_root().join("helm/fleetward");
+    let crds = |args: &[&str]| -> Vec<serde_yaml::Value> {
+        let (ok, out, err) = render(&chart, args);
+        assert!(ok, "{err}");
+        out.split("\n---")
+            .filter(|d| d.contains("kind: CustomResourceDefinition"))
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect()
+    };
+    let rendered = crds(&[]);
+    assert_eq!(rendered.len(), 4, "the four kinds");
+    for crd in &rendered {
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+            Some("keep"),
+            "{name}"
+        );
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/part-of"].as_str(),
+            Some("fleetward")
+        );
+        // The same spec as the file crdgen wrote.
+        let file = repo_root().join(format!(
+            "crds/{}.yaml",
+            name.split('.').next().unwrap().trim_end_matches('s')
+        ));
+        let generated: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(crd["spec"], generated["spec"], "{name} as {}", file.display());
+    }
+    let unkept = crds(&["--set", "crds.keep=false"]);
+    assert_eq!(unkept.len(), 4);
+    assert!(unkept.iter().all(|c| c["metadata"]["annotations"].is_null()));
+    assert!(crds(&["--set", "crds.enabled=false"]).is_empty());
+}

@@ -84,6 +84,9 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         &format!("alertmanager.webhookUrl={}", receiver.url),
         "--set",
         "alertmanager.groupWait=5s",
+        // The CRDs are the chart's templates; the earlier tests applied
+        // them with kubectl.
+        "--take-ownership",
         "--wait",
         "--timeout",
         "10m",
