@@ -6,11 +6,14 @@
 #      names bash or sh (deploy.sh, .ci/run, …), outside .git, .cache, .dev
 #      and target*;
 #   3. the chart's alert rules: `promtool check rules` and `promtool test
-#      rules` (every rule's cases in helm/fleetward/alerts/*.test.yaml).
+#      rules` (every rule's cases in helm/fleetward/alerts/*.test.yaml);
+#   4. the chart's README is what helm-docs generates from values.yaml (its
+#      `# --` comments) and README.md.gotmpl.
 #
 #   devenv/lint.sh
+#   devenv/lint.sh chart-readme     (re)generates helm/fleetward/README.md
 #
-# actionlint and promtool are built once from the Go module proxy into
+# actionlint, promtool and helm-docs are built once from the Go module proxy into
 # .cache/bin (pinned, with a version stamp, as devenv/dev.sh builds helm);
 # the Debian package provides shellcheck, installed when running as root
 # with apt-get.
@@ -19,6 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${FLEETWARD_CACHE_DIR:-$ROOT/.cache}
 ACTIONLINT_VERSION=v1.7.12
+HELM_DOCS_VERSION=v1.14.2
 
 # shellcheck source=devenv/common.sh
 . "$ROOT/devenv/common.sh"
@@ -32,6 +36,17 @@ build_promtool() {
   CGO_ENABLED=0 go_install_once promtool "$PROMETHEUS_VERSION" \
     -ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
     -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
+}
+
+build_helm_docs() {
+  CGO_ENABLED=0 go_install_once helm-docs "$HELM_DOCS_VERSION" -ldflags="-s -w" \
+    "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"
+}
+
+# The chart's README as helm-docs makes it, on stdout.
+chart_readme() {
+  "$CACHE/bin/helm-docs" --dry-run --log-level warning --chart-search-root helm/fleetward \
+    --template-files README.md.gotmpl
 }
 
 need_shellcheck() {
@@ -59,9 +74,16 @@ shell_scripts() {
 
 main() {
   cd "$ROOT"
+  if [ "${1:-}" = chart-readme ]; then
+    build_helm_docs
+    chart_readme >helm/fleetward/README.md
+    log "wrote helm/fleetward/README.md"
+    return
+  fi
   need_shellcheck
   build_actionlint
   build_promtool
+  build_helm_docs
   local status=0 scripts=()
   log "actionlint .github/workflows ($("$CACHE/bin/actionlint" -version | head -1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p'))"
   "$CACHE/bin/actionlint" -no-color || status=1
@@ -73,6 +95,12 @@ main() {
   log "promtool check rules $rules; promtool test rules ${rules%.yaml}.test.yaml"
   "$CACHE/bin/promtool" check rules "$rules" || status=1
   "$CACHE/bin/promtool" test rules "${rules%.yaml}.test.yaml" || status=1
+  log "helm-docs: helm/fleetward/README.md from values.yaml"
+  if ! chart_readme | diff -u helm/fleetward/README.md - >&2; then
+    echo "helm/fleetward/README.md is not what values.yaml and README.md.gotmpl generate (diff above):" \
+      "run devenv/lint.sh chart-readme and commit it" >&2
+    status=1
+  fi
   [ "$status" = 0 ] || die "lint found problems (above)"
   log "lint clean: ${#scripts[@]} shell scripts, $(find .github/workflows -name '*.yml' | wc -l) workflows," \
     "$(grep -c '^ *- alert:' "$rules") alert rules"
