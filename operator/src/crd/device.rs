@@ -161,10 +161,10 @@ pub struct DeviceStatus {
     /// The device in AWS IoT Core, when its Gateway's provider is `awsIot`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_iot: Option<DeviceAwsIot>,
-    /// When the device's last message passed its Gateway's checks, to five
-    /// minutes: the gateway writes it when it moved that far (or the device
-    /// came online), never per message. Written by the gateway, never by the
-    /// operator.
+    /// When the device's last message passed its Gateway's checks, to a
+    /// minute (longer beyond 2,400 devices online per gateway): the gateway
+    /// writes it when it moved that far or the device came online, never per
+    /// message. Written by the gateway, never by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
     /// True while the device's last accepted message is at most three of its

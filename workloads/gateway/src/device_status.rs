@@ -6,9 +6,11 @@
 //! with what [`Liveness`](crate::liveness::Liveness) knows, and a device is
 //! due when
 //! - it went online or offline (first: these are what a reader acts on);
-//! - its last message is [`LAST_SEEN_RESOLUTION`] newer than the `lastSeen`
-//!   written (a thermometer reporting every 30 s is written every five
-//!   minutes, not ten times a minute);
+//! - its last message is the [resolution](StatusBook::resolution) newer
+//!   than the `lastSeen` written: a minute for up to 2,400 devices online
+//!   (at 50 writes a second), then as long as keeps these refreshes within
+//!   four fifths of the budget (four minutes for 10,000), so a thermometer
+//!   reporting every 30 s is written once a minute, not twice;
 //! - this gateway pod never wrote it yet and it is online, or it stayed
 //!   silent since the pod started for longer than it may (written offline,
 //!   so a device that went quiet while no gateway ran is not left online).
@@ -34,9 +36,12 @@ use crate::liveness::{Liveness, SWEEP, online, unix_now};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
-/// `lastSeen` is written again once the device's last message is this many
-/// seconds newer than the value written.
-pub const LAST_SEEN_RESOLUTION: f64 = 300.0;
+/// `lastSeen` is written again once the device's last message is at least
+/// this many seconds newer than the value written.
+pub const MIN_RESOLUTION: f64 = 60.0;
+/// The share of the budget that the refreshes of `lastSeen` may take: the
+/// rest is for devices going online or offline.
+const REFRESH_SHARE: f64 = 0.8;
 /// Unspent budget is kept for at most this many seconds of writes.
 const BUDGET_SECONDS: f64 = 10.0;
 /// Status writes in flight at once.
@@ -104,6 +109,11 @@ impl StatusBook {
         self.budget = (self.budget + elapsed * self.writes_per_second).min(BUDGET_SECONDS * self.writes_per_second);
         let known: HashMap<&str, Category> = devices.iter().map(|(id, c)| (id.as_str(), *c)).collect();
         self.written.retain(|id, _| known.contains_key(id.as_str()));
+        let online_now = devices
+            .iter()
+            .filter(|(id, _)| seen.get(id).is_some_and(|(c, last)| online(*c, *last, now)))
+            .count();
+        let resolution = self.resolution(online_now);
 
         // (rank, age of what was written, update): rank 0 = online changed.
         let mut due: Vec<(u8, f64, StatusUpdate)> = Vec::new();
@@ -120,7 +130,7 @@ impl StatusBook {
                 Some((_, was_online)) if was_online != now_online => 0,
                 // Never written by this pod: whatever it is now.
                 None => 1,
-                Some((Some(w), _)) if last_seen.is_some_and(|l| l - w >= LAST_SEEN_RESOLUTION) => 2,
+                Some((Some(w), _)) if last_seen.is_some_and(|l| l - w >= resolution) => 2,
                 Some((None, _)) if last_seen.is_some() => 2,
                 _ => continue,
             };
@@ -144,6 +154,14 @@ impl StatusBook {
         self.budget -= take as f64;
         let held = due.len() - take;
         (due.into_iter().take(take).map(|(_, _, u)| u).collect(), held)
+    }
+
+    /// How much newer than the value written a device's last message must
+    /// be for `lastSeen` to be written again, with `online` devices: a
+    /// minute, or longer where a minute's refreshes would take more than
+    /// four fifths of the budget.
+    pub fn resolution(&self, online: usize) -> f64 {
+        (online as f64 / (REFRESH_SHARE * self.writes_per_second)).max(MIN_RESOLUTION)
     }
 
     /// `update` reached the API server.
@@ -282,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn a_device_is_written_when_it_comes_online_then_every_five_minutes_and_when_it_goes_quiet() {
+    fn a_device_is_written_when_it_comes_online_then_every_minute_and_when_it_goes_quiet() {
         let devs = devices(&["t-1"]);
         let mut book = StatusBook::new(0.0, 20.0);
         let first = step(&mut book, 10.0, &devs, &seen(&[("t-1", 5.0)]));
@@ -294,18 +312,17 @@ mod tests {
                 online: true
             }]
         );
-        // Reports every 30 s for almost five minutes: nothing to write.
-        for i in 1..10 {
+        // Its next report, 30 s on: nothing to write.
+        assert!(step(&mut book, 40.0, &devs, &seen(&[("t-1", 35.0)])).is_empty());
+        // A minute after the value written: written again, every minute.
+        let mut written = vec![];
+        for i in 2..11 {
             let t = 5.0 + 30.0 * f64::from(i);
-            assert!(
-                step(&mut book, t + 5.0, &devs, &seen(&[("t-1", t)])).is_empty(),
-                "at {t}"
-            );
+            written.extend(step(&mut book, t + 5.0, &devs, &seen(&[("t-1", t)])));
         }
-        // Five minutes after the value written: written again.
-        let again = step(&mut book, 310.0, &devs, &seen(&[("t-1", 305.0)]));
-        assert_eq!(again[0].last_seen, Some(305.0));
-        assert!(again[0].online);
+        let times: Vec<f64> = written.iter().filter_map(|u| u.last_seen).collect();
+        assert_eq!(times, [65.0, 125.0, 185.0, 245.0, 305.0]);
+        assert!(written.iter().all(|u| u.online));
         // Then silent: still online 90 s after its last report, offline after.
         assert!(step(&mut book, 395.0, &devs, &seen(&[("t-1", 305.0)])).is_empty());
         let gone = step(&mut book, 400.0, &devs, &seen(&[("t-1", 305.0)]));
@@ -384,6 +401,18 @@ mod tests {
         book.refund(5);
         let (after, _) = book.due(1000.0, &devs, &all);
         assert_eq!(after.len(), 5);
+    }
+
+    #[test]
+    fn the_resolution_grows_with_the_fleet_to_keep_refreshes_within_the_budget() {
+        let book = StatusBook::new(0.0, 50.0);
+        assert_eq!(book.resolution(3), 60.0);
+        assert_eq!(book.resolution(2400), 60.0);
+        assert_eq!(book.resolution(10_000), 250.0);
+        // Devices online × refreshes a second stay within 4/5 of the budget.
+        for n in [1, 100, 2400, 5000, 10_000, 50_000] {
+            assert!(n as f64 / book.resolution(n) <= 40.0 + 1e-9, "{n}");
+        }
     }
 
     #[test]
