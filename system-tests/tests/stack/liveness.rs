@@ -52,7 +52,7 @@ pub(crate) fn online_after_publishing(ns: &str, device: &str, figures: &mut Figu
 }
 
 /// `device`, silent since `since`, is offline with a `lastSeen` before
-/// that; `never` (a Device that never published) is offline with none.
+/// that; `never` (a Device that never published) has neither.
 pub(crate) fn offline_when_silent(ns: &str, device: &str, since: Instant, never: &str, figures: &mut Figures) {
     let since_utc = Utc::now() - chrono::Duration::from_std(since.elapsed()).unwrap();
     wait_until_blocking(
@@ -68,14 +68,11 @@ pub(crate) fn offline_when_silent(ns: &str, device: &str, since: Instant, never:
         seen <= since_utc + chrono::Duration::seconds(1),
         "lastSeen {seen} after the silence began ({since_utc})"
     );
-    wait_until_blocking(
-        &format!("{never} offline in its status"),
-        120,
-        || status(ns, never).0 == "false",
-        || yaml(ns, never),
-    );
-    assert_eq!(status(ns, never).1, None, "{never} was never seen: {}", yaml(ns, never));
+    // Long past three of its reports since it was made: still nothing
+    // written for a Device that never connected (a new fleet costs no
+    // writes until it connects).
+    assert_eq!(status(ns, never), (String::new(), None), "{never}: {}", yaml(ns, never));
     figures.add(format!(
-        "{device} offline in `kubectl get devices` {offline_after:.0} s into its silence; a device that never published is offline too"
+        "{device} offline in `kubectl get devices` {offline_after:.0} s into its silence; nothing written for a device that never connected"
     ));
 }

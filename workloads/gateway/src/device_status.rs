@@ -11,9 +11,13 @@
 //!   (at 50 writes a second), then as long as keeps these refreshes within
 //!   four fifths of the budget (four minutes for 10,000), so a thermometer
 //!   reporting every 30 s is written once a minute, not twice;
-//! - this gateway pod never wrote it yet and it is online, or it stayed
-//!   silent since the pod started for longer than it may (written offline,
-//!   so a device that went quiet while no gateway ran is not left online).
+//! - its status says something else than what this pod knows: the book
+//!   starts from the Devices' statuses as the pod found them (one list of
+//!   the namespace's Devices), so a restart rewrites nothing that is still
+//!   true, and a device the status calls online that stays silent since the
+//!   pod started for longer than it may is written offline (it went quiet
+//!   while no gateway ran). A Device never seen, with no `online` yet (a new
+//!   fleet not yet connected), is left so: nothing is written for it.
 //!
 //! The writes due are paced by a budget of writes per second
 //! (`DEVICE_STATUS_WRITES_PER_SECOND`, 50 as the operator deploys it):
@@ -26,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetward_protocol::Category;
 use futures::StreamExt;
@@ -122,13 +127,14 @@ impl StatusBook {
             let (last_seen, now_online) = match seen.get(id) {
                 Some((c, last)) => (Some(*last), online(*c, *last, now)),
                 // Not seen by this pod: offline once it stayed silent for
-                // longer than its category allows, unknown before.
-                None if !online(*category, self.started, now) => (None, false),
+                // longer than its category allows (if its status says
+                // anything), unknown before.
+                None if written.is_some() && !online(*category, self.started, now) => (None, false),
                 None => continue,
             };
             let rank = match written {
                 Some((_, was_online)) if was_online != now_online => 0,
-                // Never written by this pod: whatever it is now.
+                // Its status has no `online`: what it is now.
                 None => 1,
                 Some((Some(w), _)) if last_seen.is_some_and(|l| l - w >= resolution) => 2,
                 Some((None, _)) if last_seen.is_some() => 2,
@@ -164,6 +170,14 @@ impl StatusBook {
         (online as f64 / (REFRESH_SHARE * self.writes_per_second)).max(MIN_RESOLUTION)
     }
 
+    /// What `device`'s status said when the pod started: `lastSeen` (Unix
+    /// seconds) and `online`, if it has one.
+    pub fn found(&mut self, device: &str, last_seen: Option<f64>, online: Option<bool>) {
+        if let Some(online) = online {
+            self.written.insert(device.to_string(), (last_seen, online));
+        }
+    }
+
     /// `update` reached the API server.
     pub fn written(&mut self, update: &StatusUpdate) {
         let entry = self.written.entry(update.device.clone()).or_insert((None, false));
@@ -194,6 +208,25 @@ pub enum Written {
 }
 
 impl StatusWriter {
+    /// Reads what the statuses of `gateway`'s Devices say into `book` (one
+    /// list of the namespace's Devices; the gateway's Role may list them).
+    pub async fn read_statuses(&self, gateway: &str, book: &mut StatusBook) -> Result<usize, kube::Error> {
+        let devices = self.api.list(&kube::api::ListParams::default()).await?;
+        let mut found = 0;
+        for dev in devices.items.iter().filter(|d| d.data["spec"]["gatewayRef"] == gateway) {
+            let status = &dev.data["status"];
+            let last_seen = status["lastSeen"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp() as f64);
+            if let Some(name) = dev.metadata.name.as_deref() {
+                book.found(name, last_seen, status["online"].as_bool());
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
     pub fn new(client: Client, namespace: &str, metrics: Arc<Metrics>) -> Self {
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("fleetward.io", "v1alpha1", "Device"));
         Self {
@@ -251,8 +284,30 @@ impl StatusWriter {
 
 /// Writes the Devices' `lastSeen` and `online` that are due every sweep,
 /// at most `writes_per_second`, for as long as the gateway runs.
-pub async fn run(writer: StatusWriter, writes_per_second: f64, liveness: Arc<Liveness>, registry: Arc<Registry>) {
+pub async fn run(
+    writer: StatusWriter,
+    gateway: String,
+    writes_per_second: f64,
+    liveness: Arc<Liveness>,
+    registry: Arc<Registry>,
+) {
     let mut book = StatusBook::new(unix_now(), writes_per_second);
+    // What the statuses say, before anything is written; tried again until
+    // read (the API server may be away for a moment).
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match writer.read_statuses(&gateway, &mut book).await {
+            Ok(found) => {
+                tracing::info!(devices = found, "read the Devices' statuses");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the Devices' statuses; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
     let mut tick = tokio::time::interval(SWEEP);
     // Writes that take longer than a sweep delay the next one.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,9 +399,13 @@ mod tests {
     }
 
     #[test]
-    fn a_device_silent_since_the_pod_started_is_written_offline_once_it_could_have_reported() {
-        let devs = devices(&["quiet"]);
+    fn a_device_its_status_calls_online_is_written_offline_once_it_could_have_reported() {
+        let devs = devices(&["quiet", "new"]);
         let mut book = StatusBook::new(1000.0, 20.0);
+        // As the pod found them: "quiet" online (seen by an earlier pod),
+        // "new" with no `online` at all (never connected).
+        book.found("quiet", Some(900.0), Some(true));
+        book.found("new", None, None);
         assert!(
             step(&mut book, 1080.0, &devs, &HashMap::new()).is_empty(),
             "it may still report"
@@ -358,7 +417,8 @@ mod tests {
                 device: "quiet".into(),
                 last_seen: None,
                 online: false
-            }]
+            }],
+            "a device never seen is left as it is"
         );
         assert_eq!(
             offline[0].patch(),
@@ -413,6 +473,23 @@ mod tests {
         for n in [1, 100, 2400, 5000, 10_000, 50_000] {
             assert!(n as f64 / book.resolution(n) <= 40.0 + 1e-9, "{n}");
         }
+    }
+
+    #[test]
+    fn a_restarted_pod_rewrites_nothing_that_is_still_true() {
+        let devs = devices(&["a", "b"]);
+        let mut book = StatusBook::new(1000.0, 20.0);
+        book.found("a", Some(990.0), Some(true));
+        book.found("b", Some(500.0), Some(false));
+        // "a" reports on, within the resolution; "b" stays silent.
+        assert!(step(&mut book, 1010.0, &devs, &seen(&[("a", 1005.0)])).is_empty());
+        assert!(step(&mut book, 1040.0, &devs, &seen(&[("a", 1035.0)])).is_empty());
+        // "b" comes back: written online.
+        let back = step(&mut book, 1050.0, &devs, &seen(&[("a", 1035.0), ("b", 1045.0)]));
+        assert_eq!(
+            back.iter().map(|u| (u.device.as_str(), u.online)).collect::<Vec<_>>(),
+            [("b", true)]
+        );
     }
 
     #[test]

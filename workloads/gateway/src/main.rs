@@ -197,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         let writer = StatusWriter::new(kube.clone(), &cfg.namespace, metrics.clone());
         tokio::spawn(device_status::run(
             writer,
+            cfg.gateway.clone(),
             cfg.device_status_writes_per_second,
             liveness.clone(),
             registry.clone(),

@@ -48,10 +48,12 @@ pub fn rbac(gw: &Gateway) -> Result<(ServiceAccount, Role, RoleBinding)> {
             // Its own Gateway, for the limits it follows live.
             objects::rule("fleetward.io", "gateways", Some(vec![gw.name_any()]), &read),
             // Its devices' `lastSeen` and `online` (the status only: no
-            // spec, no other object). RBAC cannot name an unbounded set, so
-            // this covers every Device status in the namespace; the
-            // operator never takes those two fields from it.
+            // spec, no other object), and the Devices' statuses as it
+            // starts (one list; Devices hold no secret). RBAC cannot name
+            // an unbounded set, so this covers every Device in the
+            // namespace; the operator never takes those two fields from it.
             objects::rule("fleetward.io", "devices/status", None, &["patch"]),
+            objects::rule("fleetward.io", "devices", None, &["list"]),
         ],
     ))
 }

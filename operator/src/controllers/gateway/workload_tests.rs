@@ -243,18 +243,27 @@ fn rbac_binds_the_role_to_the_account() {
         ("gw-gateway", Some("ns"))
     );
     let rules = role.rules.unwrap();
-    // Reads only, but for its devices' liveness: a patch of their status
-    // (not their spec, not any other object).
-    let (writes, reads): (Vec<_>, Vec<_>) = rules.iter().partition(|r| r.verbs != ["get", "list", "watch"]);
-    assert_eq!(writes.len(), 1, "{rules:?}");
-    assert_eq!(writes[0].verbs, ["patch"]);
-    assert_eq!(
-        writes[0].resources.as_deref(),
-        Some(&["devices/status".to_string()][..])
-    );
+    // Reads by name only, but for its devices' liveness: a patch of their
+    // status and a list of them (not their spec, not any other object).
+    let (devices, named): (Vec<_>, Vec<_>) = rules
+        .iter()
+        .partition(|r| r.resources.as_ref().is_some_and(|rs| rs[0].starts_with("devices")));
+    assert!(named.iter().all(|r| r.verbs == ["get", "list", "watch"]), "{rules:?}");
     assert!(
-        reads.iter().all(|r| r.resource_names.is_some()),
-        "every read is by name: {reads:?}"
+        named.iter().all(|r| r.resource_names.is_some()),
+        "every other read is by name: {named:?}"
+    );
+    let verbs: Vec<(String, Vec<String>)> = devices
+        .iter()
+        .map(|r| (r.resources.as_ref().unwrap()[0].clone(), r.verbs.clone()))
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            ("devices/status".to_string(), vec!["patch".to_string()]),
+            ("devices".to_string(), vec!["list".to_string()])
+        ],
+        "Devices: a patch of their status, a list of them; no spec written"
     );
     let gateways = rules
         .iter()
