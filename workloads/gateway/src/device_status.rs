@@ -21,7 +21,7 @@
 //!
 //! The writes due are paced by a budget of writes per second
 //! (`DEVICE_STATUS_WRITES_PER_SECOND`, 50 as the operator deploys it):
-//! 10,000 devices of mixed categories need about 28 (the `device_status`
+//! 10,000 devices of mixed categories need about 30 (the `device_status`
 //! bench). Beyond the budget the oldest `lastSeen` go first and it is a few
 //! minutes coarser, while a change of `online` still goes out within a
 //! sweep or two. What is written

@@ -32,7 +32,7 @@ use fleetward_protocol::record::{RECORD_KEY_ENV, RECORD_KEY_SECRET_KEY};
 /// stop.
 const TERMINATION_GRACE_SECONDS: i64 = 45;
 /// How many Device statuses (`lastSeen`, `online`) a gateway writes a
-/// second at most: 10,000 devices of mixed categories need about 28 (the
+/// second at most: 10,000 devices of mixed categories need about 30 (the
 /// gateway's `device_status` bench), and a restart's catch-up is paced.
 const DEVICE_STATUS_WRITES_PER_SECOND: &str = "50";
 
