@@ -53,8 +53,28 @@ fn values() -> Vec<String> {
     .to_vec()
 }
 
-/// The previous release's chart and CRDs, from the repository's history.
+/// The previous release's chart and CRDs, from the repository's history
+/// (fetched from `origin` when a shallow clone lacks the commit).
 fn previous_chart(dir: &Path) -> std::path::PathBuf {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo_root())
+            .args(args)
+            .output()
+            .expect("git runs")
+    };
+    if !git(&["cat-file", "-e", &format!("{PREVIOUS}^{{commit}}")])
+        .status
+        .success()
+    {
+        let fetched = git(&["fetch", "--quiet", "--depth", "1", "origin", PREVIOUS]);
+        assert!(
+            fetched.status.success(),
+            "{PREVIOUS} is not in this clone and could not be fetched from origin: {}",
+            String::from_utf8_lossy(&fetched.stderr)
+        );
+    }
     let archive = Command::new("git")
         .args([
             "-C",
