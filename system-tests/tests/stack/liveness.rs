@@ -37,7 +37,11 @@ pub(crate) fn online_after_publishing(ns: &str, device: &str, figures: &mut Figu
     let (_, seen) = status(ns, device);
     let seen = seen.unwrap_or_else(|| panic!("{device} has a lastSeen: {}", yaml(ns, device)));
     let age = (Utc::now() - seen).num_seconds();
-    assert!((-5..=90).contains(&age), "lastSeen {seen} is {age} s old");
+    // At most the resolution (60 s) behind the last message, plus a sweep
+    // (10 s), plus the time since the last message (the step before ends
+    // by reading the rows back); CI saw 58 s. Far under what a five-minute
+    // or a per-restart-only lastSeen would give.
+    assert!((-5..=150).contains(&age), "lastSeen {seen} is {age} s old");
     let table = kubectl(&["-n", ns, "get", "devices"]);
     let header = table.lines().next().unwrap_or_default();
     assert!(header.contains("ONLINE") && header.contains("LASTSEEN"), "{table}");
