@@ -36,14 +36,6 @@ struct Counts {
     disconnects: AtomicUsize,
 }
 
-fn get(ns: &str, what: &[&str], path: &str) -> String {
-    let mut args = vec!["-n", ns, "get"];
-    args.extend_from_slice(what);
-    let p = format!("jsonpath={path}");
-    args.extend(["-o", &p]);
-    kubectl(&args)
-}
-
 fn patch_gateway(ns: &str, security: &str) {
     kubectl(&[
         "-n",
@@ -58,11 +50,11 @@ fn patch_gateway(ns: &str, security: &str) {
 }
 
 fn pod_uid(ns: &str) -> String {
-    get(ns, &["pod", "live-gateway-0"], "{.metadata.uid}")
+    jsonpath(ns, &["pod", "live-gateway-0"], "{.metadata.uid}")
 }
 
 fn gateway_restarts(ns: &str) -> String {
-    get(
+    jsonpath(
         ns,
         &["pod", "live-gateway-0"],
         r#"{.status.containerStatuses[?(@.name=="gateway")].restartCount}"#,
@@ -130,7 +122,7 @@ async fn main() {
         "{n} Devices Ready and the Gateway's pod running in {:.0} s",
         t.elapsed().as_secs_f64()
     );
-    let port: u16 = get(
+    let port: u16 = jsonpath(
         &ns,
         &["service", GATEWAY],
         r#"{.spec.ports[?(@.name=="mqtts")].nodePort}"#,
@@ -184,29 +176,9 @@ async fn main() {
 
     // 3. The gateway process dies.
     let restarts = gateway_restarts(&ns);
-    let container = get(
-        &ns,
-        &["pod", "live-gateway-0"],
-        r#"{.status.containerStatuses[?(@.name=="gateway")].containerID}"#,
-    );
-    let container = container.trim_start_matches("containerd://").to_string();
     let before = counts.disconnects.load(Ordering::SeqCst);
     let t = Instant::now();
-    let killed = std::process::Command::new("ctr")
-        .args([
-            "--address",
-            &fleetward_testkit::env("FLEETWARD_CONTAINERD_SOCK"),
-            "--namespace",
-            "k8s.io",
-        ])
-        .args(["task", "kill", "--signal", "SIGKILL", &container])
-        .output()
-        .expect("ctr runs");
-    assert!(
-        killed.status.success(),
-        "ctr task kill: {}",
-        String::from_utf8_lossy(&killed.stderr)
-    );
+    sigkill_container(&ns, "live-gateway-0", "gateway");
     wait_until_blocking(
         "the gateway container restarted and ready",
         300,

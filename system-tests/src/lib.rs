@@ -80,6 +80,59 @@ pub fn kubectl_apply(manifest: &str) -> String {
     out
 }
 
+/// `kubectl -n ns get what… -o jsonpath=path`.
+pub fn jsonpath(ns: &str, what: &[&str], path: &str) -> String {
+    let mut args = vec!["-n", ns, "get"];
+    args.extend_from_slice(what);
+    let p = format!("jsonpath={path}");
+    args.extend(["-o", &p]);
+    kubectl(&args)
+}
+
+/// Waits up to `secs` for every `kind` in `ns` to be Ready; describes them
+/// when they are not.
+pub fn ready(ns: &str, kind: &str, secs: u64) {
+    let timeout = format!("--timeout={secs}s");
+    let (ok, out) = kubectl_try(&["-n", ns, "wait", "--for=condition=Ready", kind, "--all", &timeout]);
+    assert!(
+        ok,
+        "{kind} not Ready: {out}\n{}",
+        kubectl_try(&["-n", ns, "describe", kind]).1
+    );
+}
+
+/// The holder of the operator's Lease in `ns`: `<pod>_<random>`, per process.
+pub fn leader(ns: &str) -> String {
+    jsonpath(ns, &["lease", "fleetward-operator"], "{.spec.holderIdentity}")
+}
+
+/// The pod of a Lease holder's identity.
+pub fn leader_pod(identity: &str) -> &str {
+    identity.rsplit_once('_').map_or(identity, |(pod, _)| pod)
+}
+
+/// Kills `container` of `pod` outright (SIGKILL through the node's
+/// containerd: no chance to clean up); the kubelet restarts it.
+pub fn sigkill_container(ns: &str, pod: &str, container: &str) {
+    let id = jsonpath(
+        ns,
+        &["pod", pod],
+        &format!(r#"{{.status.containerStatuses[?(@.name=="{container}")].containerID}}"#),
+    );
+    let id = id.trim_start_matches("containerd://");
+    assert!(!id.is_empty(), "{pod} has no running {container} container");
+    let killed = Command::new("ctr")
+        .args(["--address", &env("FLEETWARD_CONTAINERD_SOCK"), "--namespace", "k8s.io"])
+        .args(["task", "kill", "--signal", "SIGKILL", id])
+        .output()
+        .expect("ctr runs");
+    assert!(
+        killed.status.success(),
+        "ctr task kill: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+}
+
 pub fn helm(args: &[&str]) -> String {
     let mut cmd = Command::new(helm_bin());
     cmd.args(args);

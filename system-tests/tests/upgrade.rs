@@ -114,24 +114,17 @@ fn digest(data: &str) -> u64 {
 fn fleet_state(ns: &str) -> Vec<String> {
     let mut state = Vec::new();
     for d in ["d1", "d2"] {
-        let get = |what: &[&str], path: &str| {
-            let mut args = vec!["-n", ns, "get"];
-            args.extend_from_slice(what);
-            let p = format!("jsonpath={path}");
-            args.extend(["-o", &p]);
-            kubectl(&args)
-        };
-        let secret = get(&["secret", &format!("{d}-credentials")], "{.data}");
+        let secret = jsonpath(ns, &["secret", &format!("{d}-credentials")], "{.data}");
         assert!(secret.contains("hmac.key"), "{d}'s credentials");
         state.push(format!(
             "{d} uid={} serial={} credentials={}",
-            get(&["device", d], "{.metadata.uid}"),
-            get(&["device", d], "{.status.serial}"),
+            jsonpath(ns, &["device", d], "{.metadata.uid}"),
+            jsonpath(ns, &["device", d], "{.status.serial}"),
             digest(&secret)
         ));
     }
-    let ca = kubectl(&["-n", ns, "get", "secret", "gw-ca", "-o", "jsonpath={.data}"]);
-    let gw = kubectl(&["-n", ns, "get", "gateway", "gw", "-o", "jsonpath={.metadata.uid}"]);
+    let ca = jsonpath(ns, &["secret", "gw-ca"], "{.data}");
+    let gw = jsonpath(ns, &["gateway", "gw"], "{.metadata.uid}");
     state.push(format!("gw uid={gw} ca={}", digest(&ca)));
     state
 }
@@ -150,7 +143,7 @@ fn write_last_seen(ns: &str) -> String {
         "-p",
         r#"{"status":{"lastSeen":"2026-12-07T10:00:00Z","online":true}}"#,
     ]);
-    kubectl(&["-n", ns, "get", "device", "d1", "-o", "jsonpath={.status.lastSeen}"])
+    jsonpath(ns, &["device", "d1"], "{.status.lastSeen}")
 }
 
 /// Removes what the test made, also when it fails half-way: the fleet
@@ -181,23 +174,6 @@ impl Drop for Teardown {
             .output();
         let _ = kubectl_try(&["delete", "namespace", &self.release_ns, "--wait=false"]);
     }
-}
-
-fn ready(ns: &str, kind: &str) {
-    let (ok, out) = kubectl_try(&[
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Ready",
-        kind,
-        "--all",
-        "--timeout=120s",
-    ]);
-    assert!(
-        ok,
-        "{kind} not Ready: {out}\n{}",
-        kubectl_try(&["-n", ns, "describe", kind]).1
-    );
 }
 
 fn operator_ready(ns: &str) {
@@ -246,8 +222,8 @@ async fn helm_upgrade_from_the_previous_release_carries_the_crds_and_loses_nothi
     for d in ["d1", "d2"] {
         fleet.apply_yaml(&device_yaml(d, "gw", "")).await;
     }
-    ready(ns, "gateways");
-    ready(ns, "devices");
+    ready(ns, "gateways", 120);
+    ready(ns, "devices", 120);
     let before = fleet_state(ns);
     assert_eq!(
         write_last_seen(ns),
@@ -291,36 +267,24 @@ async fn helm_upgrade_from_the_previous_release_carries_the_crds_and_loses_nothi
     // The operator restarts (as a new image would make it) and reconciles
     // every Device against the new CRD: nothing is issued again, and the
     // gateway's field stays.
-    let leader = || {
-        kubectl_try(&[
-            "-n",
-            &release_ns,
-            "get",
-            "lease",
-            "fleetward-operator",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .1
-    };
-    let old_leader = leader();
+    let old_leader = leader(&release_ns);
     kubectl(&["-n", &release_ns, "delete", "pods", "--all", "--wait=true"]);
     operator_ready(&release_ns);
     wait_until_blocking(
         "the restarted operator to lead",
         60,
         || {
-            let now = leader();
+            let now = leader(&release_ns);
             !now.is_empty() && now != old_leader
         },
         || kubectl_try(&["-n", &release_ns, "get", "lease", "-o", "yaml"]).1,
     );
     // A new leader reconciles every object once, at once.
     std::thread::sleep(std::time::Duration::from_secs(10));
-    ready(ns, "devices");
+    ready(ns, "devices", 120);
     assert_eq!(fleet_state(ns), before, "after the operator's restart too");
     assert_eq!(
-        kubectl(&["-n", ns, "get", "device", "d1", "-o", "jsonpath={.status.lastSeen}"]),
+        jsonpath(ns, &["device", "d1"], "{.status.lastSeen}"),
         "2026-12-07T10:00:00Z",
         "the operator leaves the gateway's field alone"
     );

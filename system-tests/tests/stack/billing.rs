@@ -16,7 +16,7 @@ use std::time::Instant;
 use fleetward_system_tests::*;
 use fleetward_testkit::{http_status, wait_until_blocking};
 
-use crate::{Figures, RELEASE, jsonpath, ready};
+use crate::{Figures, RELEASE};
 
 const TARIFF: &str = "residential-2026";
 /// The example Device the residential Tariff bills (examples/20-devices.yaml).
@@ -27,7 +27,7 @@ const METER: &str = "meter-001";
 pub fn bill_the_month(ns: &str, meter_readings: usize, figures: &mut Figures) {
     let t = Instant::now();
     kubectl_apply(&example_in("billing/tariff.yaml", ns));
-    ready(ns, "tariffs");
+    ready(ns, "tariffs", 180);
     figures.add(format!(
         "Tariff applied -> Ready, its billing pod available: {:.1} s",
         t.elapsed().as_secs_f64()

@@ -105,7 +105,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     let t = Instant::now();
     kubectl_apply(&examples_in(&ns));
     for kind in ["gateways", "devices", "stationfeeds"] {
-        ready(&ns, kind);
+        ready(&ns, kind, 180);
     }
     wait_until_blocking("the examples' pods", 300, || all_pods_ready(&ns), || pods(&ns));
     figures.add(format!(
@@ -417,23 +417,8 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     //    through the node's containerd: no chance to release its lease), and
     //    the standby takes over once the lease runs out.
     let old_leader = leader(&ns);
-    let container = jsonpath(
-        &ns,
-        &["pod", leader_pod(&old_leader)],
-        "{.status.containerStatuses[0].containerID}",
-    );
-    let container = container.trim_start_matches("containerd://").to_string();
     let t = Instant::now();
-    let killed = std::process::Command::new("ctr")
-        .args(["--address", &env("FLEETWARD_CONTAINERD_SOCK"), "--namespace", "k8s.io"])
-        .args(["task", "kill", "--signal", "SIGKILL", &container])
-        .output()
-        .expect("ctr runs");
-    assert!(
-        killed.status.success(),
-        "ctr task kill: {}",
-        String::from_utf8_lossy(&killed.stderr)
-    );
+    sigkill_container(&ns, leader_pod(&old_leader), "operator");
     wait_until_blocking(
         "the standby operator to take the lease",
         60,
@@ -453,7 +438,7 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "apiVersion: fleetward.io/v1alpha1\nkind: Device\nmetadata: {{name: after-failover, namespace: {ns}}}\n\
          spec: {{gatewayRef: edge, category: indoorThermometer}}\n"
     ));
-    ready(&ns, "devices");
+    ready(&ns, "devices", 180);
 
     // 9b. Both alerts reach the receiver.
     alerts::reach_the_receiver(&ns, &receiver, silent, &mut figures);

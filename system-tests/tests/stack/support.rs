@@ -58,40 +58,6 @@ pub(crate) fn millis_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
 }
 
-pub(crate) fn ready(ns: &str, kind: &str) {
-    let (ok, out) = kubectl_try(&[
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Ready",
-        kind,
-        "--all",
-        "--timeout=180s",
-    ]);
-    assert!(
-        ok,
-        "{kind} not Ready: {out}\n{}",
-        kubectl_try(&["-n", ns, "describe", kind]).1
-    );
-}
-
-pub(crate) fn jsonpath(ns: &str, what: &[&str], path: &str) -> String {
-    let mut args = vec!["-n", ns, "get"];
-    args.extend_from_slice(what);
-    let p = format!("jsonpath={path}");
-    args.extend(["-o", &p]);
-    kubectl(&args)
-}
-
-/// The holder of the operator's Lease: `<pod>_<random>`, per process.
-pub(crate) fn leader(ns: &str) -> String {
-    jsonpath(ns, &["lease", "fleetward-operator"], "{.spec.holderIdentity}")
-}
-
-pub(crate) fn leader_pod(identity: &str) -> &str {
-    identity.rsplit_once('_').map_or(identity, |(pod, _)| pod)
-}
-
 pub(crate) async fn connect_devices(ns: &str, host: &str, port: u16) -> Vec<Arc<Device>> {
     let client = fleetward_testkit::client().await;
     let opts = ConnectOptions::new(host, port);
