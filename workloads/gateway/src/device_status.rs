@@ -28,11 +28,11 @@
 //! is a merge patch of those two fields of the status subresource; the
 //! operator never writes them (`DeviceStatus::operator_owned`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetward_protocol::Category;
+use fleetward_service::backoff::Backoff;
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
@@ -112,26 +112,29 @@ impl StatusBook {
         let elapsed = self.planned_at.map_or(BUDGET_SECONDS, |t| (now - t).max(0.0));
         self.planned_at = Some(now);
         self.budget = (self.budget + elapsed * self.writes_per_second).min(BUDGET_SECONDS * self.writes_per_second);
-        let known: HashMap<&str, Category> = devices.iter().map(|(id, c)| (id.as_str(), *c)).collect();
-        self.written.retain(|id, _| known.contains_key(id.as_str()));
-        let online_now = devices
+        let known: HashSet<&str> = devices.iter().map(|(id, _)| id.as_str()).collect();
+        self.written.retain(|id, _| known.contains(id.as_str()));
+        // Each device's (last seen, online) now, where known.
+        let states: Vec<(&String, (Option<f64>, bool))> = devices
             .iter()
-            .filter(|(id, _)| seen.get(id).is_some_and(|(c, last)| online(*c, *last, now)))
-            .count();
-        let resolution = self.resolution(online_now);
+            .filter_map(|(id, category)| {
+                let state = match seen.get(id) {
+                    Some((c, last)) => (Some(*last), online(*c, *last, now)),
+                    // Not seen by this pod: offline once it stayed silent
+                    // for longer than its category allows (if its status
+                    // says anything), unknown before.
+                    None if self.written.contains_key(id) && !online(*category, self.started, now) => (None, false),
+                    None => return None,
+                };
+                Some((id, state))
+            })
+            .collect();
+        let resolution = self.resolution(states.iter().filter(|(_, (_, on))| *on).count());
 
         // (rank, age of what was written, update): rank 0 = online changed.
         let mut due: Vec<(u8, f64, StatusUpdate)> = Vec::new();
-        for (id, category) in devices {
+        for (id, (last_seen, now_online)) in states {
             let written = self.written.get(id).copied();
-            let (last_seen, now_online) = match seen.get(id) {
-                Some((c, last)) => (Some(*last), online(*c, *last, now)),
-                // Not seen by this pod: offline once it stayed silent for
-                // longer than its category allows (if its status says
-                // anything), unknown before.
-                None if written.is_some() && !online(*category, self.started, now) => (None, false),
-                None => continue,
-            };
             let rank = match written {
                 Some((_, was_online)) if was_online != now_online => 0,
                 // Its status has no `online`: what it is now.
@@ -294,7 +297,7 @@ pub async fn run(
     let mut book = StatusBook::new(unix_now(), writes_per_second);
     // What the statuses say, before anything is written; tried again until
     // read (the API server may be away for a moment).
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::standard();
     loop {
         match writer.read_statuses(&gateway, &mut book).await {
             Ok(found) => {
@@ -303,8 +306,7 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the Devices' statuses; trying again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff.wait().await;
             }
         }
     }
