@@ -169,6 +169,8 @@ pub struct EncryptorSpec<'a> {
     pub database: &'a crate::crd::SecretKeyRef,
     pub table: &'a str,
     pub keyring_secret: String,
+    /// `RETENTION_DAYS`: how long rows are kept.
+    pub retention_days: i64,
     /// Kind-specific settings (e.g. `SENSITIVE_FIELDS`).
     pub extra_env: Vec<EnvVar>,
 }
@@ -193,6 +195,7 @@ pub fn encryptor(
         env("DEAD_LETTER_TOPIC", e.dead_letter_topic),
         database.env,
         env("TABLE", e.table),
+        env("RETENTION_DAYS", e.retention_days.to_string()),
         env(
             "KEYRING_FILE",
             format!("{KEYRING_DIR}/{}", fleetward_keyring::SECRET_DATA_KEY),

@@ -113,6 +113,12 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<PostgresTarget>,
 
+    /// How long stored rows are kept (a year by default). Rows go a week
+    /// at a time, by dropping a partition once every row in it is older
+    /// than this: a row lives at least its retention, at most a week more.
+    #[serde(default)]
+    pub retention: GatewayRetention,
+
     /// The HTTPS command API (`POST /command/{device_id}`).
     #[serde(default)]
     pub command_api: CommandApiSpec,
@@ -182,6 +188,34 @@ pub struct TelemetryPostgres {
     #[serde(default = "default_telemetry_table")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
     pub table: String,
+}
+
+/// Days each kind of this Gateway's rows is kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRetention {
+    /// Telemetry rows (`storage`), by when the gateway accepted them.
+    #[serde(default = "default_retention_days")]
+    #[schemars(range(min = 1, max = 36_500))]
+    pub telemetry_days: i64,
+    /// This gateway's audit rows (`audit`), by when the event happened.
+    #[serde(default = "default_retention_days")]
+    #[schemars(range(min = 1, max = 36_500))]
+    pub audit_days: i64,
+}
+
+impl Default for GatewayRetention {
+    fn default() -> Self {
+        Self {
+            telemetry_days: default_retention_days(),
+            audit_days: default_retention_days(),
+        }
+    }
+}
+
+/// A year (seed 004).
+pub fn default_retention_days() -> i64 {
+    365
 }
 
 fn default_telemetry_table() -> String {

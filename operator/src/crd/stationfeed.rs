@@ -50,6 +50,13 @@ pub struct StationFeedSpec {
     /// Where the encryptor stores rows.
     pub postgres: FeedPostgresSpec,
 
+    /// How long station rows are kept (a year by default), by their
+    /// `last_update`: rows go a week at a time, by dropping a partition
+    /// once every row in it is older; a record older than this when it
+    /// arrives is not stored.
+    #[serde(default)]
+    pub retention: FeedRetention,
+
     /// Bump to rotate the encryption key: a new primary key is added to the
     /// keyring; older keys stay so existing rows remain readable.
     #[serde(default)]
@@ -59,6 +66,23 @@ pub struct StationFeedSpec {
     /// Container images; defaults come from the operator's configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<FeedImages>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedRetention {
+    /// Days a station row is kept.
+    #[serde(default = "crate::crd::gateway::default_retention_days")]
+    #[schemars(range(min = 1, max = 36_500))]
+    pub days: i64,
+}
+
+impl Default for FeedRetention {
+    fn default() -> Self {
+        Self {
+            days: crate::crd::gateway::default_retention_days(),
+        }
+    }
 }
 
 fn default_interval() -> i64 {

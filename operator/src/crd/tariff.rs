@@ -101,9 +101,33 @@ pub struct TariffSpec {
     /// Database holding meter readings and bills.
     pub database: PostgresTarget,
 
+    /// How long meter readings are kept (a year by default), by when the
+    /// gateway accepted them; bills, runs and payments are kept. The
+    /// namespace's readings, which all its Tariffs bill from, are kept for
+    /// the longest retention among them, and go a week at a time.
+    #[serde(default)]
+    pub retention: TariffRetention,
+
     /// Container images; defaults come from the operator's configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<TariffImages>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TariffRetention {
+    /// Days a meter reading is kept.
+    #[serde(default = "crate::crd::gateway::default_retention_days")]
+    #[schemars(range(min = 1, max = 36_500))]
+    pub readings_days: i64,
+}
+
+impl Default for TariffRetention {
+    fn default() -> Self {
+        Self {
+            readings_days: crate::crd::gateway::default_retention_days(),
+        }
+    }
 }
 
 fn default_schedule() -> String {
@@ -207,6 +231,7 @@ mod tests {
                 database: PostgresTarget {
                     connection_secret_ref: SecretKeyRef { name: "db".into(), key: "url".into() },
                 },
+                retention: TariffRetention::default(),
                 images: image.map(|billing| TariffImages { billing: Some(billing) }),
             }
         }

@@ -13,6 +13,7 @@
 //!   from start to end (`bill::consumption`, done here in SQL).
 
 use chrono::{DateTime, Utc};
+use fleetward_partitions::{DAY, Key, Partitioned, WEEK};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -71,9 +72,41 @@ pub struct Reading {
     pub reply_to: Option<String>,
 }
 
+/// One namespace's readings (made if missing), cut into weeks of
+/// `received_at` (see the migration `partitioned_readings`).
+pub async fn readings_partitioned(pool: &PgPool, ns: &str) -> Result<Partitioned, sqlx::Error> {
+    let name: String = sqlx::query_scalar("SELECT fleetward_billing.readings_partition($1)")
+        .bind(ns)
+        .fetch_one(pool)
+        .await?;
+    Ok(Partitioned::new(
+        Some("fleetward_billing"),
+        &name,
+        Key::Timestamptz,
+        WEEK,
+    ))
+}
+
 /// Stores readings; ones already stored (same namespace, device and
-/// message id) are left as they are. Returns how many were new.
+/// message id) are left as they are. Returns how many were new. The first
+/// reading of a week (or of a namespace) makes its partition.
 pub async fn insert_readings(pool: &PgPool, rows: &[Reading]) -> Result<u64, sqlx::Error> {
+    match insert_rows(pool, rows).await {
+        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+            let mut by_ns: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+            for r in rows {
+                by_ns.entry(&r.namespace).or_default().push(r.received_at.timestamp());
+            }
+            for (ns, times) in by_ns {
+                readings_partitioned(pool, ns).await?.ensure(pool, &times).await?;
+            }
+            insert_rows(pool, rows).await
+        }
+        other => other,
+    }
+}
+
+async fn insert_rows(pool: &PgPool, rows: &[Reading]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -95,6 +128,55 @@ pub async fn insert_readings(pool: &PgPool, rows: &[Reading]) -> Result<u64, sql
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// This Tariff's retention of readings, recorded for the namespace's
+/// other Tariffs to see; returns the namespace's: the longest any of its
+/// Tariffs asks for.
+pub async fn readings_retention(pool: &PgPool, ns: &str, tariff: &str, days: u32) -> Result<u32, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO fleetward_billing.retention (namespace, tariff, readings_days) VALUES ($1, $2, $3) \
+         ON CONFLICT (namespace, tariff) DO UPDATE SET readings_days = EXCLUDED.readings_days, updated_at = now()",
+    )
+    .bind(ns)
+    .bind(tariff)
+    .bind(days as i32)
+    .execute(pool)
+    .await?;
+    let longest: i32 =
+        sqlx::query_scalar("SELECT max(readings_days) FROM fleetward_billing.retention WHERE namespace = $1")
+            .bind(ns)
+            .fetch_one(pool)
+            .await?;
+    Ok(longest as u32)
+}
+
+/// Keeps the namespace's readings for as long as the task runs: hourly,
+/// records this Tariff's retention, makes next week's partition and drops
+/// the weeks older than the namespace's retention (`readings_retention`).
+/// Migrates first (idempotent), so it may start before the scheduler does.
+pub async fn keep_readings(pool: PgPool, ns: String, tariff: String, days: u32) {
+    loop {
+        let pass = async {
+            migrate(&pool).await.map_err(sqlx::Error::from)?;
+            let keep = readings_retention(&pool, &ns, &tariff, days).await?;
+            let table = readings_partitioned(&pool, &ns).await?;
+            let now = Utc::now().timestamp();
+            let done = table.maintain(&pool, now, i64::from(keep) * DAY, WEEK).await?;
+            if !done.dropped.is_empty() {
+                tracing::info!(dropped = ?done.dropped, retention_days = keep, "expired weeks of readings dropped");
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        let wait = match pass.await {
+            Ok(()) => fleetward_partitions::EVERY,
+            Err(e) => {
+                tracing::warn!(error = %e, "readings retention pass failed; retrying in a minute");
+                std::time::Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// An answer to a read_meter command.

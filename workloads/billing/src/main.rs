@@ -63,6 +63,11 @@ struct Args {
     http_addr: SocketAddr,
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: SocketAddr,
+    /// Days readings are kept (the Tariff's `spec.retention.readingsDays`).
+    /// The namespace's readings go a week at a time once older than the
+    /// longest retention of its Tariffs.
+    #[arg(long, env = "READINGS_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    readings_retention_days: u32,
     /// How often the scheduler looks at the Tariff and the database.
     #[arg(long, env = "TICK_SECONDS", default_value_t = 5)]
     tick_seconds: u64,
@@ -132,6 +137,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let consumer = ingest::consumer(&args.kafka_brokers, &args.kafka_topic, &args.kafka_group_id)?;
     let health = MetricsServer::new(metrics.registry.clone(), "fleetward-billing", env!("CARGO_PKG_VERSION"));
     let api = Api::new(service.clone(), &args.api_key, args.api_rate_per_second, args.api_burst);
+    tokio::spawn(fleetward_billing::db::keep_readings(
+        pool.clone(),
+        args.namespace.clone(),
+        args.tariff.clone(),
+        args.readings_retention_days,
+    ));
     tokio::select! {
         r = health.serve(args.metrics_addr) => r?,
         r = api::serve(args.http_addr, api) => r?,

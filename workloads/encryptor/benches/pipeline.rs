@@ -168,6 +168,7 @@ async fn bench_pipeline(
             .unwrap_or(5000),
         batch_timeout: Duration::from_millis(200),
         record_key: None,
+        retention: Duration::from_secs(365 * 86_400),
     };
     let start = Instant::now();
     let p = pipeline::start(

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use fleetward_partitions::{Key, Partitioned, WEEK};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
@@ -74,6 +75,12 @@ pub async fn prepare(pool: &PgPool, kind: RecordKind, table: &TableName) -> Resu
     };
     sqlx::query(ensure).bind(table.as_str()).execute(pool).await?;
     Ok(())
+}
+
+/// How a station or telemetry table is partitioned: by week, on its
+/// `last_update` (stations) or `received_at` (telemetry) column.
+pub fn partitioned(table: &TableName) -> Partitioned {
+    Partitioned::new(None, table.as_str(), Key::Timestamptz, WEEK)
 }
 
 /// What the records of a topic are, and so which table they go to.
@@ -248,7 +255,7 @@ pub async fn insert_telemetry_batch(
          SELECT ns, gw, dev, mid, cat, dt, ra, $9, pl \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], \
                      $7::timestamptz[], $8::text[]) AS t(ns, gw, dev, mid, cat, dt, ra, pl) \
-         ON CONFLICT (namespace, gateway, device_id, message_id) DO NOTHING"
+         ON CONFLICT (namespace, gateway, device_id, message_id, received_at) DO NOTHING"
     );
     macro_rules! col {
         ($f:ident) => {

@@ -69,6 +69,12 @@ pub struct Args {
     /// How often the keyring file is checked for a rotation.
     #[arg(long, env = "KEYRING_RELOAD_SECONDS", default_value_t = 10)]
     pub keyring_reload_seconds: u64,
+    /// Days a row is kept (by `last_update` for stations, `received_at`
+    /// for telemetry): the table is partitioned by week, and a week goes
+    /// once its every row is older than this (see `fleetward_partitions`).
+    /// A record older than this when it arrives is not stored.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_days: u32,
     #[arg(long, env = "BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub batch_size: u32,
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 200)]
@@ -112,6 +118,7 @@ impl Args {
             batch_size: self.batch_size as usize,
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
             record_key: self.record_key.clone(),
+            retention: Duration::from_secs(u64::from(self.retention_days) * 86_400),
         })
     }
 }

@@ -24,6 +24,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
+use fleetward_partitions::Partitioned;
+
 use crate::db::{self, RecordKind, TableName};
 use crate::dead_letter::{self, DeadLetter};
 use crate::keys::SharedKeyring;
@@ -52,6 +54,9 @@ pub struct Settings {
     /// StationFeed's for stations): a record without its valid MAC is
     /// dead-lettered (`unsigned`), never stored.
     pub record_key: Option<RecordKey>,
+    /// How long rows are kept (`fleetward_partitions`): a record older
+    /// than this is not stored, and a week of rows goes once all are.
+    pub retention: Duration,
 }
 
 /// Batches being stored at once: PostgreSQL runs each transaction on one
@@ -271,7 +276,13 @@ impl Pipeline {
     }
 
     /// Starts storing a staged batch (retried until it succeeds).
-    fn store(&self, staged: Staged, batch: &[OwnedMessage], started: Instant) -> InFlight {
+    fn store(&self, mut staged: Staged, batch: &[OwnedMessage], started: Instant) -> InFlight {
+        let cutoff = chrono::Utc::now() - self.settings.retention;
+        let expired = staged.rows.drop_older_than(cutoff);
+        if expired > 0 {
+            tracing::info!(expired, "records older than the retention not stored");
+            self.metrics.records.with_label_values(&["expired"]).inc_by(expired);
+        }
         let mut next: HashMap<i32, i64> = HashMap::new();
         for m in batch {
             let o = next.entry(m.partition()).or_insert(0);
@@ -279,13 +290,14 @@ impl Pipeline {
         }
         let rows = staged.rows.len() as u64;
         let pool = self.pool.clone();
+        let partitioned = db::partitioned(&self.settings.table);
         let table = self.settings.table.clone();
         let fields = self.settings.sensitive.names();
         let metrics = self.metrics.clone();
         let handle = tokio::spawn(async move {
             let mut backoff = Backoff::standard();
             loop {
-                match insert(&pool, &table, &staged.key_id, &fields, &staged.rows).await {
+                match insert(&pool, &table, &partitioned, &staged.key_id, &fields, &staged.rows).await {
                     Ok(n) => return n,
                     Err(e) => {
                         tracing::warn!(error = %e, rows = staged.rows.len(), "storing batch failed; retrying");
@@ -382,6 +394,25 @@ impl Rows {
             Rows::Telemetry(v) => v.len(),
         }
     }
+
+    /// The partition key of each row, in Unix seconds.
+    fn times(&self) -> Vec<i64> {
+        match self {
+            Rows::Stations(v) => v.iter().map(|r| r.last_update.timestamp()).collect(),
+            Rows::Telemetry(v) => v.iter().map(|r| r.received_at.timestamp()).collect(),
+        }
+    }
+
+    /// Leaves out the rows whose partition key is before `cutoff` (their
+    /// week may be gone already); returns how many.
+    fn drop_older_than(&mut self, cutoff: chrono::DateTime<chrono::Utc>) -> u64 {
+        let before = self.len();
+        match self {
+            Rows::Stations(v) => v.retain(|r| r.last_update >= cutoff),
+            Rows::Telemetry(v) => v.retain(|r| r.received_at >= cutoff),
+        }
+        (before - self.len()) as u64
+    }
 }
 
 /// A batch after parsing and encryption.
@@ -414,8 +445,32 @@ impl<T> Drop for AbortOnDrop<T> {
 /// One transaction per batch, in a binary COPY: the fast way in. When a
 /// row is already stored (a batch read again after a crash or a rebalance,
 /// or a record produced twice) the COPY fails as a whole, and the batch is
-/// inserted instead, skipping the rows that are there.
+/// inserted instead, skipping the rows that are there. A row of a week
+/// with no partition yet (the first of a week, or a late one) fails it
+/// too: the weeks are made and the batch is written again.
 async fn insert(
+    pool: &PgPool,
+    table: &TableName,
+    partitioned: &Partitioned,
+    key_id: &str,
+    fields: &[String],
+    rows: &Rows,
+) -> Result<u64, sqlx::Error> {
+    match insert_rows(pool, table, key_id, fields, rows).await {
+        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+            let made = partitioned.ensure(pool, &rows.times()).await?;
+            tracing::info!(
+                partitions = made,
+                table = table.as_str(),
+                "made the partitions a batch needs"
+            );
+            insert_rows(pool, table, key_id, fields, rows).await
+        }
+        other => other,
+    }
+}
+
+async fn insert_rows(
     pool: &PgPool,
     table: &TableName,
     key_id: &str,
@@ -463,5 +518,11 @@ pub async fn start(
 ) -> Result<Pipeline, Error> {
     let pool = db::connect(database_url, 4).await?;
     db::prepare(&pool, settings.kind, &settings.table).await?;
-    Pipeline::new(settings, pool, keyring, metrics)
+    let pipeline = Pipeline::new(settings, pool, keyring, metrics)?;
+    // Expired weeks go now and then hourly; the next week is made ahead.
+    tokio::spawn(fleetward_partitions::keep(
+        pipeline.pool.clone(),
+        vec![(db::partitioned(&pipeline.settings.table), pipeline.settings.retention)],
+    ));
+    Ok(pipeline)
 }

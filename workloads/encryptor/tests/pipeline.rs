@@ -321,6 +321,9 @@ mod cli {
                     .seal(ring, &sensitive)
             })
             .collect();
+        // The weeks the rows fall in (the pipeline makes them on demand).
+        let times: Vec<i64> = rows.iter().map(|r| r.last_update.timestamp()).collect();
+        db::partitioned(&table).ensure(&pool, &times).await.unwrap();
         let mut tx = pool.begin().await.unwrap();
         let fields = ["address", "contract_name", "position"].map(String::from);
         db::insert_batch(&mut tx, &table, ring.primary_id(), &fields, &rows)

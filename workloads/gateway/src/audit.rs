@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use fleetward_partitions::{Key, Partitioned, WEEK};
 use fleetward_service::backoff::Backoff;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -268,7 +269,34 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<AuditEvent>, namespace: Str
     }
 }
 
+/// This gateway's partition of the audit trail (made if missing), cut into
+/// weeks on `at` (see migration 0004): the weeks older than the Gateway's
+/// `spec.retention.auditDays` go whole.
+pub async fn partitioned(pool: &PgPool, namespace: &str, gateway: &str) -> Result<Partitioned, sqlx::Error> {
+    let name: String = sqlx::query_scalar("SELECT fleetward_audit_partition($1, $2)")
+        .bind(namespace)
+        .bind(gateway)
+        .fetch_one(pool)
+        .await?;
+    Ok(Partitioned::new(None, &name, Key::Timestamptz, WEEK))
+}
+
+/// Writes a batch; the first of a week (or a late one) makes its week.
 async fn insert(pool: &PgPool, batch: &[AuditEvent], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
+    match insert_rows(pool, batch, namespace, gateway).await {
+        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+            let times: Vec<i64> = batch.iter().map(|ev| ev.at.timestamp()).collect();
+            partitioned(pool, namespace, gateway)
+                .await?
+                .ensure(pool, &times)
+                .await?;
+            insert_rows(pool, batch, namespace, gateway).await
+        }
+        other => other,
+    }
+}
+
+async fn insert_rows(pool: &PgPool, batch: &[AuditEvent], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
     let mut qb = sqlx::QueryBuilder::new(
         "INSERT INTO gateway_audit (at, namespace, gateway, device_id, event, reason, message_id, detail) ",
     );

@@ -92,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
     let (audit, replay) = match &cfg.database_url {
         Some(url) => {
             let pool = connect_pool(url).await?;
+            // This gateway's audit weeks: made ahead, dropped once expired.
+            let audit_weeks = fleetward_gateway::audit::partitioned(&pool, &cfg.namespace, &cfg.gateway).await?;
+            let retention = Duration::from_secs(u64::from(cfg.audit_retention_days) * 86_400);
+            tokio::spawn(fleetward_partitions::keep(pool.clone(), vec![(audit_weeks, retention)]));
             let now = chrono::Utc::now().timestamp();
             let (replay, remembered) = ReplayStore::open(
                 pool.clone(),

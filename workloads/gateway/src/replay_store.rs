@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use fleetward_partitions::{HOUR, Key, Partitioned};
 use fleetward_service::backoff::Backoff;
 use prometheus::Histogram;
 use sqlx::PgPool;
@@ -160,14 +161,31 @@ async fn writer(
         batch.clear();
         if last_purge.elapsed() >= PURGE_EVERY {
             last_purge = tokio::time::Instant::now();
-            if let Err(e) = purge(&pool, &namespace, &gateway, chrono::Utc::now().timestamp()).await {
+            if let Err(e) = purge(&pool, chrono::Utc::now().timestamp()).await {
                 tracing::warn!(error = %e, "could not purge expired message ids");
             }
         }
     }
 }
 
+/// The replay window's table: hour-wide partitions on `last_expires`,
+/// shared by every gateway (migration 0004).
+pub fn partitioned() -> Partitioned {
+    Partitioned::new(None, "gateway_replay_batches", Key::EpochSeconds, HOUR)
+}
+
 async fn insert(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
+    match insert_row(pool, batch, namespace, gateway).await {
+        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+            let last = batch.iter().map(|e| e.expires).max().unwrap_or_default();
+            partitioned().ensure(pool, &[last]).await?;
+            insert_row(pool, batch, namespace, gateway).await
+        }
+        other => other,
+    }
+}
+
+async fn insert_row(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
     let devices: Vec<&str> = batch.iter().map(|e| e.device_id.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|e| e.message_id.as_str()).collect();
     let expires: Vec<i64> = batch.iter().map(|e| e.expires).collect();
@@ -187,14 +205,9 @@ async fn insert(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) 
     Ok(())
 }
 
-/// Deletes the batches whose every id left the window before `now`.
-pub async fn purge(pool: &PgPool, namespace: &str, gateway: &str, now: i64) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM gateway_replay_batches WHERE namespace = $1 AND gateway = $2 AND last_expires < $3")
-            .bind(namespace)
-            .bind(gateway)
-            .bind(now)
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
+/// Drops the hours of batches whose every id left the window by `now`
+/// (any gateway's: an expired id is nobody's), and makes the next hour
+/// ahead; returns the partitions dropped. Never a `DELETE`.
+pub async fn purge(pool: &PgPool, now: i64) -> Result<usize, sqlx::Error> {
+    Ok(partitioned().maintain(pool, now, 0, HOUR).await?.dropped.len())
 }

@@ -1,7 +1,8 @@
 //! The replay window's store against the real PostgreSQL (`./deploy.sh
 //! dev-up`): ids written by one gateway process are there for the next,
 //! ids an older gateway wrote one row per id are carried over by the
-//! migration to one row per batch, and expired batches are purged.
+//! migration to one row per batch, and expired hours of batches are
+//! dropped as partitions.
 
 use fleetward_gateway::audit::{SCHEMA, connect_pool};
 use fleetward_gateway::replay_store::{ReplayStore, purge};
@@ -33,7 +34,7 @@ async fn remembered(url: &str, ns: &str, gw: &str, now: i64) -> Vec<(String, Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recorded_ids_outlive_the_process_and_expired_batches_are_purged() {
+async fn recorded_ids_outlive_the_process_and_expired_hours_are_dropped() {
     let (admin, db, url) = scratch_db("fw_replay").await;
     let pool = connect_pool(&url).await.expect("pool");
     let (mut store, loaded) = ReplayStore::open(pool.clone(), "ns", "gw", 1_000, histogram())
@@ -45,7 +46,7 @@ async fn recorded_ids_outlive_the_process_and_expired_batches_are_purged() {
     store.record("d1", "m1", 1_100).await;
     let second = [
         store.record("d1", "m2", 1_100),
-        store.record("d2", "m1", 2_000),
+        store.record("d2", "m1", 8_000),
         store.record("d1", "m1", 1_100),
     ];
     futures::future::join_all(second).await;
@@ -68,21 +69,29 @@ async fn recorded_ids_outlive_the_process_and_expired_batches_are_purged() {
         id("d1", "m1", 1_100),
         id("d1", "m1", 1_100),
         id("d1", "m2", 1_100),
-        id("d2", "m1", 2_000),
+        id("d2", "m1", 8_000),
     ];
     assert_eq!(remembered(&url, "ns", "gw", 1_000).await, all);
     // Past an id's expiry it is not loaded, though its batch still holds a live id.
-    assert_eq!(remembered(&url, "ns", "gw", 1_500).await, vec![id("d2", "m1", 2_000)]);
+    assert_eq!(remembered(&url, "ns", "gw", 1_500).await, vec![id("d2", "m1", 8_000)]);
 
-    // Purging at 1,500 deletes the batches whose every id expired, and only this gateway's.
-    let purged = purge(&pool, "ns", "gw", 1_500).await.unwrap();
-    assert!(purged >= 1);
+    // Batches are kept in hours of their last expiry. At 3,000 the first
+    // hour still holds an id of its window (d1/m1 ran to 1,100, but the
+    // hour could hold one to 3,599): nothing goes.
+    assert_eq!(purge(&pool, 3_000).await.unwrap(), 0);
+    // At 3,600 every id of the first hour has expired: it goes whole (the
+    // batches of both gateways in it), by dropping a partition.
+    let purged = purge(&pool, 3_600).await.unwrap();
+    assert_eq!(purged, 1);
     let left: Vec<(String, i64)> =
         sqlx::query_as("SELECT gateway, last_expires FROM gateway_replay_batches ORDER BY gateway, last_expires")
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(left, vec![("gw".to_string(), 2_000), ("gw-2".to_string(), 5_000)]);
+    assert_eq!(left, vec![("gw".to_string(), 8_000), ("gw-2".to_string(), 5_000)]);
+    // And new ids still land, in an hour made on demand.
+    store.record("d3", "m3", 20_000).await;
+    assert_eq!(remembered(&url, "ns", "gw", 10_000).await, vec![id("d3", "m3", 20_000)]);
 
     pool.close().await;
     drop_db(admin, &db).await;

@@ -142,6 +142,7 @@ pub fn writer(gw: &Gateway, storage: &TelemetryStorage, ctx: &Context) -> Result
         database: &storage.postgres.connection_secret_ref,
         table: &storage.postgres.table,
         keyring_secret: Gateway::telemetry_keyring_secret_name(&name),
+        retention_days: gw.spec.retention.telemetry_days,
         // Only records the gateway signed are stored.
         extra_env: vec![objects::env_from_secret(
             RECORD_KEY_ENV,

@@ -174,6 +174,7 @@ pub fn statefulset(
         // `device_status`).
         env("DEVICE_STATUS_WRITES_PER_SECOND", DEVICE_STATUS_WRITES_PER_SECOND),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
+        env("AUDIT_RETENTION_DAYS", gw.spec.retention.audit_days.to_string()),
         env("COMMAND_API_PORT", gw.spec.command_api.port.to_string()),
         env("COMMAND_TLS_CERT_FILE", format!("{}/tls.crt", mosquitto::CERTS_DIR)),
         env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),

@@ -137,6 +137,7 @@ pub fn encryptor_deployment(feed: &StationFeed, config: &Config) -> Result<Deplo
         database: &spec.postgres.connection_secret_ref,
         table: &spec.postgres.table,
         keyring_secret: fleetward_keyring::secret_name(&name),
+        retention_days: spec.retention.days,
         extra_env: vec![
             env("SENSITIVE_FIELDS", sensitive.join(",")),
             objects::env_from_secret(

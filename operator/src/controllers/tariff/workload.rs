@@ -149,6 +149,7 @@ pub fn deployment(tariff: &Tariff, gw: &Gateway, kafka: &KafkaSinkSpec, config: 
         env_from_secret(RECORD_KEY_ENV, &record_key.name, &record_key.key),
         env("GATEWAY_CA_FILE", format!("{GATEWAY_CA_DIR}/{CA_FILE}")),
         env_from_secret("BILLING_API_KEY", &api_secret_name(&name), API_KEY),
+        env("READINGS_RETENTION_DAYS", spec.retention.readings_days.to_string()),
         env("HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
         env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env("LOG_JSON", "true"),

@@ -4,6 +4,7 @@
 //! simulated meters are in system-tests/tests/billing.rs.)
 
 mod bills;
+mod retention;
 mod scoping;
 
 use std::collections::HashMap;

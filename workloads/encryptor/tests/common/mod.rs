@@ -139,6 +139,9 @@ pub struct EncryptorConfig {
     pub kind: Option<&'static str>,
     /// The Gateway's record key (hex), for telemetry.
     pub record_key: Option<String>,
+    /// `RETENTION_DAYS`: ten years unless a test sets it, so records with
+    /// fixed dates stay unexpired whenever the tests run.
+    pub retention_days: u32,
 }
 
 impl EncryptorConfig {
@@ -153,6 +156,7 @@ impl EncryptorConfig {
             batch_size: 500,
             kind: None,
             record_key: None,
+            retention_days: 3650,
         }
     }
 }
@@ -176,6 +180,7 @@ pub fn start_encryptor(cfg: &EncryptorConfig, log_name: &str) -> Workload {
         .env("KEYRING_FILE", &cfg.keyring_file)
         .env("KEYRING_RELOAD_SECONDS", "1")
         .env("BATCH_SIZE", cfg.batch_size.to_string())
+        .env("RETENTION_DAYS", cfg.retention_days.to_string())
         .env("BATCH_TIMEOUT_MS", "100")
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "info");
