@@ -225,6 +225,7 @@ async fn keyring_deployments_and_status() {
     assert_eq!(parsed.kafka_group_id, format!("fleetward.{}.dublin", ns.name));
     assert_eq!(parsed.database_url, DB_URL);
     assert_eq!(parsed.settings().unwrap().table.as_str(), "dublin_stations");
+    assert_eq!(parsed.retention_days, 365, "a year, the CRD's default");
     assert_eq!(
         parsed.record_key,
         Some(ingestor_key),
@@ -457,7 +458,7 @@ async fn a_keyring_the_user_brings_is_adopted() {
 #[tokio::test]
 async fn gbfs_feed_configures_the_ingestor_for_gbfs() {
     let ns = with_secrets("fw-sf-gbfs").await;
-    let yaml = "apiVersion: fleetward.io/v1alpha1\nkind: StationFeed\nmetadata: {name: helsinki}\nspec:\n  source:\n    gbfs:\n      stationInformationUrl: https://gbfs.example/en/station_information.json\n      stationStatusUrl: https://gbfs.example/en/station_status.json\n      systemName: Helsinki\n  kafka: {topic: stations.hel, deadLetterTopic: stations.hel.dead, bootstrapServers: 'kafka-a:9092,kafka-b:9092'}\n  postgres:\n    connectionSecretRef: {name: stations-db, key: url}\n";
+    let yaml = "apiVersion: fleetward.io/v1alpha1\nkind: StationFeed\nmetadata: {name: helsinki}\nspec:\n  source:\n    gbfs:\n      stationInformationUrl: https://gbfs.example/en/station_information.json\n      stationStatusUrl: https://gbfs.example/en/station_status.json\n      systemName: Helsinki\n  kafka: {topic: stations.hel, deadLetterTopic: stations.hel.dead, bootstrapServers: 'kafka-a:9092,kafka-b:9092'}\n  postgres:\n    connectionSecretRef: {name: stations-db, key: url}\n  retention: {days: 30}\n";
     ns.apply_yaml(yaml).await;
     ready_feed(&ns, "helsinki").await;
     let record_key = feed_record_key(&ns, "helsinki").await;
@@ -480,5 +481,6 @@ async fn gbfs_feed_configures_the_ingestor_for_gbfs() {
     assert_eq!(parsed.settings().unwrap().table.as_str(), "stations");
     // The CRD's default sensitive fields are seed 000's.
     assert_eq!(parsed.sensitive_fields.names(), ["address", "contract_name"]);
+    assert_eq!(parsed.retention_days, 30, "the feed's spec.retention.days");
     ns.cleanup().await;
 }

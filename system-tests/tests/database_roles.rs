@@ -114,6 +114,11 @@ const BILLING: &str = "fleetward_billing_app";
 /// Each workload's migrations and a first row, as one of them would.
 async fn migrate_and_write(gateway_url: &str, encryptor: &PgPool, billing: &PgPool, stations: &TableName, tag: &str) {
     let gateway = audit::connect_pool(gateway_url).await.expect("gateway migrations");
+    // Each workload makes its tables' time partitions as its own role.
+    fleetward_gateway::replay_store::partitioned()
+        .ensure(&gateway, &[4102444800])
+        .await
+        .expect("the gateway makes its replay window's hour");
     sqlx::query(
         "INSERT INTO gateway_replay_batches (namespace, gateway, device_ids, message_ids, expires_at, last_expires) \
          VALUES ('fleet', 'edge', ARRAY['meter-1'], ARRAY[$1], ARRAY[4102444800::bigint], 4102444800)",
@@ -128,6 +133,10 @@ async fn migrate_and_write(gateway_url: &str, encryptor: &PgPool, billing: &PgPo
     encryptor_db::prepare(encryptor, RecordKind::Telemetry, &"telemetry".parse().unwrap())
         .await
         .expect("encryptor telemetry table");
+    encryptor_db::partitioned(stations)
+        .ensure(encryptor, &[chrono::Utc::now().timestamp()])
+        .await
+        .expect("the encryptor makes this week's station partition");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {stations} (contract_index, number, last_update, key_id, contract_name, name, address, \
          banking, bonus, bike_stands, available_bike_stands, available_bikes, status) \

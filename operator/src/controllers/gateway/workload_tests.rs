@@ -183,6 +183,7 @@ fn the_gateway_environment_carries_every_spec_section() {
         "LIMITS_FROM_GATEWAY",
         "DEVICE_STATUS_WRITES_PER_SECOND",
         "MAX_MESSAGE_BYTES",
+        "AUDIT_RETENTION_DAYS",
         "COMMAND_API_KEY",
         "COMMAND_METER_KEY",
         "RECEIPT_TOKEN_FILE",
@@ -204,6 +205,10 @@ fn the_gateway_environment_carries_every_spec_section() {
     );
     assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
     assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");
+    assert_eq!(
+        env["AUDIT_RETENTION_DAYS"]["value"], "365",
+        "a year unless the Gateway says"
+    );
     assert_eq!(env["RECORD_KEY"]["valueFrom"]["secretKeyRef"]["name"], "gw-record-key");
     assert_eq!(env["RECORD_KEY"]["valueFrom"]["secretKeyRef"]["key"], "record.key");
 }

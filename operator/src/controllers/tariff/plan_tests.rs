@@ -152,9 +152,15 @@ fn a_typical_tariff_gets_its_workload_with_the_gateways_topic_api_and_ca() {
             "KAFKA_TOPIC",
             "LOG_JSON",
             "METRICS_ADDR",
+            "READINGS_RETENTION_DAYS",
             "RECORD_KEY",
             "TARIFF_NAME",
         ]
+    );
+    assert_eq!(
+        literal(&env, "READINGS_RETENTION_DAYS"),
+        "365",
+        "a year unless the Tariff says"
     );
     assert_eq!(literal(&env, "FLEETWARD_NAMESPACE"), "town");
     assert_eq!(literal(&env, "TARIFF_NAME"), "homes");
