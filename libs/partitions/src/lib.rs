@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool};
+use tokio::sync::watch;
 
 /// An hour, a day and a week, in seconds: the widths in use.
 pub const HOUR: i64 = 3_600;
@@ -290,17 +291,24 @@ pub fn is_no_partition(e: &sqlx::Error) -> bool {
 /// this much later than its last row.
 pub const EVERY: Duration = Duration::from_secs(3_600);
 
-/// Keeps `tables` (each with its retention) for as long as the task runs:
-/// a [`Partitioned::maintain`] pass at once and every [`EVERY`], making
-/// the next partition ahead (a week, or the width when wider) and
-/// dropping the expired. A failed pass is logged and tried again in a
-/// minute; the writers make what they need themselves meanwhile.
-pub async fn keep(pool: PgPool, tables: Vec<(Partitioned, Duration)>) {
+/// A retention that never changes, for [`keep`].
+pub fn fixed(retention: Duration) -> watch::Receiver<Duration> {
+    // The receiver keeps the value after the sender is gone.
+    watch::channel(retention).1
+}
+
+/// Keeps `tables` for as long as the task runs, each with its retention
+/// (read at every pass: one followed live from a resource takes effect at
+/// the next): a [`Partitioned::maintain`] pass at once and every
+/// [`EVERY`], making the next partition ahead (a week, or the width when
+/// wider) and dropping the expired. A failed pass is logged and tried
+/// again in a minute; the writers make what they need themselves meanwhile.
+pub async fn keep(pool: PgPool, tables: Vec<(Partitioned, watch::Receiver<Duration>)>) {
     loop {
         let mut failed = false;
         for (table, retention) in &tables {
             let now = chrono::Utc::now().timestamp();
-            let retention = retention.as_secs() as i64;
+            let retention = retention.borrow().as_secs() as i64;
             match table.maintain(&pool, now, retention, table.width.max(WEEK)).await {
                 Ok(done) => {
                     if done.created > 0 || !done.dropped.is_empty() {

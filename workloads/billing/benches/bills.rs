@@ -39,6 +39,16 @@ async fn load(pool: &PgPool, namespaces: &[&str], meters: usize, per_meter: usiz
             }
         }
     }
+    // The namespaces' weeks of the period (the service makes them on demand).
+    let times: Vec<i64> = (0..=span as i64 / 86_400).map(|d| start + d * 86_400).collect();
+    for ns in namespaces {
+        db::readings_partitioned(pool, ns)
+            .await
+            .unwrap()
+            .ensure(pool, &times)
+            .await
+            .unwrap();
+    }
     let mut conn = pool.acquire().await.unwrap();
     let mut copy = conn
         .copy_in_raw(

@@ -522,7 +522,10 @@ pub async fn start(
     // Expired weeks go now and then hourly; the next week is made ahead.
     tokio::spawn(fleetward_partitions::keep(
         pipeline.pool.clone(),
-        vec![(db::partitioned(&pipeline.settings.table), pipeline.settings.retention)],
+        vec![(
+            db::partitioned(&pipeline.settings.table),
+            fleetward_partitions::fixed(pipeline.settings.retention),
+        )],
     ));
     Ok(pipeline)
 }

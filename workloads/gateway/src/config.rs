@@ -71,9 +71,10 @@ pub struct Config {
     /// PostgreSQL URL for the audit trail; without it, audit goes to the log only.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Days this gateway's audit rows are kept (the Gateway's
-    /// `spec.retention.auditDays`): its partition of the audit trail is cut
-    /// into weeks, and a week goes once every row in it is older.
+    /// Days this gateway's audit rows are kept: its partition of the audit
+    /// trail is cut into weeks, and a week goes once every row in it is
+    /// older. With LIMITS_FROM_GATEWAY, the Gateway's
+    /// `spec.retention.auditDays`, followed live, instead.
     #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub audit_retention_days: u32,
 

@@ -1,9 +1,13 @@
 //! The Gateway's rate limit, burst, timestamp window and queue age,
 //! followed live from its `spec.security` (with `LIMITS_FROM_GATEWAY`, as
 //! the operator deploys it): a change applies to the next message, and the
-//! pod, its broker and the devices' connections stay. The message size
+//! pod, its broker and the devices' connections stay. Its audit retention
+//! (`spec.retention.auditDays`) is followed the same way, for the next
+//! retention pass. The message size
 //! limit is not followed: the broker's packet limit is derived from it, so
 //! a change of it rolls the pod (see the operator's workload plan).
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -26,9 +30,26 @@ pub fn from_spec(security: &serde_json::Value, base: Limits) -> Limits {
     }
 }
 
-/// Watches the Gateway `name` and sends its limits whenever they change,
-/// until the stream ends. The gateway's Role lets it read only this object.
-pub async fn follow(client: Client, namespace: String, name: String, base: Limits, tx: watch::Sender<Limits>) {
+/// The Gateway's `spec.retention.auditDays` as a duration (the API server
+/// defaults it; `base` when missing).
+pub fn audit_retention(spec: &serde_json::Value, base: Duration) -> Duration {
+    spec["retention"]["auditDays"]
+        .as_u64()
+        .filter(|d| *d > 0)
+        .map_or(base, |d| Duration::from_secs(d * 86_400))
+}
+
+/// Watches the Gateway `name` and sends its limits, and its audit
+/// retention, whenever they change, until the stream ends. The gateway's
+/// Role lets it read only this object.
+pub async fn follow(
+    client: Client,
+    namespace: String,
+    name: String,
+    base: Limits,
+    tx: watch::Sender<Limits>,
+    audit_retention_tx: watch::Sender<Duration>,
+) {
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("fleetward.io", "v1alpha1", "Gateway"));
     let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -38,6 +59,8 @@ pub async fn follow(client: Client, namespace: String, name: String, base: Limit
     while let Some(change) = changes.next().await {
         match change {
             Ok(gw) => {
+                let retention = audit_retention(&gw.data["spec"], *audit_retention_tx.borrow());
+                audit_retention_tx.send_if_modified(|current| std::mem::replace(current, retention) != retention);
                 let limits = from_spec(&gw.data["spec"]["security"], base);
                 tx.send_if_modified(|current| {
                     let changed = std::mem::take(&mut first) || *current != limits;
@@ -92,5 +115,15 @@ mod tests {
         );
         assert_eq!(from_spec(&json!({"burst": 5}), BASE).rate_per_second, 10.0);
         assert_eq!(from_spec(&serde_json::Value::Null, BASE), BASE);
+    }
+
+    #[test]
+    fn the_audit_retention_is_the_gateways_days_or_the_base() {
+        let year = Duration::from_secs(365 * 86_400);
+        let got = audit_retention(&json!({"retention": {"auditDays": 30}}), year);
+        assert_eq!(got, Duration::from_secs(30 * 86_400));
+        assert_eq!(audit_retention(&json!({"retention": {}}), year), year);
+        assert_eq!(audit_retention(&json!({"retention": {"auditDays": 0}}), year), year);
+        assert_eq!(audit_retention(&serde_json::Value::Null, year), year);
     }
 }

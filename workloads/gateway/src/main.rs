@@ -76,6 +76,9 @@ async fn main() -> anyhow::Result<()> {
     // and a backlog at the broker is judged at its receipt, before the
     // gateway started, so a bucket made with the defaults would refuse it.
     let (limits_tx, mut limits_rx) = tokio::sync::watch::channel(limits);
+    // How long this gateway's audit rows are kept: from the Gateway too.
+    let (audit_retention_tx, audit_retention) =
+        tokio::sync::watch::channel(Duration::from_secs(u64::from(cfg.audit_retention_days) * 86_400));
     if cfg.limits_from_gateway {
         tokio::spawn(fleetward_gateway::limits::follow(
             kube.clone(),
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.gateway.clone(),
             limits,
             limits_tx,
+            audit_retention_tx,
         ));
         tokio::time::timeout(Duration::from_secs(60), limits_rx.changed())
             .await
@@ -94,8 +98,10 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect_pool(url).await?;
             // This gateway's audit weeks: made ahead, dropped once expired.
             let audit_weeks = fleetward_gateway::audit::partitioned(&pool, &cfg.namespace, &cfg.gateway).await?;
-            let retention = Duration::from_secs(u64::from(cfg.audit_retention_days) * 86_400);
-            tokio::spawn(fleetward_partitions::keep(pool.clone(), vec![(audit_weeks, retention)]));
+            tokio::spawn(fleetward_partitions::keep(
+                pool.clone(),
+                vec![(audit_weeks, audit_retention)],
+            ));
             let now = chrono::Utc::now().timestamp();
             let (replay, remembered) = ReplayStore::open(
                 pool.clone(),

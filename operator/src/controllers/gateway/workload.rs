@@ -165,16 +165,16 @@ pub fn statefulset(
         env("CRL_CONFIGMAP", crl::name(&name)),
         env("RUN_LOCK_FILE", RUN_LOCK_FILE),
         env("RECEIPT_TOKEN_FILE", mosquitto::RECEIPT_TOKEN_FILE),
-        // The rate limit, burst, timestamp window and queue age are read
-        // from the Gateway by the gateway itself, live: changing them keeps
-        // the pod, its broker and every device connection. The message size
+        // The rate limit, burst, timestamp window and queue age (and the
+        // audit retention) are read from the Gateway by the gateway itself,
+        // live: changing them keeps the pod, its broker and every device
+        // connection. The message size
         // is the broker's packet limit too (its configuration), so it rolls.
         env("LIMITS_FROM_GATEWAY", "true"),
         // Its devices' `lastSeen` and `online`, paced (see the gateway's
         // `device_status`).
         env("DEVICE_STATUS_WRITES_PER_SECOND", DEVICE_STATUS_WRITES_PER_SECOND),
         env("MAX_MESSAGE_BYTES", sec.max_message_bytes.to_string()),
-        env("AUDIT_RETENTION_DAYS", gw.spec.retention.audit_days.to_string()),
         env("COMMAND_API_PORT", gw.spec.command_api.port.to_string()),
         env("COMMAND_TLS_CERT_FILE", format!("{}/tls.crt", mosquitto::CERTS_DIR)),
         env("COMMAND_TLS_KEY_FILE", format!("{}/tls.key", mosquitto::CERTS_DIR)),

@@ -183,7 +183,6 @@ fn the_gateway_environment_carries_every_spec_section() {
         "LIMITS_FROM_GATEWAY",
         "DEVICE_STATUS_WRITES_PER_SECOND",
         "MAX_MESSAGE_BYTES",
-        "AUDIT_RETENTION_DAYS",
         "COMMAND_API_KEY",
         "COMMAND_METER_KEY",
         "RECEIPT_TOKEN_FILE",
@@ -205,9 +204,9 @@ fn the_gateway_environment_carries_every_spec_section() {
     );
     assert_eq!(env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"], "url");
     assert_eq!(env["KAFKA_BROKERS"]["value"], "kafka:9092");
-    assert_eq!(
-        env["AUDIT_RETENTION_DAYS"]["value"], "365",
-        "a year unless the Gateway says"
+    assert!(
+        !env.contains_key("AUDIT_RETENTION_DAYS"),
+        "the audit retention is read from the Gateway, live: a change must not roll the pod"
     );
     assert_eq!(env["RECORD_KEY"]["valueFrom"]["secretKeyRef"]["name"], "gw-record-key");
     assert_eq!(env["RECORD_KEY"]["valueFrom"]["secretKeyRef"]["key"], "record.key");
