@@ -129,8 +129,9 @@ async fn a_table_from_before_partitioning_is_kept_whole_until_its_newest_row_exp
     assert_eq!(parts.len(), 1);
     assert_eq!((parts[0].lo, parts[0].hi), (None, Some(legacy_end)));
 
-    // The next partition starts where the old table ends.
-    t.ensure(&pool, &[now]).await.unwrap();
+    // The next partition starts where the old table ends (the rest of
+    // that hour: the first time the old table does not cover).
+    t.ensure(&pool, &[legacy_end]).await.unwrap();
     let parts = t.parts(&pool).await.unwrap();
     let next = parts.iter().find(|p| p.name != legacy).unwrap();
     assert_eq!(next.lo, Some(legacy_end));
