@@ -175,15 +175,14 @@ pub fn partitioned() -> Partitioned {
 }
 
 async fn insert(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
-    fleetward_partitions::write_making_partitions(
-        move || insert_row(pool, batch, namespace, gateway),
-        move || async move {
+    match insert_row(pool, batch, namespace, gateway).await {
+        Err(e) if fleetward_partitions::is_no_partition(&e) => {
             let last = batch.iter().map(|e| e.expires).max().unwrap_or_default();
             partitioned().ensure(pool, &[last]).await?;
-            Ok(())
-        },
-    )
-    .await
+            insert_row(pool, batch, namespace, gateway).await
+        }
+        other => other,
+    }
 }
 
 async fn insert_row(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
