@@ -131,17 +131,15 @@ impl Partitioned {
     /// `table` (in `schema`, or the connection's search path), partitioned
     /// on a column of type `key`, in partitions `width` seconds wide.
     pub fn new(schema: Option<&str>, table: &str, key: Key, width: i64) -> Self {
-        assert!(width > 0 && ORIGIN % width.min(DAY) == 0, "a width of whole hours");
+        // Partition names carry their start's hour: two starts in one hour
+        // would be one name.
+        assert!(width >= HOUR && width % HOUR == 0, "a width of whole hours");
         Self {
             schema: schema.map(str::to_string),
             table: table.to_string(),
             key,
             width,
         }
-    }
-
-    pub fn width(&self) -> i64 {
-        self.width
     }
 
     /// The table's name as SQL text.
@@ -253,10 +251,7 @@ impl Partitioned {
         retention: i64,
         ahead: i64,
     ) -> Result<Maintained, sqlx::Error> {
-        let times: Vec<i64> = (0..=ahead / self.width + 1)
-            .map(|i| now + i * self.width)
-            .filter(|&t| t <= now + ahead.max(0))
-            .collect();
+        let times: Vec<i64> = (0..=ahead.max(0) / self.width).map(|i| now + i * self.width).collect();
         let created = self.ensure(pool, &times).await?;
         let mut tx = pool.begin().await?;
         self.lock(&mut tx).await?;
@@ -279,12 +274,32 @@ impl Partitioned {
     }
 }
 
-/// Whether an insert failed because a row's time has no partition
-/// (SQLSTATE 23514, "no partition of relation ... found for row"): call
-/// [`Partitioned::ensure`] and write again.
-pub fn is_no_partition(e: &sqlx::Error) -> bool {
+/// Whether a write failed because a row's time has no partition (SQLSTATE
+/// 23514, "no partition of relation ... found for row").
+fn is_no_partition(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d)
         if d.code().as_deref() == Some("23514") && d.message().starts_with("no partition of relation"))
+}
+
+/// The writers' one way into a partitioned table: runs `write`, and when
+/// it failed only because a row's time has no partition yet (the first
+/// row of a week, a late one), runs `make` (which makes them, with
+/// [`Partitioned::ensure`]) and `write` once more. While the partitions
+/// exist, a write costs no catalog read.
+pub async fn write_making_partitions<T, W, WF, M, MF>(mut write: W, make: M) -> Result<T, sqlx::Error>
+where
+    W: FnMut() -> WF,
+    WF: Future<Output = Result<T, sqlx::Error>>,
+    M: FnOnce() -> MF,
+    MF: Future<Output = Result<(), sqlx::Error>>,
+{
+    match write().await {
+        Err(e) if is_no_partition(&e) => {
+            make().await?;
+            write().await
+        }
+        other => other,
+    }
 }
 
 /// How often [`keep`] runs a pass: a week-wide partition expires at most

@@ -91,8 +91,9 @@ pub async fn readings_partitioned(pool: &PgPool, ns: &str) -> Result<Partitioned
 /// message id) are left as they are. Returns how many were new. The first
 /// reading of a week (or of a namespace) makes its partition.
 pub async fn insert_readings(pool: &PgPool, rows: &[Reading]) -> Result<u64, sqlx::Error> {
-    match insert_rows(pool, rows).await {
-        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+    fleetward_partitions::write_making_partitions(
+        move || insert_rows(pool, rows),
+        move || async move {
             let mut by_ns: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
             for r in rows {
                 by_ns.entry(&r.namespace).or_default().push(r.received_at.timestamp());
@@ -100,10 +101,10 @@ pub async fn insert_readings(pool: &PgPool, rows: &[Reading]) -> Result<u64, sql
             for (ns, times) in by_ns {
                 readings_partitioned(pool, ns).await?.ensure(pool, &times).await?;
             }
-            insert_rows(pool, rows).await
-        }
-        other => other,
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 async fn insert_rows(pool: &PgPool, rows: &[Reading]) -> Result<u64, sqlx::Error> {
@@ -154,11 +155,16 @@ pub async fn readings_retention(pool: &PgPool, ns: &str, tariff: &str, days: u32
 /// Keeps the namespace's readings for as long as the task runs: hourly,
 /// records this Tariff's retention, makes next week's partition and drops
 /// the weeks older than the namespace's retention (`readings_retention`).
-/// Migrates first (idempotent), so it may start before the scheduler does.
+/// Migrates before its first pass (idempotent, under the migrations' lock),
+/// so it may start before the scheduler does.
 pub async fn keep_readings(pool: PgPool, ns: String, tariff: String, days: u32) {
+    let mut migrated = false;
     loop {
         let pass = async {
-            migrate(&pool).await.map_err(sqlx::Error::from)?;
+            if !migrated {
+                migrate(&pool).await.map_err(sqlx::Error::from)?;
+                migrated = true;
+            }
             let keep = readings_retention(&pool, &ns, &tariff, days).await?;
             let table = readings_partitioned(&pool, &ns).await?;
             let now = Utc::now().timestamp();

@@ -456,18 +456,19 @@ async fn insert(
     fields: &[String],
     rows: &Rows,
 ) -> Result<u64, sqlx::Error> {
-    match insert_rows(pool, table, key_id, fields, rows).await {
-        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+    fleetward_partitions::write_making_partitions(
+        move || insert_rows(pool, table, key_id, fields, rows),
+        move || async move {
             let made = partitioned.ensure(pool, &rows.times()).await?;
             tracing::info!(
                 partitions = made,
                 table = table.as_str(),
                 "made the partitions a batch needs"
             );
-            insert_rows(pool, table, key_id, fields, rows).await
-        }
-        other => other,
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 async fn insert_rows(

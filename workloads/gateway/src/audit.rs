@@ -283,17 +283,18 @@ pub async fn partitioned(pool: &PgPool, namespace: &str, gateway: &str) -> Resul
 
 /// Writes a batch; the first of a week (or a late one) makes its week.
 async fn insert(pool: &PgPool, batch: &[AuditEvent], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
-    match insert_rows(pool, batch, namespace, gateway).await {
-        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+    fleetward_partitions::write_making_partitions(
+        move || insert_rows(pool, batch, namespace, gateway),
+        move || async move {
             let times: Vec<i64> = batch.iter().map(|ev| ev.at.timestamp()).collect();
             partitioned(pool, namespace, gateway)
                 .await?
                 .ensure(pool, &times)
                 .await?;
-            insert_rows(pool, batch, namespace, gateway).await
-        }
-        other => other,
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 async fn insert_rows(pool: &PgPool, batch: &[AuditEvent], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {

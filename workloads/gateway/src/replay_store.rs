@@ -175,14 +175,15 @@ pub fn partitioned() -> Partitioned {
 }
 
 async fn insert(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {
-    match insert_row(pool, batch, namespace, gateway).await {
-        Err(e) if fleetward_partitions::is_no_partition(&e) => {
+    fleetward_partitions::write_making_partitions(
+        move || insert_row(pool, batch, namespace, gateway),
+        move || async move {
             let last = batch.iter().map(|e| e.expires).max().unwrap_or_default();
             partitioned().ensure(pool, &[last]).await?;
-            insert_row(pool, batch, namespace, gateway).await
-        }
-        other => other,
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 async fn insert_row(pool: &PgPool, batch: &[Entry], namespace: &str, gateway: &str) -> Result<(), sqlx::Error> {

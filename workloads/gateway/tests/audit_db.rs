@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
 mod common;
-use common::{drop_db, scratch_db};
+use common::{drop_db, migrated_up_to, scratch_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_starting_at_once_on_a_new_database_all_migrate() {
@@ -76,17 +76,8 @@ async fn gateways_starting_at_once_on_a_new_database_all_migrate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_rows_survive_the_upgrade_and_each_gateway_keeps_its_own_retention() {
     let (admin, db, url) = scratch_db("fw_audit_retention").await;
-    let opts: PgConnectOptions = url.parse().unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.options([("search_path", SCHEMA)]))
-        .await
-        .unwrap();
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.create_schema(SCHEMA);
-    let old: Vec<_> = migrator.migrations.iter().filter(|m| m.version <= 3).cloned().collect();
-    migrator.migrations = old.into();
-    migrator.run(&pool).await.expect("the migrations before partitioning");
+    // The migrations before partitioning.
+    let pool = migrated_up_to(&url, 3).await;
     // Gateway a: events 60 and 40 days old. Gateway b: 60 days and 2 days.
     sqlx::query(
         "INSERT INTO gateway_audit (at, namespace, gateway, device_id, event) VALUES \

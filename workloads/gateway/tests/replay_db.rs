@@ -4,12 +4,11 @@
 //! migration to one row per batch, and expired hours of batches are
 //! dropped as partitions.
 
-use fleetward_gateway::audit::{SCHEMA, connect_pool};
+use fleetward_gateway::audit::connect_pool;
 use fleetward_gateway::replay_store::{ReplayStore, purge};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod common;
-use common::{drop_db, scratch_db};
+use common::{drop_db, migrated_up_to, scratch_db};
 
 fn histogram() -> prometheus::Histogram {
     prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
@@ -101,20 +100,7 @@ async fn recorded_ids_outlive_the_process_and_expired_hours_are_dropped() {
 async fn ids_in_the_one_row_per_id_table_are_carried_over_on_upgrade() {
     let (admin, db, url) = scratch_db("fw_replay_up").await;
     // The database as a gateway before the batch table left it.
-    let opts: PgConnectOptions = url.parse().unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.options([("search_path", SCHEMA)]))
-        .await
-        .unwrap();
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.create_schema(SCHEMA);
-    let old: Vec<_> = migrator.migrations.iter().filter(|m| m.version <= 2).cloned().collect();
-    migrator.migrations = old.into();
-    migrator
-        .run(&pool)
-        .await
-        .expect("the migrations before the batch table");
+    let pool = migrated_up_to(&url, 2).await;
     sqlx::query(
         "INSERT INTO gateway_replay (namespace, gateway, device_id, message_id, expires_at) VALUES \
          ('ns', 'gw', 'd1', 'old-1', 3000), ('ns', 'gw', 'd2', 'old-2', 900), ('ns', 'gw-b', 'd3', 'old-3', 3000)",

@@ -1,7 +1,8 @@
 //! A scratch database per test, on the PostgreSQL of `./deploy.sh dev-up`.
 
+use fleetward_gateway::audit::SCHEMA;
 use fleetward_testkit::{env, rand_u32};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection};
 
 /// A database of its own: an admin connection, its name and its URL.
@@ -27,4 +28,30 @@ pub async fn drop_db(mut admin: PgConnection, db: &str) {
         .await
         .expect("drop the scratch database");
     admin.close().await.ok();
+}
+
+/// The database at `url` as an older gateway left it: the gateway's
+/// migrations up to number `last` only, on a one-connection pool in the
+/// gateway's schema (to write that release's rows with).
+pub async fn migrated_up_to(url: &str, last: i64) -> PgPool {
+    let opts: PgConnectOptions = url.parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.options([("search_path", SCHEMA)]))
+        .await
+        .unwrap();
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema(SCHEMA);
+    let old: Vec<_> = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version <= last)
+        .cloned()
+        .collect();
+    migrator.migrations = old.into();
+    migrator
+        .run(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("the migrations up to {last}: {e}"));
+    pool
 }
