@@ -69,8 +69,11 @@ async fn a_namespace_keeps_readings_for_its_longest_tariff_retention_and_drops_w
     db::insert_readings(&pool, &[reading_aged(&other, "m", 60)])
         .await
         .unwrap();
-    table.maintain(&pool, now, DAY, WEEK).await.unwrap();
+    // (30 days would drop a 60-day-old week of this namespace's; one day
+    // could drop the 2-day-old row's week too, early in a week.)
+    table.maintain(&pool, now, 30 * DAY, WEEK).await.unwrap();
     assert_eq!(ages(&pool, &other).await, ["m-60"]);
+    assert_eq!(ages(&pool, &ns).await, ["m-2"]);
 
     // New readings land after the drops.
     db::insert_readings(&pool, &[reading_aged(&ns, "m", 0)]).await.unwrap();
