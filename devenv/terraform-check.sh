@@ -4,7 +4,11 @@
 #   1. hclfmt -check: every .tf file is in canonical HCL form;
 #   2. checkov: the security policy checks of the Terraform framework;
 #      any failed check fails the script (a check we decide not to meet is
-#      skipped on its resource with `#checkov:skip=CKV_…: reason`).
+#      skipped on its resource with `#checkov:skip=CKV_…: reason`);
+#   3. the provider lock file: every provider of versions.tf is pinned in
+#      .terraform.lock.hcl under the same constraint, with the release
+#      checksums of every platform (zh:), so `terraform init` installs only
+#      the build the lock names.
 #
 #   devenv/terraform-check.sh [dir]     both stages on dir (default: terraform)
 #
@@ -93,3 +97,32 @@ else
   tail -20 "$work/stderr.txt" >&2
   die "checkov: ${counts:-no report} in $TF_DIR/ (exit $status); fix each failed check, or skip it on its resource with #checkov:skip=CKV_…: reason"
 fi
+
+# The lock file and versions.tf agree: each required provider is locked at
+# one version under the constraint versions.tf states, with checksums.
+python3 - "$TF_DIR" <<'EOF' || die "lock: $TF_DIR/.terraform.lock.hcl does not match versions.tf (above); run: terraform -chdir=$TF_DIR init -upgrade, then terraform -chdir=$TF_DIR providers lock -platform=linux_amd64 -platform=linux_arm64 -platform=darwin_arm64 -platform=windows_amd64"
+import pathlib, re, sys
+d = pathlib.Path(sys.argv[1])
+versions = (d / "versions.tf").read_text()
+lock_path = d / ".terraform.lock.hcl"
+if not lock_path.exists():
+    sys.exit(f"no {lock_path}")
+lock = lock_path.read_text()
+required = re.findall(r'source\s*=\s*"([^"]+)"\s*\n\s*version\s*=\s*"([^"]+)"', versions)
+if not required:
+    sys.exit("versions.tf names no provider source and version")
+for source, constraint in required:
+    address = source if source.count("/") == 2 else f"registry.terraform.io/{source}"
+    block = re.search(r'provider "' + re.escape(address) + r'" \{(.*?)\n\}', lock, re.S)
+    if not block:
+        sys.exit(f"{address} is not in the lock file")
+    body = block.group(1)
+    version = re.search(r'version\s*=\s*"([^"]+)"', body)
+    locked = re.search(r'constraints\s*=\s*"([^"]+)"', body)
+    zh = re.findall(r'"zh:[0-9a-f]{64}"', body)
+    if not version or not locked or locked.group(1) != constraint:
+        sys.exit(f"{address}: locked under {locked.group(1) if locked else None!r}, versions.tf says {constraint!r}")
+    if len(zh) < 4:
+        sys.exit(f"{address}: {len(zh)} release checksums (zh:), one per platform expected")
+    print(f"lock: ok ({address} {version.group(1)} under {constraint!r}, {len(zh)} release checksums)", file=sys.stderr)
+EOF
