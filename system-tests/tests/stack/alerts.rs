@@ -1,7 +1,8 @@
 //! The chart's alerting, end to end: Prometheus loads the rules and sends
 //! to the chart's Alertmanager, which posts to the test's webhook receiver.
 
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use fleetward_system_tests::webhook::AlertReceiver;
 use fleetward_system_tests::*;
@@ -45,6 +46,97 @@ pub(crate) fn rules_loaded_and_quiet(ns: &str, prom: &str, figures: &mut Figures
     );
     assert!(firing.is_empty(), "no alert fires for the healthy stack: {firing:?}");
     figures.add(format!("{in_file} alert rules loaded, none firing"));
+}
+
+/// How long the healthy idle stack is watched for alerts:
+/// `FLEETWARD_E2E_QUIET_SECONDS`, ten minutes unless set.
+pub(crate) fn quiet_seconds() -> u64 {
+    match std::env::var("FLEETWARD_E2E_QUIET_SECONDS") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("FLEETWARD_E2E_QUIET_SECONDS={v:?}: a number of seconds")),
+        Err(_) => 600,
+    }
+}
+
+/// A healthy stack left idle raises nothing. For `secs` from when the
+/// examples are Ready (their devices have not connected yet), no alert of
+/// the chart's rules is pending or firing, in any namespace, and nothing
+/// reaches the webhook receiver; every rule is evaluated throughout and
+/// healthy (a rule whose query fails is quiet for the wrong reason).
+/// Prometheus keeps `ALERTS` for pending alerts too, so the last look, over
+/// the whole window, also sees an alert that came and went between looks.
+pub(crate) fn quiet_while_idle(prom: &str, receiver: &AlertReceiver, secs: u64, figures: &mut Figures) {
+    let start = Instant::now();
+    let alerts_in = |query: &str| -> BTreeSet<String> {
+        prom_query(prom, query)
+            .iter()
+            .map(|a| {
+                let m = &a["metric"];
+                format!(
+                    "{} ({}) namespace={} {}",
+                    m["alertname"].as_str().unwrap_or("?"),
+                    m["alertstate"].as_str().unwrap_or("?"),
+                    m["namespace"].as_str().unwrap_or("-"),
+                    m
+                )
+            })
+            .collect()
+    };
+    let mut looks = 0;
+    loop {
+        let seen = alerts_in("ALERTS");
+        assert!(
+            seen.is_empty(),
+            "an alert on the healthy idle stack {:.0} s into its quiet: {seen:#?}",
+            start.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            receiver.all(),
+            "[]",
+            "nothing reaches the receiver while the stack is idle"
+        );
+        looks += 1;
+        let left = Duration::from_secs(secs).saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_secs(15)));
+    }
+    let window = alerts_in(&format!("max_over_time(ALERTS[{}s])", secs.max(1)));
+    assert!(
+        window.is_empty(),
+        "an alert came and went on the idle stack: {window:#?}"
+    );
+    // Every rule evaluated lately, without error (`unknown` until its first
+    // evaluation: a very short window may have to wait for that).
+    let rules = || -> Vec<serde_json::Value> {
+        prometheus(prom, "/api/v1/rules?type=alert", None)["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let lately = |rule: &serde_json::Value| {
+        rule["lastEvaluation"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| chrono::Utc::now().signed_duration_since(t) < chrono::Duration::seconds(120))
+    };
+    wait_until_blocking(
+        "every alert rule evaluated lately and healthy",
+        120,
+        || {
+            let rules = rules();
+            !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok" && lately(r))
+        },
+        || format!("{:#?}", rules()),
+    );
+    let evaluated = rules().len();
+    figures.add(format!(
+        "healthy idle stack: no alert pending or firing for {secs} s ({looks} looks, {evaluated} rules evaluated and healthy), none at the receiver"
+    ));
 }
 
 /// Points the StationFeed at a path its source answers 404.

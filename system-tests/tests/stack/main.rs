@@ -4,7 +4,9 @@
 //! 1. `helm install` of the chart with the local values (images built on
 //!    this machine), two operator replicas; every pod Ready, one leader.
 //! 2. `examples/` applied as they are (namespace moved): Gateways, Devices
-//!    and the StationFeed become Ready, their workloads run as pods.
+//!    and the StationFeed become Ready, their workloads run as pods. Left
+//!    idle (ten minutes, `FLEETWARD_E2E_QUIET_SECONDS`), the healthy stack
+//!    raises no alert: none pending or firing, none at the receiver.
 //! 3. The example Gateway exposed as a NodePort: simulated devices on the
 //!    host publish signed telemetry through the broker pod and the gateway
 //!    pod to Kafka and into PostgreSQL; latency publish → row stored.
@@ -112,6 +114,14 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
         "examples applied -> Ready with pods running: {:.1} s",
         t.elapsed().as_secs_f64()
     ));
+
+    // 2b. Left idle, the healthy stack raises no alert (ten minutes
+    //     unless FLEETWARD_E2E_QUIET_SECONDS says otherwise).
+    let prom = format!(
+        "http://{}:9090",
+        jsonpath(&ns, &["service", &format!("{RELEASE}-prometheus")], "{.spec.clusterIP}")
+    );
+    alerts::quiet_while_idle(&prom, &receiver, alerts::quiet_seconds(), &mut figures);
 
     // 3. The broker from outside: a NodePort on the node's address, which
     //    the broker certificate must name.
@@ -287,10 +297,6 @@ async fn the_chart_installs_a_fleet_that_works_end_to_end() {
     );
 
     // 7. Prometheus: every workload is a target that is up, with counters.
-    let prom = format!(
-        "http://{}:9090",
-        jsonpath(&ns, &["service", &format!("{RELEASE}-prometheus")], "{.spec.clusterIP}")
-    );
     let apps = [
         "fleetward-operator",
         "fleetward-gateway",
