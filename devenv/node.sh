@@ -282,6 +282,11 @@ node_ready() {
 
 # StorageClass and CoreDNS, like a cluster installer's add-ons.
 apply_addons() {
+  # A StorageClass's binding mode cannot change: a cluster made by an older
+  # devenv has the class Immediate; replace it (its volumes stay bound).
+  if [ "$(kubectl_cmd get storageclass standard -o jsonpath='{.volumeBindingMode}' 2>/dev/null)" = Immediate ]; then
+    kubectl_cmd delete storageclass standard >/dev/null || die "replacing the StorageClass standard failed"
+  fi
   sed -e "s#@COREDNS_IMAGE@#$COREDNS_IMAGE#; s#@DNS_IP@#$DNS_IP#" "$ROOT/devenv/addons.yaml" |
     kubectl_cmd apply --server-side --force-conflicts -f - >/dev/null || die "applying the cluster add-ons failed"
 }

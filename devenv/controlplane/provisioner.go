@@ -19,6 +19,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -26,6 +27,10 @@ import (
 )
 
 const provisionerName = "fleetward.io/hostpath"
+
+// The annotation the scheduler sets on a claim of a WaitForFirstConsumer
+// class once it has placed the claim's pod.
+const selectedNode = "volume.kubernetes.io/selected-node"
 
 func runProvisioner(kubeconfig, dir string) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -56,12 +61,14 @@ func provisionOnce(ctx context.Context, cs kubernetes.Interface, dir string) err
 		return err
 	}
 	reclaim := map[string]corev1.PersistentVolumeReclaimPolicy{}
+	waits := map[string]bool{}
 	for _, c := range classes.Items {
 		if c.Provisioner == provisionerName {
 			reclaim[c.Name] = corev1.PersistentVolumeReclaimDelete
 			if c.ReclaimPolicy != nil {
 				reclaim[c.Name] = *c.ReclaimPolicy
 			}
+			waits[c.Name] = c.VolumeBindingMode != nil && *c.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer
 		}
 	}
 	claims, err := cs.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{})
@@ -76,6 +83,11 @@ func provisionOnce(ctx context.Context, cs kubernetes.Interface, dir string) err
 		}
 		policy, ours := reclaim[class]
 		if !ours || pvc.Spec.VolumeName != "" || pvc.Status.Phase != corev1.ClaimPending || pvc.DeletionTimestamp != nil {
+			continue
+		}
+		// WaitForFirstConsumer: the scheduler names the node of the claim's
+		// first pod (and waits for the volume) before one is made.
+		if waits[class] && pvc.Annotations[selectedNode] == "" {
 			continue
 		}
 		if err := provision(ctx, cs, dir, pvc, class, policy); err != nil {
