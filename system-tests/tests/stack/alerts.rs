@@ -10,6 +10,17 @@ use fleetward_testkit::wait_until_blocking;
 
 use crate::support::*;
 
+/// The alert rules Prometheus has loaded, each with its health and last
+/// evaluation.
+fn alert_rules(prom: &str) -> Vec<serde_json::Value> {
+    prometheus(prom, "/api/v1/rules?type=alert", None)["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 /// Every rule of the chart's rules file is loaded, Prometheus has found
 /// the Alertmanager, and nothing fires for this healthy namespace but
 /// `FleetwardDeviceSilent`: the test's devices publish in bursts, minutes
@@ -17,19 +28,8 @@ use crate::support::*;
 pub(crate) fn rules_loaded_and_quiet(ns: &str, prom: &str, figures: &mut Figures) {
     let file = std::fs::read_to_string(repo_root().join("helm/fleetward/alerts/fleetward.rules.yaml")).unwrap();
     let in_file = file.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
-    let loaded = || {
-        prometheus(prom, "/api/v1/rules?type=alert", None)["data"]["groups"]
-            .as_array()
-            .map(|groups| {
-                groups
-                    .iter()
-                    .map(|g| g["rules"].as_array().map_or(0, Vec::len))
-                    .sum::<usize>()
-            })
-            .unwrap_or(0)
-    };
     assert!(in_file >= 12, "the rules file has its alerts ({in_file})");
-    assert_eq!(loaded(), in_file, "Prometheus loaded every alert rule");
+    assert_eq!(alert_rules(prom).len(), in_file, "Prometheus loaded every alert rule");
     wait_until_blocking(
         "Prometheus to find the Alertmanager",
         60,
@@ -110,14 +110,6 @@ pub(crate) fn quiet_while_idle(prom: &str, receiver: &AlertReceiver, secs: u64, 
     );
     // Every rule evaluated lately, without error (`unknown` until its first
     // evaluation: a very short window may have to wait for that).
-    let rules = || -> Vec<serde_json::Value> {
-        prometheus(prom, "/api/v1/rules?type=alert", None)["data"]["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-            .collect()
-    };
     let lately = |rule: &serde_json::Value| {
         rule["lastEvaluation"]
             .as_str()
@@ -128,12 +120,12 @@ pub(crate) fn quiet_while_idle(prom: &str, receiver: &AlertReceiver, secs: u64, 
         "every alert rule evaluated lately and healthy",
         120,
         || {
-            let rules = rules();
+            let rules = alert_rules(prom);
             !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok" && lately(r))
         },
-        || format!("{:#?}", rules()),
+        || format!("{:#?}", alert_rules(prom)),
     );
-    let evaluated = rules().len();
+    let evaluated = alert_rules(prom).len();
     figures.add(format!(
         "healthy idle stack: no alert pending or firing for {secs} s ({looks} looks, {evaluated} rules evaluated and healthy), none at the receiver"
     ));
